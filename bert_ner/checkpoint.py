@@ -1,0 +1,238 @@
+"""Checkpoint dirs: NER config, resolving the three layouts, restoring and saving variables.
+
+Layouts `resolve` understands:
+  * ours / macanv: `checkpoint` state file, `model.ckpt-N.*`, `bert_config.json`, `vocab.txt`,
+    `label2id.json` or `label2id.pkl`, and (ours only) `ner_config.json`;
+  * head-only (the shipped default model): head checkpoint, `label2id.json`, `ner_config.json`
+    and `manifest.json` naming the pinned backbone, converted on first use by `bert_ner.backbone`.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import List
+
+import tensorflow.compat.v1 as tf
+
+from bert_ner import backbone
+from bert_ner import labels
+
+BERT_CONFIG = "bert_config.json"
+VOCAB = "vocab.txt"
+NER_CONFIG = "ner_config.json"
+MANIFEST = "manifest.json"
+CHECKPOINT_STATE = "checkpoint"
+LSTM_KERNEL = "rnn_layer/bidirectional_rnn/fw/lstm_cell/kernel"
+HIDDEN_WEIGHTS = "project/hidden/W"
+TRANSITIONS = "crf_loss/transitions"
+
+
+@dataclasses.dataclass
+class NerConfig:
+  """Head hyper-parameters (`ner_config.json`); the defaults are what a macanv dir implies."""
+  head: str = "bilstm"  # "bilstm" or "dense"
+  lstm_size: int = 128
+  hidden_size: int = 128
+  feature_layers: List[int] = dataclasses.field(default_factory=lambda: [-1])
+  do_lower_case: bool = True
+  max_seq_length: int = 128
+  dropout: float = 0.5  # rate on the BERT features while training (macanv's keep_prob 0.5)
+
+  @classmethod
+  def from_dict(cls, data):
+    """Builds a config from a dict; missing keys take defaults, unknown keys (export's extras
+    such as "labels" and "fingerprint") are ignored."""
+    fields = {field.name for field in dataclasses.fields(cls)}
+    config = cls(**{key: value for key, value in data.items() if key in fields})
+    config.feature_layers = [int(layer) for layer in config.feature_layers]
+    return config
+
+  @classmethod
+  def from_json_file(cls, path):
+    """Reads `ner_config.json`."""
+    with open(path, encoding="utf-8") as f:
+      return cls.from_dict(json.load(f))
+
+  def to_json_file(self, path):
+    """Writes `ner_config.json`."""
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(dataclasses.asdict(self), f, indent=1)
+      f.write("\n")
+
+
+@dataclasses.dataclass
+class ModelDir:
+  """Everything needed to build and restore the inference graph of one model."""
+  bert_config_path: str
+  vocab_path: str
+  ner_config: NerConfig
+  id2label: List[str]
+  init_checkpoints: List[str]  # restore() reads each variable from the first that has it
+
+
+def vocab_is_cased(vocab_path):
+  """True if some word piece (not a [bracketed] special token) would change under lower-casing."""
+  with open(vocab_path, encoding="utf-8") as f:
+    tokens = (line.strip() for line in f)
+    return any(token != token.lower() for token in tokens
+               if not (token.startswith("[") and token.endswith("]")))
+
+
+def infer_ner_config(checkpoint_path, vocab_path):
+  """NerConfig for a dir without `ner_config.json` (macanv), read off its variables and vocab."""
+  shapes = dict(tf.train.list_variables(checkpoint_path))
+  config = NerConfig(do_lower_case=not vocab_is_cased(vocab_path))
+  rnn_variables = sorted(name for name in shapes if name.startswith("rnn_layer/"))
+  if not rnn_variables:
+    config.head = "dense"
+  elif LSTM_KERNEL in shapes and HIDDEN_WEIGHTS in shapes:
+    config.lstm_size = shapes[LSTM_KERNEL][1] // 4
+    config.hidden_size = shapes[HIDDEN_WEIGHTS][1]
+  else:
+    raise ValueError(f"{checkpoint_path}: unsupported recurrent layer (only a one-layer "
+                     f"BiLSTM is supported); it has {rnn_variables}")
+  return config
+
+
+def latest_checkpoint(directory):
+  """Prefix named by the dir's `checkpoint` file; a stale absolute path (a dir copied from
+  another machine) is looked for by its basename inside the dir."""
+  state = tf.train.get_checkpoint_state(directory)
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {directory}: `{CHECKPOINT_STATE}` file missing")
+  prefix = state.model_checkpoint_path
+  for candidate in (prefix, os.path.join(directory, os.path.basename(prefix))):
+    if os.path.isfile(candidate + ".index"):
+      return candidate
+  raise FileNotFoundError(f"no checkpoint in {directory}: {prefix}.index missing")
+
+
+def _require_file(directory, name):
+  """Path of `name` inside `directory`, or a FileNotFoundError saying which file is missing."""
+  path = os.path.join(directory, name)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{name} missing in {directory}")
+  return path
+
+
+def _check_num_labels(checkpoint_path, id2label):
+  """Fails early when the label map and the checkpoint's CRF disagree on the label count."""
+  shapes = dict(tf.train.list_variables(checkpoint_path))
+  if TRANSITIONS in shapes and shapes[TRANSITIONS][0] != len(id2label):
+    raise ValueError(f"{checkpoint_path}: {TRANSITIONS} is {shapes[TRANSITIONS]} but the "
+                     f"label map has {len(id2label)} ids")
+
+
+def _resolve_checkpoint_dir(directory):
+  """Our or macanv's full checkpoint dir."""
+  checkpoint_path = latest_checkpoint(directory)
+  bert_config_path = _require_file(directory, BERT_CONFIG)
+  vocab_path = _require_file(directory, VOCAB)
+  ner_config_path = os.path.join(directory, NER_CONFIG)
+  if os.path.isfile(ner_config_path):
+    ner_config = NerConfig.from_json_file(ner_config_path)
+  else:
+    ner_config = infer_ner_config(checkpoint_path, vocab_path)
+  id2label = labels.load_label_map(directory)
+  _check_num_labels(checkpoint_path, id2label)
+  return ModelDir(bert_config_path, vocab_path, ner_config, id2label, [checkpoint_path])
+
+
+def _resolve_head_only_dir(directory):
+  """A head-only dir whose `manifest.json` names the pinned backbone; converts it if needed."""
+  with open(os.path.join(directory, MANIFEST), encoding="utf-8") as f:
+    wanted = json.load(f).get("backbone") or {}
+  pinned = backbone.DEFAULT_BACKBONE
+  for key in ("package", "version", "sha256"):
+    if wanted.get(key) != pinned[key]:
+      raise ValueError(f"{directory}/{MANIFEST}: backbone {key} {wanted.get(key)!r} is not the "
+                       f"pinned {pinned[key]!r}")
+  head_checkpoint = latest_checkpoint(directory)
+  ner_config = NerConfig.from_json_file(_require_file(directory, NER_CONFIG))
+  id2label = labels.load_label_map(directory)
+  _check_num_labels(head_checkpoint, id2label)
+  backbone_dir = backbone.ensure_converted(backbone.locate_default_backbone(), pinned["sha256"])
+  return ModelDir(
+      bert_config_path=_require_file(backbone_dir, BERT_CONFIG),
+      vocab_path=_require_file(backbone_dir, VOCAB),
+      ner_config=ner_config,
+      id2label=id2label,
+      init_checkpoints=[head_checkpoint, os.path.join(backbone_dir, backbone.CHECKPOINT_NAME)])
+
+
+def resolve(path):
+  """Turns a checkpoint dir of any supported layout into a ModelDir."""
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"model dir {path} does not exist")
+  if os.path.isfile(os.path.join(path, MANIFEST)):
+    return _resolve_head_only_dir(path)
+  return _resolve_checkpoint_dir(path)
+
+
+def restore(sess, init_checkpoints, var_list=None):
+  """Restores each variable (default: all global ones) from the first checkpoint holding its
+  name; raises ValueError listing variables found nowhere or with a different shape."""
+  variables = tf.global_variables() if var_list is None else var_list
+  shapes = [dict(tf.train.list_variables(path)) for path in init_checkpoints]
+  assignments = [{} for _ in init_checkpoints]
+  problems = []
+  for var in variables:
+    name, shape = var.op.name, var.shape.as_list()
+    source = next((i for i, available in enumerate(shapes) if name in available), None)
+    if source is None:
+      problems.append(f"  {name} {shape}: in no checkpoint")
+    elif shapes[source][name] != shape:
+      problems.append(f"  {name}: graph {shape} vs {shapes[source][name]} in "
+                      f"{init_checkpoints[source]}")
+    else:
+      assignments[source][name] = var
+  if problems:
+    raise ValueError(f"cannot restore {len(problems)} variable(s) from {init_checkpoints}:\n" +
+                     "\n".join(problems))
+  for path, assignment in zip(init_checkpoints, assignments):
+    if assignment:
+      tf.train.Saver(assignment).restore(sess, path)
+
+
+def _replace_dir(new_dir, out_dir):
+  """Moves a complete `new_dir` to `out_dir`; an existing `out_dir` goes only after that."""
+  if not os.path.exists(out_dir):
+    os.rename(new_dir, out_dir)
+    return
+  trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-",
+                           dir=os.path.dirname(out_dir))
+  os.rename(out_dir, os.path.join(trash, "old"))
+  os.rename(new_dir, out_dir)
+  shutil.rmtree(trash)
+
+
+def save_checkpoint_dir(sess, out_dir, step, bert_config_path, vocab_path, id2label, ner_config,
+                        var_list=None):
+  """Writes a macanv-layout checkpoint dir atomically; returns its checkpoint prefix.
+
+  `var_list` (default: all saveable global variables) picks what goes into `model.ckpt-<step>`.
+  """
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-",
+                             dir=os.path.dirname(out_dir))
+  try:
+    os.chmod(tmp_dir, 0o755)
+    prefix = f"model.ckpt-{step}"
+    tf.train.Saver(var_list).save(sess, os.path.join(tmp_dir, prefix),
+                                  write_meta_graph=False, write_state=False)
+    # Relative paths keep the dir valid after the rename and when copied elsewhere.
+    with open(os.path.join(tmp_dir, CHECKPOINT_STATE), "w", encoding="utf-8") as f:
+      f.write(f'model_checkpoint_path: "{prefix}"\nall_model_checkpoint_paths: "{prefix}"\n')
+    shutil.copyfile(bert_config_path, os.path.join(tmp_dir, BERT_CONFIG))
+    shutil.copyfile(vocab_path, os.path.join(tmp_dir, VOCAB))
+    labels.save_label_map(tmp_dir, id2label)
+    ner_config.to_json_file(os.path.join(tmp_dir, NER_CONFIG))
+    _replace_dir(tmp_dir, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    raise
+  return os.path.join(out_dir, prefix)

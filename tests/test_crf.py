@@ -1,0 +1,89 @@
+"""CRF log-likelihood and Viterbi against brute-force enumeration of every tag path."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+from bert_ner import crf
+
+# (batch, steps, tags) cases; lengths are drawn in [0, steps] with 1 and steps always present.
+CASES = [(1, 1, 1), (2, 1, 3), (3, 2, 2), (4, 3, 4), (3, 4, 3), (5, 5, 2), (2, 5, 4)]
+
+
+def path_scores(potentials, transitions, length):
+  """Every tag path of the given length with its unnormalized score, by enumeration."""
+  num_tags = potentials.shape[1]
+  for path in itertools.product(range(num_tags), repeat=length):
+    score = sum(potentials[t, tag] for t, tag in enumerate(path))
+    score += sum(transitions[a, b] for a, b in zip(path[:-1], path[1:]))
+    yield path, score
+
+
+def random_case(rng, batch, steps, tags, scale=1.0):
+  """Random potentials, transitions, lengths (covering 1 and the full length) and gold tags."""
+  potentials = (rng.standard_normal((batch, steps, tags)) * scale).astype(np.float32)
+  transitions = (rng.standard_normal((tags, tags)) * scale).astype(np.float32)
+  lengths = rng.integers(0, steps + 1, size=batch).astype(np.int32)
+  lengths[0] = 1
+  lengths[-1] = steps
+  gold = rng.integers(0, tags, size=(batch, steps)).astype(np.int32)
+  return potentials, transitions, lengths, gold
+
+
+@pytest.fixture(scope="module")
+def crf_fn():
+  """One graph with dynamic shapes: (potentials, transitions, lengths, gold) -> (llh, decoded)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    potentials = tf.placeholder(tf.float32, [None, None, None])
+    transitions = tf.placeholder(tf.float32, [None, None])
+    lengths = tf.placeholder(tf.int32, [None])
+    gold = tf.placeholder(tf.int32, [None, None])
+    llh = crf.crf_log_likelihood(potentials, gold, lengths, transitions)
+    decoded = crf.viterbi_decode(potentials, lengths, transitions)
+  with tf.Session(graph=graph) as sess:
+    yield lambda p, tr, ln, g: sess.run(
+        (llh, decoded), {potentials: p, transitions: tr, lengths: ln, gold: g})
+
+
+@pytest.mark.parametrize("batch,steps,tags", CASES)
+def test_log_likelihood_matches_enumeration(crf_fn, batch, steps, tags):
+  rng = np.random.default_rng(batch * 100 + steps * 10 + tags)
+  potentials, transitions, lengths, gold = random_case(rng, batch, steps, tags)
+  llh, _ = crf_fn(potentials, transitions, lengths, gold)
+  for b in range(batch):
+    n = lengths[b]
+    if n == 0:
+      assert llh[b] == 0.0
+      continue
+    scores = dict(path_scores(potentials[b], transitions, n))
+    log_norm = np.logaddexp.reduce(np.array(list(scores.values()), np.float64))
+    np.testing.assert_allclose(llh[b], scores[tuple(gold[b, :n])] - log_norm, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 20.0])
+@pytest.mark.parametrize("batch,steps,tags", CASES)
+def test_viterbi_matches_enumeration(crf_fn, batch, steps, tags, scale):
+  rng = np.random.default_rng(batch * 100 + steps * 10 + tags + int(scale))
+  potentials, transitions, lengths, gold = random_case(rng, batch, steps, tags, scale)
+  _, decoded = crf_fn(potentials, transitions, lengths, gold)
+  assert decoded.dtype == np.int32 and decoded.shape == (batch, steps)
+  for b in range(batch):
+    n = lengths[b]
+    assert not decoded[b, n:].any()
+    if n:
+      best = max(path_scores(potentials[b], transitions, n), key=lambda item: item[1])[0]
+      assert tuple(decoded[b, :n]) == best
+
+
+def test_large_potentials_are_not_squashed(crf_fn):
+  # Path [1, 2] scores 30 + 20 - 3 = 47 and beats [0, 2] at 20 + 20 + 3 = 43; under tanh both
+  # unaries saturate to 1 and the transitions would pick [0, 2] instead.
+  potentials = np.array([[[20.0, 30.0, -20.0], [-20.0, -20.0, 20.0]]], np.float32)
+  transitions = np.array([[0.0, 0.0, 3.0], [0.0, 0.0, -3.0], [0.0, 0.0, 0.0]], np.float32)
+  llh, decoded = crf_fn(potentials, transitions, np.array([2], np.int32),
+                        np.array([[1, 2]], np.int32))
+  assert decoded.tolist() == [[1, 2]]
+  np.testing.assert_allclose(llh[0], -np.log1p(np.exp(-4.0)), atol=1e-4)
