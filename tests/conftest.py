@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny random Google-format BERT dir (real MiniLM vocab) and the CoNLL files.
+
+TensorFlow is imported inside the fixtures only, so tests that must not load it (clients) can
+still check `sys.modules`.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_BERT_CONFIG = {
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 64,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+  """Google-format BERT dir: tiny config, random weights, the real MiniLM (uncased) vocab.txt.
+
+  Holds `bert_config.json`, `vocab.txt` and `bert_model.ckpt.{index,data-00000-of-00001}`.
+  Shared by the whole session: copy it before adding files.
+  """
+  import tensorflow.compat.v1 as tf
+
+  from bert_ner import backbone, modeling
+
+  out_dir = tmp_path_factory.mktemp("tiny_bert")
+  config = modeling.BertConfig.from_dict(TINY_BERT_CONFIG)
+  (out_dir / "bert_config.json").write_text(config.to_json_string(), encoding="utf-8")
+  shutil.copyfile(backbone.locate_default_backbone() / "vocab.txt", out_dir / "vocab.txt")
+  with tf.Graph().as_default():
+    tf.set_random_seed(0)
+    input_ids = tf.placeholder(tf.int32, [None, None])
+    modeling.BertModel(config, False, input_ids, tf.ones_like(input_ids))
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      tf.train.Saver().save(sess, str(out_dir / backbone.CHECKPOINT_NAME),
+                            write_meta_graph=False, write_state=False)
+  return out_dir
+
+
+def _conll_path(name):
+  """Path of a CoNLL-2003 file in ../shared/data/conll2003 beside the repo; skips if absent."""
+  path = (REPO_ROOT / "../shared/data/conll2003" / name).resolve()
+  if not path.is_file():
+    pytest.skip("CoNLL-2003 %s not found at %s (expected in ../shared/data/conll2003 relative "
+                "to the repo root)" % (name, path))
+  return path
+
+
+@pytest.fixture(scope="session")
+def conll_dev_path():
+  """The CoNLL-2003 dev split (eng.testa)."""
+  return _conll_path("dev.txt")
+
+
+@pytest.fixture(scope="session")
+def conll_train_path():
+  """The CoNLL-2003 train split (eng.train)."""
+  return _conll_path("train.txt")
