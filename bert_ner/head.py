@@ -47,20 +47,15 @@ def lstm(inputs, num_units):
     # kernel acts on concat([x, h]): gates i, j, f, o; forget bias 1.0 added at run time.
     kernel = tf.get_variable("kernel", [input_size + num_units, 4 * num_units])
     bias = tf.get_variable("bias", [4 * num_units], initializer=tf.zeros_initializer())
-  # The input half of the kernel for all steps at once; only the recurrent half stays in the loop.
-  input_gates = tf.einsum("btf,fg->tbg", inputs, kernel[:input_size]) + bias  # [T, B, 4H]
-  recurrent_kernel = kernel[input_size:]  # [H, 4H]
-
-  def step(state, input_gates_t):
-    """One time step: (c, h) [B, H] each -> next (c, h)."""
-    c, h = state
-    i, j, f, o = tf.split(input_gates_t + tf.matmul(h, recurrent_kernel), 4, axis=1)
-    c = tf.sigmoid(f + 1.0) * c + tf.sigmoid(i) * tf.tanh(j)
-    return c, tf.sigmoid(o) * tf.tanh(c)
-
-  zeros = tf.zeros([tf.shape(inputs)[0], num_units], inputs.dtype)
-  _, outputs = tf.scan(step, input_gates, initializer=(zeros, zeros))  # [T, B, H]
-  return tf.transpose(outputs, [1, 0, 2])
+  # BlockLSTM is TF's fused CPU/GPU kernel for exactly this cell (same kernel layout and gate
+  # order), several times faster than a tf.scan of matmuls; it ships with TF Serving too.
+  zeros = tf.zeros([tf.shape(inputs)[0], num_units], inputs.dtype)  # [B, H]
+  no_peephole = tf.zeros([num_units], inputs.dtype)
+  outputs = tf.raw_ops.BlockLSTM(
+      seq_len_max=tf.cast(tf.shape(inputs)[1], tf.int64), x=tf.transpose(inputs, [1, 0, 2]),
+      cs_prev=zeros, h_prev=zeros, w=kernel, wci=no_peephole, wcf=no_peephole,
+      wco=no_peephole, b=bias, forget_bias=1.0, cell_clip=-1.0, use_peephole=False).h
+  return tf.transpose(outputs, [1, 0, 2])  # [T, B, H] -> [B, T, H]
 
 
 def bidirectional_lstm(inputs, lengths, num_units):
