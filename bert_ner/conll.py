@@ -1,0 +1,88 @@
+"""CoNLL files: one token per line, the NER tag in the last column, a blank line between sentences.
+
+Any column layout works: `word` (1 column, no tags), `word tag`, `word POS tag`, `word POS chunk
+tag` (CoNLL-2003), ... Columns are separated by whitespace, `-DOCSTART-` lines are skipped and
+tags come back in IOB2 (IOB1 files are converted), so every entity starts with `B-`.
+"""
+
+import dataclasses
+import re
+
+DOCSTART = "-DOCSTART-"
+
+_TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
+_BLANKS = " \t\r\n"
+_COLUMN_SEP = re.compile(r"[ \t]+")
+
+
+@dataclasses.dataclass
+class Sentence:
+  """One sentence: its words and their IOB2 tags (None for a file without a tag column)."""
+  words: list[str]
+  tags: list[str] | None = None
+
+
+class ConllError(ValueError):
+  """Malformed CoNLL input; the message names the file and line."""
+
+
+def iob1_to_iob2(tags):
+  """Rewrites an I- tag that opens an entity as B-; IOB2 input comes back unchanged."""
+  out = []
+  previous = "O"
+  for tag in tags:
+    if tag.startswith("I-") and previous[2:] != tag[2:]:
+      tag = "B-" + tag[2:]
+    out.append(tag)
+    previous = tag
+  return out
+
+
+def _finish(words, tags, has_tags):
+  """Builds a Sentence from the collected columns, tags converted to IOB2."""
+  return Sentence(words, iob1_to_iob2(tags) if has_tags else None)
+
+
+def read_conll(path):
+  """Reads a CoNLL file into Sentences; raises ConllError with `path:line` on malformed input."""
+  sentences = []
+  words, tags = [], []
+  num_columns = None
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, 1):
+      stripped = line.strip(_BLANKS)
+      if not stripped:
+        if words:
+          sentences.append(_finish(words, tags, num_columns > 1))
+          words, tags = [], []
+        continue
+      columns = _COLUMN_SEP.split(stripped)
+      if columns[0] == DOCSTART:
+        continue
+      if num_columns is None:
+        num_columns = len(columns)
+      elif len(columns) != num_columns:
+        raise ConllError(f"{path}:{line_number}: {len(columns)} columns where the file has "
+                         f"{num_columns}: {line.rstrip()!r}")
+      if num_columns > 1 and not _TAG_RE.match(columns[-1]):
+        raise ConllError(f"{path}:{line_number}: last column {columns[-1]!r} is not an IOB tag "
+                         f"(O, B-TYPE or I-TYPE)")
+      words.append(columns[0])
+      tags.append(columns[-1])
+  if words:
+    sentences.append(_finish(words, tags, num_columns > 1))
+  return sentences
+
+
+def write_conll(path, sentences):
+  """Writes Sentences as `word tag` lines (`word` alone when tags is None), blank-line separated."""
+  with open(path, "w", encoding="utf-8") as f:
+    for sentence in sentences:
+      if sentence.tags is not None and len(sentence.tags) != len(sentence.words):
+        raise ValueError(f"sentence has {len(sentence.words)} words but {len(sentence.tags)} tags")
+      for i, word in enumerate(sentence.words):
+        if not word or any(c in _BLANKS for c in word):
+          raise ValueError(f"word {word!r} is empty or holds whitespace: not writable as CoNLL")
+        f.write(word if sentence.tags is None else f"{word} {sentence.tags[i]}")
+        f.write("\n")
+      f.write("\n")

@@ -1,0 +1,368 @@
+"""Featurizer: text or CoNLL words -> BERT input windows, model predictions -> word tags, entities.
+
+No TensorFlow here: clients import this module and must start fast (numpy + HF `tokenizers`).
+
+Tokenization is google-research/bert's `FullTokenizer` (BasicTokenizer + WordpieceTokenizer) run
+by HF `tokenizers`, with character offsets into the original text. It agrees token for token with
+google's `tokenization.py` on CoNLL-2003 and on accented, CJK, RTL, emoji, control-character and
+long-word text (see tests/test_featurizer.py). A sweep over every code point finds only these
+divergences, all from `tokenizers` using older Unicode tables than Python's `unicodedata`:
+private-use characters (dropped here, kept as [UNK] by google); characters assigned or
+re-categorised in recent Unicode versions (new combining marks, punctuation and format
+characters; CJK U+2B820..U+2B91F); a word-final capital sigma lower-cases to σ here, ς in Python.
+
+Words:
+- Free text (`encode_text`): a word is a basic-tokenizer unit (`Müller`, `'`, `s`), with offsets.
+- CoNLL input (`encode_words`): a word is a CoNLL token; one may hold several basic tokens
+  (`all-rounder` -> `all - rounder`), all but the first sub-token of the word are continuations
+  (label `X`, as macanv/google tokenize each word). A word whose characters are all dropped by the
+  normalizer (control or format characters only) has no sub-token: it is tagged "O".
+
+Windows: a row holds at most `max_seq_length` sub-tokens including [CLS] and [SEP]. Longer input
+is cut at word starts into windows that overlap by at least `2 * stride` sub-tokens (when words
+allow), so a word gets about `stride` sub-tokens of context on each side; each word is read from
+the window where it lies farthest from a cut. Nothing is truncated: a single word longer than a
+window is, as a last resort, cut inside the word (its later pieces start the next window as
+continuations, and the word is read where it begins).
+"""
+
+import dataclasses
+import itertools
+import json
+import os
+
+import numpy as np
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordPiece
+
+VOCAB_FILE = "vocab.txt"
+NER_CONFIG_FILE = "ner_config.json"
+LABEL2ID_FILE = "label2id.json"
+CLS, SEP, UNK = "[CLS]", "[SEP]", "[UNK]"
+X = "X"
+# google's WordpieceTokenizer default: a longer basic token becomes a single [UNK].
+MAX_INPUT_CHARS_PER_WORD = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class Word:
+  """A basic-tokenizer unit of free text and its [start, end) character offsets in that text."""
+  text: str
+  start: int
+  end: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+  """One model row: `input_ids` = [CLS] sub-tokens [SEP], and per position the word it begins.
+
+  `word_ids[i]` is the index of the word whose first sub-token is at position i, or -1 for
+  [CLS], [SEP] and continuation pieces. `first_word`..`last_word` (inclusive) are the words with
+  a sub-token in the row (0, -1 in the bare [CLS] [SEP] row of a sentence whose words all have no
+  sub-token); `num_words` counts the words of the whole input the row was cut from.
+  """
+  input_ids: list[int]
+  word_ids: list[int]
+  first_word: int
+  last_word: int
+  num_words: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Entity:
+  """A tagged span of text: entity type and [start, end) character offsets."""
+  type: str
+  text: str
+  start: int
+  end: int
+
+
+def load_vocab(vocab_path):
+  """Reads vocab.txt like google's `load_vocab`: stripped lines, first occurrence keeps its id."""
+  vocab = {}
+  with open(vocab_path, encoding="utf-8") as f:
+    for line in f:
+      vocab.setdefault(line.strip(), len(vocab))
+  return vocab
+
+
+def read_label_map(path):
+  """Reads label2id.json `{label: id}` into id2label (a list); ids it leaves out read as "O"."""
+  with open(path, encoding="utf-8") as f:
+    label2id = json.load(f)
+  if not isinstance(label2id, dict) or not label2id:
+    raise ValueError(f"{path}: expected a non-empty JSON object of label -> id")
+  if any(type(i) is not int or i < 0 for i in label2id.values()):
+    raise ValueError(f"{path}: label ids must be integers >= 0: {label2id}")
+  if len(set(label2id.values())) != len(label2id):
+    raise ValueError(f"{path}: two labels share an id: {label2id}")
+  id2label = ["O"] * (max(label2id.values()) + 1)
+  for label, label_id in label2id.items():
+    id2label[label_id] = label
+  return id2label
+
+
+def pad_batch(windows):
+  """Stacks windows into int32 (input_ids, input_mask) arrays padded to the longest row."""
+  width = max((len(w.input_ids) for w in windows), default=0)
+  input_ids = np.zeros((len(windows), width), np.int32)
+  input_mask = np.zeros((len(windows), width), np.int32)
+  for row, window in enumerate(windows):
+    input_ids[row, :len(window.input_ids)] = window.input_ids
+    input_mask[row, :len(window.input_ids)] = 1
+  return input_ids, input_mask
+
+
+def entities(text, words, tags):
+  """Entity spans from word tags; IOB1 and IOB2 alike, an I- without a B- opens an entity.
+
+  An `X` tag continues the open entity (a free-text word the model saw as a word piece).
+  """
+  if len(words) != len(tags):
+    raise ValueError(f"{len(words)} words but {len(tags)} tags")
+  spans = []  # [type, first word, last word]
+  for i, tag in enumerate(tags):
+    is_open = bool(spans) and spans[-1][2] == i - 1
+    if tag == X and is_open:
+      spans[-1][2] = i
+    elif tag.startswith("I-") and is_open and spans[-1][0] == tag[2:]:
+      spans[-1][2] = i
+    elif tag.startswith(("B-", "I-")):
+      spans.append([tag[2:], i, i])
+  return [Entity(kind, text[words[first].start:words[last].end], words[first].start,
+                 words[last].end) for kind, first, last in spans]
+
+
+def _build_tokenizer(vocab, do_lower_case):
+  """HF tokenizer doing google's BasicTokenizer + WordpieceTokenizer (accents go with case)."""
+  tokenizer = Tokenizer(WordPiece(vocab, unk_token=UNK,
+                                  max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+  # google strips accents only when lower-casing.
+  tokenizer.normalizer = normalizers.BertNormalizer(
+      clean_text=True, handle_chinese_chars=True, strip_accents=do_lower_case,
+      lowercase=do_lower_case)
+  tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  return tokenizer
+
+
+def _words_of(text, encoding):
+  """Words of free text with the word index of each sub-token of its encoding.
+
+  A word spans its sub-tokens' offsets, widened over following characters the normalizer
+  dropped (a trailing combining accent, a zero-width space) up to whitespace or the next word.
+  """
+  starts, ends, token_words = [], [], []
+  previous = None
+  for word_id, (start, end) in zip(encoding.word_ids, encoding.offsets):
+    if word_id != previous:
+      starts.append(start)
+      ends.append(end)
+      previous = word_id
+    ends[-1] = end
+    token_words.append(len(starts) - 1)
+  words = []
+  for i, (start, end) in enumerate(zip(starts, ends)):
+    limit = starts[i + 1] if i + 1 < len(starts) else len(text)
+    while end < limit and not text[end].isspace():
+      end += 1
+    words.append(Word(text[start:end], start, end))
+  return words, token_words
+
+
+def _window_spans(begins, capacity, overlap):
+  """[lo, hi) sub-token spans of the windows: cut at word starts, neighbours share >= `overlap`."""
+  n = len(begins)
+  if n <= capacity:
+    return [(0, n)]
+  # next_start[p] / prev_start[p]: the nearest position >= p / <= p where a word begins.
+  next_start = [n] * (n + 1)
+  for p in range(n - 1, -1, -1):
+    next_start[p] = p if begins[p] >= 0 else next_start[p + 1]
+  prev_start = [0] * n
+  for p in range(1, n):
+    prev_start[p] = p if begins[p] >= 0 else prev_start[p - 1]
+  spans = []
+  lo = 0
+  while lo + capacity < n:
+    hi = lo + capacity
+    word_start = prev_start[hi]
+    # Cut before the word that does not fit, unless it fits no window anyway (last resort).
+    if word_start > lo and next_start[hi] - word_start <= capacity:
+      hi = word_start
+    spans.append((lo, hi))
+    # Next window: from the last word start that shares `overlap` sub-tokens with this one, or
+    # failing one after lo, from the next word start (mid-word, as a last resort).
+    back = prev_start[hi - overlap] if hi - overlap > lo else lo
+    lo = back if back > lo else min(next_start[lo + 1], hi)
+  spans.append((lo, n))
+  return spans
+
+
+class Featurizer:
+  """Turns text or CoNLL words into BERT rows and the model's label ids back into tags."""
+
+  def __init__(self, vocab_path, do_lower_case, max_seq_length=128, id2label=None, stride=None):
+    if max_seq_length < 3:
+      raise ValueError(f"max_seq_length must be >= 3 ([CLS] + a sub-token + [SEP]), "
+                       f"got {max_seq_length}")
+    capacity = max_seq_length - 2
+    if stride is None:
+      stride = min(max_seq_length // 4, (capacity - 1) // 2)
+    if not 0 <= 2 * stride < capacity:
+      raise ValueError(f"stride {stride} leaves no room: need 0 <= 2 * stride < "
+                       f"max_seq_length - 2 = {capacity}")
+    self.vocab = load_vocab(vocab_path)
+    missing = [t for t in (CLS, SEP, UNK) if t not in self.vocab]
+    if missing:
+      raise ValueError(f"{vocab_path} lacks {missing}")
+    self.do_lower_case = do_lower_case
+    self.max_seq_length = max_seq_length
+    self.stride = stride
+    self.id2label = None if id2label is None else list(id2label)
+    # For a repeated "O" (macanv leaves id 0 unused) the highest id wins: the real one.
+    self._label2id = {label: i for i, label in enumerate(self.id2label or [])}
+    self._tokenizer = _build_tokenizer(self.vocab, do_lower_case)
+
+  @classmethod
+  def from_dir(cls, path):
+    """Builds the featurizer of a checkpoint dir or an export's `assets.extra/`."""
+    config_path = os.path.join(path, NER_CONFIG_FILE)
+    with open(config_path, encoding="utf-8") as f:
+      config = json.load(f)
+    missing = [k for k in ("do_lower_case", "max_seq_length") if k not in config]
+    if missing:
+      raise ValueError(f"{config_path} lacks {missing}")
+    return cls(os.path.join(path, VOCAB_FILE), config["do_lower_case"], config["max_seq_length"],
+               read_label_map(os.path.join(path, LABEL2ID_FILE)))
+
+  pad_batch = staticmethod(pad_batch)
+  entities = staticmethod(entities)
+
+  def split_words(self, text):
+    """Basic-tokenizer words of free text, with character offsets into `text`."""
+    return self.encode_text(text)[0]
+
+  def encode_text(self, text):
+    """Free text -> (words, windows)."""
+    return self._encode_text(text, self._tokenizer.encode(text, add_special_tokens=False))
+
+  def encode_words(self, words):
+    """Pre-split words (a CoNLL sentence) -> windows; word_ids index `words`."""
+    encoding = self._tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
+    return self._windows(encoding.ids, encoding.word_ids, len(words))
+
+  def label_ids(self, words, tags):
+    """Training rows: (Window, label ids) with the tag on first sub-tokens, X, [CLS], [SEP]."""
+    if len(words) != len(tags):
+      raise ValueError(f"{len(words)} words but {len(tags)} tags")
+    tag_ids = [self._label_id(tag) for tag in tags]
+    x_id, cls_id, sep_id = self._label_id(X), self._label_id(CLS), self._label_id(SEP)
+    rows = []
+    for window in self.encode_words(words):
+      ids = [x_id if w < 0 else tag_ids[w] for w in window.word_ids]
+      ids[0], ids[-1] = cls_id, sep_id
+      rows.append((window, ids))
+    return rows
+
+  def word_tags(self, windows, pred_rows, x_continues=False):
+    """One tag per word from the label ids predicted for its windows (one input's windows).
+
+    X, [CLS] or [SEP] predicted on a word start read as "O"; with `x_continues` (free text) an
+    X continues the previous word's entity instead.
+    """
+    if len(windows) != len(pred_rows):
+      raise ValueError(f"{len(windows)} windows but {len(pred_rows)} prediction rows")
+    if not windows:
+      return []
+    id2label = self._labels()
+    best_score = [-1] * windows[0].num_words
+    best_id = [None] * windows[0].num_words
+    last = len(windows) - 1
+    for k, (window, row) in enumerate(zip(windows, pred_rows)):
+      n = len(window.input_ids) - 2
+      for i, word in enumerate(window.word_ids):
+        if word < 0:
+          continue
+        # Context on each side within this window; the input's own ends are no cut.
+        left = i - 1 if k > 0 else self.max_seq_length
+        right = n - i if k < last else self.max_seq_length
+        if min(left, right) > best_score[word]:
+          best_score[word] = min(left, right)
+          best_id[word] = int(row[i])
+    tags = []
+    for label_id in best_id:
+      tag = "O" if label_id is None else id2label[label_id]
+      if tag in (X, CLS, SEP):
+        continues = x_continues and tag == X and tags and tags[-1].startswith(("B-", "I-"))
+        tag = "I-" + tags[-1][2:] if continues else "O"
+      tags.append(tag)
+    return tags
+
+  def predict_words(self, sentences, run_fn, batch_size=64):
+    """Tags for pre-split sentences, running all their windows through `run_fn` in batches."""
+    encodings = self._tokenizer.encode_batch(
+        [list(s) for s in sentences], is_pretokenized=True, add_special_tokens=False)
+    per_input = [self._windows(e.ids, e.word_ids, len(s)) for e, s in zip(encodings, sentences)]
+    rows = self._run(per_input, run_fn, batch_size)
+    return [self.word_tags(windows, list(itertools.islice(rows, len(windows))))
+            for windows in per_input]
+
+  def predict_texts(self, texts, run_fn, batch_size=64):
+    """Entities of free texts, running all their windows through `run_fn` in batches."""
+    encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    encoded = [self._encode_text(t, e) for t, e in zip(texts, encodings)]
+    rows = self._run([windows for _, windows in encoded], run_fn, batch_size)
+    results = []
+    for text, (words, windows) in zip(texts, encoded):
+      tags = self.word_tags(windows, list(itertools.islice(rows, len(windows))), x_continues=True)
+      results.append(entities(text, words, tags))
+    return results
+
+  def _encode_text(self, text, encoding):
+    """(words, windows) of free text from its encoding."""
+    words, token_words = _words_of(text, encoding)
+    return words, self._windows(encoding.ids, token_words, len(words))
+
+  def _windows(self, ids, token_words, num_words):
+    """Cuts one input's sub-tokens (with the word of each) into [CLS] ... [SEP] windows."""
+    if num_words == 0:
+      return []
+    begins = [w if p == 0 or w != token_words[p - 1] else -1 for p, w in enumerate(token_words)]
+    cls_id, sep_id = self.vocab[CLS], self.vocab[SEP]
+    windows = []
+    for lo, hi in _window_spans(begins, self.max_seq_length - 2, 2 * self.stride):
+      first, last = (token_words[lo], token_words[hi - 1]) if hi > lo else (0, -1)
+      windows.append(Window([cls_id] + ids[lo:hi] + [sep_id], [-1] + begins[lo:hi] + [-1],
+                            first, last, num_words))
+    return windows
+
+  def _run(self, per_input, run_fn, batch_size):
+    """Runs every window through run_fn, shortest first, batches padded to their longest row.
+
+    Returns an iterator over the prediction rows in the order of the inputs' windows.
+    """
+    windows = [w for input_windows in per_input for w in input_windows]
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
+    rows = [None] * len(windows)
+    for begin in range(0, len(order), batch_size):
+      chunk = order[begin:begin + batch_size]
+      input_ids, input_mask = pad_batch([windows[i] for i in chunk])
+      pred = np.asarray(run_fn(input_ids, input_mask))
+      if pred.shape != input_ids.shape:
+        raise ValueError(f"run_fn returned shape {pred.shape} for input shape {input_ids.shape}")
+      for i, row in zip(chunk, pred):
+        rows[i] = row
+    return iter(rows)
+
+  def _labels(self):
+    """id2label, or a clear error for a featurizer built without one."""
+    if self.id2label is None:
+      raise ValueError("this Featurizer has no id2label: pass one or use Featurizer.from_dir")
+    return self.id2label
+
+  def _label_id(self, label):
+    """Id of a label; a clear error when the label map lacks it."""
+    self._labels()
+    if label not in self._label2id:
+      raise ValueError(f"label {label!r} is not in the label map {self.id2label}")
+    return self._label2id[label]
