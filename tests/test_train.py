@@ -1,0 +1,126 @@
+"""Trainer: a tiny random BERT trained for real on a CoNLL sample, frozen and fine-tuned."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bert_ner import conll
+from train import trainer
+from train.__main__ import main, parse_args
+
+
+def _sample(path, out, count):
+  """First `count` sentences of a CoNLL file, written to `out`."""
+  conll.write_conll(out, conll.read_conll(path)[:count])
+  return str(out)
+
+
+@pytest.fixture(scope="module")
+def sample_files(tmp_path_factory, conll_train_path, conll_dev_path):
+  """Small train/dev CoNLL files (40 and 20 sentences)."""
+  root = tmp_path_factory.mktemp("conll_sample")
+  return (_sample(conll_train_path, root / "train.txt", 40),
+          _sample(conll_dev_path, root / "dev.txt", 20))
+
+
+def _config(tiny_bert_dir, sample_files, out, **overrides):
+  """A quick TrainConfig on the tiny BERT (its position table holds 64)."""
+  train_path, dev_path = sample_files
+  values = dict(train=train_path, dev=dev_path, out=str(out), backbone=str(tiny_bert_dir),
+                max_seq_length=64, epochs=2, batch_size=8, lstm_size=8, hidden_size=8,
+                feature_layers=[-2, -1], cache_dir=str(out) + ".cache", logdir=str(out) + ".tb")
+  values.update(overrides)
+  return trainer.TrainConfig(**values)
+
+
+def _predict(model_path, words):
+  """pred tags for one sentence through the checkpoint dir's inference graph."""
+  import tensorflow.compat.v1 as tf
+
+  from bert_ner import checkpoint, head
+  from bert_ner.featurizer import Featurizer
+
+  model_dir = checkpoint.resolve(model_path)
+  featurizer = Featurizer(model_dir.vocab_path, model_dir.ner_config.do_lower_case,
+                          model_dir.ner_config.max_seq_length, model_dir.id2label)
+  with tf.Graph().as_default(), tf.Session() as sess:
+    ids = tf.placeholder(tf.int32, [None, None])
+    mask = tf.placeholder(tf.int32, [None, None])
+    pred = head.build_inference_graph(model_dir, ids, mask)
+    checkpoint.restore(sess, model_dir.init_checkpoints)
+    return featurizer.predict_words([words], lambda i, m: sess.run(pred, {ids: i, mask: m}))[0]
+
+
+def test_frozen_training_writes_macanv_layout_and_selects_on_dev(tiny_bert_dir, sample_files,
+                                                                   tmp_path):
+  out = tmp_path / "model"
+  report = trainer.run(_config(tiny_bert_dir, sample_files, out, epochs=3))
+  names = {p.name for p in out.iterdir()}
+  step = report["history"][report["best_epoch"] - 1]
+  assert {"checkpoint", "bert_config.json", "vocab.txt", "label2id.json", "ner_config.json",
+          "train_report.json"} <= names
+  assert any(n.startswith("model.ckpt-") and n.endswith(".index") for n in names)
+  assert report["best_epoch"] == max(report["history"], key=lambda h: h["dev_f1"])["epoch"]
+  assert step["epoch"] == report["best_epoch"]
+  assert set(report["dev"]) >= {"precision", "recall", "f1", "per_type"}
+  label2id = json.loads((out / "label2id.json").read_text())
+  assert label2id["O"] == 0 and {"X", "[CLS]", "[SEP]", "B-PER"} <= set(label2id)
+  # TensorBoard scalars were written.
+  assert list((tmp_path / "model.tb").glob("events.out.tfevents.*"))
+  # The saved dir loads and tags words through the one inference graph.
+  tags = _predict(out, ["EU", "rejects", "German", "call"])
+  assert len(tags) == 4 and all(t in label2id for t in tags)
+
+
+def test_second_run_reads_the_feature_cache(tiny_bert_dir, sample_files, tmp_path):
+  config = _config(tiny_bert_dir, sample_files, tmp_path / "a", epochs=1)
+  trainer.run(config)
+  cached = sorted(p.name for p in (tmp_path / "a.cache").iterdir())
+  assert len(cached) == 2  # train rows and dev rows
+  again = _config(tiny_bert_dir, sample_files, tmp_path / "b", epochs=1,
+                  cache_dir=str(tmp_path / "a.cache"))
+  first = trainer.run(again)
+  assert sorted(p.name for p in (tmp_path / "a.cache").iterdir()) == cached
+  assert first["dev"]["f1"] >= 0
+
+
+def test_fine_tune_changes_bert_weights(tiny_bert_dir, sample_files, tmp_path):
+  import tensorflow.compat.v1 as tf
+
+  out = tmp_path / "ft"
+  trainer.run(_config(tiny_bert_dir, sample_files, out, epochs=1, fine_tune=True,
+                      bert_learning_rate=1e-3))
+  name = "bert/encoder/layer_0/attention/self/query/kernel"
+  saved = tf.train.load_variable(str(out), name)
+  original = tf.train.load_variable(str(tiny_bert_dir / "bert_model.ckpt"), name)
+  assert saved.shape == original.shape and not np.allclose(saved, original)
+
+
+def test_head_only_needs_the_pinned_backbone(tiny_bert_dir, sample_files, tmp_path):
+  with pytest.raises(ValueError, match="head_only"):
+    trainer.run(_config(tiny_bert_dir, sample_files, tmp_path / "h", head_only=True))
+
+
+def test_seqeval_scores_match_conlleval_counts():
+  gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+  pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O"]]
+  scores = trainer.seqeval_scores(gold, pred)
+  # 2 of 3 predicted entities right, 2 of 3 gold entities found.
+  assert scores["precision"] == pytest.approx(200 / 3)
+  assert scores["recall"] == pytest.approx(200 / 3)
+  assert trainer.format_scores(scores).splitlines()[-1] == \
+      "overall precision 66.67 recall 66.67 f1 66.67"
+
+
+def test_cli_help_and_bad_input(tmp_path, capsys):
+  help_run = subprocess.run([sys.executable, "-m", "train", "--help"], capture_output=True,
+                            text=True, timeout=60)
+  assert help_run.returncode == 0 and "--fine_tune" in help_run.stdout
+  with pytest.raises(SystemExit):
+    parse_args(["--out", str(tmp_path / "x"), "--feature_layers", "a,b"])
+  code = main(["--out", str(tmp_path / "x"), "--train", str(tmp_path / "missing.txt")])
+  assert code == 2
+  assert "missing.txt" in capsys.readouterr().err
