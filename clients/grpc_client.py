@@ -1,0 +1,87 @@
+"""Tags sentences with the served bert_ner model over gRPC (TF Serving PredictionService)."""
+
+import os
+import sys
+
+if not __package__:  # run as a script from a checkout that is not pip-installed
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import grpc
+import numpy as np
+
+from clients import common
+from clients.tfs_protos import tfs_lite_pb2 as pb
+
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
+
+
+def make_tensor(array):
+  """int32 TensorProto of a numpy array."""
+  array = np.asarray(array, dtype="<i4")
+  shape = pb.TensorShapeProto(dim=[pb.TensorShapeProto.Dim(size=n) for n in array.shape])
+  return pb.TensorProto(dtype=pb.DT_INT32, tensor_shape=shape, tensor_content=array.tobytes())
+
+
+def make_array(tensor):
+  """numpy array of an int32 TensorProto (tensor_content or int_val)."""
+  if tensor.dtype != pb.DT_INT32:
+    raise common.ClientError(f"expected an int32 output, got {pb.DataType.Name(tensor.dtype)}")
+  shape = [d.size for d in tensor.tensor_shape.dim]
+  if tensor.tensor_content:
+    return np.frombuffer(tensor.tensor_content, dtype="<i4").reshape(shape)
+  values = np.asarray(tensor.int_val, dtype=np.int32)
+  return np.broadcast_to(values, shape) if values.size == 1 else values.reshape(shape)
+
+
+def make_predict_request(model, signature, input_ids, input_mask):
+  """PredictRequest for one padded batch."""
+  return pb.PredictRequest(
+      model_spec=pb.ModelSpec(name=model, signature_name=signature),
+      inputs={"input_ids": make_tensor(input_ids), "input_mask": make_tensor(input_mask)})
+
+
+def output_names(response):
+  """Output tensor names per signature of a GetModelMetadataResponse."""
+  if "signature_def" not in response.metadata:
+    raise common.ClientError("model metadata has no signature_def")
+  signatures = pb.SignatureDefMap.FromString(response.metadata["signature_def"].value).signature_def
+  return {name: [info.name for info in sig.outputs.values()] for name, sig in signatures.items()}
+
+
+class GrpcNerClient(common.NerClient):
+  """bert_ner client over TensorFlow Serving's gRPC API."""
+
+  def __init__(self, server, model="bert_ner", signature="result", timeout=10.0, assets=None):
+    super().__init__(server, model, signature, timeout, assets)
+    channel = grpc.insecure_channel(server)
+    self._predict = channel.unary_unary(
+        PREDICT, request_serializer=pb.PredictRequest.SerializeToString,
+        response_deserializer=pb.PredictResponse.FromString)
+    self._metadata = channel.unary_unary(
+        GET_MODEL_METADATA, request_serializer=pb.GetModelMetadataRequest.SerializeToString,
+        response_deserializer=pb.GetModelMetadataResponse.FromString)
+
+  def run(self, input_ids, input_mask):
+    """pred_label [B, T] for one padded batch."""
+    request = make_predict_request(self.model, self.signature, input_ids, input_mask)
+    response = self._call(self._predict, request)
+    if common.OUTPUT not in response.outputs:
+      raise common.ClientError(f"response has no {common.OUTPUT!r} output")
+    return make_array(response.outputs[common.OUTPUT])
+
+  def output_names(self):
+    """Output tensor names per signature, from GetModelMetadata."""
+    request = pb.GetModelMetadataRequest(model_spec=pb.ModelSpec(name=self.model),
+                                         metadata_field=["signature_def"])
+    return output_names(self._call(self._metadata, request))
+
+  def _call(self, method, request):
+    try:
+      return method(request, timeout=self.timeout)
+    except grpc.RpcError as e:
+      raise self.error(e.code().name, e.details()) from None
+
+
+if __name__ == "__main__":
+  sys.exit(common.main(GrpcNerClient, __doc__, "localhost:8500"))

@@ -1,0 +1,505 @@
+"""gRPC and REST clients: flags, assets, errors and fingerprints against an in-process fake TF
+Serving, then both scripts end to end against `python -m server` serving a tiny real export."""
+
+import http.server
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+from clients import common, grpc_client, rest_client
+from clients.tfs_protos import tfs_lite_pb2 as lite
+
+REPO_ROOT = common.REPO_ROOT
+SCRIPTS = {"grpc": REPO_ROOT / "clients" / "grpc_client.py",
+           "rest": REPO_ROOT / "clients" / "rest_client.py"}
+CLASSES = {"grpc": grpc_client.GrpcNerClient, "rest": rest_client.RestNerClient}
+LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER", "X",
+          "[CLS]", "[SEP]"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "eu", "rejects", "german", "call", "to", "boycott",
+         "british", "lamb", "."]
+FAKE_TAGS = {"eu": "B-ORG", "german": "B-MISC", "british": "B-MISC"}
+FINGERPRINT = "0123456789abcdef"
+SENTENCE = "EU rejects German call"
+SENTENCE_OUT = f"{SENTENCE}\n  EU -> ORG [0:2]\n  German -> MISC [11:17]\n"
+CALL_TIMEOUT = 60
+
+
+def free_port():
+  """A loopback port nobody listens on (bound, then closed)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def write_assets(path, fingerprint=FINGERPRINT, max_seq_length=16):
+  """A tiny assets.extra: vocab, label map and ner_config with labels and fingerprint."""
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+  (path / "label2id.json").write_text(json.dumps({label: i for i, label in enumerate(LABELS)}))
+  (path / "ner_config.json").write_text(json.dumps({
+      "head": "dense", "do_lower_case": True, "max_seq_length": max_seq_length,
+      "labels": LABELS, "fingerprint": fingerprint}))
+  return path
+
+
+def run_script(transport, *args, stdin=None, env=None, cwd=None, timeout=CALL_TIMEOUT):
+  """Runs a client script; returns the CompletedProcess."""
+  if env is None:
+    env = {k: v for k, v in os.environ.items() if k != "BERT_NER_ASSETS"}
+  return subprocess.run([sys.executable, str(SCRIPTS[transport]), *map(str, args)], input=stdin,
+                        capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def assert_one_line_error(result, pattern):
+  assert result.returncode != 0 and result.stdout == ""
+  assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+  assert re.search(pattern, result.stderr), result.stderr
+
+
+# ---------------------------------------------------------------- without a server
+
+
+@pytest.mark.parametrize("transport,port", [("grpc", 8500), ("rest", 8501)])
+def test_flags(transport, port):
+  module = {"grpc": grpc_client, "rest": rest_client}[transport]
+  parser = common.build_parser(module.__doc__, f"localhost:{port}")
+  args = parser.parse_args(["a b"])
+  assert (args.texts, args.server, args.model, args.signature, args.timeout, args.assets,
+          args.file, args.json, args.batch_size) == (
+              ["a b"], f"localhost:{port}", "bert_ner", "result", 10.0, None, None, False, 64)
+  args = parser.parse_args(["--server", "h:1", "--model", "m", "--signature", "s", "--timeout",
+                            "2.5", "--assets", "dir", "--file", "-", "--json", "--batch_size", "8"])
+  assert (args.texts, args.server, args.model, args.signature, args.timeout, args.assets,
+          args.file, args.json, args.batch_size) == ([], "h:1", "m", "s", 2.5, "dir", "-", True, 8)
+
+
+@pytest.mark.parametrize("transport", SCRIPTS)
+def test_scripts_help_from_the_repo_root(transport):
+  result = subprocess.run([sys.executable, f"clients/{transport}_client.py", "--help"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=CALL_TIMEOUT)
+  assert result.returncode == 0 and result.stderr == ""
+  for flag in ("--file", "--server", "--model", "--signature", "--timeout", "--assets", "--json",
+               "--batch_size", f"localhost:{8500 if transport == 'grpc' else 8501}"):
+    assert flag in result.stdout
+
+
+@pytest.mark.parametrize("argv,error", [
+    ([], "give sentences or --file"),
+    (["x", "--batch_size", "0"], "must be positive"),
+    (["x", "--timeout", "0"], "must be positive"),
+])
+def test_usage_errors(capsys, argv, error):
+  with pytest.raises(SystemExit) as exit_info:
+    common.main(grpc_client.GrpcNerClient, "doc", "localhost:8500", argv)
+  assert exit_info.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_find_assets_takes_the_highest_version_of_the_first_root_that_has_one(tmp_path,
+                                                                              monkeypatch):
+  monkeypatch.delenv("BERT_NER_ASSETS", raising=False)
+  base = tmp_path / "b" / "models" / "bert_ner"
+  for version in ("2", "10", "9"):
+    (base / version / "assets.extra").mkdir(parents=True)
+  (base / "11").mkdir()  # no assets.extra
+  (base / ".tmp-12-1" / "assets.extra").mkdir(parents=True)
+  assert common.find_assets([tmp_path / "a", tmp_path / "b"]) == base / "10" / "assets.extra"
+  monkeypatch.chdir(tmp_path / "b")
+  assert common.find_assets() == base / "10" / "assets.extra"
+  monkeypatch.setenv("BERT_NER_ASSETS", str(tmp_path / "elsewhere"))
+  assert common.find_assets([tmp_path / "b"]) == tmp_path / "elsewhere"
+
+
+def test_find_assets_without_any_export(tmp_path, monkeypatch):
+  monkeypatch.delenv("BERT_NER_ASSETS", raising=False)
+  with pytest.raises(common.ClientError, match="missing assets.*--assets"):
+    common.find_assets([tmp_path])
+
+
+def test_load_assets(tmp_path):
+  featurizer, fingerprint = common.load_assets(write_assets(tmp_path / "ok"))
+  assert fingerprint == FINGERPRINT and featurizer.max_seq_length == 16
+  (tmp_path / "ok" / "label2id.json").unlink()
+  with pytest.raises(common.ClientError, match="missing assets: .*label2id.json not found"):
+    common.load_assets(tmp_path / "ok")
+  write_assets(tmp_path / "nofp", fingerprint="")
+  with pytest.raises(common.ClientError, match="no fingerprint"):
+    common.load_assets(tmp_path / "nofp")
+
+
+class StubClient(common.NerClient):
+  """Serves canned output names per signature."""
+
+  def __init__(self, assets, signatures, signature="result"):
+    super().__init__("host:1", signature=signature, assets=assets)
+    self.signatures = signatures
+
+  def output_names(self):
+    return self.signatures
+
+
+@pytest.mark.parametrize("signature,signatures,error", [
+    ("result", {"result": [f"ner_{FINGERPRINT}/pred_label:0"]}, None),
+    ("result", {"result": ["x:0", f"ner_{FINGERPRINT}/pred_label:0"], "other": []}, None),
+    ("result", {"result": ["ner_fedcba9876543210/pred_label:0"]},
+     "fingerprint mismatch .*server has fedcba9876543210.* have 0123456789abcdef"),
+    ("nope", {"result": [f"ner_{FINGERPRINT}/pred_label:0"], "serving_default": []},
+     "signature 'nope' not found in model 'bert_ner' \\(has: result, serving_default\\)"),
+    ("result", {"result": ["pred_label:0"]}, "no ner_<fingerprint> output"),
+])
+def test_check_fingerprint(tmp_path, signature, signatures, error):
+  client = StubClient(write_assets(tmp_path), signatures, signature)
+  if error is None:
+    client.check_fingerprint()
+  else:
+    with pytest.raises(common.ClientError, match=error):
+      client.check_fingerprint()
+
+
+@pytest.mark.parametrize("code,expected", [
+    ("UNAVAILABLE", "server unreachable at host:1: a b"),
+    ("DEADLINE_EXCEEDED", "timeout: no answer from host:1 within 10s: a b"),
+    ("NOT_FOUND", "not found on host:1 (model 'bert_ner', signature 'result'): a b"),
+    ("INVALID_ARGUMENT", "server rejected the request (INVALID_ARGUMENT): a b"),
+    ("INTERNAL", "server error INTERNAL: a b"),
+])
+def test_error_messages_are_one_line(tmp_path, code, expected):
+  client = StubClient(write_assets(tmp_path), {})
+  assert str(client.error(code, " a\n  b\n")) == expected
+
+
+def test_client_modules_do_not_import_tensorflow():
+  code = ("import sys, clients.grpc_client, clients.rest_client; "
+          "print(sorted({m.split('.')[0] for m in sys.modules} & "
+          "{'tensorflow', 'tensorflow_serving', 'keras', 'tf_keras', 'jax', 'torch'}))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=CALL_TIMEOUT, check=True)
+  assert result.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- against a fake TF Serving
+
+
+class FakeServing:
+  """TF Serving stand-in on loopback: gRPC and REST, tags eu ORG and german/british MISC."""
+
+  def __init__(self, vocab, fingerprint=FINGERPRINT):
+    self.tag_of_id = np.zeros(len(vocab), np.int32)
+    for token, tag in FAKE_TAGS.items():
+      self.tag_of_id[vocab.index(token)] = LABELS.index(tag)
+    self.output_name = f"ner_{fingerprint}/pred_label:0"
+    self.delay, self.shapes = 0.0, []
+    self.grpc = grpc.server(futures.ThreadPoolExecutor(4))
+    self.grpc.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService", {
+            "Predict": grpc.unary_unary_rpc_method_handler(
+                self._grpc_predict, lite.PredictRequest.FromString,
+                lite.PredictResponse.SerializeToString),
+            "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
+                self._grpc_metadata, lite.GetModelMetadataRequest.FromString,
+                lite.GetModelMetadataResponse.SerializeToString)})])
+    self.grpc_address = f"127.0.0.1:{self.grpc.add_insecure_port('127.0.0.1:0')}"
+    self.grpc.start()
+    fake = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      """REST: GET /v1/models/<m>/metadata, POST /v1/models/<m>:predict."""
+
+      def do_GET(self):
+        self._answer(*fake.rest("GET", self.path, None))
+
+      def do_POST(self):
+        self._answer(*fake.rest("POST", self.path, self.rfile.read(
+            int(self.headers["Content-Length"]))))
+
+      def _answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+      def log_message(self, *args):
+        pass
+
+    self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.http.handle_error = lambda request, address: None  # a client that timed out and left
+    self.rest_address = f"127.0.0.1:{self.http.server_port}"
+    threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+  def close(self):
+    self.http.shutdown()
+    self.grpc.stop(0)
+
+  def address(self, transport):
+    return self.grpc_address if transport == "grpc" else self.rest_address
+
+  def check(self, model, signature=None):
+    """(status name, message) of TF Serving for a bad request, else None."""
+    time.sleep(self.delay)
+    if model != "bert_ner":
+      return "NOT_FOUND", f"Servable not found for request: Latest({model})"
+    if signature is not None and signature not in ("result", "serving_default"):
+      return "INVALID_ARGUMENT", f'Serving signature key "{signature}" not found.'
+    return None
+
+  def predict(self, input_ids):
+    self.shapes.append(input_ids.shape)
+    return self.tag_of_id[input_ids]
+
+  def signature_def_map(self):
+    signatures = lite.SignatureDefMap()
+    for name in ("result", "serving_default"):
+      signatures.signature_def[name].outputs["pred_label"].name = self.output_name
+    return signatures
+
+  def _grpc_predict(self, request, context):
+    error = self.check(request.model_spec.name, request.model_spec.signature_name)
+    if error:
+      context.abort(getattr(grpc.StatusCode, error[0]), error[1])
+    pred = self.predict(grpc_client.make_array(request.inputs["input_ids"]))
+    return lite.PredictResponse(outputs={"pred_label": grpc_client.make_tensor(pred)})
+
+  def _grpc_metadata(self, request, context):
+    error = self.check(request.model_spec.name)
+    if error:
+      context.abort(getattr(grpc.StatusCode, error[0]), error[1])
+    response = lite.GetModelMetadataResponse(model_spec=request.model_spec)
+    response.metadata["signature_def"].type_url = (
+        "type.googleapis.com/tensorflow.serving.SignatureDefMap")
+    response.metadata["signature_def"].value = self.signature_def_map().SerializeToString()
+    return response
+
+  def rest(self, method, path, body):
+    """(HTTP status, JSON body) the way TF Serving's REST API answers."""
+    match = re.fullmatch(r"/v1/models/([^/:]+)(/metadata|:predict)", path)
+    if not match:
+      return 404, {"error": "Malformed request"}
+    body = json.loads(body) if body else {}
+    error = self.check(match.group(1), body.get("signature_name", "serving_default")
+                       if method == "POST" else None)
+    if error:
+      return {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400}[error[0]], {"error": error[1]}
+    if method == "POST":
+      return 200, {"outputs": self.predict(np.array(body["inputs"]["input_ids"])).tolist()}
+    signatures = {name: {"outputs": {"pred_label": {"name": self.output_name}}}
+                  for name in self.signature_def_map().signature_def}
+    return 200, {"metadata": {"signature_def": {"signature_def": signatures}}}
+
+
+@pytest.fixture(scope="module")
+def fake_assets(tmp_path_factory):
+  return write_assets(tmp_path_factory.mktemp("fake") / "assets.extra")
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+  server = FakeServing(VOCAB)
+  yield server
+  server.close()
+
+
+@pytest.fixture
+def fake(fake_server):
+  fake_server.delay, fake_server.shapes = 0.0, []
+  return fake_server
+
+
+@pytest.fixture(params=["grpc", "rest"])
+def transport(request):
+  return request.param
+
+
+def test_predict_batches_and_pads_to_the_longest_row(fake, fake_assets, transport):
+  client = CLASSES[transport](fake.address(transport), assets=fake_assets)
+  client.check_fingerprint()
+  result = client.predict([SENTENCE, "", "british lamb", "EU ."], batch_size=2)
+  assert [[(e.type, e.text, e.start, e.end) for e in entities] for entities in result] == [
+      [("ORG", "EU", 0, 2), ("MISC", "German", 11, 17)], [], [("MISC", "british", 0, 7)],
+      [("ORG", "EU", 0, 2)]]
+  assert fake.shapes == [(2, 4), (1, 6)]  # shortest rows first, each batch padded to its longest
+
+
+def test_long_input_goes_through_windowing(fake, fake_assets, transport):
+  client = CLASSES[transport](fake.address(transport), assets=fake_assets)
+  text = " ".join(["EU"] + ["call to boycott lamb ."] * 8 + ["German"])
+  entities = client.predict([text])[0]
+  assert [(e.type, e.start, e.end) for e in entities] == [
+      ("ORG", 0, 2), ("MISC", len(text) - 6, len(text))]
+  assert len(fake.shapes) == 1 and fake.shapes[0][0] > 2 and fake.shapes[0][1] == 16
+
+
+@pytest.mark.parametrize("model,signature,error", [
+    ("nope", "result", "not found on .*model 'nope'.*Servable not found"),
+    ("bert_ner", "nope", r"server rejected the request \(INVALID_ARGUMENT\): Serving signature"),
+])
+def test_server_side_errors(fake, fake_assets, transport, model, signature, error):
+  client = CLASSES[transport](fake.address(transport), model, signature, assets=fake_assets)
+  with pytest.raises(common.ClientError, match=error):
+    client.predict([SENTENCE])
+
+
+def test_timeout(fake, fake_assets, transport):
+  fake.delay = 5.0
+  client = CLASSES[transport](fake.address(transport), timeout=0.3, assets=fake_assets)
+  started = time.monotonic()
+  with pytest.raises(common.ClientError, match="timeout: no answer from .* within 0.3s"):
+    client.check_fingerprint()
+  assert time.monotonic() - started < 3.0
+
+
+def test_scripts_tag_sentences_files_and_stdin(fake, fake_assets, tmp_path):
+  lines = [SENTENCE, "", "boycott british lamb"]
+  (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+  outputs = {}
+  for transport in SCRIPTS:
+    flags = ["--server", fake.address(transport), "--assets", fake_assets]
+    text = run_script(transport, SENTENCE, *flags, cwd=tmp_path)
+    assert (text.returncode, text.stdout, text.stderr) == (0, SENTENCE_OUT, "")
+    as_json = run_script(transport, "--file", tmp_path / "in.txt", "--json", *flags)
+    stdin = run_script(transport, "--file", "-", "--json", *flags, stdin="\n".join(lines))
+    assert as_json.returncode == stdin.returncode == 0 and as_json.stdout == stdin.stdout
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [r["text"] for r in records] == lines
+    assert records[2]["entities"] == [{"type": "MISC", "text": "british", "start": 8, "end": 15}]
+    outputs[transport] = text.stdout + as_json.stdout
+  assert outputs["grpc"] == outputs["rest"]
+
+
+def test_scripts_fail_with_one_line(fake, fake_assets, tmp_path, transport):
+  flags = ["--assets", fake_assets]
+  assert_one_line_error(run_script(transport, SENTENCE, "--server", f"127.0.0.1:{free_port()}",
+                                   *flags), "server unreachable at 127.0.0.1:")
+  address = ["--server", fake.address(transport)]
+  assert_one_line_error(run_script(transport, SENTENCE, *address, *flags, "--model", "nope"),
+                        "not found on .*model 'nope'")
+  assert_one_line_error(run_script(transport, SENTENCE, *address, *flags, "--signature", "nope"),
+                        "signature 'nope' not found in model 'bert_ner'")
+  skewed = write_assets(tmp_path / "skewed", fingerprint="fedcba9876543210")
+  assert_one_line_error(run_script(transport, SENTENCE, *address, "--assets", skewed),
+                        "fingerprint mismatch")
+  assert_one_line_error(run_script(transport, SENTENCE, *address, cwd=tmp_path,
+                                   env=dict(os.environ, BERT_NER_ASSETS=str(tmp_path / "no"))),
+                        "missing assets: .*vocab.txt not found")
+  assert_one_line_error(run_script(transport, "--file", tmp_path / "absent.txt", *address, *flags),
+                        "cannot read")
+
+
+# ---------------------------------------------------------------- end to end: export + server
+
+LONG = " ".join(["Germany 's representative to the European Union said on Wednesday"] * 4)
+E2E_SENTENCES = [SENTENCE, "Peter Blackburn", "BRUSSELS 1996-08-22", LONG]  # LONG: 2+ windows
+
+
+def make_checkpoint(tiny_bert_dir, out_dir):
+  """A tiny dense-CRF checkpoint dir: the tiny BERT plus a random head, max_seq_length 32."""
+  import tensorflow.compat.v1 as tf
+
+  from bert_ner import checkpoint
+  from bert_ner.head import build_inference_graph
+
+  config = checkpoint.NerConfig(head="dense", feature_layers=[-1], max_seq_length=32)
+  model_dir = checkpoint.ModelDir(str(tiny_bert_dir / "bert_config.json"),
+                                  str(tiny_bert_dir / "vocab.txt"), config, LABELS,
+                                  [str(tiny_bert_dir / "bert_model.ckpt")])
+  with tf.Graph().as_default():
+    tf.set_random_seed(1)
+    input_ids = tf.placeholder(tf.int32, [None, None])
+    build_inference_graph(model_dir, input_ids, tf.ones_like(input_ids))
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      checkpoint.save_checkpoint_dir(sess, out_dir, 1, model_dir.bert_config_path,
+                                     model_dir.vocab_path, LABELS, config)
+  return out_dir
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bert_dir, tmp_path_factory):
+  """(workdir, grpc address, rest address): `python -m server` on free loopback ports serving
+  a tiny export in workdir/models/bert_ner/1."""
+  work = tmp_path_factory.mktemp("served")
+  base = work / "models" / "bert_ner"
+  ckpt = make_checkpoint(tiny_bert_dir, work / "ckpt")
+  export = subprocess.run([sys.executable, "-m", "export", "--checkpoint", ckpt,
+                           "--model_base_path", base, "--verify_sentences", "4"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert export.returncode == 0, export.stderr[-2000:]
+  log = work / "server.log"
+  with open(log, "w") as out:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", "0", "--rest_api_port", "0", "--model_name",
+         "bert_ner", "--model_base_path", str(base)],
+        cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.monotonic() + 300
+    while not (ready := re.search(r"gRPC (\S+) REST http://(\S+)", log.read_text())):
+      assert server.poll() is None, f"server exited: {log.read_text()[-3000:]}"
+      assert time.monotonic() < deadline, f"server not ready: {log.read_text()[-3000:]}"
+      time.sleep(0.5)
+    yield work, ready.group(1), ready.group(2)
+  finally:
+    server.terminate()
+    try:
+      server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      server.kill()
+      server.wait()
+
+
+def test_e2e_grpc_and_rest_scripts_agree(served):
+  work, grpc_address, rest_address = served
+  (work / "in.txt").write_text("\n".join(E2E_SENTENCES) + "\n")
+  outputs = {}
+  for transport, address in (("grpc", grpc_address), ("rest", rest_address)):
+    text = run_script(transport, *E2E_SENTENCES, "--server", address, cwd=work)
+    as_json = run_script(transport, "--file", work / "in.txt", "--json", "--server", address,
+                         "--batch_size", "3", cwd=work)
+    assert text.returncode == as_json.returncode == 0, text.stderr + as_json.stderr
+    assert text.stderr == as_json.stderr == ""
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [r["text"] for r in records] == E2E_SENTENCES
+    for record in records:
+      for entity in record["entities"]:
+        assert record["text"][entity["start"]:entity["end"]] == entity["text"]
+        assert entity["type"] in {"LOC", "MISC", "ORG", "PER"}
+    assert text.stdout.splitlines()[0] == SENTENCE
+    outputs[transport] = text.stdout, as_json.stdout
+  assert outputs["grpc"] == outputs["rest"]
+
+
+def test_e2e_scripts_fail_with_one_line(served, transport):
+  work, *addresses = served
+  address = dict(zip(SCRIPTS, addresses))[transport]
+  assert_one_line_error(run_script(transport, SENTENCE, "--server", f"127.0.0.1:{free_port()}",
+                                   cwd=work), "server unreachable")
+  assert_one_line_error(run_script(transport, SENTENCE, "--server", address, "--model", "nope",
+                                   cwd=work), "not found on .*model 'nope'")
+  assert_one_line_error(run_script(transport, SENTENCE, "--server", address, "--signature",
+                                   "nope", cwd=work), "signature 'nope' not found")
+  skewed = work / f"skewed-{transport}"
+  if not skewed.exists():
+    shutil.copytree(work / "models" / "bert_ner" / "1" / "assets.extra", skewed)
+    config = json.loads((skewed / "ner_config.json").read_text())
+    config["fingerprint"] = "f" * 16
+    (skewed / "ner_config.json").write_text(json.dumps(config))
+  assert_one_line_error(run_script(transport, SENTENCE, "--server", address, "--assets", skewed,
+                                   cwd=work), "fingerprint mismatch")
+
+
+def test_e2e_server_side_invalid_argument(served, transport):
+  work, *addresses = served
+  client = CLASSES[transport](dict(zip(SCRIPTS, addresses))[transport],
+                              assets=work / "models" / "bert_ner" / "1" / "assets.extra")
+  with pytest.raises(common.ClientError, match=r"\(INVALID_ARGUMENT\): .*outside the vocabulary"):
+    client.run(np.array([[101, 10**6, 102]], np.int32), np.ones((1, 3), np.int32))
