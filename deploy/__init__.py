@@ -1,0 +1,123 @@
+"""TF Serving in Docker through the docker SDK (no TensorFlow): engine, image, container, health."""
+
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import docker
+import requests
+
+from bert_ner.featurizer import Featurizer, pad_batch
+from export import layout
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = "bert-ner-serving:latest"
+CONTAINER = "bert-ner-serving"
+MODEL_NAME = "bert_ner"
+EXAMPLE = "EU rejects German call"
+
+
+class DeployError(Exception):
+  """A one-line reason to stop with exit 2 (no engine, no exported version, build/run failure)."""
+
+
+def engine(timeout=3.0):
+  """A docker client whose engine answered a ping within `timeout` s, else DeployError."""
+  where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+  try:
+    client = docker.from_env(timeout=timeout)
+    client.ping()
+    return client
+  except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+    raise DeployError(f"no Docker engine answers at {where}: {e}") from e
+
+
+def latest_version(base):
+  """Path of the newest exported version under `base`, or DeployError."""
+  found = layout.latest(base)
+  if found is None:
+    raise DeployError(f"no exported version under {base}: run `python -m export` (make export)")
+  return found
+
+
+def build_context_path(base, context=ROOT):
+  """`base` relative to the Docker build context (the repo root), or DeployError."""
+  try:
+    return Path(base).resolve().relative_to(Path(context).resolve())
+  except ValueError:
+    raise DeployError(f"{base} is outside {context}, the Docker build context") from None
+
+
+def build_image(client, base, tag=IMAGE, context=ROOT):
+  """Builds `tag` from `<context>/docker/Dockerfile` with the model base `base` baked in."""
+  latest_version(base)
+  context_base = build_context_path(base, context).as_posix()
+  print(f"building {tag} from docker/Dockerfile with {context_base} ...", flush=True)
+  try:
+    image, _ = client.images.build(path=str(context), dockerfile="docker/Dockerfile", tag=tag,
+                                   buildargs={"MODEL_BASE": context_base}, rm=True)
+  except (docker.errors.BuildError, docker.errors.APIError) as e:
+    raise DeployError(f"image build failed: {e}") from e
+  print(f"built {tag} ({image.short_id})")
+  return image
+
+
+def wait_available(url, timeout, container=None):
+  """Polls the REST model status until a version is AVAILABLE; DeployError on timeout or exit."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    try:
+      with urllib.request.urlopen(url, timeout=2) as r:
+        if any(v["state"] == "AVAILABLE" for v in json.load(r).get("model_version_status", [])):
+          return
+    except (OSError, ValueError):
+      pass
+    if container is not None:
+      container.reload()
+      if container.status == "exited":
+        logs = container.logs(tail=20).decode(errors="replace")
+        raise DeployError(f"container exited before serving:\n{logs}")
+    time.sleep(1)
+  raise DeployError(f"{url} reported no AVAILABLE version within {timeout:.0f}s")
+
+
+def run_container(client, host, grpc_port, rest_port, timeout, image=IMAGE, name=CONTAINER):
+  """Replaces container `name` by one of `image` publishing both ports on `host`; waits."""
+  try:
+    client.containers.get(name).remove(force=True)
+  except docker.errors.NotFound:
+    pass
+  ports = {"8500/tcp": (host, grpc_port), "8501/tcp": (host, rest_port)}
+  try:
+    container = client.containers.run(image, name=name, detach=True, ports=ports,
+                                      restart_policy={"Name": "unless-stopped"})
+  except docker.errors.APIError as e:
+    raise DeployError(f"cannot start {image}: {e}") from e
+  url = f"http://{host}:{rest_port}/v1/models/{MODEL_NAME}"
+  print(f"started container {name} ({container.short_id}); waiting for {url} ...", flush=True)
+  wait_available(url, timeout, container)
+  print(f"{MODEL_NAME} is AVAILABLE (stop it: docker rm -f {name})")
+  return container
+
+
+def example_request(base):
+  """REST predict body for EXAMPLE, featurized by the shared Featurizer from the export's assets."""
+  featurizer = Featurizer.from_dir(str(latest_version(base) / "assets.extra"))
+  input_ids, input_mask = pad_batch(featurizer.encode_words(EXAMPLE.split()))
+  return {"signature_name": "serving_default",
+          "inputs": {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()}}
+
+
+def how_to_query(base, host, grpc_port, rest_port):
+  """The gRPC and REST client commands and a curl line with real input_ids for EXAMPLE."""
+  assets = latest_version(base) / "assets.extra"
+  body = json.dumps(example_request(base), separators=(",", ":"))
+  return "\n".join([
+      "query it with:",
+      f"  .venv/bin/python clients/grpc_client.py --server {host}:{grpc_port} --assets {assets} "
+      f"\"{EXAMPLE}\"",
+      f"  .venv/bin/python clients/rest_client.py --server {host}:{rest_port} --assets {assets} "
+      f"\"{EXAMPLE}\"",
+      f"  curl -s -X POST http://{host}:{rest_port}/v1/models/{MODEL_NAME}:predict -d '{body}'"])

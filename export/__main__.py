@@ -1,0 +1,58 @@
+"""python -m export: checkpoint dir (ours, macanv or head-only default) -> TF Serving model base."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_VERIFY_FILE = Path(__file__).resolve().parents[2] / "shared/data/conll2003/dev.txt"
+
+
+def parse_args(argv=None):
+  """Command-line flags."""
+  p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+  p.add_argument("--checkpoint", required=True,
+                 help="checkpoint dir: ours, macanv's, or a head-only dir such as models/default")
+  p.add_argument("--model_base_path", required=True,
+                 help="TF Serving model base; the export lands in <base>/<version>/")
+  p.add_argument("--version", type=int, default=None,
+                 help="version number (default: highest existing + 1); refused if it exists")
+  p.add_argument("--verify_file", default=None,
+                 help=f"CoNLL file whose sentences check the SavedModel against the checkpoint "
+                      f"(default: {DEFAULT_VERIFY_FILE} if present, else built-in samples)")
+  p.add_argument("--verify_sentences", type=int, default=64,
+                 help="how many verification sentences to use; 0 = all")
+  args = p.parse_args(argv)
+  if args.version is not None and args.version < 1:
+    p.error("--version must be >= 1")
+  if args.verify_sentences < 0:
+    p.error("--verify_sentences must be >= 0")
+  return args
+
+
+def main(argv=None):
+  """Runs the export; exit 2 on bad input, 1 when verification refuses the SavedModel."""
+  args = parse_args(argv)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from bert_ner import conll  # pylint: disable=import-outside-toplevel  (TF loads after --help)
+  from export import exporter  # pylint: disable=import-outside-toplevel
+  exporter.tf.get_logger().setLevel("ERROR")
+  verify_file = args.verify_file or (DEFAULT_VERIFY_FILE if DEFAULT_VERIFY_FILE.is_file() else None)
+  try:
+    sentences = ([s.words for s in conll.read_conll(verify_file)] if verify_file
+                 else exporter.SAMPLES)[:args.verify_sentences or None]
+    if not sentences:
+      raise exporter.ExportError(f"no sentences in {verify_file}")
+    print(f"verification: {len(sentences)} sentences of {verify_file or 'built-in samples'}")
+    exporter.export_model(args.checkpoint, args.model_base_path, args.version, sentences)
+  except (exporter.ExportError, conll.ConllError, OSError) as e:
+    print(f"export: error: {e}", file=sys.stderr)
+    return 2
+  except exporter.VerificationError as e:
+    print(f"export: refused: {e}; nothing was published", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

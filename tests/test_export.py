@@ -1,0 +1,303 @@
+"""Export: versions, signature contract, assets, warm-up log, fidelity, atomicity, bad input."""
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAVED_MODEL_CLI = REPO_ROOT / ".venv/bin/saved_model_cli"
+SIGNATURES = ("result", "serving_default")
+CONLL = "EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n\nBRUSSELS B-LOC\n"
+
+
+def make_checkpoint(tiny_bert_dir, out_dir, seed=0):
+  """Tiny BiLSTM-CRF checkpoint dir: random head over the tiny BERT, via save_checkpoint_dir."""
+  import tensorflow.compat.v1 as tf
+
+  from bert_ner import checkpoint, labels
+  from bert_ner.head import build_inference_graph
+
+  id2label = labels.make_label_list(["LOC", "MISC", "ORG", "PER"])
+  ner_config = checkpoint.NerConfig(lstm_size=8, hidden_size=8, feature_layers=[-2, -1],
+                                    max_seq_length=32)
+  model_dir = checkpoint.ModelDir(str(tiny_bert_dir / "bert_config.json"),
+                                  str(tiny_bert_dir / "vocab.txt"), ner_config, id2label,
+                                  [str(tiny_bert_dir / "bert_model.ckpt")])
+  with tf.Graph().as_default():
+    tf.set_random_seed(seed)
+    input_ids = tf.placeholder(tf.int32, [None, None])
+    build_inference_graph(model_dir, input_ids, tf.ones_like(input_ids))
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      checkpoint.restore(sess, model_dir.init_checkpoints,
+                         [v for v in tf.global_variables() if v.op.name.startswith("bert/")])
+      checkpoint.save_checkpoint_dir(sess, out_dir, 1, model_dir.bert_config_path,
+                                     model_dir.vocab_path, id2label, ner_config)
+  return Path(out_dir)
+
+
+def run_cli(*args):
+  """`python -m export ARGS` in a subprocess from the repo root."""
+  return subprocess.run([sys.executable, "-m", "export", *map(str, args)], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def export_main(capsys, *args):
+  """`export.__main__.main(ARGS)` in-process: (exit status, stdout, stderr)."""
+  from export.__main__ import main
+  status = main([str(a) for a in args])
+  out, err = capsys.readouterr()
+  return status, out, err
+
+
+def listing(base):
+  """{relative path: (size, mtime_ns)} of everything under `base`."""
+  return {str(p.relative_to(base)): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in sorted(Path(base).rglob("*"))}
+
+
+def load_saved_model(path):
+  """(session, serving_default SignatureDef) of a SavedModel loaded in a fresh graph."""
+  import tensorflow as tf
+  sess = tf.compat.v1.Session(graph=tf.Graph())
+  meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
+  return sess, meta.signature_def["serving_default"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_bert_dir, tmp_path_factory):
+  """The tiny checkpoint dir."""
+  return make_checkpoint(tiny_bert_dir, tmp_path_factory.mktemp("ckpt") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt, tmp_path_factory):
+  """A model base exported twice: version 1 by the CLI subprocess, version 2 in-process."""
+  from export.__main__ import main
+  base = tmp_path_factory.mktemp("models") / "bert_ner"
+  first = run_cli("--checkpoint", ckpt, "--model_base_path", base)
+  assert first.returncode == 0, first.stderr
+  conll = base.parent / "verify.conll"
+  conll.write_text(CONLL)
+  assert main(["--checkpoint", str(ckpt), "--model_base_path", str(base), "--verify_file",
+               str(conll), "--verify_sentences", "0"]) == 0
+  return base, first.stdout
+
+
+@pytest.fixture(scope="module")
+def fingerprint(exported):
+  """The fingerprint recorded in version 1's assets."""
+  base, _ = exported
+  return json.loads((base / "1/assets.extra/ner_config.json").read_text())["fingerprint"]
+
+
+def test_help_needs_no_checkpoint():
+  result = run_cli("--help")
+  assert result.returncode == 0
+  for flag in ("--checkpoint", "--model_base_path", "--version", "--verify_sentences",
+               "--verify_file"):
+    assert flag in result.stdout
+
+
+def test_versions_and_report(exported, fingerprint):
+  from export import layout
+  base, stdout = exported
+  assert layout.versions(base) == [1, 2]
+  assert [p.name for p in base.iterdir() if not p.name.isdigit()] == []
+  assert "signature_def['serving_default']:" in stdout
+  assert "Method name is: tensorflow/serving/predict" in stdout
+  assert re.search(rf"-> {re.escape(str(base / '1'))} \(fingerprint {fingerprint}\) in "
+                   r"[0-9.]+s", stdout)
+  assert "SavedModel == checkpoint graph" in stdout
+
+
+def test_signature_contract_in_saved_model_pb(exported, fingerprint):
+  from tensorflow.core.framework import types_pb2
+  from tensorflow.core.protobuf import saved_model_pb2
+  base, _ = exported
+  saved = saved_model_pb2.SavedModel.FromString((base / "1/saved_model.pb").read_bytes())
+  assert len(saved.meta_graphs) == 1
+  meta = saved.meta_graphs[0]
+  assert list(meta.meta_info_def.tags) == ["serve"]
+  assert sorted(meta.signature_def) == sorted(SIGNATURES)
+  expected = {"input_ids": "input_ids:0", "input_mask": "input_mask:0"}
+  for name in SIGNATURES:
+    sig = meta.signature_def[name]
+    assert sig.method_name == "tensorflow/serving/predict"
+    assert {k: v.name for k, v in sig.inputs.items()} == expected
+    assert {k: v.name for k, v in sig.outputs.items()} == {
+        "pred_label": f"ner_{fingerprint}/pred_label:0"}
+    for info in [*sig.inputs.values(), *sig.outputs.values()]:
+      assert info.dtype == types_pb2.DT_INT32
+      assert [d.size for d in info.tensor_shape.dim] == [-1, -1]
+  # Inference graph only: no dropout, no optimizer, no gradients, no step counter.
+  ops = {node.op for node in meta.graph_def.node}
+  names = [node.name for node in meta.graph_def.node]
+  assert not [n for n in names if re.search(r"dropout|^gradients|Adam|global_step", n)]
+  assert not {op for op in ops if "Apply" in op}
+
+
+def test_signature_contract_via_saved_model_cli(exported, fingerprint):
+  if not SAVED_MODEL_CLI.exists():
+    pytest.skip(f"saved_model_cli not found at {SAVED_MODEL_CLI}")
+  base, _ = exported
+  result = subprocess.run([str(SAVED_MODEL_CLI), "show", "--dir", str(base / "1"), "--all"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  blocks = re.split(r"\n(?=signature_def\[')", result.stdout)
+  for name in SIGNATURES:
+    block = next(b for b in blocks if b.startswith(f"signature_def['{name}']"))
+    for key, tensor in (("inputs['input_ids']", "input_ids:0"),
+                        ("inputs['input_mask']", "input_mask:0"),
+                        ("outputs['pred_label']", f"ner_{fingerprint}/pred_label:0")):
+      assert re.search(re.escape(key) + r" tensor_info:\s+dtype: DT_INT32\s+shape: \(-1, -1\)\s+"
+                       r"name: " + re.escape(tensor), block), block
+    assert "Method name is: tensorflow/serving/predict" in block
+
+
+def test_assets(exported, ckpt, fingerprint):
+  from bert_ner import checkpoint, labels
+  from bert_ner.featurizer import Featurizer
+  base, _ = exported
+  assets = base / "1/assets.extra"
+  assert (assets / "vocab.txt").read_bytes() == (ckpt / "vocab.txt").read_bytes()
+  assert labels.load_label_map(str(assets)) == labels.load_label_map(str(ckpt))
+  config = json.loads((assets / "ner_config.json").read_text())
+  assert re.fullmatch(r"[0-9a-f]{16}", fingerprint)
+  assert config["labels"] == labels.load_label_map(str(ckpt))
+  assert (config["vocab_size"], config["max_position_embeddings"]) == (30522, 64)
+  assert checkpoint.NerConfig.from_dict(config) == checkpoint.NerConfig.from_json_file(
+      ckpt / "ner_config.json")
+  assert config["do_lower_case"] is True and config["max_seq_length"] == 32
+  assert Featurizer.from_dir(str(assets)).encode_words(["EU"])[0].input_ids[0] == 101
+
+
+def test_fingerprint_follows_content(exported, fingerprint, tiny_bert_dir, tmp_path, capsys):
+  base, _ = exported
+  again = json.loads((base / "2/assets.extra/ner_config.json").read_text())["fingerprint"]
+  assert again == fingerprint
+  other = make_checkpoint(tiny_bert_dir, tmp_path / "other", seed=1)
+  status, out, err = export_main(capsys, "--checkpoint", other, "--model_base_path", tmp_path / "m")
+  assert status == 0, err
+  changed = json.loads((tmp_path / "m/1/assets.extra/ner_config.json").read_text())["fingerprint"]
+  assert changed != fingerprint and f"fingerprint {changed}" in out
+
+
+def test_warmup_requests_parse_and_run(exported):
+  import tensorflow as tf
+  from tensorflow_serving.apis import prediction_log_pb2
+  base, _ = exported
+  records = list(tf.data.TFRecordDataset(str(base / "1/assets.extra/tf_serving_warmup_requests"))
+                 .as_numpy_iterator())
+  assert len(records) >= 2
+  sess, sig = load_saved_model(base / "1")
+  with sess:
+    for record in records:
+      request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+      assert request.model_spec.signature_name == "serving_default"
+      feed = {sig.inputs[k].name: tf.make_ndarray(request.inputs[k]) for k in sig.inputs}
+      assert set(request.inputs) == {"input_ids", "input_mask"}
+      assert all(v.dtype == np.int32 and v.ndim == 2 for v in feed.values())
+      assert sess.run(sig.outputs["pred_label"].name, feed).shape == next(iter(feed.values())).shape
+
+
+def test_saved_model_matches_checkpoint_graph(exported, ckpt):
+  import tensorflow.compat.v1 as tf
+
+  from bert_ner import checkpoint
+  from bert_ner.featurizer import Featurizer
+  from bert_ner.head import build_inference_graph
+  from export.exporter import SAMPLES
+  base, _ = exported
+  featurizer = Featurizer.from_dir(str(ckpt))
+  input_ids, input_mask = featurizer.pad_batch(
+      [w for words in SAMPLES for w in featurizer.encode_words(words)])
+  model_dir = checkpoint.resolve(ckpt)
+  with tf.Graph().as_default(), tf.Session() as sess:
+    ids = tf.placeholder(tf.int32, [None, None])
+    mask = tf.placeholder(tf.int32, [None, None])
+    pred = build_inference_graph(model_dir, ids, mask)
+    checkpoint.restore(sess, model_dir.init_checkpoints)
+    want = sess.run(pred, {ids: input_ids, mask: input_mask})
+  sess, sig = load_saved_model(base / "2")
+  with sess:
+    feed = {sig.inputs["input_ids"].name: input_ids, sig.inputs["input_mask"].name: input_mask}
+    got = sess.run(sig.outputs["pred_label"].name, feed)
+  assert len(np.unique(want[input_mask > 0])) > 1  # a random head, not a constant
+  np.testing.assert_array_equal(got * input_mask, want * input_mask)
+
+
+def test_mismatch_is_refused(ckpt, tmp_path, capsys, monkeypatch):
+  import tensorflow as tf
+
+  from export import exporter
+
+  class CorruptingBuilder(tf.compat.v1.saved_model.Builder):
+    """Saves a model whose logits favour one label everywhere: predictions must change."""
+
+    def add_meta_graph_and_variables(self, sess, *args, **kwargs):
+      bias = next(v for v in tf.compat.v1.global_variables() if v.op.name == "project/logits/b")
+      sess.run(bias.assign(bias + np.eye(bias.shape[0], dtype=np.float32)[-1] * 1e4))
+      super().add_meta_graph_and_variables(sess, *args, **kwargs)
+
+  monkeypatch.setattr(exporter.v1.saved_model, "Builder", CorruptingBuilder)
+  base = tmp_path / "bert_ner"
+  status, _, err = export_main(capsys, "--checkpoint", ckpt, "--model_base_path", base)
+  assert status == 1
+  assert "refused: SavedModel predictions differ from the checkpoint's" in err
+  assert list(base.iterdir()) == []
+
+
+def test_crash_mid_export_leaves_no_partial_version(ckpt, tmp_path, capsys):
+  from export import layout
+  base = tmp_path / "bert_ner"
+  assert export_main(capsys, "--checkpoint", ckpt, "--model_base_path", base)[0] == 0
+  before = listing(base)
+  # The export dies (SIGKILL, no cleanup possible) right before publishing its complete version.
+  crash = ("import os, signal, sys; from export import layout, __main__ as cli; "
+           "layout.publish = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+           "sys.exit(cli.main(sys.argv[1:]))")
+  args = ["--checkpoint", str(ckpt), "--model_base_path", str(base), "--verify_sentences", "4"]
+  proc = subprocess.Popen([sys.executable, "-c", crash, *args], cwd=REPO_ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  while proc.poll() is None:  # a server polling the base only ever sees complete versions
+    for version in layout.versions(base):
+      assert (base / str(version) / "assets.extra/tf_serving_warmup_requests").exists()
+    time.sleep(0.01)
+  assert proc.returncode == -signal.SIGKILL
+  assert layout.versions(base) == [1]
+  assert [p.name for p in base.iterdir() if p.name.startswith(".tmp-")] == [f".tmp-2-{proc.pid}"]
+  assert {k: v for k, v in listing(base).items() if not k.startswith(".tmp-")} == before
+  status, out, err = export_main(capsys, "--checkpoint", ckpt, "--model_base_path", base)
+  assert status == 0, err
+  assert f"removed stale temp dirs of crashed exports: .tmp-2-{proc.pid}" in out
+  assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+
+
+@pytest.mark.parametrize("case", ["missing_dir", "no_checkpoint", "unwritable_base",
+                                  "existing_version"])
+def test_bad_input_exits_2_and_touches_nothing(case, exported, tiny_bert_dir, ckpt, tmp_path,
+                                               capsys):
+  base, _ = exported
+  before = listing(base)
+  checkpoint_dir, model_base, extra, message = {
+      "missing_dir": (tmp_path / "nope", base, [], "checkpoint dir not found"),
+      "no_checkpoint": (tiny_bert_dir, base, [], "no checkpoint in"),
+      "unwritable_base": (ckpt, tmp_path / "file/bert_ner", [], "is not writable"),
+      "existing_version": (ckpt, base, ["--version", "1"], "version 1 already exists"),
+  }[case]
+  (tmp_path / "file").write_text("a file, not a directory")
+  status, _, err = export_main(capsys, "--checkpoint", checkpoint_dir, "--model_base_path",
+                               model_base, *extra)
+  assert status == 2
+  assert len(err.strip().splitlines()) == 1 and message in err, err
+  assert err.startswith("export: error: ")
+  assert listing(base) == before
