@@ -1,0 +1,1 @@
+"""Embedded TensorFlow Serving: the same gRPC and REST APIs, for machines without Docker."""

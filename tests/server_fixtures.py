@@ -1,0 +1,98 @@
+"""Tiny TF1 SavedModels in TF Serving's layout, and python -m server run on free loopback ports."""
+
+import os
+import pathlib
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MODEL = 'bert_ner'
+VOCAB, POSITIONS, POISON = 100, 32, 99  # POISON passes validation but makes the graph raise.
+READY = re.compile(r'gRPC (\S+):(\d+) REST (http://\S+)')
+READY_TIMEOUT_S = 120
+
+
+def expected(ids, mask, offset=0):
+  """What the fixture model predicts for one row."""
+  return [(i * m) % 7 + offset for i, m in zip(ids, mask)]
+
+
+def build_model(path, offset=0, warmup_ids=(1, 2, 3)):
+  """Writes a SavedModel: pred_label = (input_ids * input_mask) % 7 + offset, signatures
+    result and serving_default, BERT-named embedding tables and a one-request warm-up file."""
+  graph = tf.Graph()
+  with graph.as_default():
+    ids = tf.compat.v1.placeholder(tf.int32, [None, None], name='input_ids')
+    mask = tf.compat.v1.placeholder(tf.int32, [None, None], name='input_mask')
+    words = tf.compat.v1.get_variable('bert/embeddings/word_embeddings', [VOCAB, 4])
+    tf.compat.v1.get_variable('bert/embeddings/position_embeddings', [POSITIONS, 4])
+    with tf.name_scope('ner_test'):
+      check = tf.compat.v1.debugging.assert_none_equal(ids, POISON, message='poison id')
+      with tf.control_dependencies([check]):
+        used = tf.cast(tf.reduce_sum(tf.gather(words, ids), -1) * 0, tf.int32)
+        pred = tf.identity((ids * mask) % 7 + offset + used, name='pred_label')
+    signature = tf.compat.v1.saved_model.predict_signature_def(
+        {'input_ids': ids, 'input_mask': mask}, {'pred_label': pred})
+    with tf.compat.v1.Session(graph=graph) as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      builder = tf.compat.v1.saved_model.Builder(str(path))
+      builder.add_meta_graph_and_variables(
+          sess, ['serve'], signature_def_map={'result': signature,
+                                              'serving_default': signature})
+      builder.save()
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = MODEL
+  request.inputs['input_ids'].CopyFrom(tf.make_tensor_proto([list(warmup_ids)], tf.int32))
+  request.inputs['input_mask'].CopyFrom(tf.make_tensor_proto([[1] * len(warmup_ids)], tf.int32))
+  os.makedirs(os.path.join(path, 'assets.extra'), exist_ok=True)
+  warmup = os.path.join(path, 'assets.extra', 'tf_serving_warmup_requests')
+  with tf.io.TFRecordWriter(warmup) as w:
+    w.write(prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+  return path
+
+
+class ServerProcess:
+  """python -m server in a subprocess on free loopback ports; stop() sends SIGTERM."""
+
+  def __init__(self, base_path, log_path, *flags):
+    self.log_path = log_path
+    with open(log_path, 'w') as log:
+      self.proc = subprocess.Popen(
+          [sys.executable, '-m', 'server', '--port=0', '--rest_api_port=0',
+           f'--model_base_path={base_path}', f'--model_name={MODEL}', *flags],
+          cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+          env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2', 'CUDA_VISIBLE_DEVICES': ''})
+    lines = queue.Queue()
+    threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
+    try:
+      line = lines.get(timeout=READY_TIMEOUT_S)
+    except queue.Empty:
+      line = ''
+    match = READY.search(line)
+    if not match:
+      self.stop()
+      raise RuntimeError(f'server not ready: {line!r}\n{self.log()}')
+    self.grpc = f'{match[1]}:{match[2]}'
+    self.rest = match[3]
+
+  def log(self):
+    """The server's stderr so far."""
+    return pathlib.Path(self.log_path).read_text()
+
+  def stop(self, timeout=30):
+    """SIGTERM, then the exit code (killed after timeout seconds: a failure)."""
+    self.proc.send_signal(signal.SIGTERM)
+    try:
+      return self.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+      self.proc.kill()
+      self.proc.wait()
+      return None
