@@ -168,7 +168,12 @@ def convert_hf_to_google(hf_dir, out_dir, expected_sha256=None):
   return out_dir
 
 
-def ensure_converted(hf_dir, sha256, cache_root=Path(".cache/backbones")):
+# Converted backbones live beside the checkout (not the working directory), so every command
+# and test shares one conversion; BERT_NER_CACHE moves it.
+CACHE_ROOT = Path(os.environ.get("BERT_NER_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
+
+
+def ensure_converted(hf_dir, sha256, cache_root=CACHE_ROOT / "backbones"):
   """Returns `<cache_root>/<sha256[:12]>/`, converting `hf_dir` there (sha256-checked) only once."""
   out_dir = Path(cache_root) / sha256[:12]
   if out_dir.is_dir():

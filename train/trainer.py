@@ -23,6 +23,7 @@ import tensorflow as tf2
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
+from bert_ner import backbone
 from bert_ner import checkpoint as ckpt
 from bert_ner import conll
 from bert_ner import head as ner_head
@@ -162,14 +163,14 @@ class TrainConfig:
   max_seq_length: int = 128
   dropout: float = 0.5
   epochs: int = 12
-  batch_size: int = 32
+  batch_size: int = 64
   learning_rate: float = 1e-3
   bert_learning_rate: float = 5e-5
   fine_tune: bool = False
   head_only: bool = False  # write only the head variables + manifest (the shipped layout)
   max_train_sentences: int = 0  # 0 = all; small values make quick smoke runs
   logdir: str = ""
-  cache_dir: str = ".cache/features"
+  cache_dir: str = str(backbone.CACHE_ROOT / "features")
   seed: int = 13
 
 
@@ -177,7 +178,6 @@ def backbone_dir(config):
   """The Google-format BERT dir to start from (default: the pinned MiniLM, converted once)."""
   if config.backbone:
     return Path(config.backbone)
-  from bert_ner import backbone
   return backbone.ensure_converted(backbone.locate_default_backbone(),
                                    backbone.DEFAULT_BACKBONE["sha256"])
 
@@ -411,7 +411,6 @@ def run(config, command=""):
       "train_seconds": round(time.time() - started, 1), "config": dataclasses.asdict(config)}
   write_json_atomic(Path(config.out) / "train_report.json", report)
   if config.head_only:
-    from bert_ner import backbone
     write_json_atomic(Path(config.out) / ckpt.MANIFEST, {
         "backbone": backbone.DEFAULT_BACKBONE, "train_command": command,
         "dev": {k: scores[k] for k in ("precision", "recall", "f1", "per_type")},
