@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bert_ner import conll
+from bert_ner.metrics import format_scores, seqeval_scores
 from train import trainer
 from train.__main__ import main, parse_args
 
@@ -107,11 +108,11 @@ def test_head_only_needs_the_pinned_backbone(tiny_bert_dir, sample_files, tmp_pa
 def test_seqeval_scores_match_conlleval_counts():
   gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
   pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O"]]
-  scores = trainer.seqeval_scores(gold, pred)
+  scores = seqeval_scores(gold, pred)
   # 2 of 3 predicted entities right, 2 of 3 gold entities found.
   assert scores["precision"] == pytest.approx(200 / 3)
   assert scores["recall"] == pytest.approx(200 / 3)
-  assert trainer.format_scores(scores).splitlines()[-1] == \
+  assert format_scores(scores).splitlines()[-1] == \
       "overall precision 66.67 recall 66.67 f1 66.67"
 
 

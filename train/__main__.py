@@ -5,6 +5,7 @@ import logging
 import shlex
 import sys
 
+from bert_ner.metrics import format_scores
 from train import trainer
 
 DATA = "../shared/data/conll2003"
@@ -69,7 +70,7 @@ def main(argv=None):
     return 2
   print(f"best epoch {report['best_epoch']} of {config.epochs}, "
         f"{report['train_seconds']:.0f} s; dev (inference graph):")
-  print(trainer.format_scores(report["dev"]))
+  print(format_scores(report["dev"]))
   return 0
 
 

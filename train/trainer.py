@@ -28,11 +28,12 @@ from bert_ner import checkpoint as ckpt
 from bert_ner import conll
 from bert_ner import head as ner_head
 from bert_ner import labels as label_maps
-from bert_ner.metrics import format_scores, seqeval_scores  # noqa: F401  (also trainer.*)
+from bert_ner.metrics import seqeval_scores
 from bert_ner import modeling
 from bert_ner.featurizer import Featurizer
 
 HEAD_SCOPES = ("rnn_layer/", "project/", "crf_loss/")
+FEATURE_CACHE = backbone.CACHE_ROOT / "features"
 
 
 @dataclasses.dataclass
@@ -170,7 +171,7 @@ class TrainConfig:
   head_only: bool = False  # write only the head variables + manifest (the shipped layout)
   max_train_sentences: int = 0  # 0 = all; small values make quick smoke runs
   logdir: str = ""
-  cache_dir: str = str(backbone.CACHE_ROOT / "features")
+  cache_dir: str = str(FEATURE_CACHE)
   seed: int = 13
 
 
@@ -224,6 +225,34 @@ def minimize(loss, variables, learning_rate, clip_norm=5.0):
   return tf.train.AdamOptimizer(learning_rate).apply_gradients(zip(grads, variables))
 
 
+def fit_epochs(config, examples, train_step, run_dev, snapshot, featurizer, dev, writer):
+  """The epoch loop both modes share: train, score dev, keep the best epoch's weights.
+
+  `train_step(batch) -> loss` runs one update on example indices, `run_dev(ids, mask) ->
+  pred_label` predicts with the current weights, `snapshot() -> {name: array}` copies them.
+  """
+  rng = random.Random(config.seed)
+  best, history, step = None, [], 0
+  for epoch in range(1, config.epochs + 1):
+    started, losses = time.time(), []
+    batches = length_batches([len(e.input_ids) for e in examples], config.batch_size, True, rng)
+    for batch in tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch"):
+      losses.append(train_step(batch))
+      step += 1
+      if step % 50 == 0:
+        write_scalars(writer, step, loss=losses[-1])
+    scores = evaluate_words(featurizer, dev, run_dev)
+    write_scalars(writer, step, **{f"dev/{k}": scores[k] for k in ("precision", "recall", "f1")})
+    history.append({"epoch": epoch, "loss": float(np.mean(losses)), "dev_f1": scores["f1"],
+                    "seconds": time.time() - started})
+    logging.info("epoch %d: loss %.4f dev P %.2f R %.2f F1 %.2f (%.0f s)", epoch,
+                 np.mean(losses), scores["precision"], scores["recall"], scores["f1"],
+                 time.time() - started)
+    if best is None or scores["f1"] > best["dev_f1"]:
+      best = {"epoch": epoch, "dev_f1": scores["f1"], "step": step, "weights": snapshot()}
+  return best, history
+
+
 def train_frozen(config, ner_config, bert_files, featurizer, train, dev, id2label, writer):
   """Trains only the head on cached encoder features; returns (best head weights, history)."""
   label2id = {label: i for i, label in enumerate(id2label)}
@@ -251,38 +280,28 @@ def train_frozen(config, ner_config, bert_files, featurizer, train, dev, id2labe
     sess = tf.Session(graph=graph)
     sess.run(tf.global_variables_initializer())
 
+  def train_step(batch):
+    """One head update on cached features."""
+    loss, _ = sess.run([trained.loss, train_op], {
+        features: pad_features([train_features[i] for i in batch]),
+        lengths: [len(examples[i].input_ids) for i in batch],
+        label_ids: pad([examples[i].label_ids for i in batch])})
+    return loss
+
   def run_dev(input_ids, input_mask):
     """pred_label for dev rows, looked up by their ids in the feature cache."""
     rows = [tuple(ids[:n]) for ids, n in zip(input_ids.tolist(), input_mask.sum(1))]
     return sess.run(inferred.pred_label, {features: pad_features([dev_features[r] for r in rows]),
                                           lengths: [len(r) for r in rows]})
 
-  rng = random.Random(config.seed)
-  best, history, step = None, [], 0
-  for epoch in range(1, config.epochs + 1):
-    started, losses = time.time(), []
-    batches = length_batches([len(e.input_ids) for e in examples], config.batch_size, True, rng)
-    for batch in tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch"):
-      feed = {features: pad_features([train_features[i] for i in batch]),
-              lengths: [len(examples[i].input_ids) for i in batch],
-              label_ids: pad([examples[i].label_ids for i in batch])}
-      loss, _ = sess.run([trained.loss, train_op], feed)
-      losses.append(loss)
-      step += 1
-      if step % 50 == 0:
-        write_scalars(writer, step, loss=loss)
-    scores = evaluate_words(featurizer, dev, run_dev)
-    write_scalars(writer, step, **{f"dev/{k}": scores[k] for k in ("precision", "recall", "f1")})
-    history.append({"epoch": epoch, "loss": float(np.mean(losses)), "dev_f1": scores["f1"],
-                    "seconds": time.time() - started})
-    logging.info("epoch %d: loss %.4f dev P %.2f R %.2f F1 %.2f (%.0f s)", epoch,
-                 np.mean(losses), scores["precision"], scores["recall"], scores["f1"],
-                 time.time() - started)
-    if best is None or scores["f1"] > best["dev_f1"]:
-      best = {"epoch": epoch, "dev_f1": scores["f1"], "step": step,
-              "weights": dict(zip([v.op.name for v in head_variables], sess.run(head_variables)))}
-  sess.close()
-  return best, history
+  def snapshot():
+    """Current head weights by variable name."""
+    return dict(zip([v.op.name for v in head_variables], sess.run(head_variables)))
+
+  try:  # Not `with sess`: that would make the graph default and break eager summaries.
+    return fit_epochs(config, examples, train_step, run_dev, snapshot, featurizer, dev, writer)
+  finally:
+    sess.close()
 
 
 def train_fine_tuned(config, ner_config, bert_files, featurizer, train, dev, id2label, writer):
@@ -319,34 +338,26 @@ def train_fine_tuned(config, ner_config, bert_files, featurizer, train, dev, id2
     sess.run(tf.global_variables_initializer())
     ckpt.restore(sess, [bert_files["checkpoint"]], var_list=bert_variables)
 
+  def train_step(batch):
+    """One update of BERT and the head."""
+    ids = pad([examples[i].input_ids for i in batch])
+    loss, _ = sess.run([trained.loss, train_op], {
+        input_ids: ids, input_mask: lengths_mask(ids),
+        label_ids: pad([examples[i].label_ids for i in batch])})
+    return loss
+
   def run_dev(ids, mask):
     """pred_label of the current weights through the inference graph."""
     return sess.run(inferred, {input_ids: ids, input_mask: mask})
 
-  rng = random.Random(config.seed)
-  best, history = None, []
-  for epoch in range(1, config.epochs + 1):
-    started, losses = time.time(), []
-    batches = length_batches([len(e.input_ids) for e in examples], config.batch_size, True, rng)
-    for batch in tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch"):
-      ids = pad([examples[i].input_ids for i in batch])
-      loss, _, step = sess.run([trained.loss, train_op, global_step],
-                               {input_ids: ids, input_mask: lengths_mask(ids),
-                                label_ids: pad([examples[i].label_ids for i in batch])})
-      losses.append(loss)
-      if step % 50 == 0:
-        write_scalars(writer, step, loss=loss)
-    scores = evaluate_words(featurizer, dev, run_dev)
-    write_scalars(writer, step, **{f"dev/{k}": scores[k] for k in ("precision", "recall", "f1")})
-    history.append({"epoch": epoch, "loss": float(np.mean(losses)), "dev_f1": scores["f1"],
-                    "seconds": time.time() - started})
-    logging.info("epoch %d: loss %.4f dev F1 %.2f (%.0f s)", epoch, np.mean(losses),
-                 scores["f1"], time.time() - started)
-    if best is None or scores["f1"] > best["dev_f1"]:
-      best = {"epoch": epoch, "dev_f1": scores["f1"], "step": int(step),
-              "weights": dict(zip([v.op.name for v in variables], sess.run(variables)))}
-  sess.close()
-  return best, history
+  def snapshot():
+    """Current weights of BERT and the head by variable name."""
+    return dict(zip([v.op.name for v in variables], sess.run(variables)))
+
+  try:  # Not `with sess`: that would make the graph default and break eager summaries.
+    return fit_epochs(config, examples, train_step, run_dev, snapshot, featurizer, dev, writer)
+  finally:
+    sess.close()
 
 
 def save_and_score(config, ner_config, bert_files, featurizer, dev, id2label, best):
