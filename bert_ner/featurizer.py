@@ -35,9 +35,10 @@ import numpy as np
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
+from bert_ner import labels
+
 VOCAB_FILE = "vocab.txt"
 NER_CONFIG_FILE = "ner_config.json"
-LABEL2ID_FILE = "label2id.json"
 CLS, SEP, UNK = "[CLS]", "[SEP]", "[UNK]"
 X = "X"
 # google's WordpieceTokenizer default: a longer basic token becomes a single [UNK].
@@ -84,22 +85,6 @@ def load_vocab(vocab_path):
     for line in f:
       vocab.setdefault(line.strip(), len(vocab))
   return vocab
-
-
-def read_label_map(path):
-  """Reads label2id.json `{label: id}` into id2label (a list); ids it leaves out read as "O"."""
-  with open(path, encoding="utf-8") as f:
-    label2id = json.load(f)
-  if not isinstance(label2id, dict) or not label2id:
-    raise ValueError(f"{path}: expected a non-empty JSON object of label -> id")
-  if any(type(i) is not int or i < 0 for i in label2id.values()):
-    raise ValueError(f"{path}: label ids must be integers >= 0: {label2id}")
-  if len(set(label2id.values())) != len(label2id):
-    raise ValueError(f"{path}: two labels share an id: {label2id}")
-  id2label = ["O"] * (max(label2id.values()) + 1)
-  for label, label_id in label2id.items():
-    id2label[label_id] = label
-  return id2label
 
 
 def pad_batch(windows):
@@ -233,7 +218,7 @@ class Featurizer:
     if missing:
       raise ValueError(f"{config_path} lacks {missing}")
     return cls(os.path.join(path, VOCAB_FILE), config["do_lower_case"], config["max_seq_length"],
-               read_label_map(os.path.join(path, LABEL2ID_FILE)))
+               labels.load_label_map(path))
 
   pad_batch = staticmethod(pad_batch)
   entities = staticmethod(entities)

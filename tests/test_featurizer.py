@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from bert_ner import conll
-from bert_ner.featurizer import Entity, Featurizer, Word, entities, pad_batch, read_label_map
+from bert_ner.featurizer import Entity, Featurizer, Word, entities, pad_batch
+from bert_ner.labels import load_label_map
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER",
@@ -219,7 +220,7 @@ def test_label_ids_tag_first_sub_tokens(featurizer):
 
 def test_label_ids_use_the_real_id_of_a_macanv_map(tmp_path, featurizer):
   (tmp_path / "label2id.json").write_text('{"O": 1, "B-PER": 2, "X": 3, "[CLS]": 4, "[SEP]": 5}')
-  id2label = read_label_map(tmp_path / "label2id.json")
+  id2label = load_label_map(tmp_path)
   assert id2label == ["O", "O", "B-PER", "X", "[CLS]", "[SEP]"]
   ours = Featurizer(VOCAB, True, id2label=id2label)
   [(_, label_ids)] = ours.label_ids(["Bob", "runs"], ["B-PER", "O"])
