@@ -8,7 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from bert_ner.featurizer import LABEL2ID_FILE, NER_CONFIG_FILE, VOCAB_FILE, Featurizer
+from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Featurizer
+from bert_ner.labels import LABEL2ID_JSON as LABEL2ID_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = "pred_label"
