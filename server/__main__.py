@@ -111,7 +111,7 @@ async def serve(flags):
     await models.close()
     return
 
-  grpc_server = grpc.aio.server(options=[
+  grpc_server = grpc.aio.server(interceptors=[grpc_service.RejectUndecodable()], options=[
       ('grpc.max_receive_message_length', flags.max_request_bytes),
       ('grpc.so_reuseport', 0)])
   grpc_service.add_services(grpc_server, models, metrics)

@@ -1,5 +1,9 @@
 """TF Serving's gRPC PredictionService (Predict, GetModelMetadata) and ModelService."""
 
+import inspect
+
+import grpc
+from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
@@ -58,6 +62,40 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
       return self._models.status(request.model_spec)
     except ServingError as error:
       await context.abort(error.code, error.message)
+
+
+class _Undecodable:
+  """Stands in for a request whose bytes do not parse as the method's message."""
+
+  def __init__(self, error):
+    self.message = f'cannot parse the request: {error}'
+
+
+class RejectUndecodable(grpc.aio.ServerInterceptor):
+  """Answers a request that is not a valid protobuf INVALID_ARGUMENT with the parse error.
+
+  Without it grpc.aio reports a failing deserializer as UNKNOWN "Unexpected <class ...>" and
+  logs a traceback per such request.
+  """
+
+  async def intercept_service(self, continuation, handler_call_details):
+    handler = await continuation(handler_call_details)
+    if handler is None or not inspect.iscoroutinefunction(handler.unary_unary):
+      return handler  # streaming, or a sync stub of the base servicer (UNIMPLEMENTED)
+    parse, behavior = handler.request_deserializer, handler.unary_unary
+
+    def deserialize(data):
+      try:
+        return parse(data) if parse else data
+      except DecodeError as error:
+        return _Undecodable(error)
+
+    async def unary_unary(request, context):
+      if isinstance(request, _Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+      return await behavior(request, context)
+
+    return handler._replace(request_deserializer=deserialize, unary_unary=unary_unary)
 
 
 def _output_filter(aliases, signature):
