@@ -6,7 +6,7 @@ from seqeval.scheme import IOB2
 
 def seqeval_scores(gold, pred):
   """Entity-level micro P/R/F1 (percent) and the per-type report, conlleval-equivalent."""
-  kwargs = dict(mode="strict", scheme=IOB2)
+  kwargs = dict(mode="strict", scheme=IOB2, zero_division=0)
   return {
       "precision": 100 * precision_score(gold, pred, **kwargs),
       "recall": 100 * recall_score(gold, pred, **kwargs),

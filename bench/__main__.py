@@ -1,0 +1,201 @@
+"""python -m bench: export, load, throughput, latency and server memory of one model, in one run.
+
+Exports the checkpoint into a temp model base and loads it in-process; starts `python -m server`
+twice on it (batching on, batching off). Tags the whole file in-process, over gRPC and over REST
+(variable-length batches vs rows padded to max_seq_length), then measures single-sentence latency
+at several concurrencies against both servers. Writes results.md and results.png into --out.
+"""
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from bench import measure, report
+from bench.server import ServerProcess
+from bert_ner import conll
+from clients.common import load_assets
+from clients.grpc_client import GrpcNerClient
+from clients.rest_client import RestNerClient
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT.parent / "shared/data/conll2003/dev.txt"
+CLIENTS = {"grpc": GrpcNerClient, "rest": RestNerClient}
+CONCURRENCY = (1, 8, 32)
+ROUNDS = 4  # parts of the file each throughput runner tags in turn
+VERIFY_SENTENCES = 64
+MERGED_GROUPS = 12
+MERGED_SPLIT = 8
+QUICK_SENTENCES = 64
+QUICK_REQUESTS = 32
+TIMEOUT_S = 120.0
+
+
+def parse_args(argv=None):
+  """Command-line flags."""
+  p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+  p.add_argument("--checkpoint", default=str(REPO_ROOT / "models/default"),
+                 help="checkpoint dir to export and serve (default: the shipped model)")
+  p.add_argument("--data", default=str(DEFAULT_DATA), help="CoNLL file to tag")
+  p.add_argument("--out", default=str(REPO_ROOT / "bench"),
+                 help="where results.md and results.png go")
+  p.add_argument("--batch_size", type=int, default=64, help="rows per throughput request")
+  p.add_argument("--requests", type=int, default=300, help="requests per latency cell")
+  p.add_argument("--quick", action="store_true",
+                 help=f"first {QUICK_SENTENCES} sentences and {QUICK_REQUESTS} requests per cell")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.requests = QUICK_REQUESTS
+  if args.batch_size < 1 or args.requests < 1:
+    p.error("--batch_size and --requests must be >= 1")
+  return args
+
+
+def say(message):
+  """Progress on stderr."""
+  print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def cpu_model():
+  """The CPU model name from /proc/cpuinfo, else platform's guess."""
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine(tf_version):
+  """Cores, CPU, memory and versions."""
+  return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(),
+          "memory_gib": psutil.virtual_memory().total / (1 << 30),
+          "python": platform.python_version(), "tensorflow": tf_version,
+          "load_before": os.getloadavg()[0]}
+
+
+def own_cpu_seconds():
+  """User + system CPU time of this process (the clients)."""
+  times = psutil.Process().cpu_times()
+  return times.user + times.system
+
+
+def padding(lengths, merged, batch_size):
+  """Padded / real sub-tokens: random batches of `merged` rows, length-sorted ones of batch_size."""
+  draws = np.random.default_rng(0).choice(lengths, (1000, merged))
+  ordered = np.sort(lengths)
+  batches = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+  return {"random": float((draws.max(1) * merged).sum() / draws.sum()),
+          "sorted": float(sum(b.max() * len(b) for b in batches) / ordered.sum())}
+
+
+def batching_flags(flags):
+  """The server's batching defaults, as the report states them."""
+  return (f"max_batch_size {flags.max_batch_size}, batch_timeout_micros "
+          f"{flags.batch_timeout_micros}, num_batch_threads {flags.num_batch_threads}")
+
+
+def latency_cell(server, clients, sentences, requests):
+  """One latency cell, with the server's rows per run and both sides' CPU per request."""
+  rows, runs = server.batch_totals()
+  server_cpu, client_cpu = server.cpu_seconds(), own_cpu_seconds()
+  cell = measure.latency(clients, sentences, requests)
+  cell.server_cpu_ms = 1000 * (server.cpu_seconds() - server_cpu) / requests
+  cell.client_cpu_ms = 1000 * (own_cpu_seconds() - client_cpu) / requests
+  rows_after, runs_after = server.batch_totals()
+  cell.rows_per_run = (rows_after - rows) / max(runs_after - runs, 1)
+  return cell
+
+
+def run(args, command):
+  """Every measurement; returns the results dict the report reads."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  (after --help)
+  from evaluation.local import LocalModel  # pylint: disable=import-outside-toplevel
+  from export import exporter  # pylint: disable=import-outside-toplevel
+  from server.__main__ import parse_flags  # pylint: disable=import-outside-toplevel
+  tf.get_logger().setLevel("ERROR")
+  sentences = [s.words for s in conll.read_conll(args.data)]
+  if args.quick:
+    sentences = sentences[:QUICK_SENTENCES]
+  results = {"command": command,
+             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+             "machine": machine(tf.__version__), "checkpoint": args.checkpoint,
+             "data": args.data, "sentences": len(sentences), "batch_size": args.batch_size,
+             "requests": args.requests, "concurrency": CONCURRENCY, "rounds": ROUNDS,
+             "latency": {}, "servers": {}, "batching_flags": batching_flags(parse_flags([]))}
+  with tempfile.TemporaryDirectory(prefix="bench-") as base, contextlib.ExitStack() as stack:
+    started = time.perf_counter()
+    exporter.export_model(args.checkpoint, base, verify_sentences=sentences[:VERIFY_SENTENCES],
+                          log=lambda message: None)
+    results["export_s"] = time.perf_counter() - started
+    model = LocalModel(base)
+    featurizer, fingerprint = load_assets(model.assets)
+    lengths = [len(w.input_ids) for words in sentences for w in featurizer.encode_words(words)]
+    results.update(load_s=model.load_seconds, fingerprint=fingerprint,
+                   width=featurizer.max_seq_length, windows=len(lengths),
+                   mean_tokens=sum(lengths) / len(lengths),
+                   padding=padding(lengths, max(CONCURRENCY), args.batch_size))
+    say(f"export {results['export_s']:.1f} s, load {model.load_seconds:.2f} s")
+    servers = {}
+    for batching in (True, False):  # one after the other: each start-up gets the machine
+      servers[batching] = stack.enter_context(ServerProcess(base, batching))
+      say(f"server batching {batching} ready in {servers[batching].ready_seconds:.1f} s")
+    runners = {("local", "variable"): (featurizer, model.run)}
+    for transport in CLIENTS:
+      client = CLIENTS[transport](getattr(servers[True], transport), timeout=TIMEOUT_S,
+                                  assets=model.assets)
+      client.check_fingerprint()
+      runners[transport, "variable"] = (client.featurizer, client.run)
+    for (transport, _), (runner_featurizer, run_fn) in list(runners.items()):
+      runners[transport, "fixed"] = (runner_featurizer,
+                                     measure.padded_to(featurizer.max_seq_length, run_fn))
+    results["throughput"] = measure.throughput(runners, sentences, args.batch_size, ROUNDS)
+    for (transport, mode), cell in results["throughput"].items():
+      say(f"{transport} {mode}: {cell.rate:.1f} sentences/s")
+    results["merged"] = measure.merged_batch_costs(
+        featurizer, model.run, sentences, max(CONCURRENCY), MERGED_GROUPS, MERGED_SPLIT)
+    say(f"merged batch costs (ms/sentence): {results['merged']}")
+    model.close()
+    for transport in CLIENTS:
+      clients = {batching: [CLIENTS[transport](getattr(server, transport), timeout=TIMEOUT_S,
+                                               assets=model.assets)
+                            for _ in range(max(CONCURRENCY))]
+                 for batching, server in servers.items()}
+      for group in clients.values():
+        measure.warm_up(group, sentences[0])
+      for concurrency in CONCURRENCY:
+        for batching, server in servers.items():  # on and off back to back: same load
+          cell = results["latency"][transport, batching, concurrency] = latency_cell(
+              server, clients[batching][:concurrency], sentences, args.requests)
+          say(f"{transport} batching {batching} concurrency {concurrency}: p50 "
+              f"{cell.percentile(50):.1f} ms, p99 {cell.percentile(99):.1f} ms, "
+              f"{cell.rate:.1f} sentences/s, {cell.rows_per_run:.1f} rows/run")
+  results["servers"] = {batching: {"ready_s": server.ready_seconds, "peak_rss": server.peak_rss}
+                        for batching, server in servers.items()}
+  results["machine"]["load_after"] = os.getloadavg()[0]
+  return results
+
+
+def main(argv=None):
+  """Runs the benchmark and writes the report."""
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
+  results = run(args, "python -m bench " + shlex.join(argv))
+  md, png = report.write(results, args.out)
+  say(f"wrote {md} and {png}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
