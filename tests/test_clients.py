@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,13 +18,12 @@ import pytest
 
 from clients import common, grpc_client, rest_client
 from clients.tfs_protos import tfs_lite_pb2 as lite
+from e2e_support import LABELS, free_port, make_checkpoint
 
 REPO_ROOT = common.REPO_ROOT
 SCRIPTS = {"grpc": REPO_ROOT / "clients" / "grpc_client.py",
            "rest": REPO_ROOT / "clients" / "rest_client.py"}
 CLASSES = {"grpc": grpc_client.GrpcNerClient, "rest": rest_client.RestNerClient}
-LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER", "X",
-          "[CLS]", "[SEP]"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "eu", "rejects", "german", "call", "to", "boycott",
          "british", "lamb", "."]
 FAKE_TAGS = {"eu": "B-ORG", "german": "B-MISC", "british": "B-MISC"}
@@ -33,13 +31,6 @@ FINGERPRINT = "0123456789abcdef"
 SENTENCE = "EU rejects German call"
 SENTENCE_OUT = f"{SENTENCE}\n  EU -> ORG [0:2]\n  German -> MISC [11:17]\n"
 CALL_TIMEOUT = 60
-
-
-def free_port():
-  """A loopback port nobody listens on (bound, then closed)."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def write_assets(path, fingerprint=FINGERPRINT, max_seq_length=16):
@@ -400,28 +391,6 @@ def test_scripts_fail_with_one_line(fake, fake_assets, tmp_path, transport):
 
 LONG = " ".join(["Germany 's representative to the European Union said on Wednesday"] * 4)
 E2E_SENTENCES = [SENTENCE, "Peter Blackburn", "BRUSSELS 1996-08-22", LONG]  # LONG: 2+ windows
-
-
-def make_checkpoint(tiny_bert_dir, out_dir):
-  """A tiny dense-CRF checkpoint dir: the tiny BERT plus a random head, max_seq_length 32."""
-  import tensorflow.compat.v1 as tf
-
-  from bert_ner import checkpoint
-  from bert_ner.head import build_inference_graph
-
-  config = checkpoint.NerConfig(head="dense", feature_layers=[-1], max_seq_length=32)
-  model_dir = checkpoint.ModelDir(str(tiny_bert_dir / "bert_config.json"),
-                                  str(tiny_bert_dir / "vocab.txt"), config, LABELS,
-                                  [str(tiny_bert_dir / "bert_model.ckpt")])
-  with tf.Graph().as_default():
-    tf.set_random_seed(1)
-    input_ids = tf.placeholder(tf.int32, [None, None])
-    build_inference_graph(model_dir, input_ids, tf.ones_like(input_ids))
-    with tf.Session() as sess:
-      sess.run(tf.global_variables_initializer())
-      checkpoint.save_checkpoint_dir(sess, out_dir, 1, model_dir.bert_config_path,
-                                     model_dir.vocab_path, LABELS, config)
-  return out_dir
 
 
 @pytest.fixture(scope="module")
