@@ -8,7 +8,7 @@ TRANSPORT ?= grpc
 HOST    ?= 127.0.0.1
 TRAIN_ARGS ?=
 
-.PHONY: setup test train export serve up image eval bench clean
+.PHONY: setup test train export serve up image eval bench reliability-report clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Regenerates docs/RELIABILITY.md from a run of the reliability tests.
+reliability-report: $(STAMP)
+	WRITE_RELIABILITY_REPORT=1 $(PY) -m pytest -q tests/test_reliability.py
 
 clean:
 	rm -rf build .cache .pytest_cache

@@ -4,8 +4,8 @@ A tiny random export served by `python -m server` on free loopback ports (127.0.
 a corpus of bad requests on REST and gRPC, bad texts through both client classes, 5,000
 concurrent requests, SIGKILLs of the server and of an export, a corrupt version directory and
 static security checks. Every case records what it expected and what it observed; at the end
-of the session the collector writes docs/RELIABILITY.md (a partial run writes
-build/RELIABILITY.partial.md instead).
+of the session the collector writes build/RELIABILITY.md, or docs/RELIABILITY.md for a full run
+with WRITE_RELIABILITY_REPORT=1 (`make reliability-report`).
 """
 
 import dataclasses
@@ -57,7 +57,7 @@ VERSION_SWAP_LIMIT_S = 120
 SENTENCES = ["EU rejects German call to boycott British lamb .", "Peter Blackburn",
              "BRUSSELS 1996-08-22", "Japan began the defence of their Asian Cup title ."]
 DOC = REPO_ROOT / "docs" / "RELIABILITY.md"
-PARTIAL_DOC = REPO_ROOT / "build" / "RELIABILITY.partial.md"  # build/ is not tracked
+PARTIAL_DOC = REPO_ROOT / "build" / "RELIABILITY.md"  # build/ is not tracked
 SECTIONS = ("bad requests", "bad texts", "load", "faults", "security")
 NOTES = [
     "REST ignores Content-Type, as TF Serving does (`curl -d` sends "
@@ -99,7 +99,9 @@ class Report:
 
   def write(self, path):
     sections = {r.section for r in self.rows}
-    if not set(SECTIONS) <= sections:  # a partial run (-k, -x): keep the committed report
+    # The committed report changes only on request (`make reliability-report`), so a plain
+    # `make test` leaves the work tree clean; a partial run (-k, -x) never replaces it.
+    if not set(SECTIONS) <= sections or os.environ.get("WRITE_RELIABILITY_REPORT") != "1":
       path = PARTIAL_DOC
       path.parent.mkdir(parents=True, exist_ok=True)
     cell = lambda text: " ".join(str(text).split()).replace("|", "\\|")
