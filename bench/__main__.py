@@ -84,6 +84,11 @@ def machine(tf_version):
           "load_before": os.getloadavg()[0]}
 
 
+def shown(path):
+  """A path as the report shows it: relative to the repo root."""
+  return os.path.relpath(Path(path).resolve(), REPO_ROOT)
+
+
 def own_cpu_seconds():
   """User + system CPU time of this process (the clients)."""
   times = psutil.Process().cpu_times()
@@ -130,8 +135,8 @@ def run(args, command):
     sentences = sentences[:QUICK_SENTENCES]
   results = {"command": command,
              "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-             "machine": machine(tf.__version__), "checkpoint": args.checkpoint,
-             "data": args.data, "sentences": len(sentences), "batch_size": args.batch_size,
+             "machine": machine(tf.__version__), "checkpoint": shown(args.checkpoint),
+             "data": shown(args.data), "sentences": len(sentences), "batch_size": args.batch_size,
              "requests": args.requests, "concurrency": CONCURRENCY, "rounds": ROUNDS,
              "latency": {}, "servers": {}, "batching_flags": batching_flags(parse_flags([]))}
   with tempfile.TemporaryDirectory(prefix="bench-") as base, contextlib.ExitStack() as stack:
@@ -191,7 +196,7 @@ def main(argv=None):
   """Runs the benchmark and writes the report."""
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
-  results = run(args, "python -m bench " + shlex.join(argv))
+  results = run(args, shlex.join(["python", "-m", "bench", *argv]))
   md, png = report.write(results, args.out)
   say(f"wrote {md} and {png}")
   return 0

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 TRANSPORTS = {"local": "in-process", "grpc": "gRPC", "rest": "REST"}
 BATCHING = {True: "on", False: "off"}
 MIB = 1 << 20
+SERVED = {True: "throughput runs ({batch_size} x {width} rows at most) and latency cells",
+          False: "latency cells (single sentences)"}
 
 
 def ratios(results):
@@ -36,6 +38,7 @@ def _table(header, rows):
 def markdown(results):
   """The whole results.md text."""
   m, thr, lat = results["machine"], results["throughput"], results["latency"]
+  merged = list(results["merged"].values())
   width = results["width"]
   lines = [
       "# Serving benchmark",
@@ -103,11 +106,14 @@ def markdown(results):
       *_table(["how the rows run", "model ms / sentence"],
               [[name, f"{ms:.1f}"] for name, ms in results["merged"].items()]),
       "",
+      f"A padded merged batch saves {1 - merged[1] / merged[0]:.0%} of the one-by-one cost; "
+      f"the same rows run length-sorted in small runs save {1 - merged[2] / merged[0]:.0%}.",
+      "",
       "## Peak server RSS",
       "",
-      *_table(["server", "peak RSS MiB"],
-              [[f"batching {BATCHING[b]}", f"{s['peak_rss'] / MIB:.0f}"]
-               for b, s in results["servers"].items()]),
+      *_table(["server", "served", "peak RSS MiB"],
+              [[f"batching {BATCHING[b]}", SERVED[b].format(**results),
+                f"{s['peak_rss'] / MIB:.0f}"] for b, s in results["servers"].items()]),
       "",
       "## Ratios",
       "",
@@ -131,7 +137,8 @@ def plot(results, path):
   left.set_xticks(list(x), list(TRANSPORTS.values()))
   left.set_ylabel("sentences / s")
   left.set_title(f"Throughput, whole file, {results['batch_size']} rows/request")
-  left.legend()
+  left.margins(y=0.2)
+  left.legend(ncol=2)
   series = [(t, b) for t in ("grpc", "rest") for b in (True, False)]
   levels = results["concurrency"]
   step = 0.8 / len(series)
@@ -148,7 +155,8 @@ def plot(results, path):
     axis.set_xticks(range(len(levels)), [f"concurrency {c}" for c in levels])
     axis.set_ylabel(ylabel)
     axis.set_title(title)
-    axis.legend(fontsize="small")
+    axis.margins(y=0.25)
+    axis.legend(fontsize="small", ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

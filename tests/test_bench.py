@@ -14,7 +14,7 @@ HEADERS = [
     "| transport | variable-length sent/s | run | padded to 32 sent/s | run | variable / fixed |",
     "| transport | batching | concurrency | p50 ms | p95 ms | p99 ms | sent/s | rows/run | "
     "server CPU ms/sent | client CPU ms/sent |",
-    "| server | peak RSS MiB |",
+    "| server | served | peak RSS MiB |",
     "| ratio | measured | target | met |",
 ]
 
