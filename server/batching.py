@@ -123,6 +123,9 @@ class Batcher:
     carry = None
     while True:
       first = carry or await queue.get()
+      # Hold a free worker before closing the batch: while all workers are busy, requests keep
+      # joining this batch instead of waiting in the queue behind a small one.
+      await self._slots.acquire()
       batch, rows, carry = [first], first.rows, None
       deadline = loop.time() + timeout
       while rows < self._options.max_batch_size:
@@ -135,11 +138,15 @@ class Batcher:
           break
         batch.append(task)
         rows += task.rows
-      await self._launch(signature, batch)
+      self._start(signature, batch)
 
   async def _launch(self, signature, batch):
     """Starts a batch on a worker thread once one of num_batch_threads is free."""
     await self._slots.acquire()
+    self._start(signature, batch)
+
+  def _start(self, signature, batch):
+    """Runs a batch on the worker slot its caller holds."""
     job = asyncio.create_task(self._execute(signature, batch))
     self._jobs.add(job)
     job.add_done_callback(self._jobs.discard)

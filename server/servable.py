@@ -16,6 +16,7 @@ from server.tensors import from_proto, shape_str
 DEFAULT_SIGNATURE = tf.compat.v1.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 WARMUP_FILE = os.path.join('assets.extra', 'tf_serving_warmup_requests')
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit on tf_serving_warmup_requests.
+PADDING_BUDGET = 1.3  # padded / real positions allowed when merged requests share a run
 # BERT inputs that must come with exactly input_ids' shape.
 SEQUENCE_INPUTS = ('input_mask', 'segment_ids', 'token_type_ids')
 
@@ -159,13 +160,22 @@ class Servable:
     return await self._batcher.run(signature, inputs)
 
   def run(self, signature, requests):
+    """Runs merged requests in runs of similar length; results in request order."""
+    results = [None] * len(requests)
+    for group in _length_groups(requests):
+      for index, result in zip(group, self._run_or_isolate(signature,
+                                                           [requests[i] for i in group])):
+        results[index] = result
+    return results
+
+  def _run_or_isolate(self, signature, requests):
     """Runs requests as one padded run; on failure reruns each alone, so only culprits fail."""
     try:
       return self._run(signature, requests)
     except tf.errors.OpError as error:
       if len(requests) == 1:
         return [ServingError.from_op_error(error)]
-      return [self.run(signature, [request])[0] for request in requests]
+      return [self._run_or_isolate(signature, [request])[0] for request in requests]
 
   def _run(self, signature, requests):
     """One session run over the stacked requests, split back and trimmed per request."""
@@ -197,6 +207,28 @@ class Servable:
     """Stops batching and releases the session; called once no request holds this version."""
     await self._batcher.close()
     await asyncio.to_thread(self._session.close)
+
+
+def _sequence_length(request):
+  """A request's padded length: axis 1 of its inputs (0 for inputs without one)."""
+  return max((a.shape[1] for a in request.values() if a.ndim > 1), default=0)
+
+
+def _length_groups(requests, max_padding=PADDING_BUDGET):
+  """Request indices grouped by length so that padding a group to its longest request costs at
+  most `max_padding` times its real positions. On a CPU the model's cost follows padded
+  positions, and 32 random CoNLL sentences padded together hold 2.8x their real ones."""
+  groups = []
+  for i in sorted(range(len(requests)), key=lambda i: _sequence_length(requests[i])):
+    rows = next(iter(requests[i].values())).shape[0]
+    length = _sequence_length(requests[i])  # the longest so far: requests come sorted
+    if groups and (group_rows + rows) * length <= max_padding * (real + rows * length):
+      groups[-1].append(i)
+      group_rows, real = group_rows + rows, real + rows * length
+    else:
+      groups.append([i])
+      group_rows, real = rows, rows * length
+  return groups
 
 
 def _stack(arrays):
