@@ -7,6 +7,7 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 import requests
 import tensorflow as tf
@@ -344,3 +345,16 @@ def _wait(condition, what, timeout=30):
   while not condition():
     assert time.monotonic() < deadline, f'timed out waiting for {what}'
     time.sleep(0.1)
+
+
+def test_length_groups_bound_padding_and_keep_every_request():
+  from server.servable import PADDING_BUDGET, _length_groups
+
+  lengths = [5, 40, 7, 41, 6, 12, 39, 5, 13, 90]
+  requests = [{'input_ids': np.ones((1, n), np.int32)} for n in lengths]
+  groups = _length_groups(requests)
+  assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+  for group in groups:
+    longest = max(lengths[i] for i in group)
+    assert len(group) * longest <= PADDING_BUDGET * sum(lengths[i] for i in group)
+  assert len(groups) < len(lengths)  # similar lengths still share a run
