@@ -93,12 +93,13 @@ def markdown(results):
                 f"{cell.client_cpu_ms:.1f}"]
                for (t, b, c), cell in lat.items()]),
       "",
-      f"`rows/run`: mean rows per session run in the cell (the server's processed_batch_size "
+      f"`rows/run`: mean rows per merged batch in the cell (the server's processed_batch_size "
       f"histogram); CPU ms/sent: CPU time of the server process and of the client threads per "
-      f"request. A merged batch is padded to its longest row: for {max(results['concurrency'])} "
-      f"windows drawn at random from this file the padded batch holds "
-      f"{results['padding']['random']:.2f}x their real sub-tokens, against "
-      f"{results['padding']['sorted']:.2f}x for the length-sorted batches of the throughput runs.",
+      f"request. Padded as one run, {max(results['concurrency'])} windows drawn at random from "
+      f"this file would hold {results['padding']['random']:.2f}x their real sub-tokens, against "
+      f"{results['padding']['sorted']:.2f}x for the length-sorted batches of the throughput runs, "
+      f"so the server runs a merged batch in length groups padded to at most 1.3x their real "
+      f"positions (`PADDING_BUDGET` in server/servable.py).",
       "",
       f"Where batching time goes: model cost in-process for {max(results['concurrency'])} "
       f"windows drawn at random from the file (one merged request mix):",
