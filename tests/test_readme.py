@@ -1,0 +1,58 @@
+"""README's query examples run as written against the shipped model, served by `python -m server`."""
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from e2e_support import REPO_ROOT, ServerProcess
+
+README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def code_blocks(language):
+  """Bodies of the README's fenced code blocks of one language, in order."""
+  return re.findall(rf"```{language}\n(.*?)```", README, re.S)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+  """models/default exported into a temp model base and served on free loopback ports."""
+  base = tmp_path_factory.mktemp("readme") / "bert_ner"
+  done = subprocess.run([sys.executable, "-m", "export", "--checkpoint", "models/default",
+                         "--model_base_path", str(base), "--verify_sentences", "4"],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr
+  server = ServerProcess(base, base.parent / "server.log").start()
+  yield server, base / "1" / "assets.extra"
+  server.stop()
+
+
+def test_client_commands_print_what_the_readme_shows(served):
+  server, assets = served
+  commands = [line for block in code_blocks("bash") for line in block.splitlines()
+              if line.startswith(".venv/bin/python clients/")]
+  expected = code_blocks("text")[0]
+  assert len(commands) == 2
+  for command in commands:
+    argv = shlex.split(command)
+    address = server.grpc if "grpc_client" in command else server.rest
+    done = subprocess.run([sys.executable, *argv[1:2], "--server", address, "--assets",
+                           str(assets), *argv[2:]], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_example_answers_what_the_readme_shows(served):
+  server, _ = served
+  [curl] = [block for block in code_blocks("bash") if block.startswith("curl")]
+  argv = [arg for arg in shlex.split(curl.replace("\\\n", " "))]
+  argv = [arg.replace("localhost:8501", server.rest) for arg in argv]
+  done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == code_blocks("json")[0].strip()
