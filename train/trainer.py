@@ -49,13 +49,12 @@ def is_head_variable(var):
   return var.op.name.startswith(HEAD_SCOPES)
 
 
-def make_examples(featurizer, sentences, label2id):
+def make_examples(featurizer, sentences):
   """Featurizes labelled sentences into training rows (one per window)."""
   examples = []
   for index, sentence in enumerate(sentences):
     for window, label_ids in featurizer.label_ids(sentence.words, sentence.tags):
-      examples.append(Example(list(window.input_ids), [label2id[l] if isinstance(l, str) else l
-                                                       for l in label_ids], index))
+      examples.append(Example(list(window.input_ids), label_ids, index))
   return examples
 
 
@@ -255,8 +254,7 @@ def fit_epochs(config, examples, train_step, run_dev, snapshot, featurizer, dev,
 
 def train_frozen(config, ner_config, bert_files, featurizer, train, dev, id2label, writer):
   """Trains only the head on cached encoder features; returns (best head weights, history)."""
-  label2id = {label: i for i, label in enumerate(id2label)}
-  examples = make_examples(featurizer, train, label2id)
+  examples = make_examples(featurizer, train)
   cache = FeatureCache(config.cache_dir, bert_files["config"], bert_files["checkpoint"],
                        ner_config.feature_layers)
   train_features = cache.features([e.input_ids for e in examples], 64, "encode train")
@@ -306,8 +304,7 @@ def train_frozen(config, ner_config, bert_files, featurizer, train, dev, id2labe
 
 def train_fine_tuned(config, ner_config, bert_files, featurizer, train, dev, id2label, writer):
   """Trains BERT and the head together; returns (best weights of all variables, history)."""
-  label2id = {label: i for i, label in enumerate(id2label)}
-  examples = make_examples(featurizer, train, label2id)
+  examples = make_examples(featurizer, train)
   model_dir = ckpt.ModelDir(bert_files["config"], bert_files["vocab"], ner_config, id2label,
                             [bert_files["checkpoint"]])
   steps_per_epoch = -(-len(examples) // config.batch_size)
