@@ -67,7 +67,7 @@ class ServerProcess:
     self._log.close()
 
   def batch_totals(self):
-    """(rows, session runs) so far, from the server's Prometheus batch size histogram."""
+    """(rows, merged batches) so far, from the server's Prometheus batch size histogram."""
     text = requests.get(f"http://{self.rest}/monitoring/prometheus/metrics", timeout=30).text
     totals = {"_sum": 0.0, "_count": 0.0}
     for line in text.splitlines():

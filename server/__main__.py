@@ -53,7 +53,7 @@ def parse_flags(argv=None):
   add('--model_base_path', default='models/bert_ner',
       help='directory of <version>/saved_model.pb; the latest version is served')
   add('--enable_batching', type=_bool, nargs='?', const=True, default=True,
-      help='merge concurrent requests into one session run (default true)')
+      help='merge concurrent requests into shared session runs (default true)')
   add('--batching_parameters_file',
       help='text BatchingParameters (max_batch_size, batch_timeout_micros, num_batch_threads, '
            'pad_variable_length_inputs); overrides the batching flags below')

@@ -1,8 +1,10 @@
-"""Server-side batching like TF Serving's --enable_batching: concurrent requests share a run.
+"""Server-side batching like TF Serving's --enable_batching: concurrent requests are merged.
 
-A batch closes when it holds max_batch_size rows or batch_timeout_micros after its first request;
-at most num_batch_threads batches run at once while the next one fills. A request larger than
-max_batch_size runs alone instead of being refused.
+At most num_batch_threads batches run at once. The next batch waits for a free worker first, and
+keeps taking requests while it waits; it closes when it holds max_batch_size rows or
+batch_timeout_micros after a worker became free. `Servable.run` then runs a merged batch in
+length groups (padding at most PADDING_BUDGET times the real positions), one session run per
+group. A request larger than max_batch_size runs alone instead of being refused.
 """
 
 import asyncio
@@ -82,7 +84,7 @@ class _Task:
 
 
 class Batcher:
-  """Merges requests of one signature and shape class into session runs on the worker threads."""
+  """Merges requests of one signature and shape class into batches run on the worker threads."""
 
   def __init__(self, run, options, executor, metrics, model_name):
     self._run = run

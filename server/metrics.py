@@ -73,7 +73,7 @@ class Metrics:
         [10 * 1.8 ** i for i in range(33)])
     self.batch_size = Histogram(
         ':tensorflow:serving:batching_session:processed_batch_size',
-        'Tracks the batch size (rows per session run) distribution on processing.',
+        'Tracks the batch size (rows per merged batch) distribution on processing.',
         [2 ** i for i in range(max(1, max_batch_size).bit_length() + 1)])
 
   @contextlib.contextmanager

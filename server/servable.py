@@ -1,4 +1,8 @@
-"""One loaded SavedModel version: session, signatures, request checks, padded runs, warm-up."""
+"""One loaded SavedModel version: session, signatures, request checks, runs, warm-up.
+
+A merged batch runs in length groups: each group is one session run padded to its longest
+request, at most PADDING_BUDGET times its real positions; outputs are trimmed per request.
+"""
 
 import asyncio
 import dataclasses
@@ -155,7 +159,8 @@ class Servable:
           f'{a} {shape_str(x.shape)}' for a, x in inputs.items()))
 
   async def predict(self, signature, inputs):
-    """Validates one request and returns its outputs, run in a merged batch if batching."""
+    """Validates one request and returns its outputs, run in a merged batch (in length groups)
+    if batching."""
     self.validate(signature, inputs)
     return await self._batcher.run(signature, inputs)
 
