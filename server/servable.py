@@ -84,6 +84,7 @@ class Servable:
       self._session.close()
       raise
     self.signature_defs = meta_graph.signature_def
+    self._metadata = None  # GetModelMetadataResponse, built once by metadata()
     self.signatures = {k: Signature(k, v) for k, v in meta_graph.signature_def.items()}
     self.vocab_size = _table_rows(graph, 'word_embeddings') or _vocab_lines(path)
     self.max_positions = _table_rows(graph, 'position_embeddings')
@@ -200,13 +201,18 @@ class Servable:
     return results
 
   def metadata(self):
-    """GetModelMetadataResponse with this version's SignatureDefMap, as TF Serving fills it."""
-    response = get_model_metadata_pb2.GetModelMetadataResponse()
-    response.model_spec.name = self.name
-    response.model_spec.version.value = self.version
-    response.metadata['signature_def'].Pack(
-        get_model_metadata_pb2.SignatureDefMap(signature_def=self.signature_defs))
-    return response
+    """GetModelMetadataResponse with this version's SignatureDefMap, as TF Serving fills it.
+
+    Built on the first call and shared by every later one: callers must not modify it.
+    """
+    if self._metadata is None:
+      response = get_model_metadata_pb2.GetModelMetadataResponse()
+      response.model_spec.name = self.name
+      response.model_spec.version.value = self.version
+      response.metadata['signature_def'].Pack(
+          get_model_metadata_pb2.SignatureDefMap(signature_def=self.signature_defs))
+      self._metadata = response
+    return self._metadata
 
   async def close(self):
     """Stops batching and releases the session; called once no request holds this version."""
