@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Featurizer
-from bert_ner.labels import LABEL2ID_JSON as LABEL2ID_FILE
+from bert_ner.labels import LABEL2ID_JSON
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = "pred_label"
@@ -36,7 +36,7 @@ def find_assets(roots=None):
 def load_assets(path):
   """(Featurizer, fingerprint) from an export's assets.extra directory."""
   path = Path(path)
-  for name in (VOCAB_FILE, NER_CONFIG_FILE, LABEL2ID_FILE):
+  for name in (VOCAB_FILE, NER_CONFIG_FILE, LABEL2ID_JSON):
     if not (path / name).is_file():
       raise ClientError(f"missing assets: {path / name} not found (pass --assets DIR)")
   try:

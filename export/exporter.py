@@ -17,7 +17,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from bert_ner import backbone, checkpoint, labels
-from bert_ner.featurizer import Featurizer, pad_batch
+from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Featurizer, pad_batch
 from bert_ner.head import build_inference_graph
 from export import layout
 
@@ -79,13 +79,13 @@ def _write_assets(out, model_dir, fingerprint, featurizer):
   """assets.extra/: vocab, label map, ner_config (+ labels, fingerprint, sizes) and warm-up log."""
   assets = out / ASSETS
   assets.mkdir()
-  shutil.copyfile(model_dir.vocab_path, assets / "vocab.txt")
+  shutil.copyfile(model_dir.vocab_path, assets / VOCAB_FILE)
   labels.save_label_map(str(assets), model_dir.id2label)
   bert = json.loads(Path(model_dir.bert_config_path).read_text())
   config = dict(asdict(model_dir.ner_config), labels=model_dir.id2label, fingerprint=fingerprint,
                 vocab_size=bert["vocab_size"],
                 max_position_embeddings=bert["max_position_embeddings"])
-  (assets / "ner_config.json").write_text(json.dumps(config, indent=1) + "\n")
+  (assets / NER_CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
   # One request per sample plus one batch of all: TF Serving replays them at load.
   requests = [pad_batch(featurizer.encode_words(words)) for words in SAMPLES]
   requests += _batches(featurizer, SAMPLES)
