@@ -72,9 +72,9 @@ def length_batches(lengths, batch_size, shuffle, rng):
   return batches
 
 
-def pad(rows, dtype=np.int32, value=0):
-  """Pads a list of 1-D sequences to the longest: [B, T]."""
-  out = np.full((len(rows), max(len(r) for r in rows)), value, dtype)
+def pad(rows):
+  """Pads a list of 1-D int sequences to the longest with zeros: [B, T] int32."""
+  out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
   for i, row in enumerate(rows):
     out[i, :len(row)] = row
   return out
@@ -397,9 +397,9 @@ def run(config, command=""):
     raise ValueError("--head_only cannot hold a fine-tuned BERT: drop one of the two flags")
   started = time.time()
   bert_dir = backbone_dir(config)
-  bert_files = {"config": str(bert_dir / "bert_config.json"), "vocab": str(bert_dir / "vocab.txt"),
+  bert_files = {"config": str(bert_dir / ckpt.BERT_CONFIG), "vocab": str(bert_dir / ckpt.VOCAB),
                 "checkpoint": ckpt.latest_checkpoint(str(bert_dir))
-                if (bert_dir / "checkpoint").is_file() else str(bert_dir / "bert_model.ckpt")}
+                if (bert_dir / ckpt.CHECKPOINT_STATE).is_file() else str(bert_dir / backbone.CHECKPOINT_NAME)}
   ner_config = ckpt.NerConfig(
       head=config.head, lstm_size=config.lstm_size, hidden_size=config.hidden_size,
       feature_layers=list(config.feature_layers),
