@@ -48,7 +48,7 @@ bench: $(STAMP)
 
 # Regenerates docs/RELIABILITY.md from a run of the reliability tests.
 reliability-report: $(STAMP)
-	WRITE_RELIABILITY_REPORT=1 $(PY) -m pytest -q tests/test_reliability.py
+	WRITE_RELIABILITY_REPORT=1 $(PY) -m pytest -q tests/reliability
 
 clean:
 	rm -rf build .cache .pytest_cache

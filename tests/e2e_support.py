@@ -1,4 +1,4 @@
-"""End-to-end helpers shared by test_clients and test_reliability: free loopback ports, a tiny
+"""End-to-end helpers shared by test_clients and tests/reliability: free loopback ports, a tiny
 NER checkpoint built on the `tiny_bert_dir` fixture, and `python -m server` as a subprocess.
 
 TensorFlow is imported inside the functions only (test_clients checks clients stay TF-free).
