@@ -133,7 +133,7 @@ def build_app(client, transport):
     try:
       entities = await asyncio.get_running_loop().run_in_executor(executor, tag_text, client, text)
     except (ClientError, ValueError) as e:
-      return error_response(502, f"cannot tag: the model server failed: {e}")
+      return error_response(502, f"cannot tag: {e}")
     return web.json_response({"text": text, "entities": [dataclasses.asdict(e) for e in entities],
                               "tag_ms": round((time.perf_counter() - started) * 1000, 1)})
 
