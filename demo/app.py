@@ -25,13 +25,15 @@ MAX_TEXT_CHARS = 10_000
 MAX_BODY_BYTES = 12 * MAX_TEXT_CHARS + 1024
 # A few taggings at once: the model server batches them; more would only queue in threads here.
 TAG_WORKERS = 4
-SECURITY_HEADERS = {
+RESPONSE_HEADERS = {
     # Only the demo's own files run: even an injected element could not load or run anything.
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
                                "connect-src 'self'; base-uri 'none'; form-action 'none'; "
                                "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+    # Revalidate (ETag, 304) on every load, so a restarted demo never runs an old demo.js.
+    "Cache-Control": "no-cache",
 }
 
 
@@ -100,14 +102,14 @@ def error_response(status, message):
 
 
 @web.middleware
-async def security_headers(request, handler):
-  """Adds SECURITY_HEADERS to every answer, errors included."""
+async def response_headers(request, handler):
+  """Adds RESPONSE_HEADERS to every answer, errors included."""
   try:
     response = await handler(request)
   except web.HTTPException as e:
-    e.headers.update(SECURITY_HEADERS)
+    e.headers.update(RESPONSE_HEADERS)
     raise
-  response.headers.update(SECURITY_HEADERS)
+  response.headers.update(RESPONSE_HEADERS)
   return response
 
 
@@ -140,7 +142,7 @@ def build_app(client, transport):
   async def stop_executor(_):
     executor.shutdown(wait=False, cancel_futures=True)
 
-  app = web.Application(middlewares=[security_headers], client_max_size=MAX_BODY_BYTES)
+  app = web.Application(middlewares=[response_headers], client_max_size=MAX_BODY_BYTES)
   app.router.add_get("/", index)
   app.router.add_get("/api/info", get_info)
   app.router.add_post("/api/tag", tag)

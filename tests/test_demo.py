@@ -1,6 +1,7 @@
 """The demo's pure parts: request validation, line splitting and offsets of tag_text."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -108,3 +109,12 @@ def test_demo_does_not_import_tensorflow():
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=60, check=True)
   assert result.stdout.strip() == "[]"
+
+
+def test_page_loads_nothing_from_elsewhere():
+  """Only the demo's own files: no URL of another host, no CSS import or url() (works offline)."""
+  html = (app.STATIC / "index.html").read_text(encoding="utf-8")
+  assert re.findall(r'(?:src|href)="([^"]*)"', html) == ["/static/demo.css", "/static/demo.js"]
+  for path in app.STATIC.iterdir():
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"https?:|//[\w-]+\.[\w.-]+/|url\(|@import", text), path.name

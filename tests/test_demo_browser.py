@@ -314,4 +314,5 @@ def test_api_answers_bad_requests_in_json_with_the_security_headers(demos):
   assert "script-src 'self'" in too_big.headers["Content-Security-Policy"]
   page = requests.get(url, timeout=30)
   assert page.status_code == 200 and page.headers["X-Content-Type-Options"] == "nosniff"
+  assert page.headers["Cache-Control"] == "no-cache"
   assert requests.get(url + "static/%2e%2e/app.py", timeout=30).status_code == 404
