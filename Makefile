@@ -8,7 +8,7 @@ TRANSPORT ?= grpc
 HOST    ?= 127.0.0.1
 TRAIN_ARGS ?=
 
-.PHONY: setup test train export serve up image eval bench reliability-report clean
+.PHONY: setup test train export serve up image eval bench demo demo-screenshot reliability-report clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,14 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The tagging page on http://127.0.0.1:8080, talking to a running model server (make serve).
+demo: $(STAMP)
+	$(PY) -m demo --transport $(TRANSPORT)
+
+# Regenerates docs/demo.png (README's screenshot) from a run of the browser test.
+demo-screenshot: $(STAMP)
+	WRITE_DEMO_SCREENSHOT=1 $(PY) -m pytest -q tests/test_demo_browser.py
 
 # Regenerates docs/RELIABILITY.md from a run of the reliability tests.
 reliability-report: $(STAMP)

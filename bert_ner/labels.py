@@ -78,3 +78,8 @@ def make_label_list(entity_types):
   entity_labels = [f"{prefix}-{entity}" for entity in sorted(set(entity_types))
                    for prefix in ("B", "I")]
   return ["O"] + entity_labels + SPECIAL_LABELS
+
+
+def entity_types(id2label):
+  """The sorted entity types of a label list (the X of its B-X / I-X labels)."""
+  return sorted({label[2:] for label in id2label if label.startswith(("B-", "I-"))})

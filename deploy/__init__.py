@@ -120,4 +120,5 @@ def how_to_query(base, host, grpc_port, rest_port):
       f"\"{EXAMPLE}\"",
       f"  .venv/bin/python clients/rest_client.py --server {host}:{rest_port} --assets {assets} "
       f"\"{EXAMPLE}\"",
-      f"  curl -s -X POST http://{host}:{rest_port}/v1/models/{MODEL_NAME}:predict -d '{body}'"])
+      f"  curl -s -X POST http://{host}:{rest_port}/v1/models/{MODEL_NAME}:predict -d '{body}'",
+      f"  in a browser: .venv/bin/python -m demo --server {host}:{grpc_port} --assets {assets}"])

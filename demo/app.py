@@ -1,0 +1,151 @@
+"""The demo's aiohttp app: the static page, GET /api/info and POST /api/tag.
+
+Tagging goes through a clients.common.NerClient (gRPC or REST), so the page sees exactly what the
+command-line clients print, against TF Serving or `python -m server` alike.
+"""
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from bert_ner.labels import entity_types
+from clients.common import ClientError
+
+STATIC = Path(__file__).resolve().parent / "static"
+# 10,000 characters of CoNLL dev text are about 1,900 words: tagged in 1.3 s (a sentence per line)
+# to 1.9 s (one line) through the shipped model and the embedded server on 2 shared cores, a wait
+# a page can show. Longer texts belong to the clients' --file.
+MAX_TEXT_CHARS = 10_000
+# The longest JSON spelling of one character is 12 bytes (an escaped surrogate pair, \\ud83d\\ude00).
+MAX_BODY_BYTES = 12 * MAX_TEXT_CHARS + 1024
+# A few taggings at once: the model server batches them; more would only queue in threads here.
+TAG_WORKERS = 4
+RESPONSE_HEADERS = {
+    # Only the demo's own files run: even an injected element could not load or run anything.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Revalidate (ETag, 304) on every load, so a restarted demo never runs an old demo.js.
+    "Cache-Control": "no-cache",
+}
+
+
+class RequestError(Exception):
+  """A bad /api/tag request: its HTTP status and a one-line message for the page."""
+
+  def __init__(self, status, message):
+    super().__init__(message)
+    self.status = status
+
+
+def parse_tag_request(body):
+  """The text of a POST /api/tag body (JSON {"text": "..."}); RequestError when it is unusable."""
+  try:
+    request = json.loads(body.decode("utf-8"))
+  except (UnicodeDecodeError, ValueError):
+    raise RequestError(400, 'request body is not JSON: send {"text": "..."}') from None
+  if not isinstance(request, dict) or not isinstance(request.get("text"), str):
+    raise RequestError(400, 'request needs a "text" string: send {"text": "..."}')
+  text = request["text"]
+  if not text.strip():
+    raise RequestError(400, "the text is empty: type a sentence to tag")
+  if len(text) > MAX_TEXT_CHARS:
+    raise RequestError(413, f"the text has {len(text):,} characters; the demo tags at most "
+                            f"{MAX_TEXT_CHARS:,} (use the clients' --file for longer texts)")
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise RequestError(400, f"the text is not valid Unicode (a lone surrogate at character "
+                            f"{e.start})") from None
+  return text
+
+
+async def read_body(request):
+  """The request's body; RequestError beyond MAX_BODY_BYTES (aiohttp stops reading there)."""
+  try:
+    return await request.read()
+  except web.HTTPRequestEntityTooLarge:
+    raise RequestError(413, f"request body is over {MAX_BODY_BYTES:,} bytes, the most the demo "
+                            f"accepts") from None
+
+
+def split_lines(text):
+  """(offset, line) of each line with a word in it: every line is tagged as one sentence, as
+  the clients tag the lines of --file."""
+  offset = 0
+  for line in text.split("\n"):
+    if line.strip():
+      yield offset, line
+    offset += len(line) + 1
+
+
+def tag_text(client, text):
+  """Entities of every line of text, offsets into the whole text, after checking that the served
+  model is the one the client's assets describe (it can change while the demo runs)."""
+  client.check_fingerprint()
+  lines = list(split_lines(text))
+  found = client.predict([line for _, line in lines])
+  return [dataclasses.replace(e, start=e.start + offset, end=e.end + offset)
+          for (offset, _), entities in zip(lines, found) for e in entities]
+
+
+def error_response(status, message):
+  """A JSON {"error": message} the page shows as it is."""
+  return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def response_headers(request, handler):
+  """Adds RESPONSE_HEADERS to every answer, errors included."""
+  try:
+    response = await handler(request)
+  except web.HTTPException as e:
+    e.headers.update(RESPONSE_HEADERS)
+    raise
+  response.headers.update(RESPONSE_HEADERS)
+  return response
+
+
+def build_app(client, transport):
+  """The demo app tagging through `client` (a GrpcNerClient or RestNerClient)."""
+  executor = concurrent.futures.ThreadPoolExecutor(TAG_WORKERS, thread_name_prefix="tag")
+  info = {"server": client.server, "transport": transport, "model": client.model,
+          "fingerprint": client.fingerprint, "types": entity_types(client.featurizer.id2label),
+          "max_chars": MAX_TEXT_CHARS}
+
+  async def index(_):
+    return web.FileResponse(STATIC / "index.html")
+
+  async def get_info(_):
+    return web.json_response(info)
+
+  async def tag(request):
+    try:
+      text = parse_tag_request(await read_body(request))
+    except RequestError as e:
+      return error_response(e.status, str(e))
+    started = time.perf_counter()
+    try:
+      entities = await asyncio.get_running_loop().run_in_executor(executor, tag_text, client, text)
+    except (ClientError, ValueError) as e:
+      return error_response(502, f"cannot tag: {e}")
+    return web.json_response({"text": text, "entities": [dataclasses.asdict(e) for e in entities],
+                              "tag_ms": round((time.perf_counter() - started) * 1000, 1)})
+
+  async def stop_executor(_):
+    executor.shutdown(wait=False, cancel_futures=True)
+
+  app = web.Application(middlewares=[response_headers], client_max_size=MAX_BODY_BYTES)
+  app.router.add_get("/", index)
+  app.router.add_get("/api/info", get_info)
+  app.router.add_post("/api/tag", tag)
+  app.router.add_static("/static", STATIC)
+  app.on_cleanup.append(stop_executor)
+  return app

@@ -1,0 +1,120 @@
+"""The demo's pure parts: request validation, line splitting and offsets of tag_text."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bert_ner.featurizer import Entity
+from bert_ner.labels import entity_types, make_label_list
+from clients.common import ClientError
+from demo import app
+from demo.app import MAX_TEXT_CHARS, RequestError, parse_tag_request, split_lines, tag_text
+from e2e_support import REPO_ROOT
+
+
+def body(value):
+  """A JSON request body as the page sends it."""
+  return json.dumps(value).encode("utf-8")
+
+
+def rejection(raw):
+  """(status, message) parse_tag_request raises for a body."""
+  with pytest.raises(RequestError) as caught:
+    parse_tag_request(raw)
+  return caught.value.status, str(caught.value)
+
+
+def test_accepts_text_up_to_the_limit_verbatim():
+  head = "<script>alert(1)</script> EU\r\n😀"
+  text = head + "x" * (MAX_TEXT_CHARS - len(head))
+  assert parse_tag_request(body({"text": text})) == text
+
+
+@pytest.mark.parametrize("raw, status, words", [
+    (b"", 400, "not JSON"),
+    (b"\xff\xfe", 400, "not JSON"),
+    (b'{"text": "EU"', 400, "not JSON"),
+    (body(["EU"]), 400, '"text" string'),
+    (body({"texts": "EU"}), 400, '"text" string'),
+    (body({"text": 3}), 400, '"text" string'),
+    (body({"text": " \n\t "}), 400, "empty"),
+    (b'{"text": "EU \\ud800"}', 400, "lone surrogate at character 3"),
+    (body({"text": "x" * (MAX_TEXT_CHARS + 1)}), 413, "10,001 characters; the demo tags at most "
+                                                      "10,000"),
+])
+def test_rejects_with_a_readable_message(raw, status, words):
+  got_status, message = rejection(raw)
+  assert got_status == status
+  assert words in message and "\n" not in message
+
+
+def test_a_longest_body_fits_the_body_limit():
+  """Every text within MAX_TEXT_CHARS passes the byte limit, even fully escaped."""
+  worst = json.dumps({"text": "😀" * MAX_TEXT_CHARS}).encode("ascii")  # \ud83d\ude00 each
+  assert len(worst) <= app.MAX_BODY_BYTES
+
+
+def test_split_lines_keeps_offsets_and_skips_blank_lines():
+  text = "EU rejects\n\n  \nGerman call\r\nlast"
+  assert list(split_lines(text)) == [(0, "EU rejects"), (15, "German call\r"), (28, "last")]
+  assert [text[o:o + len(line)] for o, line in split_lines(text)] == [
+      "EU rejects", "German call\r", "last"]
+
+
+class FakeClient:
+  """Tags the first word of every line as ORG; records the lines it was given."""
+
+  def __init__(self, failure=None):
+    self.failure, self.lines = failure, None
+
+  def check_fingerprint(self):
+    if self.failure:
+      raise ClientError(self.failure)
+
+  def predict(self, lines):
+    self.lines = lines
+    return [[Entity("ORG", line.split()[0], line.index(line.split()[0]),
+                    line.index(line.split()[0]) + len(line.split()[0]))] for line in lines]
+
+
+def test_tag_text_maps_line_offsets_into_the_whole_text():
+  text = "EU rejects\n\n  German call"
+  client = FakeClient()
+  found = tag_text(client, text)
+  assert client.lines == ["EU rejects", "  German call"]
+  assert [(e.text, e.start, e.end) for e in found] == [("EU", 0, 2), ("German", 14, 20)]
+  assert all(text[e.start:e.end] == e.text for e in found)
+
+
+def test_tag_text_checks_the_fingerprint_before_tagging():
+  client = FakeClient(failure="fingerprint mismatch (version skew)")
+  with pytest.raises(ClientError, match="fingerprint mismatch"):
+    tag_text(client, "EU rejects German call")
+  assert client.lines is None
+
+
+def test_entity_types_inverts_make_label_list():
+  assert entity_types(make_label_list(["PER", "LOC", "ORG", "MISC"])) == ["LOC", "MISC", "ORG",
+                                                                         "PER"]
+
+
+def test_demo_does_not_import_tensorflow():
+  """The demo runs where only the clients' dependencies and aiohttp are installed."""
+  code = ("import sys, demo.__main__; "
+          "print(sorted({m.split('.')[0] for m in sys.modules} & "
+          "{'tensorflow', 'tensorflow_serving', 'keras', 'tf_keras', 'jax', 'torch'}))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=60, check=True)
+  assert result.stdout.strip() == "[]"
+
+
+def test_page_loads_nothing_from_elsewhere():
+  """Only the demo's own files: no URL of another host, no CSS import or url() (works offline)."""
+  html = (app.STATIC / "index.html").read_text(encoding="utf-8")
+  assert re.findall(r'(?:src|href)="([^"]*)"', html) == ["/static/demo.css", "/static/demo.js"]
+  for path in app.STATIC.iterdir():
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"https?:|//[\w-]+\.[\w.-]+/|url\(|@import", text), path.name
