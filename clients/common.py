@@ -59,10 +59,10 @@ def split_servers(server, schemes=()):
   scheme://... target for a scheme in `schemes`; ClientError naming what is wrong."""
   if not server.strip():
     raise ClientError("--server is empty: give host:port (several: host:port,host:port)")
-  scheme, separator, rest = server.partition(":")
+  scheme, _, rest = server.partition(":")
   if scheme in schemes and rest.startswith("//"):
     # dns:///name:port and ipv4:///a:p,b:p carry an authority slot, left empty here.
-    rest = rest.lstrip("/")
+    rest = rest.strip("/")
   elif "://" in server:
     raise ClientError(f"--server {server!r}: scheme {scheme!r} not supported (use host:port"
                       + (f" or {', '.join(s + '://' for s in schemes)}" if schemes else "") + ")")
@@ -174,7 +174,8 @@ def build_parser(description, default_server):
   parser.add_argument("texts", nargs="*", help="sentences to tag")
   parser.add_argument("--file", help="tag each line of this file ('-' for stdin)")
   parser.add_argument("--server", default=default_server,
-                      help="host:port of the model server, or several as host:port,host:port "
+                      help="host:port of the model server, or several replicas as "
+                           "host:port,host:port (gRPC also dns:///name:port) "
                            "(default: %(default)s)")
   parser.add_argument("--model", default="bert_ner", help="model name (default: %(default)s)")
   parser.add_argument("--signature", default="result",

@@ -51,6 +51,7 @@ def assets(tmp_path_factory):
     ("dns:///bert-ner-grpc.default.svc.cluster.local:8500", grpc_client.TARGET_SCHEMES,
      ("dns", ["bert-ner-grpc.default.svc.cluster.local:8500"])),
     ("http://h:8501,h2:8501", rest_client.SCHEMES, ("http", ["h:8501", "h2:8501"])),
+    ("https://h:443/", rest_client.SCHEMES, ("https", ["h:443"])),
 ])
 def test_split_servers(server, schemes, expected):
   assert common.split_servers(server, schemes) == expected
@@ -409,3 +410,14 @@ def test_grpc_retries_unavailable_calls(assets):
     assert len(calls) == 2
   finally:
     server.stop(0)
+
+
+def test_grpc_dns_target_reaches_the_server(assets):
+  server = FakeServing(VOCAB)
+  try:
+    port = server.grpc_address.rpartition(":")[2]
+    client = grpc_client.GrpcNerClient(f"dns:///localhost:{port}", assets=assets)
+    client.check_fingerprint()
+    assert [e.text for e in client.predict([SENTENCE])[0]] == ["EU", "German"]
+  finally:
+    server.close()
