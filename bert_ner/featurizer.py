@@ -253,7 +253,8 @@ class Featurizer:
     """One tag per word from the label ids predicted for its windows (one input's windows).
 
     X, [CLS] or [SEP] predicted on a word start read as "O"; with `x_continues` (free text) an
-    X continues the previous word's entity instead.
+    X continues the previous word's entity instead. A word the vocabulary cannot spell ([UNK]:
+    an emoji, a flag) never continues an entity: its X or I- reads as "O".
     """
     if len(windows) != len(pred_rows):
       raise ValueError(f"{len(windows)} windows but {len(pred_rows)} prediction rows")
@@ -262,6 +263,8 @@ class Featurizer:
     id2label = self._labels()
     best_score = [-1] * windows[0].num_words
     best_id = [None] * windows[0].num_words
+    is_unk = [False] * windows[0].num_words
+    unk_id = self.vocab[UNK]
     last = len(windows) - 1
     for k, (window, row) in enumerate(zip(windows, pred_rows)):
       n = len(window.input_ids) - 2
@@ -274,9 +277,12 @@ class Featurizer:
         if min(left, right) > best_score[word]:
           best_score[word] = min(left, right)
           best_id[word] = int(row[i])
+          is_unk[word] = window.input_ids[i] == unk_id
     tags = []
-    for label_id in best_id:
+    for label_id, unk in zip(best_id, is_unk):
       tag = "O" if label_id is None else id2label[label_id]
+      if unk and (tag == X or tag.startswith("I-")):
+        tag = "O"
       if tag in (X, CLS, SEP):
         continues = x_continues and tag == X and tags and tags[-1].startswith(("B-", "I-"))
         tag = "I-" + tags[-1][2:] if continues else "O"

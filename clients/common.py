@@ -3,10 +3,13 @@
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Featurizer
 from bert_ner.labels import LABEL2ID_JSON
@@ -14,6 +17,7 @@ from bert_ner.labels import LABEL2ID_JSON
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = "pred_label"
 FINGERPRINT = re.compile(r"ner_([0-9a-f]+)/")
+HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d+)")
 
 
 class ClientError(Exception):
@@ -50,6 +54,69 @@ def load_assets(path):
   return featurizer, fingerprint
 
 
+def split_servers(server, schemes=()):
+  """(scheme, [host:port, ...]) of --server: comma-separated host:port targets, or one
+  scheme://... target for a scheme in `schemes`; ClientError naming what is wrong."""
+  if not server.strip():
+    raise ClientError("--server is empty: give host:port (several: host:port,host:port)")
+  scheme, _, rest = server.partition(":")
+  if scheme in schemes and rest.startswith("//"):
+    # dns:///name:port and ipv4:///a:p,b:p carry an authority slot, left empty here.
+    rest = rest.strip("/")
+  elif "://" in server:
+    raise ClientError(f"--server {server!r}: scheme {scheme!r} not supported (use host:port"
+                      + (f" or {', '.join(s + '://' for s in schemes)}" if schemes else "") + ")")
+  else:
+    scheme, rest = None, server
+  targets = [target.strip() for target in rest.split(",")]
+  for target in targets:
+    match = HOST_PORT.fullmatch(target)
+    if not match:
+      raise ClientError(f"--server {server!r}: {target!r} is not host:port")
+    if not 1 <= int(match.group(2)) <= 65535:
+      raise ClientError(f"--server {server!r}: port {int(match.group(2))} is not in 1-65535")
+  return scheme, targets
+
+
+def excerpt(value, limit=80):
+  """One line of at most `limit` characters showing a (JSON) value."""
+  text = " ".join(json.dumps(value, default=str).split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _leaves(value):
+  """The non-list values of nested lists."""
+  if isinstance(value, list):
+    for item in value:
+      yield from _leaves(item)
+  else:
+    yield value
+
+
+def check_labels(pred, input_ids, num_labels):
+  """The server's pred_label (nested lists or an array) as int32 [B, T] for `input_ids`, or
+  ClientError: a wrong shape or a label id that is not an integer in [0, num_labels) would
+  silently give wrong tags (numpy alone turns 1.7 into 1 and true into 1)."""
+  if not isinstance(pred, np.ndarray):
+    odd = [v for v in _leaves(pred) if type(v) is not int][:1]
+    if odd:
+      raise ClientError(f"server answered a non-integer label id: {excerpt(odd[0])}")
+    try:
+      pred = np.asarray(pred)
+    except ValueError:
+      raise ClientError("server answered ragged pred_label rows") from None
+  if pred.dtype.kind not in "iu":
+    raise ClientError(f"server answered {pred.dtype} label ids, not integers")
+  if pred.shape != input_ids.shape:
+    raise ClientError(f"server answered pred_label of shape {list(pred.shape)} for "
+                      f"input_ids of shape {list(input_ids.shape)}")
+  bad = pred[(pred < 0) | (pred >= num_labels)]
+  if bad.size:
+    raise ClientError(f"server answered label id {bad.flat[0]}, outside the "
+                      f"{num_labels} labels of the assets (0-{num_labels - 1})")
+  return pred.astype(np.int32)
+
+
 class NerClient:
   """Tags texts with a served bert_ner model; subclasses supply run() and output_names()."""
 
@@ -61,6 +128,10 @@ class NerClient:
   def predict(self, texts, batch_size=64):
     """Entities (type, text, start, end) of each text; windows go batch_size rows per request."""
     return self.featurizer.predict_texts(list(texts), self.run, batch_size)
+
+  def checked_labels(self, pred, input_ids):
+    """pred_label as int32 [B, T] once it fits the request and the label map (check_labels)."""
+    return check_labels(pred, input_ids, len(self.featurizer.id2label))
 
   def check_fingerprint(self):
     """Raises ClientError unless the signature's output is named ner_<fingerprint of the assets>."""
@@ -90,13 +161,22 @@ class NerClient:
     return ClientError(f"{message}: {detail}" if detail else message)
 
 
+class OneLineParser(argparse.ArgumentParser):
+  """argparse whose errors are one line on stderr ("error: ..."), exit status 2."""
+
+  def error(self, message):
+    self.exit(2, f"error: {' '.join(message.split())}\n")
+
+
 def build_parser(description, default_server):
   """The flags both client scripts share."""
-  parser = argparse.ArgumentParser(description=description)
+  parser = OneLineParser(description=description)
   parser.add_argument("texts", nargs="*", help="sentences to tag")
   parser.add_argument("--file", help="tag each line of this file ('-' for stdin)")
   parser.add_argument("--server", default=default_server,
-                      help="host:port of the model server (default: %(default)s)")
+                      help="host:port of the model server, or several replicas as "
+                           "host:port,host:port (gRPC also dns:///name:port) "
+                           "(default: %(default)s)")
   parser.add_argument("--model", default="bert_ner", help="model name (default: %(default)s)")
   parser.add_argument("--signature", default="result",
                       help="signature name (default: %(default)s)")
@@ -112,12 +192,23 @@ def build_parser(description, default_server):
 
 def read_texts(args):
   """The sentences from the arguments or from --file."""
+  for number, text in enumerate(args.texts, 1):
+    # Undecodable argv bytes arrive as lone surrogates (PEP 383).
+    bad = next((i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff"), None)
+    if bad is not None:
+      raise ClientError(f"sentence argument {number} is not valid UTF-8 (byte "
+                        f"{ord(text[bad]) - 0xdc00:#04x} at character {bad})")
   if args.file is None:
     return args.texts
+  name = "stdin" if args.file == "-" else args.file
   try:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-  except (OSError, UnicodeDecodeError) as e:
+    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    text = data.decode("utf-8")
+  except OSError as e:
     raise ClientError(f"cannot read {args.file}: {e}") from None
+  except UnicodeDecodeError as e:
+    raise ClientError(f"{name} is not valid UTF-8 (byte {e.object[e.start]:#04x} at byte "
+                      f"offset {e.start})") from None
   return args.texts + (text.removesuffix("\n").split("\n") if text else [])
 
 
@@ -134,8 +225,8 @@ def main(client_class, description, default_server, argv=None):
   args = parser.parse_args(argv)
   if not args.texts and args.file is None:
     parser.error("give sentences or --file")
-  if args.batch_size < 1 or args.timeout <= 0:
-    parser.error("--batch_size and --timeout must be positive")
+  if args.batch_size < 1 or not 0 < args.timeout < math.inf:
+    parser.error("--batch_size and --timeout must be positive (--timeout finite)")
   try:
     texts = read_texts(args)
     client = client_class(args.server, args.model, args.signature, args.timeout, args.assets)

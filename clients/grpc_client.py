@@ -1,6 +1,9 @@
 """Tags sentences with the served bert_ner model over gRPC (TF Serving PredictionService)."""
 
+import ipaddress
+import json
 import os
+import socket
 import sys
 
 if not __package__:  # run as a script from a checkout that is not pip-installed
@@ -17,7 +20,54 @@ GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 # gRPC's reconnect backoff grows to 120 s while the server is down: after a 70 s outage a client
 # kept failing UNAVAILABLE for 40 s once the server was back. Retry the connection every <= 2 s;
 # calls still fail fast while it is down.
-CHANNEL_OPTIONS = [("grpc.max_reconnect_backoff_ms", 2000)]
+# Several replicas (--server a:p,b:p or dns:///headless-service:p): round robin sends each call
+# to the next ready replica (pick_first, gRPC's default, would send all to one), and a call that
+# fails UNAVAILABLE (a replica gone before answering) is retried on another; predictions are
+# idempotent.
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "tensorflow.serving.PredictionService"}],
+        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+}
+CHANNEL_OPTIONS = [("grpc.max_reconnect_backoff_ms", 2000),
+                   ("grpc.enable_retries", 1),
+                   ("grpc.service_config", json.dumps(SERVICE_CONFIG))]
+TARGET_SCHEMES = ("dns", "ipv4", "ipv6")
+
+
+def _address(target):
+  """(family, host:port with a literal address) of one host:port; a name is resolved once."""
+  host, _, port = target.rpartition(":")
+  host = host.strip("[]")
+  try:
+    address = ipaddress.ip_address(host)
+  except ValueError:
+    try:
+      infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except OSError as e:
+      raise common.ClientError(f"cannot resolve {host!r}: {e}") from None
+    address = min((ipaddress.ip_address(info[4][0]) for info in infos),
+                  key=lambda a: a.version)  # IPv4 first, as for a single target
+  text = f"[{address}]" if address.version == 6 else str(address)
+  return address.version, f"{text}:{port}"
+
+
+def channel_target(server):
+  """gRPC target of --server: one host:port or scheme:///... as given; several host:port as one
+  ipv4:/// (or ipv6:///) list that round robin spreads calls over."""
+  scheme, targets = common.split_servers(server, TARGET_SCHEMES)
+  if scheme is not None:
+    return f"{scheme}:///{','.join(targets)}"
+  if len(targets) == 1:
+    return targets[0]
+  resolved = [_address(target) for target in targets]
+  families = {family for family, _ in resolved}
+  if len(families) > 1:
+    raise common.ClientError(f"--server {server!r} mixes IPv4 and IPv6 addresses")
+  return f"ipv{families.pop()}:///{','.join(address for _, address in resolved)}"
 
 
 def make_tensor(array):
@@ -30,12 +80,19 @@ def make_tensor(array):
 def make_array(tensor):
   """numpy array of an int32 TensorProto (tensor_content or int_val)."""
   if tensor.dtype != pb.DT_INT32:
-    raise common.ClientError(f"expected an int32 output, got {pb.DataType.Name(tensor.dtype)}")
+    name = pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else \
+        f"dtype {tensor.dtype}"
+    raise common.ClientError(f"expected an int32 output, got {name}")
   shape = [d.size for d in tensor.tensor_shape.dim]
-  if tensor.tensor_content:
-    return np.frombuffer(tensor.tensor_content, dtype="<i4").reshape(shape)
-  values = np.asarray(tensor.int_val, dtype=np.int32)
-  return np.broadcast_to(values, shape) if values.size == 1 else values.reshape(shape)
+  values = (np.frombuffer(tensor.tensor_content, dtype="<i4") if tensor.tensor_content else
+            np.asarray(tensor.int_val, dtype=np.int32))
+  if any(n < 0 for n in shape):
+    raise common.ClientError(f"output tensor has a negative dimension: {shape}")
+  if values.size == 1 and not tensor.tensor_content:  # TF's one-value form of a filled tensor
+    return np.broadcast_to(values, shape)
+  if values.size != np.prod(shape, dtype=np.int64):
+    raise common.ClientError(f"output tensor of shape {shape} holds {values.size} values")
+  return values.reshape(shape)
 
 
 def make_predict_request(model, signature, input_ids, input_mask):
@@ -58,7 +115,7 @@ class GrpcNerClient(common.NerClient):
 
   def __init__(self, server, model="bert_ner", signature="result", timeout=10.0, assets=None):
     super().__init__(server, model, signature, timeout, assets)
-    channel = grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
+    channel = grpc.insecure_channel(channel_target(server), options=CHANNEL_OPTIONS)
     self._predict = channel.unary_unary(
         PREDICT, request_serializer=pb.PredictRequest.SerializeToString,
         response_deserializer=pb.PredictResponse.FromString)
@@ -72,7 +129,7 @@ class GrpcNerClient(common.NerClient):
     response = self._call(self._predict, request)
     if common.OUTPUT not in response.outputs:
       raise common.ClientError(f"response has no {common.OUTPUT!r} output")
-    return make_array(response.outputs[common.OUTPUT])
+    return self.checked_labels(make_array(response.outputs[common.OUTPUT]), input_ids)
 
   def output_names(self):
     """Output tensor names per signature, from GetModelMetadata."""

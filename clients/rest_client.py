@@ -1,19 +1,76 @@
 """Tags sentences with the served bert_ner model over REST (TF Serving's /v1/models API)."""
 
+import math
 import os
 import re
+import socket
 import sys
+import threading
+import time
 
 if not __package__:  # run as a script from a checkout that is not pip-installed
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np
 import requests
+import urllib3.connection
 
 from clients import common
 
 HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE",
               504: "DEADLINE_EXCEEDED"}
+# Answers after which the same request goes to the next --server target: the replica is gone
+# or refuses work for now (a proxy's 502 for a dead backend); predictions are idempotent.
+FAIL_OVER_STATUSES = (502, 503)
+SCHEMES = ("http", "https")
+_DEADLINE = threading.local()  # .at: time.monotonic() by which this thread's request must end
+
+
+class DeadlineSocket(socket.socket):
+  """A socket whose every send and receive waits at most until the calling thread's deadline.
+
+  requests' timeout bounds each socket read, so a server trickling a byte a second keeps a
+  request alive forever; this bounds the whole exchange (plain http: TLS reads bypass it).
+  """
+
+  def _wait_at_most(self):
+    remaining = getattr(_DEADLINE, "at", math.inf) - time.monotonic()
+    if remaining <= 0:
+      raise TimeoutError("request deadline passed")
+    self.settimeout(None if remaining == math.inf else remaining)
+
+  def recv_into(self, *args, **kwargs):
+    self._wait_at_most()
+    return super().recv_into(*args, **kwargs)
+
+  def recv(self, *args, **kwargs):
+    self._wait_at_most()
+    return super().recv(*args, **kwargs)
+
+  def sendall(self, *args, **kwargs):
+    self._wait_at_most()
+    return super().sendall(*args, **kwargs)
+
+
+class DeadlineConnection(urllib3.connection.HTTPConnection):
+  """urllib3's HTTP connection on a DeadlineSocket."""
+
+  def _new_conn(self):
+    sock = super()._new_conn()
+    return DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+
+
+class DeadlinePool(urllib3.HTTPConnectionPool):
+  ConnectionCls = DeadlineConnection
+
+
+def deadline_session():
+  """A requests Session whose plain-http connections honour the thread's request deadline."""
+  session = requests.Session()
+  adapter = requests.adapters.HTTPAdapter()
+  adapter.poolmanager.pool_classes_by_scheme = {
+      **adapter.poolmanager.pool_classes_by_scheme, "http": DeadlinePool}
+  session.mount("http://", adapter)
+  return session
 
 
 def error_detail(response):
@@ -29,39 +86,79 @@ class RestNerClient(common.NerClient):
 
   def __init__(self, server, model="bert_ner", signature="result", timeout=10.0, assets=None):
     super().__init__(server, model, signature, timeout, assets)
-    self.url = server if "://" in server else f"http://{server}"
-    self.session = requests.Session()
+    scheme, targets = common.split_servers(server, SCHEMES)
+    self.urls = [f"{scheme or 'http'}://{target}" for target in targets]
+    self.current = 0  # the target that answered last; requests start there
+    self.session = deadline_session()
 
   def run(self, input_ids, input_mask):
     """pred_label [B, T] for one padded batch."""
     body = {"signature_name": self.signature,
             "inputs": {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()}}
-    outputs = self._call("POST", f"/v1/models/{self.model}:predict", json=body)["outputs"]
+    answer = self._call("POST", f"/v1/models/{self.model}:predict", json=body)
+    outputs = answer.get("outputs") if isinstance(answer, dict) else None
     if isinstance(outputs, dict):  # TF Serving names the outputs only when there are several
-      outputs = outputs[common.OUTPUT]
-    return np.asarray(outputs, dtype=np.int32)
+      outputs = outputs.get(common.OUTPUT)
+    if not isinstance(outputs, list):
+      raise common.ClientError(f"server answer has no {common.OUTPUT!r} outputs: "
+                               f"{common.excerpt(answer)}")
+    return self.checked_labels(outputs, input_ids)
 
   def output_names(self):
     """Output tensor names per signature, from GET /v1/models/<model>/metadata."""
-    metadata = self._call("GET", f"/v1/models/{self.model}/metadata")["metadata"]
-    return {name: [info["name"] for info in sig.get("outputs", {}).values()]
-            for name, sig in metadata["signature_def"]["signature_def"].items()}
+    answer = self._call("GET", f"/v1/models/{self.model}/metadata")
+    try:
+      signatures = answer["metadata"]["signature_def"]["signature_def"]
+      return {name: [info["name"] for info in sig.get("outputs", {}).values()]
+              for name, sig in signatures.items()}
+    except (KeyError, TypeError, AttributeError):
+      raise common.ClientError(f"model metadata without signature_def outputs: "
+                               f"{common.excerpt(answer)}") from None
 
   def _call(self, method, path, **kwargs):
+    """The JSON answer of one request, within self.timeout in all, failing over target by
+    target (starting at the last one that answered) while a target is unreachable."""
+    _DEADLINE.at = time.monotonic() + self.timeout
     try:
-      response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+      for attempt in range(len(self.urls)):
+        index = (self.current + attempt) % len(self.urls)
+        try:
+          response = self._send(method, self.urls[index] + path, **kwargs)
+        except common.ClientError:
+          if attempt == len(self.urls) - 1:
+            raise
+          continue
+        if response.status_code in FAIL_OVER_STATUSES and attempt < len(self.urls) - 1:
+          continue
+        self.current = index
+        return self._answer(response, self.urls[index] + path)
+    finally:
+      _DEADLINE.at = math.inf
+
+  def _send(self, method, url, **kwargs):
+    """One HTTP exchange; ClientError when the target is unreachable or the deadline passes."""
+    remaining = _DEADLINE.at - time.monotonic()
+    if remaining <= 0:
+      raise self.error("DEADLINE_EXCEEDED")
+    try:
+      return self.session.request(method, url, timeout=remaining, **kwargs)
     except requests.Timeout:
       raise self.error("DEADLINE_EXCEEDED") from None
-    except requests.ConnectionError as e:
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+      if time.monotonic() >= _DEADLINE.at:  # a body read that timed out comes wrapped so
+        raise self.error("DEADLINE_EXCEEDED") from None
       reason = re.search(r"\[Errno [^\]]*\] [^'\")]*", str(e))
       raise self.error("UNAVAILABLE", reason.group(0) if reason else type(e).__name__) from None
+
+  def _answer(self, response, url):
+    """The JSON document of a 200 answer, else the ClientError its status maps to."""
     if response.status_code != 200:
       code = HTTP_CODES.get(response.status_code, f"HTTP {response.status_code}")
       raise self.error(code, error_detail(response))
     try:
       return response.json()
     except ValueError:
-      raise common.ClientError(f"{self.url}{path} did not answer JSON") from None
+      raise common.ClientError(f"{url} did not answer JSON") from None
 
 
 if __name__ == "__main__":

@@ -307,6 +307,23 @@ def test_predict_texts_continues_entities_over_x(featurizer):
       [Entity("ORG", "Hewlett-Packard", 10, 25)], [], []]
 
 
+@pytest.mark.parametrize("unk_label", ["X", "I-PER"])
+def test_unknown_pieces_never_extend_an_entity(featurizer, unk_label):
+  # The emoji are [UNK] words; a model reading them as continuations must not glue them on.
+  labels = {"[CLS]": "[CLS]", "[SEP]": "[SEP]", "angela": "B-PER", "mer": "I-PER", "##kel": "X",
+            "[UNK]": unk_label, "macro": "B-PER", "##n": "X"}
+
+  def run_fn(input_ids, input_mask):
+    return np.array([[LABELS.index(labels.get(t, "O")) for t in _tokens(featurizer, row)]
+                     for row in input_ids.tolist()], np.int32)
+
+  text = "Angela Merkel \U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 met " \
+         "Macron \U0001f1eb\U0001f1f7"
+  assert _tokens(featurizer, featurizer.encode_text(text)[1][0].input_ids).count("[UNK]") == 2
+  assert featurizer.predict_texts([text], run_fn) == [
+      [Entity("PER", "Angela Merkel", 0, 13), Entity("PER", "Macron", 26, 32)]]
+
+
 def test_empty_text_has_no_words_and_no_rows(featurizer):
   def run_fn(input_ids, input_mask):
     raise AssertionError("no rows to run")

@@ -1,0 +1,424 @@
+"""Clients: several --server targets (gRPC round robin list, REST fail-over), one-line errors for
+bad arguments, bad input and bad server answers, and a REST --timeout that bounds the whole
+request. Fast: fake servers on loopback; the replicas test is tests/reliability."""
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+from clients import common, grpc_client, rest_client
+from clients.tfs_protos import tfs_lite_pb2 as lite
+from test_clients import (
+  CALL_TIMEOUT,
+  SCRIPTS,
+  SENTENCE,
+  VOCAB,
+  FakeServing,
+  assert_one_line_error,
+  run_script,
+  write_assets,
+)
+
+# A server trickling one byte this often is never idle for a whole socket read timeout.
+TRICKLE_INTERVAL_S = 0.5
+TRICKLE_TIMEOUT_S = 2.0
+TIMEOUT_SLACK_S = 1.5
+SCRIPT_START_S = 3.0  # interpreter and imports on a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+  return write_assets(tmp_path_factory.mktemp("targets") / "assets.extra")
+
+
+# ---------------------------------------------------------------- --server parsing
+
+
+@pytest.mark.parametrize("server,schemes,expected", [
+    ("h:1", (), (None, ["h:1"])),
+    ("127.0.0.1:8500,127.0.0.1:8501", (), (None, ["127.0.0.1:8500", "127.0.0.1:8501"])),
+    (" a:1 , b:2 ", (), (None, ["a:1", "b:2"])),
+    ("[::1]:8500", (), (None, ["[::1]:8500"])),
+    ("dns:///bert-ner-grpc.default.svc.cluster.local:8500", grpc_client.TARGET_SCHEMES,
+     ("dns", ["bert-ner-grpc.default.svc.cluster.local:8500"])),
+    ("http://h:8501,h2:8501", rest_client.SCHEMES, ("http", ["h:8501", "h2:8501"])),
+    ("https://h:443/", rest_client.SCHEMES, ("https", ["h:443"])),
+])
+def test_split_servers(server, schemes, expected):
+  assert common.split_servers(server, schemes) == expected
+
+
+@pytest.mark.parametrize("server,error", [
+    ("", "--server is empty"),
+    ("   ", "--server is empty"),
+    ("127.0.0.1:99999", "port 99999 is not in 1-65535"),
+    ("127.0.0.1:0", "port 0 is not in 1-65535"),
+    ("ftp://example.org:21", "scheme 'ftp' not supported"),
+    ("localhost", "'localhost' is not host:port"),
+    ("a:1,,b:2", "'' is not host:port"),
+    ("h:port", "'h:port' is not host:port"),
+])
+def test_split_servers_refuses(server, error):
+  with pytest.raises(common.ClientError, match=error.replace("(", r"\(")):
+    common.split_servers(server, grpc_client.TARGET_SCHEMES)
+
+
+@pytest.mark.parametrize("server,target", [
+    ("h:1", "h:1"),
+    ("dns:///svc.ns:8500", "dns:///svc.ns:8500"),
+    ("127.0.0.1:1,127.0.0.2:2", "ipv4:///127.0.0.1:1,127.0.0.2:2"),
+    ("localhost:1,127.0.0.1:2", "ipv4:///127.0.0.1:1,127.0.0.1:2"),
+    ("[::1]:1,[::1]:2", "ipv6:///[::1]:1,[::1]:2"),
+])
+def test_grpc_channel_target(server, target):
+  assert grpc_client.channel_target(server) == target
+
+
+def test_grpc_channel_target_refuses_mixed_families():
+  with pytest.raises(common.ClientError, match="mixes IPv4 and IPv6"):
+    grpc_client.channel_target("127.0.0.1:1,[::1]:2")
+
+
+def test_the_grpc_service_config_balances_and_retries_unavailable():
+  options = dict(grpc_client.CHANNEL_OPTIONS)
+  config = json.loads(options["grpc.service_config"])
+  assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+  (method,) = config["methodConfig"]
+  assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+  assert options["grpc.enable_retries"] == 1
+
+
+# ---------------------------------------------------------------- pred_label checks
+
+
+IDS = np.array([[101, 5, 102], [101, 6, 102]], np.int32)
+
+
+@pytest.mark.parametrize("pred,error", [
+    ([[10, 0, 11], [10, 0, 11]], None),
+    ([[10, 0, 11]], r"shape \[1, 3\] for input_ids of shape \[2, 3\]"),
+    ([[10, 0], [10, 0]], r"shape \[2, 2\]"),
+    ([10, 0, 11], r"shape \[3\]"),
+    ([[10, -3, 11], [10, 0, 11]], "label id -3, outside the 12 labels"),
+    ([[10, 99, 11], [10, 0, 11]], "label id 99, outside the 12 labels"),
+    ([[10, 1.7, 11], [10, 0, 11]], "non-integer label id: 1.7"),
+    ([[10, True, 11], [10, False, 11]], "non-integer label id: true"),
+    ([[10, "1", 11], [10, 0, 11]], 'non-integer label id: "1"'),
+    ([[10, None, 11], [10, 0, 11]], "non-integer label id: null"),
+    ([[10, 0, 11], [10, 0]], "ragged"),
+    (np.zeros([2, 3], np.float32), "float32 label ids, not integers"),
+])
+def test_check_labels(pred, error):
+  if error is None:
+    checked = common.check_labels(pred, IDS, 12)
+    assert checked.dtype == np.int32 and checked.tolist() == pred
+  else:
+    with pytest.raises(common.ClientError, match=error):
+      common.check_labels(pred, IDS, 12)
+
+
+@pytest.mark.parametrize("tensor,error", [
+    (lite.TensorProto(dtype=lite.DT_INT32, tensor_shape=lite.TensorShapeProto(
+        dim=[lite.TensorShapeProto.Dim(size=2), lite.TensorShapeProto.Dim(size=3)]),
+        tensor_content=np.zeros(5, "<i4").tobytes()), r"shape \[2, 3\] holds 5 values"),
+    (lite.TensorProto(dtype=lite.DT_INT32, tensor_shape=lite.TensorShapeProto(
+        dim=[lite.TensorShapeProto.Dim(size=-1)]), int_val=[1, 2]), "negative dimension"),
+    (lite.TensorProto(dtype=9999), "expected an int32 output, got dtype 9999"),
+    (lite.TensorProto(dtype=lite.DT_FLOAT), "expected an int32 output, got DT_FLOAT"),
+])
+def test_grpc_output_tensor_checks(tensor, error):
+  with pytest.raises(common.ClientError, match=error):
+    grpc_client.make_array(tensor)
+
+
+# ---------------------------------------------------------------- bad answers, end to end
+
+
+class BadServing(FakeServing):
+  """A fake TF Serving whose Predict answers a canned body (REST) or tensor (gRPC)."""
+
+  def __init__(self):
+    super().__init__(VOCAB)
+    self.rest_answer = self.grpc_answer = None
+
+  def rest(self, method, path, body):
+    if method == "POST" and self.rest_answer is not None:
+      return 200, self.rest_answer
+    return super().rest(method, path, body)
+
+  def _grpc_predict(self, request, context):
+    return lite.PredictResponse(outputs={"pred_label": self.grpc_answer})
+
+
+@pytest.fixture(scope="module")
+def bad_server():
+  server = BadServing()
+  yield server
+  server.close()
+
+
+# The sentence is one row of 6 sub-tokens: [CLS] eu rejects german call [SEP].
+REST_ANSWERS = [
+    ({}, "server answer has no 'pred_label' outputs: {}"),
+    ([], "server answer has no 'pred_label' outputs: \\[\\]"),
+    ({"outputs": {"other": [[0] * 6]}}, "no 'pred_label' outputs"),
+    ({"outputs": [[0] * 5]}, r"shape \[1, 5\] for input_ids of shape \[1, 6\]"),
+    ({"outputs": [[0] * 6, [0] * 6]}, r"shape \[2, 6\]"),
+    ({"outputs": [[10, -3, 0, 0, 0, 11]]}, "label id -3"),
+    ({"outputs": [[10, 99, 0, 0, 0, 11]]}, "label id 99"),
+    ({"outputs": [[10, 1.7, 0, 0, 0, 11]]}, "non-integer label id: 1.7"),
+]
+
+
+@pytest.mark.parametrize("answer,error", REST_ANSWERS, ids=lambda v: json.dumps(v)[:30])
+def test_rest_bad_answers_are_one_line_errors(bad_server, assets, answer, error):
+  bad_server.rest_answer = answer
+  result = run_script("rest", "--server", bad_server.rest_address, "--assets", assets, SENTENCE)
+  assert_one_line_error(result, error)
+
+
+def int_tensor(shape, values):
+  return lite.TensorProto(dtype=lite.DT_INT32, tensor_shape=lite.TensorShapeProto(
+      dim=[lite.TensorShapeProto.Dim(size=n) for n in shape]), int_val=values)
+
+
+@pytest.mark.parametrize("tensor,error", [
+    (int_tensor([1, 5], [0] * 5), r"shape \[1, 5\] for input_ids of shape \[1, 6\]"),
+    (int_tensor([1, 6], [10, -3, 0, 0, 0, 11]), "label id -3"),
+    (int_tensor([1, 6], [10, 99, 0, 0, 0, 11]), "label id 99"),
+    (int_tensor([2, 6], [0] * 11), r"shape \[2, 6\] holds 11 values"),
+])
+def test_grpc_bad_answers_are_one_line_errors(bad_server, assets, tensor, error):
+  bad_server.grpc_answer = tensor
+  result = run_script("grpc", "--server", bad_server.grpc_address, "--assets", assets, SENTENCE)
+  assert_one_line_error(result, error)
+
+
+# ---------------------------------------------------------------- bad arguments and input
+
+
+@pytest.mark.parametrize("transport", SCRIPTS)
+@pytest.mark.parametrize("args,error", [
+    (["--server", "127.0.0.1:99999"], "port 99999 is not in 1-65535"),
+    (["--server", ""], "--server is empty"),
+    (["--server", "ftp://example.org:21"], "scheme 'ftp' not supported"),
+    (["--timeout", "nan"], "--timeout finite"),
+    (["--timeout", "inf"], "--timeout finite"),
+    (["--timeout", "-1"], "must be positive"),
+    (["--timeout", "soon"], "invalid float value: 'soon'"),
+    (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+])
+def test_bad_arguments_are_one_line_errors(assets, transport, args, error):
+  result = run_script(transport, "--assets", assets, *args, SENTENCE)
+  assert_one_line_error(result, error)
+
+
+def run_bytes(transport, args, stdin=b""):
+  """A client script with raw bytes arguments and stdin; returns the CompletedProcess."""
+  env = dict(os.environ, LC_ALL="C.UTF-8")
+  env.pop("BERT_NER_ASSETS", None)
+  result = subprocess.run([sys.executable, str(SCRIPTS[transport]), *args], input=stdin,
+                          capture_output=True, env=env, timeout=CALL_TIMEOUT)
+  result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+  return result
+
+
+@pytest.mark.parametrize("transport", SCRIPTS)
+def test_invalid_utf8_in_argv_is_a_one_line_error(assets, transport):
+  result = run_bytes(transport, ["--assets", str(assets), "--server", "127.0.0.1:9",
+                                 "EU", b"caf\xe9 Berlin"])
+  assert_one_line_error(result, r"sentence argument 2 is not valid UTF-8 \(byte 0xe9 at "
+                                r"character 3\)")
+
+
+@pytest.mark.parametrize("transport", SCRIPTS)
+def test_invalid_utf8_on_stdin_is_a_one_line_error(assets, transport):
+  result = run_bytes(transport, ["--assets", str(assets), "--server", "127.0.0.1:9",
+                                 "--file", "-"], stdin=b"EU rejects\nGerman \xff\xfe call\n")
+  assert_one_line_error(result, r"stdin is not valid UTF-8 \(byte 0xff at byte offset 18\)")
+
+
+# ---------------------------------------------------------------- REST --timeout, whole request
+
+
+class TrickleServer:
+  """Loopback TCP server that reads a request, sends `prefix` at once, then `answer` one byte at
+  a time."""
+
+  def __init__(self, answer, prefix=b"", interval=TRICKLE_INTERVAL_S):
+    self.answer, self.prefix, self.interval = answer, prefix, interval
+    self.listener = socket.create_server(("127.0.0.1", 0))
+    self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+    self.stop = threading.Event()
+    threading.Thread(target=self._serve, daemon=True).start()
+
+  def _serve(self):
+    while not self.stop.is_set():
+      try:
+        conn, _ = self.listener.accept()
+      except OSError:
+        return
+      threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+  def _trickle(self, conn):
+    with conn:
+      try:
+        conn.recv(65536)
+        conn.sendall(self.prefix)
+        for byte in self.answer:
+          if self.stop.wait(self.interval):
+            return
+          conn.sendall(bytes([byte]))
+      except OSError:
+        return  # the client gave up and closed
+
+  def close(self):
+    self.stop.set()
+    self.listener.close()
+
+
+HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n"
+
+
+@pytest.mark.parametrize("prefix,answer", [(b"", HEADERS + b"{" + b" " * 38 + b"}"),
+                                           (HEADERS, b"{" + b" " * 38 + b"}")],
+                         ids=["headers trickled", "body trickled"])
+def test_rest_timeout_bounds_the_whole_request(assets, prefix, answer):
+  server = TrickleServer(answer, prefix)
+  try:
+    client = rest_client.RestNerClient(server.address, timeout=TRICKLE_TIMEOUT_S, assets=assets)
+    started = time.monotonic()
+    with pytest.raises(common.ClientError, match="timeout: no answer from .* within 2s"):
+      client.output_names()
+    elapsed = time.monotonic() - started
+  finally:
+    server.close()
+  assert TRICKLE_TIMEOUT_S - 0.1 <= elapsed <= TRICKLE_TIMEOUT_S + TIMEOUT_SLACK_S
+
+
+def test_rest_script_abandons_a_trickling_server(assets):
+  server = TrickleServer(HEADERS + b"{" + b" " * 38 + b"}", interval=2.0)
+  try:
+    started = time.monotonic()
+    result = run_script("rest", "--server", server.address, "--assets", assets, "--timeout", "3",
+                        SENTENCE)
+    elapsed = time.monotonic() - started
+  finally:
+    server.close()
+  assert_one_line_error(result, "timeout: no answer from .* within 3s")
+  assert elapsed < 3 + TIMEOUT_SLACK_S + SCRIPT_START_S
+
+
+# ---------------------------------------------------------------- REST fail-over
+
+
+def closed_port():
+  """A loopback port nothing listens on."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_rest_fails_over_to_the_next_target_and_stays_there(assets):
+  server = FakeServing(VOCAB)
+  try:
+    dead = f"127.0.0.1:{closed_port()}"
+    client = rest_client.RestNerClient(f"{dead},{server.rest_address}", assets=assets)
+    client.check_fingerprint()
+    assert [[e.text for e in entities] for entities in client.predict([SENTENCE])] == [
+        ["EU", "German"]]
+    assert client.current == 1
+  finally:
+    server.close()
+
+
+class ServiceUnavailable:
+  """Answers every request 503, counting them."""
+
+  def __init__(self):
+    owner = self
+    self.requests = 0
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def do_POST(self):
+        owner.requests += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+      def log_message(self, *args):
+        pass
+
+    self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.address = f"127.0.0.1:{self.http.server_port}"
+    threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+  def close(self):
+    self.http.shutdown()
+
+
+def test_rest_fails_over_on_503(assets):
+  good = FakeServing(VOCAB)
+  busy = ServiceUnavailable()
+  try:
+    client = rest_client.RestNerClient(f"{busy.address},{good.rest_address}", assets=assets)
+    assert client.predict([SENTENCE])[0][0].text == "EU" and client.current == 1
+    assert busy.requests == 1
+  finally:
+    busy.close()
+    good.close()
+
+
+def test_all_targets_down_is_one_line_error(assets):
+  servers = f"127.0.0.1:{closed_port()},127.0.0.1:{closed_port()}"
+  for transport in SCRIPTS:
+    result = run_script(transport, "--server", servers, "--assets", assets, "--timeout", "5",
+                        SENTENCE)
+    assert_one_line_error(result, "server unreachable at 127.0.0.1:")
+
+
+def test_grpc_retries_unavailable_calls(assets):
+  """A call failing UNAVAILABLE is retried by the channel (the service config's policy)."""
+  calls = []
+
+  def predict(request, context):
+    calls.append(time.monotonic())
+    if len(calls) == 1:
+      context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+    return lite.PredictResponse(outputs={"pred_label": grpc_client.make_tensor(
+        np.zeros([1, 6], np.int32))})
+
+  server = grpc.server(futures.ThreadPoolExecutor(2))
+  server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+      "tensorflow.serving.PredictionService", {"Predict": grpc.unary_unary_rpc_method_handler(
+          predict, lite.PredictRequest.FromString, lite.PredictResponse.SerializeToString)})])
+  port = server.add_insecure_port("127.0.0.1:0")
+  server.start()
+  try:
+    client = grpc_client.GrpcNerClient(f"127.0.0.1:{port}", assets=assets)
+    assert client.predict([SENTENCE]) == [[]]
+    assert len(calls) == 2
+  finally:
+    server.stop(0)
+
+
+def test_grpc_dns_target_reaches_the_server(assets):
+  server = FakeServing(VOCAB)
+  try:
+    port = server.grpc_address.rpartition(":")[2]
+    client = grpc_client.GrpcNerClient(f"dns:///localhost:{port}", assets=assets)
+    client.check_fingerprint()
+    assert [e.text for e in client.predict([SENTENCE])[0]] == ["EU", "German"]
+  finally:
+    server.close()
