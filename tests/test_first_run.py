@@ -183,3 +183,18 @@ def test_make_help_lists_every_target_once():
   targets = re.search(r"^\.PHONY: (.*)$", makefile, re.M).group(1).split()
   listed = [m.group(1) for m in re.finditer(r"^  make (\S+) +\S", done.stdout, re.M)]
   assert sorted(listed) == sorted(targets)
+
+
+def test_start_up_filter_drops_the_notices_and_keeps_real_warnings():
+  notices = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
+             "STDERR\nI0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on.\n"
+             "E0000 00:00:1.0 1 util.cc:131] oneDNN supports DT_BOOL only on platforms with "
+             "AVX-512. Falling back to the default Eigen-based implementation if present.\n")
+  kept = ("W0000 00:00:1.0 1 allocator.cc:1] Allocation exceeds 10% of free system memory.\n"
+          "E0000 00:00:1.0 1 session.cc:1] a real error\n")
+  script = ("import os; from bert_ner.quiet import _stderr_filtered, _is_start_up_notice\n"
+            "with _stderr_filtered(_is_start_up_notice):\n"
+            f"  os.write(2, {(notices + kept).encode()!r})\n")
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=60)
+  assert done.returncode == 0 and done.stderr == kept
