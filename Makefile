@@ -1,4 +1,5 @@
 # Every target that needs Python depends on the venv stamp, so a fresh clone sets itself up.
+# `make help` lists the targets from their `## ` comments.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 CKPT    ?= models/default
@@ -6,57 +7,61 @@ MODEL_BASE ?= models/bert_ner
 DATA    ?= ../shared/data/conll2003/dev.txt
 TRANSPORT ?= grpc
 HOST    ?= 127.0.0.1
+GRPC_PORT ?= 8500
+REST_PORT ?= 8501
 TRAIN_ARGS ?=
 
-.PHONY: setup test train export serve up image eval bench demo demo-screenshot reliability-report clean
+.PHONY: help setup test train export serve up image eval bench demo demo-screenshot reliability-report clean
 
-setup: $(STAMP)
+help: ## this list
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DATA TRANSPORT TRAIN_ARGS;" \
+		"BERT_NER_VERBOSE=1 keeps TensorFlow's start-up logs"
+
+setup: $(STAMP) ## create .venv with the pinned dependencies (done by every target on first use)
 
 $(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
-	python3 -m venv .venv
-	.venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
-	.venv/bin/pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements-nodeps.txt
-	.venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-	touch $@
+	@echo "setup: creating .venv with the pinned dependencies (first run only, a few minutes)"
+	@python3 -m venv .venv
+	@.venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
+	@.venv/bin/pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements-nodeps.txt
+	@.venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
 
-test: $(STAMP)
+test: $(STAMP) ## the whole test suite
 	$(PY) -m pytest -q
 
-train: $(STAMP)
+train: $(STAMP) ## train a model into build/train (TRAIN_ARGS=... adds flags)
 	$(PY) -m train --out build/train $(TRAIN_ARGS)
 
-export: $(STAMP)
+export: $(STAMP) ## export CKPT (default: the shipped model) as the next version under MODEL_BASE
 	$(PY) -m export --checkpoint $(CKPT) --model_base_path $(MODEL_BASE)
 
-# Main job: export the shipped model if no version exists yet, then serve it
-# (Docker when an engine answers, the embedded server otherwise).
-serve: $(STAMP)
-	@ls $(MODEL_BASE)/[0-9]* >/dev/null 2>&1 || $(MAKE) --no-print-directory export
-	$(PY) -m deploy serve --model_base_path $(MODEL_BASE) --host $(HOST)
+serve: $(STAMP) ## serve the latest export on HOST:GRPC_PORT/REST_PORT (exports CKPT first if none)
+	@$(PY) -m deploy serve --checkpoint $(CKPT) --model_base_path $(MODEL_BASE) --host $(HOST) \
+		--grpc_port $(GRPC_PORT) --rest_port $(REST_PORT)
 
-up: $(STAMP)
-	$(PY) -m deploy up --model_base_path $(MODEL_BASE)
+up: $(STAMP) ## Docker: build the TF Serving image and run it (needs a Docker engine)
+	$(PY) -m deploy up --model_base_path $(MODEL_BASE) --host $(HOST) \
+		--grpc_port $(GRPC_PORT) --rest_port $(REST_PORT)
 
-image: $(STAMP)
+image: $(STAMP) ## Docker: build the TF Serving image with MODEL_BASE baked in
 	$(PY) -m deploy image --model_base_path $(MODEL_BASE)
 
-eval: $(STAMP)
+eval: $(STAMP) ## tag DATA through TRANSPORT (grpc, rest or local) and print seqeval scores
 	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT)
 
-bench: $(STAMP)
+bench: $(STAMP) ## throughput, latency and memory of the shipped model -> bench/results.md
 	$(PY) -m bench
 
-# The tagging page on http://127.0.0.1:8080, talking to a running model server (make serve).
-demo: $(STAMP)
+demo: $(STAMP) ## the tagging page on http://127.0.0.1:8080, talking to a running model server
 	$(PY) -m demo --transport $(TRANSPORT)
 
-# Regenerates docs/demo.png (README's screenshot) from a run of the browser test.
-demo-screenshot: $(STAMP)
+demo-screenshot: $(STAMP) ## regenerate docs/demo.png (README's screenshot) from the browser test
 	WRITE_DEMO_SCREENSHOT=1 $(PY) -m pytest -q tests/test_demo_browser.py
 
-# Regenerates docs/RELIABILITY.md from a run of the reliability tests.
-reliability-report: $(STAMP)
+reliability-report: $(STAMP) ## regenerate docs/RELIABILITY.md from a run of the reliability tests
 	WRITE_RELIABILITY_REPORT=1 $(PY) -m pytest -q tests/reliability
 
-clean:
+clean: ## remove build/, .cache/ and .pytest_cache/
 	rm -rf build .cache .pytest_cache

@@ -23,6 +23,7 @@ import psutil
 from bench import measure, report
 from bench.server import ServerProcess
 from bert_ner import conll
+from bert_ner.quiet import VERBOSE_ENV, quiet_tensorflow
 from clients.common import load_assets
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
@@ -52,6 +53,8 @@ def parse_args(argv=None):
   p.add_argument("--requests", type=int, default=300, help="requests per latency cell")
   p.add_argument("--quick", action="store_true",
                  help=f"first {QUICK_SENTENCES} sentences and {QUICK_REQUESTS} requests per cell")
+  p.add_argument("--verbose", action="store_true",
+                 help=f"TensorFlow's start-up logs too (same as {VERBOSE_ENV}=1)")
   args = p.parse_args(argv)
   if args.quick:
     args.requests = QUICK_REQUESTS
@@ -124,12 +127,11 @@ def latency_cell(server, clients, sentences, requests):
 
 def run(args, command):
   """Every measurement; returns the results dict the report reads."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  quiet_tensorflow(args.verbose)  # the servers it starts inherit the choice
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  (after --help)
   from evaluation.local import LocalModel  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
   from server.__main__ import parse_flags  # pylint: disable=import-outside-toplevel
-  tf.get_logger().setLevel("ERROR")
   sentences = [s.words for s in conll.read_conll(args.data)]
   if args.quick:
     sentences = sentences[:QUICK_SENTENCES]

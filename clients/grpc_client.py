@@ -9,11 +9,17 @@ import sys
 if not __package__:  # run as a script from a checkout that is not pip-installed
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import grpc
-import numpy as np
+try:
+  import grpc
+  import numpy as np
 
-from clients import common
-from clients.tfs_protos import tfs_lite_pb2 as pb
+  from clients import common
+  from clients.tfs_protos import tfs_lite_pb2 as pb
+except ModuleNotFoundError as missing:  # e.g. the system python3 instead of the venv's
+  if __name__ != "__main__":
+    raise
+  from clients.deps import exit_without
+  exit_without(missing)
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"

@@ -11,10 +11,16 @@ import time
 if not __package__:  # run as a script from a checkout that is not pip-installed
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import requests
-import urllib3.connection
+try:
+  import requests
+  import urllib3.connection
 
-from clients import common
+  from clients import common
+except ModuleNotFoundError as missing:  # e.g. the system python3 instead of the venv's
+  if __name__ != "__main__":
+    raise
+  from clients.deps import exit_without
+  exit_without(missing)
 
 HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE",
               504: "DEADLINE_EXCEEDED"}

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -11,6 +13,7 @@ import requests
 
 from bert_ner.featurizer import Featurizer, pad_batch
 from export import layout
+from server import ports
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "bert-ner-serving:latest"
@@ -31,7 +34,51 @@ def engine(timeout=3.0):
     client.ping()
     return client
   except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-    raise DeployError(f"no Docker engine answers at {where}: {e}") from e
+    raise DeployError(f"no Docker engine answers at {where} ({os_reason(e)})") from e
+
+
+def os_reason(error):
+  """The operating system's words for why a docker/requests call failed, else the error's text.
+
+  docker-py nests them three deep ("Error while fetching server API version: ('Connection
+  aborted.', FileNotFoundError(2, 'No such file or directory'))"); the innermost is what matters.
+  """
+  pending, seen = [error], set()
+  while pending:
+    cause = pending.pop(0)
+    if id(cause) in seen:
+      continue
+    seen.add(id(cause))
+    if isinstance(cause, OSError) and cause.strerror:
+      return cause.strerror
+    pending += [c for c in (cause.__cause__, cause.__context__, *cause.args)
+                if isinstance(c, BaseException)]
+  return str(error)
+
+
+def container_exists(client, name=CONTAINER):
+  """True when a container `name` exists: its published ports are ours, it will be replaced."""
+  return bool(client.containers.list(all=True, filters={"name": f"^{name}$"}))
+
+
+def check_ports(host, grpc_port, rest_port):
+  """DeployError naming the holder when a port cannot be listened on: before any model loads."""
+  for api, port in (("grpc", grpc_port), ("rest", rest_port)):
+    problem = ports.listen_problem(host, port)
+    if problem:
+      raise DeployError(f"{api} port {host}:{port} is not free: {problem}; stop it or choose "
+                        f"another (make serve {api.upper()}_PORT=N, or --{api}_port N)")
+
+
+def export_if_missing(checkpoint, base):
+  """Exports `checkpoint` as version 1 of `base` (python -m export) unless a version exists.
+
+  Returns the export's exit status (0 also when nothing had to be exported).
+  """
+  if layout.latest(base) is not None:
+    return 0
+  return subprocess.call([sys.executable, "-m", "export", "--checkpoint", str(checkpoint),
+                          "--model_base_path", str(base)])
 
 
 def latest_version(base):
@@ -111,14 +158,20 @@ def example_request(base):
 
 
 def how_to_query(base, host, grpc_port, rest_port):
-  """The gRPC and REST client commands and a curl line with real input_ids for EXAMPLE."""
+  """The gRPC and REST client commands and a curl line with real input_ids for EXAMPLE.
+
+  --assets only when the clients would not find the export themselves (models/bert_ner here).
+  """
   assets = latest_version(base) / "assets.extra"
+  found = Path(base).resolve() == (ROOT / "models" / MODEL_NAME).resolve()
+  assets_flag = "" if found else f" --assets {assets}"
   body = json.dumps(example_request(base), separators=(",", ":"))
   return "\n".join([
       "query it with:",
-      f"  .venv/bin/python clients/grpc_client.py --server {host}:{grpc_port} --assets {assets} "
+      f"  .venv/bin/python clients/grpc_client.py --server {host}:{grpc_port}{assets_flag} "
       f"\"{EXAMPLE}\"",
-      f"  .venv/bin/python clients/rest_client.py --server {host}:{rest_port} --assets {assets} "
+      f"  .venv/bin/python clients/rest_client.py --server {host}:{rest_port}{assets_flag} "
       f"\"{EXAMPLE}\"",
       f"  curl -s -X POST http://{host}:{rest_port}/v1/models/{MODEL_NAME}:predict -d '{body}'",
-      f"  in a browser: .venv/bin/python -m demo --server {host}:{grpc_port} --assets {assets}"])
+      f"  in a browser: .venv/bin/python -m demo --server {host}:{grpc_port}{assets_flag}"
+      " (then open http://127.0.0.1:8080)"])

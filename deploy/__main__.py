@@ -2,9 +2,12 @@
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 
 import deploy
+from bert_ner.quiet import VERBOSE_ENV
 
 
 def parse_args(argv=None):
@@ -15,6 +18,9 @@ def parse_args(argv=None):
                       "serve: up if a Docker engine answers, else `python -m server`")
   p.add_argument("--model_base_path", default="models/bert_ner",
                  help="exported model base; must lie inside the repo (the Docker build context)")
+  p.add_argument("--checkpoint", default="models/default",
+                 help="serve: exported first when the model base has no version yet "
+                      "(default: the shipped model)")
   p.add_argument("--host", default="127.0.0.1", help="address the ports are published/bound on")
   p.add_argument("--grpc_port", type=int, default=8500)
   p.add_argument("--rest_port", type=int, default=8501)
@@ -22,28 +28,69 @@ def parse_args(argv=None):
                  help="seconds to wait for the Docker engine to answer a ping")
   p.add_argument("--health_timeout", type=float, default=180.0,
                  help="seconds to wait for the served model to become AVAILABLE")
+  p.add_argument("--verbose", action="store_true",
+                 help=f"TensorFlow's start-up logs in the export and the server "
+                      f"(same as {VERBOSE_ENV}=1)")
   return p.parse_args(argv)
+
+
+def run_embedded_server(args, ports):
+  """`python -m server` on the same model base and ports; how to query it once it is ready.
+
+  A child, not exec: its ready line comes before the query commands. Ctrl-C reaches both (one
+  process group), SIGTERM is passed on, and the exit status is the server's. It keeps its own
+  batching defaults rather than docker/batching_parameters.txt: they are what bench/results.md
+  measured for it, and the file's TF Serving field max_enqueued_batches has no effect there.
+  """
+  server = subprocess.Popen([
+      sys.executable, "-m", "server", "--model_base_path", args.model_base_path,
+      "--host", args.host, "--port", str(args.grpc_port), "--rest_api_port", str(args.rest_port)],
+      stdout=subprocess.PIPE, text=True)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops on it and then so do we
+  signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+  for line in server.stdout:
+    print(line, end="", flush=True)
+    if line.startswith("Serving "):
+      print(deploy.how_to_query(args.model_base_path, *ports), flush=True)
+  status = server.wait()
+  return 128 - status if status < 0 else status  # killed by signal N: 128 + N, as a shell says
+
+
+def serve(args, ports):
+  """Free ports, an export, then Docker if its engine answers, else the embedded server."""
+  try:
+    client = deploy.engine(args.docker_timeout)
+  except deploy.DeployError as no_engine:
+    client = None
+    engine_line = f"{no_engine}; serving with the embedded server (python -m server) instead"
+  if client is None or not deploy.container_exists(client):
+    deploy.check_ports(*ports)
+  status = deploy.export_if_missing(args.checkpoint, args.model_base_path)
+  if status:
+    return status
+  deploy.latest_version(args.model_base_path)
+  if client is None:
+    print(engine_line, flush=True)
+    return run_embedded_server(args, ports)
+  deploy.build_image(client, args.model_base_path)
+  deploy.run_container(client, *ports, args.health_timeout)
+  print(deploy.how_to_query(args.model_base_path, *ports))
+  return 0
 
 
 def main(argv=None):
   """Runs the command; exit 2 with one line on stderr when it cannot."""
   args = parse_args(argv)
+  if args.verbose:
+    os.environ[VERBOSE_ENV] = "1"  # inherited by the export and the server
   ports = (args.host, args.grpc_port, args.rest_port)
   try:
+    if args.command == "serve":
+      return serve(args, ports)
     deploy.latest_version(args.model_base_path)
-    try:
-      client = deploy.engine(args.docker_timeout)
-    except deploy.DeployError as e:
-      if args.command != "serve":
-        raise
-      print(f"{e}; serving with the embedded server (python -m server) instead")
-      print(deploy.how_to_query(args.model_base_path, *ports), flush=True)
-      os.execv(sys.executable, [
-          sys.executable, "-m", "server", "--model_base_path", args.model_base_path,
-          "--host", args.host, "--port", str(args.grpc_port), "--rest_api_port", str(args.rest_port),
-          "--batching_parameters_file", str(deploy.ROOT / "docker/batching_parameters.txt")])
+    client = deploy.engine(args.docker_timeout)
     deploy.build_image(client, args.model_base_path)
-    if args.command != "image":
+    if args.command == "up":
       deploy.run_container(client, *ports, args.health_timeout)
       print(deploy.how_to_query(args.model_base_path, *ports))
   except deploy.DeployError as e:

@@ -6,6 +6,7 @@ Exit 2 with one `error:` line for a missing or unlabelled file, an unreachable s
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from bert_ner import conll
 from bert_ner.featurizer import Featurizer
 from bert_ner.metrics import format_scores, seqeval_scores
+from bert_ner.quiet import VERBOSE_ENV
 from clients.common import ClientError
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
@@ -40,6 +42,8 @@ def parse_args(argv=None):
   p.add_argument("--model", default="bert_ner", help="served model name")
   p.add_argument("--batch_size", type=int, default=64, help="rows (windows) per request")
   p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+  p.add_argument("--verbose", action="store_true",
+                 help=f"local: TensorFlow's start-up logs too (same as {VERBOSE_ENV}=1)")
   args = p.parse_args(argv)
   if args.batch_size < 1:
     p.error("--batch_size must be >= 1")
@@ -98,6 +102,8 @@ def tag(featurizer, run_fn, sentences, batch_size):
 def main(argv=None):
   """Runs the evaluation; returns the exit status."""
   args = parse_args(argv)
+  if args.verbose:
+    os.environ[VERBOSE_ENV] = "1"
   try:
     sentences = read_sentences(args.data)
     featurizer, run_fn, description = connect(args)

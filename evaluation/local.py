@@ -1,8 +1,8 @@
 """In-process transport: the latest SavedModel under a model base, run in a TF1 session."""
 
-import os
 import time
 
+from bert_ner.quiet import quiet_tensorflow
 from export import layout
 
 SERVE_TAG = "serve"
@@ -17,9 +17,8 @@ class LocalModel:
       raise FileNotFoundError(f"no SavedModel version under {model_base_path} "
                               f"(export one: python -m export --checkpoint DIR "
                               f"--model_base_path {model_base_path})")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     import tensorflow as tf  # pylint: disable=import-outside-toplevel  (only `local` needs TF)
-    tf.get_logger().setLevel("ERROR")
     started = time.perf_counter()
     self.session = tf.compat.v1.Session(graph=tf.Graph())
     meta = tf.compat.v1.saved_model.loader.load(self.session, [SERVE_TAG], str(path))

@@ -1,9 +1,10 @@
 """python -m export: checkpoint dir (ours, macanv or head-only default) -> TF Serving model base."""
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from bert_ner.quiet import quiet_tensorflow, verbose
 
 DEFAULT_VERIFY_FILE = Path(__file__).resolve().parents[2] / "shared/data/conll2003/dev.txt"
 
@@ -22,6 +23,9 @@ def parse_args(argv=None):
                       f"(default: {DEFAULT_VERIFY_FILE} if present, else built-in samples)")
   p.add_argument("--verify_sentences", type=int, default=64,
                  help="how many verification sentences to use; 0 = all")
+  p.add_argument("--verbose", action="store_true",
+                 help="also print the signatures and TensorFlow's start-up logs "
+                      "(same as BERT_NER_VERBOSE=1)")
   args = p.parse_args(argv)
   if args.version is not None and args.version < 1:
     p.error("--version must be >= 1")
@@ -33,18 +37,19 @@ def parse_args(argv=None):
 def main(argv=None):
   """Runs the export; exit 2 on bad input, 1 when verification refuses the SavedModel."""
   args = parse_args(argv)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from bert_ner import conll  # pylint: disable=import-outside-toplevel  (TF loads after --help)
+  quiet_tensorflow(args.verbose)  # TF loads after --help, and quietly
+  from bert_ner import conll  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
-  exporter.tf.get_logger().setLevel("ERROR")
   verify_file = args.verify_file or (DEFAULT_VERIFY_FILE if DEFAULT_VERIFY_FILE.is_file() else None)
   try:
     sentences = ([s.words for s in conll.read_conll(verify_file)] if verify_file
                  else exporter.SAMPLES)[:args.verify_sentences or None]
     if not sentences:
       raise exporter.ExportError(f"no sentences in {verify_file}")
-    print(f"verification: {len(sentences)} sentences of {verify_file or 'built-in samples'}")
-    exporter.export_model(args.checkpoint, args.model_base_path, args.version, sentences)
+    if verbose():
+      print(f"verification: {len(sentences)} sentences of {verify_file or 'built-in samples'}")
+    exporter.export_model(args.checkpoint, args.model_base_path, args.version, sentences,
+                          signatures_shown=verbose())
   except (exporter.ExportError, conll.ConllError, OSError) as e:
     print(f"export: error: {e}", file=sys.stderr)
     return 2

@@ -142,8 +142,11 @@ def signature_summary(signature_def_map):
 
 
 def export_model(checkpoint_dir, model_base_path, version=None, verify_sentences=SAMPLES,
-                 log=print):
-  """Exports `checkpoint_dir` as the next (or given) version of `model_base_path`; returns it."""
+                 log=print, signatures_shown=False):
+  """Exports `checkpoint_dir` as the next (or given) version of `model_base_path`; returns it.
+
+  Logs one line (where to, fingerprint, verification); signatures_shown adds the signatures.
+  """
   start = time.perf_counter()
   model_dir = _resolve(checkpoint_dir)
   base = Path(model_base_path)
@@ -189,9 +192,9 @@ def export_model(checkpoint_dir, model_base_path, version=None, verify_sentences
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  log(signature_summary(signatures))
-  log(f"verified: SavedModel == checkpoint graph on {len(verify_sentences)} sentences "
-      f"({rows} windows)")
+  if signatures_shown:
+    log(signature_summary(signatures))
   log(f"exported {checkpoint_dir} -> {final} (fingerprint {fingerprint}) "
-      f"in {time.perf_counter() - start:.1f}s")
+      f"in {time.perf_counter() - start:.1f}s, verified: SavedModel == checkpoint graph on "
+      f"{len(verify_sentences)} sentences ({rows} windows)")
   return final

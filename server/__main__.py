@@ -17,10 +17,13 @@ import signal
 import sys
 
 import grpc
-import tensorflow as tf
+from bert_ner.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow loads: its C++ reads the log level once, at import
+import tensorflow as tf  # pylint: disable=wrong-import-position
 from aiohttp import web
 
-from server import grpc_service, rest
+from server import grpc_service, ports, rest
 from server.batching import BatchingOptions, read_batching_parameters
 from server.manager import ModelManager
 from server.metrics import Metrics
@@ -141,6 +144,14 @@ async def serve(flags):
   executor.shutdown()
 
 
+def exit_if_ports_unavailable(flags):
+  """Exits with one line when a port cannot be listened on: now, not after the model loaded."""
+  for flag, port in (('--port', flags.port), ('--rest_api_port', flags.rest_api_port)):
+    problem = ports.listen_problem(flags.host, port)
+    if problem:
+      sys.exit(f'Cannot listen on {flags.host}:{port} ({flag}): {problem}')
+
+
 def main(argv=None):
   """Entry point of python -m server."""
   flags = parse_flags(argv)
@@ -148,6 +159,7 @@ def main(argv=None):
   tf.get_logger().propagate = False  # TensorFlow logs through its own handler already.
   if not os.path.isdir(flags.model_base_path):
     sys.exit(f'--model_base_path {flags.model_base_path} is not a directory')
+  exit_if_ports_unavailable(flags)
   asyncio.run(serve(flags))
 
 

@@ -175,12 +175,13 @@ def test_serve_without_engine_runs_the_embedded_server(model_base, tmp_path):
   threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
   try:
     seen = []
-    while not seen or not seen[-1].startswith("Serving bert_ner version 1"):
+    while not seen or "curl -s -X POST" not in seen[-1]:
       seen.append(lines.get(timeout=120))
     assert seen[0].startswith("no Docker engine answers at unix://")
     assert seen[0].rstrip().endswith("; serving with the embedded server (python -m server) "
                                      "instead")
-    assert f"clients/grpc_client.py --server 127.0.0.1:{grpc_port}" in "".join(seen)
+    ready = next(i for i, line in enumerate(seen) if line.startswith("Serving bert_ner version 1"))
+    assert f"clients/grpc_client.py --server 127.0.0.1:{grpc_port}" in "".join(seen[ready:])
     curl = next(line for line in seen if "curl -s -X POST" in line)
     body = json.loads(re.search(r"-d '(.*)'", curl).group(1))
     assert body == deploy.example_request(model_base)

@@ -79,10 +79,11 @@ def ckpt(tiny_bert_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(ckpt, tmp_path_factory):
-  """A model base exported twice: version 1 by the CLI subprocess, version 2 in-process."""
+  """A model base exported twice: version 1 by the CLI subprocess (--verbose: signatures shown),
+  version 2 in-process."""
   from export.__main__ import main
   base = tmp_path_factory.mktemp("models") / "bert_ner"
-  first = run_cli("--checkpoint", ckpt, "--model_base_path", base)
+  first = run_cli("--checkpoint", ckpt, "--model_base_path", base, "--verbose")
   assert first.returncode == 0, first.stderr
   conll = base.parent / "verify.conll"
   conll.write_text(CONLL)

@@ -6,7 +6,10 @@ import shlex
 import sys
 
 from bert_ner.metrics import format_scores
-from train import trainer
+from bert_ner.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # before train.trainer imports TensorFlow (BERT_NER_VERBOSE=1 keeps its logs)
+from train import trainer  # pylint: disable=wrong-import-position
 
 DATA = "../shared/data/conll2003"
 

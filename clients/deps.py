@@ -1,0 +1,16 @@
+"""The clients run by a Python without their dependencies: one line saying how to get them.
+
+Imports nothing beyond the standard library, so it works exactly where the clients' imports fail.
+"""
+
+import os
+import sys
+
+
+def exit_without(missing):
+  """Exits with status 2 and how to get the clients' dependencies (ModuleNotFoundError `missing`)."""
+  script = os.path.basename(sys.argv[0])
+  print(f"{script}: error: {sys.executable} has no module {missing.name!r}, which the clients "
+        f"need: run `make setup`, then `.venv/bin/python clients/{script} ...` (or `. "
+        f".venv/bin/activate` first), or `pip install '.[client]'`", file=sys.stderr)
+  sys.exit(2)
