@@ -32,13 +32,13 @@ export: $(STAMP)
 # (Docker when an engine answers, the embedded server otherwise).
 serve: $(STAMP)
 	@ls $(MODEL_BASE)/[0-9]* >/dev/null 2>&1 || $(MAKE) --no-print-directory export
-	$(PY) -m deploy serve --model_base_path $(MODEL_BASE) --host $(HOST)
+	$(PY) -m deploy serve --checkpoint $(CKPT) --model_base_path $(MODEL_BASE) --host $(HOST)
 
 up: $(STAMP)
-	$(PY) -m deploy up --model_base_path $(MODEL_BASE)
+	$(PY) -m deploy up --checkpoint $(CKPT)
 
 image: $(STAMP)
-	$(PY) -m deploy image --model_base_path $(MODEL_BASE)
+	$(PY) -m deploy image --checkpoint $(CKPT)
 
 eval: $(STAMP)
 	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT)

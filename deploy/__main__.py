@@ -13,8 +13,11 @@ def parse_args(argv=None):
   p.add_argument("command", choices=["image", "up", "serve"],
                  help="image: build the image; up: build, run and wait for health; "
                       "serve: up if a Docker engine answers, else `python -m server`")
+  p.add_argument("--checkpoint", default=deploy.DEFAULT_CHECKPOINT,
+                 help="image, up: checkpoint dir the image build exports (inside the repo, the "
+                      "Docker build context; not under an ignored folder such as build/)")
   p.add_argument("--model_base_path", default="models/bert_ner",
-                 help="exported model base; must lie inside the repo (the Docker build context)")
+                 help="serve without Docker: the exported model base the embedded server serves")
   p.add_argument("--host", default="127.0.0.1", help="address the ports are published/bound on")
   p.add_argument("--grpc_port", type=int, default=8500)
   p.add_argument("--rest_port", type=int, default=8501)
@@ -30,7 +33,8 @@ def main(argv=None):
   args = parse_args(argv)
   ports = (args.host, args.grpc_port, args.rest_port)
   try:
-    deploy.latest_version(args.model_base_path)
+    if args.command == "serve":
+      deploy.latest_version(args.model_base_path)
     try:
       client = deploy.engine(args.docker_timeout)
     except deploy.DeployError as e:
@@ -42,10 +46,11 @@ def main(argv=None):
           sys.executable, "-m", "server", "--model_base_path", args.model_base_path,
           "--host", args.host, "--port", str(args.grpc_port), "--rest_api_port", str(args.rest_port),
           "--batching_parameters_file", str(deploy.ROOT / "docker/batching_parameters.txt")])
-    deploy.build_image(client, args.model_base_path)
+    deploy.build_image(client, args.checkpoint)
     if args.command != "image":
-      deploy.run_container(client, *ports, args.health_timeout)
-      print(deploy.how_to_query(args.model_base_path, *ports))
+      container = deploy.run_container(client, *ports, args.health_timeout)
+      served = deploy.copy_served_assets(container, deploy.ROOT / "build/docker" / deploy.MODEL_NAME)
+      print(deploy.how_to_query(served, *ports))
   except deploy.DeployError as e:
     print(f"deploy: error: {e}", file=sys.stderr)
     return 2
