@@ -1,6 +1,7 @@
 # Every target that needs Python depends on the venv stamp, so a fresh clone sets itself up.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
+TF218   := .venv-tf218
 CKPT    ?= models/default
 MODEL_BASE ?= models/bert_ner
 DATA    ?= ../shared/data/conll2003/dev.txt
@@ -8,7 +9,7 @@ TRANSPORT ?= grpc
 HOST    ?= 127.0.0.1
 TRAIN_ARGS ?=
 
-.PHONY: setup test train export serve up image eval bench reliability-report clean
+.PHONY: setup tf218 test train export serve up image eval bench reliability-report clean
 
 setup: $(STAMP)
 
@@ -19,7 +20,17 @@ $(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
 	.venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-test: $(STAMP)
+# TensorFlow 2.18, the version tensorflow/serving:2.18.0 embeds, in a venv of its own: the tests load
+# the export and parse the Docker configs with it. About 30 s from PyPI with a cold pip cache.
+tf218: $(TF218)/.installed
+
+$(TF218)/.installed: requirements-tf218.lock
+	rm -rf $(TF218)
+	python3 -m venv $(TF218)
+	$(TF218)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-tf218.lock
+	touch $@
+
+test: $(STAMP) $(TF218)/.installed
 	$(PY) -m pytest -q
 
 train: $(STAMP)
