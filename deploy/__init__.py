@@ -76,7 +76,7 @@ def copy_served_assets(container, base):
     stream, _ = container.get_archive(f"{IMAGE_VERSION_DIR}/assets.extra")
   except docker.errors.APIError as e:
     raise DeployError(f"cannot copy the served assets out of the container: {e}") from e
-  target = Path(base) / "1"
+  target = Path(base) / Path(IMAGE_VERSION_DIR).name
   target.mkdir(parents=True, exist_ok=True)
   with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
     tar.extractall(target, filter="data")
