@@ -2,6 +2,7 @@
 # `make help` lists the targets from their `## ` comments.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
+TF218   := .venv-tf218
 CKPT    ?= models/default
 MODEL_BASE ?= models/bert_ner
 DATA    ?= ../shared/data/conll2003/dev.txt
@@ -11,7 +12,7 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 TRAIN_ARGS ?=
 
-.PHONY: help setup test train export serve up image eval bench demo demo-screenshot reliability-report clean
+.PHONY: help setup tf218 test train export serve up image eval bench demo demo-screenshot reliability-report clean
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,7 +29,17 @@ $(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
 	@.venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-test: $(STAMP) ## the whole test suite
+# TensorFlow 2.18, the version tensorflow/serving:2.18.0 embeds, in a venv of its own: the tests load
+# the export and parse the Docker configs with it. About 30 s from PyPI with a cold pip cache.
+tf218: $(TF218)/.installed ## .venv-tf218: TensorFlow 2.18 (the image's) for the runtime checks
+
+$(TF218)/.installed: requirements-tf218.lock
+	rm -rf $(TF218)
+	python3 -m venv $(TF218)
+	$(TF218)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-tf218.lock
+	touch $@
+
+test: $(STAMP) $(TF218)/.installed ## the whole test suite
 	$(PY) -m pytest -q
 
 train: $(STAMP) ## train a model into build/train (TRAIN_ARGS=... adds flags)
@@ -42,11 +53,11 @@ serve: $(STAMP) ## serve the latest export on HOST:GRPC_PORT/REST_PORT (exports 
 		--grpc_port $(GRPC_PORT) --rest_port $(REST_PORT)
 
 up: $(STAMP) ## Docker: build the TF Serving image and run it (needs a Docker engine)
-	$(PY) -m deploy up --model_base_path $(MODEL_BASE) --host $(HOST) \
+	$(PY) -m deploy up --checkpoint $(CKPT) --host $(HOST) \
 		--grpc_port $(GRPC_PORT) --rest_port $(REST_PORT)
 
-image: $(STAMP) ## Docker: build the TF Serving image with MODEL_BASE baked in
-	$(PY) -m deploy image --model_base_path $(MODEL_BASE)
+image: $(STAMP) ## Docker: build the TF Serving image; its first stage exports CKPT
+	$(PY) -m deploy image --checkpoint $(CKPT)
 
 eval: $(STAMP) ## tag DATA through TRANSPORT (grpc, rest or local) and print seqeval scores
 	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT)

@@ -1,9 +1,11 @@
 """TF Serving in Docker through the docker SDK (no TensorFlow): engine, image, container, health."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "bert-ner-serving:latest"
 CONTAINER = "bert-ner-serving"
 MODEL_NAME = "bert_ner"
+DEFAULT_CHECKPOINT = "models/default"
+# docker/Dockerfile exports its checkpoint as this version of this model base.
+IMAGE_VERSION_DIR = "/models/bert_ner/1"
 EXAMPLE = "EU rejects German call"
 
 
@@ -89,26 +94,40 @@ def latest_version(base):
   return found
 
 
-def build_context_path(base, context=ROOT):
-  """`base` relative to the Docker build context (the repo root), or DeployError."""
+def build_context_path(path, context=ROOT):
+  """`path` relative to the Docker build context (the repo root), or DeployError."""
   try:
-    return Path(base).resolve().relative_to(Path(context).resolve())
+    return Path(path).resolve().relative_to(Path(context).resolve())
   except ValueError:
-    raise DeployError(f"{base} is outside {context}, the Docker build context") from None
+    raise DeployError(f"{path} is outside {context}, the Docker build context") from None
 
 
-def build_image(client, base, tag=IMAGE, context=ROOT):
-  """Builds `tag` from `<context>/docker/Dockerfile` with the model base `base` baked in."""
-  latest_version(base)
-  context_base = build_context_path(base, context).as_posix()
-  print(f"building {tag} from docker/Dockerfile with {context_base} ...", flush=True)
+def build_image(client, checkpoint=DEFAULT_CHECKPOINT, tag=IMAGE, context=ROOT):
+  """Builds `tag` from `<context>/docker/Dockerfile`, which exports `checkpoint` inside the build."""
+  if not Path(checkpoint).is_dir():
+    raise DeployError(f"no checkpoint dir {checkpoint}")
+  context_checkpoint = build_context_path(checkpoint, context).as_posix()
+  print(f"building {tag} from docker/Dockerfile, exporting {context_checkpoint} ...", flush=True)
   try:
     image, _ = client.images.build(path=str(context), dockerfile="docker/Dockerfile", tag=tag,
-                                   buildargs={"MODEL_BASE": context_base}, rm=True)
+                                   buildargs={"CHECKPOINT": context_checkpoint}, rm=True)
   except (docker.errors.BuildError, docker.errors.APIError) as e:
     raise DeployError(f"image build failed: {e}") from e
   print(f"built {tag} ({image.short_id})")
   return image
+
+
+def copy_served_assets(container, base):
+  """Copies the image's export assets to `base`/1/assets.extra, so clients match what it serves."""
+  try:
+    stream, _ = container.get_archive(f"{IMAGE_VERSION_DIR}/assets.extra")
+  except docker.errors.APIError as e:
+    raise DeployError(f"cannot copy the served assets out of the container: {e}") from e
+  target = Path(base) / Path(IMAGE_VERSION_DIR).name
+  target.mkdir(parents=True, exist_ok=True)
+  with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+    tar.extractall(target, filter="data")
+  return Path(base)
 
 
 def wait_available(url, timeout, container=None):

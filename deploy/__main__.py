@@ -16,11 +16,14 @@ def parse_args(argv=None):
   p.add_argument("command", choices=["image", "up", "serve"],
                  help="image: build the image; up: build, run and wait for health; "
                       "serve: up if a Docker engine answers, else `python -m server`")
+  p.add_argument("--checkpoint", default=deploy.DEFAULT_CHECKPOINT,
+                 help="the checkpoint dir to serve (default: %(default)s, the shipped model): "
+                      "the image build exports it (it must lie inside the repo, the Docker build "
+                      "context, not under an ignored folder such as build/); without Docker it is "
+                      "exported to --model_base_path when that has no version yet")
   p.add_argument("--model_base_path", default="models/bert_ner",
-                 help="exported model base; must lie inside the repo (the Docker build context)")
-  p.add_argument("--checkpoint", default="models/default",
-                 help="serve: exported first when the model base has no version yet "
-                      "(default: the shipped model)")
+                 help="serve without Docker: the exported model base the embedded server serves "
+                      "(default: %(default)s)")
   p.add_argument("--host", default="127.0.0.1", help="address the ports are published/bound on")
   p.add_argument("--grpc_port", type=int, default=8500)
   p.add_argument("--rest_port", type=int, default=8501)
@@ -65,16 +68,23 @@ def serve(args, ports):
     engine_line = f"{no_engine}; serving with the embedded server (python -m server) instead"
   if client is None or not deploy.container_exists(client):
     deploy.check_ports(*ports)
+  if client is not None:
+    return up(client, args, ports)
   status = deploy.export_if_missing(args.checkpoint, args.model_base_path)
   if status:
     return status
   deploy.latest_version(args.model_base_path)
-  if client is None:
-    print(engine_line, flush=True)
-    return run_embedded_server(args, ports)
-  deploy.build_image(client, args.model_base_path)
-  deploy.run_container(client, *ports, args.health_timeout)
-  print(deploy.how_to_query(args.model_base_path, *ports))
+  print(engine_line, flush=True)
+  return run_embedded_server(args, ports)
+
+
+def up(client, args, ports):
+  """Builds the image (it exports --checkpoint itself), runs it until healthy, prints how to
+  query it with the assets copied out of the image."""
+  deploy.build_image(client, args.checkpoint)
+  container = deploy.run_container(client, *ports, args.health_timeout)
+  served = deploy.copy_served_assets(container, deploy.ROOT / "build/docker" / deploy.MODEL_NAME)
+  print(deploy.how_to_query(served, *ports))
   return 0
 
 
@@ -87,12 +97,10 @@ def main(argv=None):
   try:
     if args.command == "serve":
       return serve(args, ports)
-    deploy.latest_version(args.model_base_path)
     client = deploy.engine(args.docker_timeout)
-    deploy.build_image(client, args.model_base_path)
     if args.command == "up":
-      deploy.run_container(client, *ports, args.health_timeout)
-      print(deploy.how_to_query(args.model_base_path, *ports))
+      return up(client, args, ports)
+    deploy.build_image(client, args.checkpoint)
   except deploy.DeployError as e:
     print(f"deploy: error: {e}", file=sys.stderr)
     return 2
