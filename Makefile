@@ -15,7 +15,7 @@ TRAIN_ARGS ?=
 .PHONY: help setup tf218 test train export serve up image eval bench demo demo-screenshot reliability-report clean
 
 help: ## this list
-	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DATA TRANSPORT TRAIN_ARGS;" \
 		"BERT_NER_VERBOSE=1 keeps TensorFlow's start-up logs"
 
