@@ -146,8 +146,8 @@ def test_models_config_serves_the_image_s_model(base):
   config = base["ConfigMap", "bert-ner-config"]["data"]["models.config"]
   (copy,) = [args for args in instruction("COPY") if "/models/" in args]
   model_dir = copy.split()[-1].rstrip("/")
-  env = " ".join(instruction("ENV"))
-  model_name = re.search(r"MODEL_NAME=(\w+)", env).group(1)
+  (healthcheck,) = instruction("HEALTHCHECK")
+  model_name = re.search(r"/v1/models/(\w+)", healthcheck).group(1)
   assert re.findall(r'name:\s*"([^"]+)"', config) == [model_name] == ["bert_ner"]
   assert re.findall(r'base_path:\s*"([^"]+)"', config) == [model_dir] == ["/models/bert_ner"]
   overlay = rendered(K8S / "overlays" / "volume")["Deployment", "bert-ner"]
@@ -205,8 +205,8 @@ def test_user_and_image_agree(base, container, isvc):
   assert container["securityContext"]["allowPrivilegeEscalation"] is False
   compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
   assert container["image"] == compose["services"]["bert_ner"]["image"]
-  (base_image,) = instruction("FROM")
-  assert base_image.split(":")[1].split("@")[0] == \
+  serving_image = instruction("FROM")[-1]  # the final stage; the first one exports
+  assert serving_image.split(":")[1].split("@")[0] == \
       isvc["spec"]["predictor"]["tensorflow"]["runtimeVersion"]
 
 
