@@ -8,7 +8,7 @@ TRANSPORT ?= grpc
 HOST    ?= 127.0.0.1
 TRAIN_ARGS ?=
 
-.PHONY: setup test train export serve up image eval bench reliability-report clean
+.PHONY: setup test train export serve up image eval bench reliability-report mutate clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ bench: $(STAMP)
 # Regenerates docs/RELIABILITY.md from a run of the reliability tests.
 reliability-report: $(STAMP)
 	WRITE_RELIABILITY_REPORT=1 $(PY) -m pytest -q tests/reliability
+
+# Breaks the code on purpose, one named mutation at a time on a copy of the tree, and reports
+# which test kills each (tests/mutate.py); exit 1 if one survives.
+mutate: $(STAMP)
+	$(PY) tests/mutate.py
 
 clean:
 	rm -rf build .cache .pytest_cache
