@@ -12,7 +12,7 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 TRAIN_ARGS ?=
 
-.PHONY: help setup tf218 test train export serve up image eval bench demo demo-screenshot reliability-report clean
+.PHONY: help setup tf218 test train export serve up image eval bench demo demo-screenshot reliability-report mutate clean
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -73,6 +73,9 @@ demo-screenshot: $(STAMP) ## regenerate docs/demo.png (README's screenshot) from
 
 reliability-report: $(STAMP) ## regenerate docs/RELIABILITY.md from a run of the reliability tests
 	WRITE_RELIABILITY_REPORT=1 $(PY) -m pytest -q tests/reliability
+
+mutate: $(STAMP) ## break the code on purpose, one named mutation at a time (tests/mutate.py); exit 1 if one survives
+	$(PY) tests/mutate.py
 
 clean: ## remove build/, .cache/ and .pytest_cache/
 	rm -rf build .cache .pytest_cache

@@ -124,9 +124,16 @@ class NerClient:
     self.server, self.model, self.signature, self.timeout = server, model, signature, timeout
     self.assets = Path(assets) if assets else find_assets()
     self.featurizer, self.fingerprint = load_assets(self.assets)
+    self.fingerprint_checked = False
 
   def predict(self, texts, batch_size=64):
-    """Entities (type, text, start, end) of each text; windows go batch_size rows per request."""
+    """Entities (type, text, start, end) of each text; windows go batch_size rows per request.
+
+    The first call checks the served fingerprint (one metadata request per client): assets of
+    another version would map label ids to the wrong tags without any error.
+    """
+    if not self.fingerprint_checked:
+      self.check_fingerprint()
     return self.featurizer.predict_texts(list(texts), self.run, batch_size)
 
   def checked_labels(self, pred, input_ids):
@@ -147,6 +154,7 @@ class NerClient:
       raise ClientError(f"fingerprint mismatch (version skew): server has "
                         f"{', '.join(sorted(served))}, assets {self.assets} have "
                         f"{self.fingerprint}; pass the served version's assets.extra with --assets")
+    self.fingerprint_checked = True
 
   def error(self, code, detail=""):
     """ClientError for a canonical status code name (gRPC's, or mapped from HTTP)."""

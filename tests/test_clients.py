@@ -189,7 +189,7 @@ class FakeServing:
     for token, tag in FAKE_TAGS.items():
       self.tag_of_id[vocab.index(token)] = LABELS.index(tag)
     self.output_name = f"ner_{fingerprint}/pred_label:0"
-    self.delay, self.shapes = 0.0, []
+    self.delay, self.shapes, self.metadata_calls = 0.0, [], 0
     self.grpc = grpc.server(futures.ThreadPoolExecutor(4))
     self.grpc.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
         "tensorflow.serving.PredictionService", {
@@ -263,6 +263,7 @@ class FakeServing:
     return lite.PredictResponse(outputs={"pred_label": grpc_client.make_tensor(pred)})
 
   def _grpc_metadata(self, request, context):
+    self.metadata_calls += 1
     error = self.check(request.model_spec.name)
     if error:
       context.abort(getattr(grpc.StatusCode, error[0]), error[1])
@@ -284,6 +285,7 @@ class FakeServing:
       return {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400}[error[0]], {"error": error[1]}
     if method == "POST":
       return 200, {"outputs": self.predict(np.array(body["inputs"]["input_ids"])).tolist()}
+    self.metadata_calls += 1
     signatures = {name: {"outputs": {"pred_label": {"name": self.output_name}}}
                   for name in self.signature_def_map().signature_def}
     return 200, {"metadata": {"signature_def": {"signature_def": signatures}}}
@@ -303,7 +305,7 @@ def fake_server():
 
 @pytest.fixture
 def fake(fake_server):
-  fake_server.delay, fake_server.shapes = 0.0, []
+  fake_server.delay, fake_server.shapes, fake_server.metadata_calls = 0.0, [], 0
   return fake_server
 
 
@@ -338,7 +340,20 @@ def test_long_input_goes_through_windowing(fake, fake_assets, transport):
 def test_server_side_errors(fake, fake_assets, transport, model, signature, error):
   client = CLASSES[transport](fake.address(transport), model, signature, assets=fake_assets)
   with pytest.raises(common.ClientError, match=error):
-    client.predict([SENTENCE])
+    client.featurizer.predict_texts([SENTENCE], client.run)
+
+
+def test_predict_checks_the_fingerprint_once_per_client(fake, fake_assets, tmp_path, transport):
+  # README: the client refuses a mismatch; the Python API as much as the scripts.
+  skewed = CLASSES[transport](fake.address(transport),
+                              assets=write_assets(tmp_path, fingerprint="fedcba9876543210"))
+  with pytest.raises(common.ClientError, match="fingerprint mismatch .*server has 0123456789abc"):
+    skewed.predict([SENTENCE])
+  assert fake.shapes == []  # refused before any Predict
+  client = CLASSES[transport](fake.address(transport), assets=fake_assets)
+  for _ in range(3):
+    assert [e.text for e in client.predict([SENTENCE])[0]] == ["EU", "German"]
+  assert fake.metadata_calls == 2 and len(fake.shapes) == 3
 
 
 def test_timeout(fake, fake_assets, transport):

@@ -1,6 +1,10 @@
 """CoNLL reading and writing: column layouts, -DOCSTART-, IOB1 -> IOB2, errors with file:line."""
 
 import collections
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +29,23 @@ def test_reads_conll2003_dev_and_train(conll_dev_path, conll_train_path):
   assert starts == {"LOC": 7140, "PER": 6600, "ORG": 6321, "MISC": 3438}
   # The files are IOB2 already: conversion leaves them as they are.
   assert all(iob1_to_iob2(s.tags) == s.tags for s in dev)
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_missing_data_fails_in_ci_and_skips_with_directions_elsewhere(tmp_path, ci):
+  repo = Path(__file__).resolve().parents[1]
+  env = dict(os.environ, CI=ci, CONLL2003_DIR=str(tmp_path / "absent"))
+  result = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+       "tests/test_conll.py::test_reads_conll2003_dev_and_train"],
+      cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+  where = f"not found at {tmp_path / 'absent' / 'dev.txt'}: save the CoNLL-2003 English"
+  if ci:
+    assert result.returncode == 1 and "1 error" in result.stdout, result.stdout
+    assert f"CI=true: CoNLL-2003 dev.txt {where}" in result.stdout
+  else:
+    assert result.returncode == 0 and "1 skipped" in result.stdout, result.stdout
+    assert where in result.stdout and "or point CONLL2003_DIR at" in result.stdout
 
 
 @pytest.mark.parametrize("columns", [2, 3, 4, 5])

@@ -1,6 +1,8 @@
 """The shipped default model: small in git, names its backbone, and tags real text correctly."""
 
+import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,68 @@ def test_tags_people_places_and_organisations(tagger):
                                                   ("Paris", "LOC")}
   assert {(e.text, e.type) for e in found[1]} >= {("Manchester United", "ORG"),
                                                   ("Arsenal", "ORG")}
+
+
+# Real sentences whose entities the shipped model finds (test_tags_people_places_and_organisations).
+KNOWN = {"Angela Merkel met Microsoft executives in Paris on Tuesday.":
+             {("Angela Merkel", "PER"), ("Microsoft", "ORG"), ("Paris", "LOC")},
+         "Manchester United beat Arsenal 2-1 at Old Trafford.":
+             {("Manchester United", "ORG"), ("Arsenal", "ORG")}}
+
+
+@pytest.mark.slow
+def test_a_long_text_keeps_the_entities_of_every_sentence(tagger):
+  sentences = list(itertools.islice(itertools.cycle(KNOWN), 400))  # 3,600 words, ~60 windows
+  text = " ".join(sentences)
+  found = tagger([text])[0]
+  start, missed = 0, []
+  for sentence in sentences:
+    inside = {(e.text, e.type) for e in found if start <= e.start and e.end <= start + len(sentence)}
+    if not inside >= KNOWN[sentence]:
+      missed.append((start, sorted(KNOWN[sentence] - inside)))
+    start += len(sentence) + 1
+  assert not missed, f"{len(missed)} of {len(sentences)} sentences lost entities: {missed[:5]}"
+
+
+def dev_figures(manifest):
+  """{mode: dev scores} the manifest states for the shipped model itself: `dev` (sentence mode),
+  and a document-mode figure where the manifest has one (`dev.document`, `dev_document`...)."""
+  dev = manifest["dev"]
+  figures = {"sentence": dev} if "f1" in dev else {}
+  stated = {**{f"dev.{k}": v for k, v in dev.items()},
+            **{k: v for k, v in manifest.items() if k.startswith("dev")}}
+  for key, value in stated.items():
+    for mode in ("sentence", "document"):
+      if mode in key and isinstance(value, dict) and "f1" in value:
+        figures[mode] = value
+  return figures
+
+
+@pytest.fixture(scope="module")
+def exported_default(tmp_path_factory):
+  """models/default exported as version 1 of a fresh model base: what `make serve` serves."""
+  from export import exporter
+  base = tmp_path_factory.mktemp("default") / "bert_ner"
+  exporter.export_model(str(DEFAULT), str(base), log=lambda *_: None)
+  return base
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sentence", "document"])
+def test_dev_scores_through_the_served_model_match_the_manifest(exported_default, conll_dev_path,
+                                                                 capsys, mode):
+  from evaluation import __main__ as evaluation
+  stated = dev_figures(json.loads((DEFAULT / "manifest.json").read_text())).get(mode)
+  if stated is None:
+    assert mode == "document", "the manifest has no sentence-mode dev figure"
+    pytest.skip("models/default/manifest.json states no document-mode dev figure")
+  flags = ["--document"] if mode == "document" else []
+  status = evaluation.main(["--data", str(conll_dev_path), "--transport", "local",
+                            "--model_base_path", str(exported_default), *flags])
+  out, err = capsys.readouterr()
+  assert status == 0, err
+  overall = re.fullmatch(r"overall precision (\S+) recall (\S+) f1 (\S+)", out.splitlines()[-1])
+  measured = dict(zip(("precision", "recall", "f1"), map(float, overall.groups())))
+  # The report prints two decimals: 0.01 allows its rounding and nothing else.
+  assert all(abs(measured[k] - stated[k]) <= 0.01 for k in measured if k in stated), (
+      measured, {k: stated.get(k) for k in measured})

@@ -1,6 +1,8 @@
 """python -m evaluation: CoNLL layouts, same scores in-process, over gRPC and REST, errors."""
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -130,6 +132,22 @@ def test_errors_are_one_line_and_exit_2(base, tmp_path, capsys, case, pattern):
   status, lines, err = evaluate(capsys, *args)
   assert (status, lines) == (2, [])
   assert err.count("\n") == 1 and err.startswith("error: ") and re.search(pattern, err), err
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_assets_of_another_version_are_refused(base, server, tmp_path, capsys, transport):
+  # Scores from assets whose labels or vocab differ from the served model's would be garbage.
+  skewed = tmp_path / "assets.extra"
+  shutil.copytree(base / "1" / "assets.extra", skewed)
+  config = json.loads((skewed / "ner_config.json").read_text())
+  config["fingerprint"] = "f" * 16
+  (skewed / "ner_config.json").write_text(json.dumps(config))
+  (tmp_path / "data.txt").write_text(FOUR_COLUMNS)
+  status, lines, err = evaluate(capsys, "--data", tmp_path / "data.txt", "--transport", transport,
+                                "--server", getattr(server, transport), "--assets", skewed)
+  assert (status, lines) == (2, [])
+  assert err.startswith("error: fingerprint mismatch (version skew): server has ") and (
+      f"assets {skewed} have ffffffffffffffff" in err), err
 
 
 def test_cli_over_grpc_does_not_import_tensorflow(base, server, sample):

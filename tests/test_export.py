@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,6 +192,43 @@ def test_fingerprint_follows_content(exported, fingerprint, tiny_bert_dir, tmp_p
   assert changed != fingerprint and f"fingerprint {changed}" in out
 
 
+def _edit_labels(ckpt):
+  """Renames an entity type: same label count and shapes, other tags."""
+  path = ckpt / "label2id.json"
+  path.write_text(path.read_text().replace("MISC", "EVENT"))
+
+
+def _edit_vocab(ckpt):
+  """Rewrites one unused vocab entry: same size, another token."""
+  path = ckpt / "vocab.txt"
+  path.write_text(path.read_text().replace("[unused0]\n", "[unused-zero]\n", 1))
+
+
+def _edit_config(ckpt):
+  """Longer windows: same variables, other rows."""
+  path = ckpt / "ner_config.json"
+  path.write_text(json.dumps(dict(json.loads(path.read_text()), max_seq_length=48)))
+
+
+def test_fingerprint_covers_labels_vocab_and_config(ckpt, fingerprint, tmp_path, capsys):
+  # Same weights each time: a client holding the old labels, vocab or config must be refused.
+  found = {}
+  for name, edit in (("labels", _edit_labels), ("vocab", _edit_vocab),
+                     ("config", _edit_config)):
+    variant = tmp_path / name
+    shutil.copytree(ckpt, variant)
+    before = {p.name: p.read_bytes() for p in variant.iterdir()}
+    edit(variant)
+    assert [n for n, data in before.items() if (variant / n).read_bytes() != data] == [
+        {"labels": "label2id.json", "vocab": "vocab.txt", "config": "ner_config.json"}[name]]
+    status, _, err = export_main(capsys, "--checkpoint", variant, "--model_base_path",
+                                 tmp_path / f"m-{name}")
+    assert status == 0, err
+    found[name] = json.loads(
+        (tmp_path / f"m-{name}/1/assets.extra/ner_config.json").read_text())["fingerprint"]
+  assert fingerprint not in found.values() and len(set(found.values())) == 3, found
+
+
 def test_warmup_requests_parse_and_run(exported):
   import tensorflow as tf
   from tensorflow_serving.apis import prediction_log_pb2
@@ -280,6 +318,62 @@ def test_crash_mid_export_leaves_no_partial_version(ckpt, tmp_path, capsys):
   assert status == 0, err
   assert f"removed stale temp dirs of crashed exports: .tmp-2-{proc.pid}" in out
   assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+
+
+# Runs the export CLI with an audit hook watching the real layout.publish: at every file-system
+# operation publishing does (open, mkdir, rename, copy...), if the new version is already visible
+# under the base, the process SIGKILLs itself there. A rename publishes in its last operation, so
+# the export completes; a copy-then-delete makes the version visible first and fills it after,
+# and dies with a partial version that a polling server would load.
+KILL_WHILE_PUBLISHING = """
+import os, signal, sys
+from export import layout, __main__ as cli
+
+publishing, inside = [], []
+
+def hook(event, args):
+  if publishing and not inside:
+    inside.append(1)
+    try:
+      if set(layout.versions(publishing[0])) - publishing[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    finally:
+      inside.clear()
+
+def publish(tmp, base, version, fixed):
+  publishing[:] = [base, set(layout.versions(base))]
+  try:
+    return real_publish(tmp, base, version, fixed)
+  finally:
+    publishing.clear()
+
+real_publish, layout.publish = layout.publish, publish
+sys.addaudithook(hook)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_version_appears_whole_or_not_at_all(ckpt, tmp_path, capsys):
+  from server.manager import ModelManager
+  base = tmp_path / "bert_ner"
+  assert export_main(capsys, "--checkpoint", ckpt, "--model_base_path", base)[0] == 0
+  sizes = lambda version: {k: v[0] for k, v in listing(base / str(version)).items()}
+  poller = ModelManager("bert_ner", str(base), load=None)  # the server's version discovery
+  discover = poller._versions  # pylint: disable=protected-access
+  args = ["--checkpoint", str(ckpt), "--model_base_path", str(base), "--verify_sentences", "4"]
+  proc = subprocess.Popen([sys.executable, "-c", KILL_WHILE_PUBLISHING, *args], cwd=REPO_ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  seen = []
+  while proc.poll() is None:
+    seen += [sizes(version) for version in discover() if version != 1]
+    time.sleep(0.005)
+  partial = sizes(2) if 2 in discover() else {}
+  assert proc.returncode == 0, (
+      f"export killed while publishing (exit {proc.returncode}): version 2 was visible with "
+      f"{len(partial)} of {len(sizes(1))} files")
+  assert discover() == [2, 1] and sizes(2).keys() == sizes(1).keys()
+  assert all(files == sizes(2) for files in seen), "a poller saw a partial version"
+  assert [p.name for p in base.iterdir() if not p.name.isdigit()] == []
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "no_checkpoint", "unwritable_base",

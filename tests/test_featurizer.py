@@ -2,7 +2,9 @@
 
 import functools
 import importlib.util
+import itertools
 import math
+import re
 import subprocess
 import sys
 import types
@@ -307,15 +309,54 @@ def test_predict_texts_continues_entities_over_x(featurizer):
       [Entity("ORG", "Hewlett-Packard", 10, 25)], [], []]
 
 
+def _tagger_of(featurizer, tags_by_token):
+  """A stub model: each sub-token gets the tag its vocab string maps to ("O" otherwise)."""
+
+  def run_fn(input_ids, input_mask):
+    return np.array([[LABELS.index(tags_by_token.get(t, "O")) for t in _tokens(featurizer, row)]
+                     for row in input_ids.tolist()], np.int32)
+
+  return run_fn
+
+
+def test_the_last_word_keeps_its_tag(featurizer):
+  # No CoNLL data needed: a sentence ending in an entity, in one window and cut into several.
+  # Merkel is the pieces mer ##kel: the last word's tag is on its first piece.
+  run_fn = _tagger_of(featurizer, {"peter": "B-PER", "angela": "B-PER", "mer": "I-PER",
+                                   "##kel": "X", "eu": "B-ORG", "[CLS]": "[CLS]",
+                                   "[SEP]": "[SEP]"})
+  sentence = ["Peter", "met", "Angela", "Merkel"]
+  long_sentence = ["met"] * 100 + sentence
+  windowed = Featurizer(VOCAB, True, max_seq_length=32, id2label=LABELS)
+  assert len(windowed.encode_words(long_sentence)) > 1
+  want = ["B-PER", "O", "B-PER", "I-PER"]
+  assert featurizer.predict_words([sentence, ["EU"]], run_fn) == [want, ["B-ORG"]]
+  assert windowed.predict_words([long_sentence], run_fn) == [["O"] * 100 + want]
+  text = " ".join(long_sentence)
+  assert windowed.predict_texts([text, "EU"], run_fn) == [
+      [Entity("PER", "Peter", len(text) - 23, len(text) - 18),
+       Entity("PER", "Angela Merkel", len(text) - 13, len(text))], [Entity("ORG", "EU", 0, 2)]]
+
+
+def test_a_long_text_keeps_every_entity_of_every_window(featurizer):
+  # 20,000 words, about 240 windows: each EU / German / British is tagged wherever it falls.
+  sentence = "EU rejects German call to boycott British lamb , says Peter Blackburn in BRUSSELS ."
+  text = " ".join(itertools.islice(itertools.cycle(sentence.split()), 20_000))
+  run_fn = _tagger_of(featurizer, {"eu": "B-ORG", "german": "B-MISC", "british": "B-MISC"})
+  _, windows = featurizer.encode_text(text)
+  assert len(windows) > 200
+  want = [Entity({"EU": "ORG"}.get(m.group(), "MISC"), m.group(), m.start(), m.end())
+          for m in re.finditer(r"\b(EU|German|British)\b", text)]
+  assert len(want) > 4000
+  assert featurizer.predict_texts([text], run_fn) == [want]
+
+
 @pytest.mark.parametrize("unk_label", ["X", "I-PER"])
 def test_unknown_pieces_never_extend_an_entity(featurizer, unk_label):
   # The emoji are [UNK] words; a model reading them as continuations must not glue them on.
-  labels = {"[CLS]": "[CLS]", "[SEP]": "[SEP]", "angela": "B-PER", "mer": "I-PER", "##kel": "X",
-            "[UNK]": unk_label, "macro": "B-PER", "##n": "X"}
-
-  def run_fn(input_ids, input_mask):
-    return np.array([[LABELS.index(labels.get(t, "O")) for t in _tokens(featurizer, row)]
-                     for row in input_ids.tolist()], np.int32)
+  run_fn = _tagger_of(featurizer, {
+      "[CLS]": "[CLS]", "[SEP]": "[SEP]", "angela": "B-PER", "mer": "I-PER", "##kel": "X",
+      "[UNK]": unk_label, "macro": "B-PER", "##n": "X"})
 
   text = "Angela Merkel \U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 met " \
          "Macron \U0001f1eb\U0001f1f7"

@@ -3,6 +3,8 @@
 import time
 
 import pytest
+from bert_ner.featurizer import entities as entities_of
+from bert_ner.featurizer import pad_batch
 
 from rel_support import (
   SENTENCES,
@@ -13,10 +15,11 @@ from rel_support import (
 
 
 
+LONG = "20,000-word text"
 TEXTS = {
     "empty string": "",
     "whitespace only": " \t\n\r\u00a0\u2003 ",
-    "20,000-word text": " ".join(
+    LONG: " ".join(
         " ".join(SENTENCES).split()[i % 23] for i in range(20_000)),
     "control characters": "EU\x01 rejects\x07 German\x1b[31m call\x7f to\x0b boycott\x0c British",
     "emoji": "\U0001f642 EU rejects \U0001f44d\U0001f3fd German call \U0001f1e9\U0001f1ea lamb",
@@ -28,6 +31,15 @@ TEXTS = {
     "NUL bytes": "EU\x00rejects\x00 German \x00\x00call",
     "combining accents and zero-width": "Zu\u0308rich\u200b EU\u200d Ge\u0301rman cafe\u0301",
 }
+
+
+def window_by_window(client, text):
+  """Entities of `text` from its windows sent one request each, in text order (no batching,
+  no length sorting): what the client must return for the whole text in one call."""
+  words, windows = client.featurizer.encode_text(text)
+  rows = [client.run(*pad_batch([window]))[0] for window in windows]
+  tags = client.featurizer.word_tags(windows, rows, x_continues=True)
+  return entities_of(text, words, tags), len(windows)
 
 
 @pytest.mark.parametrize("transport", ["grpc", "rest"])
@@ -51,10 +63,21 @@ def test_bad_texts_through_the_clients(env, report, transport):
       if name in ("empty string", "whitespace only"):
         ok = ok and entities == []
       observed = f"{len(entities or [])} entities, offsets inside the text: {ok}"
+      if name == LONG:
+        # The random model tags some words of every sentence: a multi-window text that comes
+        # back without entities, or with others than its windows give one by one, lost them.
+        # 1 % leeway: batches padded to another length may flip a near-tie of the random model.
+        expected, windows = window_by_window(client, text)
+        same = len(set(entities or []) & set(expected))
+        ok = ok and bool(expected) and same >= 0.99 * max(len(entities or []), len(expected))
+        observed += (f"; {windows:,} windows sent one by one give {len(expected):,} entities, "
+                     f"{same:,} of them the same")
     words = len(text.split())
     report.add("bad texts", f"{name} ({len(text):,} chars, {words:,} words)", transport,
                "a list of entities, each text[start:end] == entity.text; no exception"
-               + (" ([] for empty input)" if name in ("empty string", "whitespace only") else ""),
+               + (" ([] for empty input)" if name in ("empty string", "whitespace only") else "")
+               + ("; entities, >= 99 % the same as its windows sent one by one give"
+                  if name == LONG else ""),
                f"{observed}; {seconds * 1000:.0f} ms", ok)
     if not ok:
       failures.append((name, observed))
