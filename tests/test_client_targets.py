@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
+from bert_ner.featurizer import pad_batch
 from clients import common, grpc_client, rest_client
 from clients.tfs_protos import tfs_lite_pb2 as lite
 from test_clients import (
@@ -350,12 +351,15 @@ class ServiceUnavailable:
     self.requests = 0
 
     class Handler(http.server.BaseHTTPRequestHandler):
-      def do_POST(self):
+      def do_GET(self):  # the client's first call: the fingerprint's metadata request
         owner.requests += 1
-        self.rfile.read(int(self.headers["Content-Length"]))
         self.send_response(503)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+      def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.do_GET()
 
       def log_message(self, *args):
         pass
@@ -407,7 +411,7 @@ def test_grpc_retries_unavailable_calls(assets):
   server.start()
   try:
     client = grpc_client.GrpcNerClient(f"127.0.0.1:{port}", assets=assets)
-    assert client.predict([SENTENCE]) == [[]]
+    assert client.run(*pad_batch(client.featurizer.encode_text(SENTENCE)[1])).shape == (1, 6)
     assert len(calls) == 2
   finally:
     server.stop(0)
