@@ -41,7 +41,8 @@ def main(argv=None):
       os.execv(sys.executable, [
           sys.executable, "-m", "server", "--model_base_path", args.model_base_path,
           "--host", args.host, "--port", str(args.grpc_port), "--rest_api_port", str(args.rest_port),
-          "--batching_parameters_file", str(deploy.ROOT / "docker/batching_parameters.txt")])
+          "--batching_parameters_file", str(deploy.ROOT / "docker/batching_parameters.txt"),
+          "--monitoring_config_file", str(deploy.ROOT / "docker/monitoring_config.txt")])
     deploy.build_image(client, args.model_base_path)
     if args.command != "image":
       deploy.run_container(client, *ports, args.health_timeout)
