@@ -186,7 +186,7 @@ async def serve(flags, model_server_config, monitoring):
   app = rest.make_app(models, metrics, flags.max_request_bytes, flags.rest_api_timeout_in_ms,
                       server_config.prometheus_path(monitoring))
   runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S,
-                         **rest.PROTOCOL_LIMITS)
+                         **rest.PROTOCOL_OPTIONS)
   await runner.setup()
   try:
     grpc_port = grpc_server.add_insecure_port(f'{host}:{flags.port}')

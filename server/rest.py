@@ -34,8 +34,10 @@ _INT64_MAX = 2 ** 63 - 1
 _NOT_FOUND_PAGE = ('<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n'
                    '<H1>Not Found</H1>\n</BODY></HTML>\n')
 # aiohttp refuses request lines over 8,190 bytes with a logged traceback; libevent has no such
-# limit by default, so long URLs reach the handler as in TF Serving (bounded by the body limit).
-PROTOCOL_LIMITS = {'max_line_size': 1 << 20, 'max_field_size': 1 << 16}
+# limit by default, so long URLs reach the handler as in TF Serving. Bodies are not uncompressed
+# by aiohttp (it answers a bad gzip body 500): _read_json does it as TF Serving does.
+PROTOCOL_OPTIONS = {'max_line_size': 1 << 20, 'max_field_size': 1 << 16,
+                    'auto_decompress': False}
 
 
 def make_app(models, metrics, max_request_bytes, timeout_ms, prometheus_path=None):
