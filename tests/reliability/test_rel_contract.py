@@ -8,7 +8,6 @@ import http.client
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,6 @@ import pytest
 import requests
 from e2e_support import REPO_ROOT, ServerProcess
 from tensorflow_serving.apis import classification_pb2, inference_pb2, model_management_pb2
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.apis import regression_pb2
 from clients.tfs_protos import tfs_lite_pb2 as lite
 
@@ -188,18 +186,6 @@ def test_unknown_model_flood_keeps_metrics_small(private, report):
              f"{page_s * 1000:.0f} ms, {series} per-name series; RSS {before} -> "
              f"{rss_mb(private.server.pid)} MB", ok)
   assert ok, (codes, len(page.content), series, page_s)
-
-
-def _http_raw(target, request_bytes):
-  """Sends raw HTTP/1.1 bytes; returns (status, body text)."""
-  host, port = target.rest.rsplit(":", 1)
-  with socket.create_connection((host, int(port)), timeout=30) as s:
-    s.sendall(request_bytes)
-    answer = b""
-    while chunk := s.recv(65536):
-      answer += chunk
-  head, _, body = answer.partition(b"\r\n\r\n")
-  return int(head.split()[1]), body.decode("utf-8", "replace")
 
 
 GOOD_BODY = json.dumps(rest_columnar(GOOD_IDS)).encode()
