@@ -27,7 +27,8 @@ class ServerProcess:
   def __init__(self, model_base_path, batching=True, timeout=300):
     self.args = [sys.executable, "-m", "server", "--port", "0", "--rest_api_port", "0",
                  "--host", "127.0.0.1", "--model_base_path", str(Path(model_base_path).resolve()),
-                 "--enable_batching", str(batching).lower()]
+                 "--enable_batching", str(batching).lower(),
+                 "--monitoring_config_file", str(REPO_ROOT / "docker/monitoring_config.txt")]
     self.timeout = timeout
     self.grpc = self.rest = None
     self.ready_seconds = None

@@ -47,7 +47,8 @@ def run_embedded_server(args, ports):
   """
   server = subprocess.Popen([
       sys.executable, "-m", "server", "--model_base_path", args.model_base_path,
-      "--host", args.host, "--port", str(args.grpc_port), "--rest_api_port", str(args.rest_port)],
+      "--host", args.host, "--port", str(args.grpc_port), "--rest_api_port", str(args.rest_port),
+      "--monitoring_config_file", str(deploy.ROOT / "docker/monitoring_config.txt")],
       stdout=subprocess.PIPE, text=True)
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops on it and then so do we
   signal.signal(signal.SIGTERM, lambda *_: server.terminate())

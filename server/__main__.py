@@ -23,13 +23,16 @@ quiet_tensorflow()  # before TensorFlow loads: its C++ reads the log level once,
 import tensorflow as tf  # pylint: disable=wrong-import-position
 from aiohttp import web
 
+from server import config as server_config
 from server import grpc_service, ports, rest
 from server.batching import BatchingOptions, read_batching_parameters
+from server.errors import ServingError
 from server.manager import ModelManager
 from server.metrics import Metrics
 from server.servable import Servable
 
 SHUTDOWN_GRACE_S = 5
+MAX_PORT = 65535
 
 
 def _bool(text):
@@ -52,9 +55,21 @@ def parse_flags(argv=None):
       help='REST port; 0 picks a free one (default 8501)')
   add('--host', default='127.0.0.1',
       help='address both servers bind; 0.0.0.0 exposes them (default 127.0.0.1)')
-  add('--model_name', default='bert_ner', help='name clients address (default bert_ner)')
+  add('--model_name', default='bert_ner',
+      help='name clients address (default bert_ner; ignored with --model_config_file)')
   add('--model_base_path', default='models/bert_ner',
-      help='directory of <version>/saved_model.pb; the latest version is served')
+      help='directory of <version>/saved_model.pb; the latest version is served '
+           '(ignored with --model_config_file)')
+  add('--model_config_file',
+      help='text ModelServerConfig: model_config_list of models (name, base_path, '
+           'model_platform "tensorflow", model_version_policy, version_labels)')
+  add('--model_config_file_poll_wait_seconds', type=int, default=0,
+      help='seconds between reads of --model_config_file; 0 reads it once (default 0)')
+  add('--allow_version_labels_for_unavailable_models', type=_bool, nargs='?', const=True,
+      default=False, help='let a config label a version that has not loaded yet (default false)')
+  add('--monitoring_config_file',
+      help='text MonitoringConfig; prometheus_config { enable: true path: "..." } serves the '
+           'Prometheus page on the REST port (no page without it, as in TF Serving)')
   add('--enable_batching', type=_bool, nargs='?', const=True, default=True,
       help='merge concurrent requests into shared session runs (default true)')
   add('--batching_parameters_file',
@@ -75,7 +90,28 @@ def parse_flags(argv=None):
       help='threads inside one op; 0 lets TensorFlow choose')
   add('--tensorflow_inter_op_parallelism', type=int, default=0,
       help='ops run in parallel; 0 lets TensorFlow choose')
-  return parser.parse_args(argv)
+  flags = parser.parse_args(argv)
+  problem = _flag_problem(flags)
+  if problem:
+    parser.exit(2, f'{parser.prog}: error: {problem}\n')
+  return flags
+
+
+def _flag_problem(flags):
+  """The first flag value the server cannot run with, as one line, or None."""
+  for name in ('port', 'rest_api_port'):
+    if not 0 <= getattr(flags, name) <= MAX_PORT:
+      return f'--{name} {getattr(flags, name)} is not a TCP port (0-{MAX_PORT})'
+  for name in ('num_batch_threads', 'max_batch_size', 'max_request_bytes',
+               'rest_api_timeout_in_ms'):
+    if getattr(flags, name) < 1:
+      return f'--{name} must be at least 1, got {getattr(flags, name)}'
+  for name in ('batch_timeout_micros', 'file_system_poll_wait_seconds',
+               'model_config_file_poll_wait_seconds', 'tensorflow_intra_op_parallelism',
+               'tensorflow_inter_op_parallelism'):
+    if getattr(flags, name) < 0:
+      return f'--{name} must not be negative, got {getattr(flags, name)}'
+  return None
 
 
 def _batching(flags):
@@ -89,8 +125,34 @@ def _batching(flags):
   return options
 
 
-async def serve(flags):
-  """Loads the latest version, serves gRPC and REST, polls for versions until SIGTERM/SIGINT."""
+def _model_server_config(flags):
+  """The models to serve: --model_config_file, else --model_name at --model_base_path."""
+  if flags.model_config_file:
+    return server_config.read_model_server_config(flags.model_config_file)
+  return server_config.single_model_config(flags.model_name, flags.model_base_path)
+
+
+async def _poll_config_file(models, path, interval):
+  """Re-reads --model_config_file every interval seconds and applies it when it changed;
+  a bad file or a refused config is logged and the running config kept (Server::
+  PollFilesystemAndReloadConfig)."""
+  applied = None
+  while True:
+    await asyncio.sleep(interval)
+    try:
+      config = await asyncio.to_thread(server_config.read_model_server_config, path)
+      if config == applied:
+        continue
+      applied = config
+      unavailable = await models.reload(config)
+      if unavailable:
+        logging.error('Models did not become available: %s', ', '.join(unavailable))
+    except (server_config.ConfigError, ServingError) as error:
+      logging.error('Failed to reload %s: %s', path, error)
+
+
+async def serve(flags, model_server_config, monitoring):
+  """Loads the configured models, serves gRPC and REST, polls until SIGTERM/SIGINT."""
   stop = asyncio.Event()
   loop = asyncio.get_running_loop()
   for signum in (signal.SIGTERM, signal.SIGINT):
@@ -102,9 +164,14 @@ async def serve(flags):
   session_config = tf.compat.v1.ConfigProto(
       intra_op_parallelism_threads=flags.tensorflow_intra_op_parallelism,
       inter_op_parallelism_threads=flags.tensorflow_inter_op_parallelism)
-  models = ModelManager(flags.model_name, flags.model_base_path, lambda version, path: (
-      Servable.load(flags.model_name, version, path, session_config, batching, executor,
-                    metrics)))
+  models = ModelManager(
+      lambda name, version, path: Servable.load(name, version, path, session_config, batching,
+                                                executor, metrics),
+      flags.allow_version_labels_for_unavailable_models)
+  try:
+    await models.reload(model_server_config)
+  except ServingError as error:
+    sys.exit(f'Failed to start server. Error: {error.code.name}: {error.message}')
 
   loading = asyncio.create_task(models.wait_until_available(flags.file_system_poll_wait_seconds))
   stopping = asyncio.create_task(stop.wait())
@@ -119,9 +186,10 @@ async def serve(flags):
       ('grpc.so_reuseport', 0)])
   grpc_service.add_services(grpc_server, models, metrics)
   host = f'[{flags.host}]' if ':' in flags.host else flags.host
-  runner = web.AppRunner(
-      rest.make_app(models, metrics, flags.max_request_bytes, flags.rest_api_timeout_in_ms),
-      access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+  app = rest.make_app(models, metrics, flags.max_request_bytes, flags.rest_api_timeout_in_ms,
+                      server_config.prometheus_path(monitoring))
+  runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S,
+                         **rest.PROTOCOL_OPTIONS)
   await runner.setup()
   try:
     grpc_port = grpc_server.add_insecure_port(f'{host}:{flags.port}')
@@ -130,14 +198,18 @@ async def serve(flags):
     sys.exit(f'Cannot listen on {host}: {error}')
   await grpc_server.start()
   rest_port = runner.addresses[0][1]
-  print(f'Serving {flags.model_name} version {loading.result().version}: '
-        f'gRPC {host}:{grpc_port} REST http://{host}:{rest_port}', flush=True)
+  served = ', '.join(f'{name} version {models.latest_version(name)}' for name in models.names)
+  print(f'Serving {served}: gRPC {host}:{grpc_port} REST http://{host}:{rest_port}', flush=True)
 
-  poller = (asyncio.create_task(models.poll_forever(flags.file_system_poll_wait_seconds))
-            if flags.file_system_poll_wait_seconds > 0 else None)
+  pollers = []
+  if flags.file_system_poll_wait_seconds > 0:
+    pollers.append(asyncio.create_task(models.poll_forever(flags.file_system_poll_wait_seconds)))
+  if flags.model_config_file and flags.model_config_file_poll_wait_seconds > 0:
+    pollers.append(asyncio.create_task(_poll_config_file(
+        models, flags.model_config_file, flags.model_config_file_poll_wait_seconds)))
   await stopping
   logging.info('Shutting down: finishing in-flight requests')
-  if poller:
+  for poller in pollers:
     poller.cancel()
   await asyncio.gather(grpc_server.stop(SHUTDOWN_GRACE_S), runner.cleanup())
   await models.close()
@@ -157,10 +229,27 @@ def main(argv=None):
   flags = parse_flags(argv)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   tf.get_logger().propagate = False  # TensorFlow logs through its own handler already.
-  if not os.path.isdir(flags.model_base_path):
-    sys.exit(f'--model_base_path {flags.model_base_path} is not a directory')
+  try:
+    model_server_config = _model_server_config(flags)
+    monitoring = (server_config.read_monitoring_config(flags.monitoring_config_file)
+                  if flags.monitoring_config_file else None)
+  except server_config.ConfigError as error:
+    sys.exit(f'Failed to start server. Error: {error}')
+  for model in model_server_config.model_config_list.config:
+    problem = _base_path_problem(model.base_path)
+    if problem:
+      sys.exit(f'Failed to start server. Error: model {model.name}: {problem}')
   exit_if_ports_unavailable(flags)
-  asyncio.run(serve(flags))
+  asyncio.run(serve(flags, model_server_config, monitoring))
+
+
+def _base_path_problem(path):
+  """Why a model base path cannot be listed, or None."""
+  if not os.path.isdir(path):
+    return f'base path {path} is not a directory'
+  if not os.access(path, os.R_OK | os.X_OK):
+    return f'base path {path} is not readable'
+  return None
 
 
 if __name__ == '__main__':

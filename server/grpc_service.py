@@ -1,16 +1,47 @@
-"""TF Serving's gRPC PredictionService (Predict, GetModelMetadata) and ModelService."""
+"""TF Serving's gRPC PredictionService and ModelService.
+
+Predict and GetModelMetadata run; Classify, Regress and MultiInference check their request and
+the signature as TF Serving 2.18 does (a predict signature such as ours fails there with TF
+Serving's INVALID_ARGUMENT); HandleReloadConfigRequest applies a ModelConfigList.
+"""
 
 import inspect
+import logging
 
 import grpc
 from google.protobuf.message import DecodeError
-from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2
+from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from server.errors import ServingError, invalid
 from server.tensors import to_proto
 
 SIGNATURE_DEF = 'signature_def'
+DEFAULT_SIGNATURE = 'serving_default'
+_EXAMPLE_INPUT = 'inputs'  # kClassifyInputs / kRegressInputs
+_EXAMPLE_OUTPUTS = {'classify': ('classes', 'scores'), 'regress': ('outputs',)}
+
+
+def check_example_signature(signature_defs, name, method):
+  """Checks a Classify/Regress signature as classifier.cc / regressor.cc PreProcess* do; the
+  embedded server has no Example parser, so a signature that passes is UNIMPLEMENTED here."""
+  key = name or DEFAULT_SIGNATURE
+  if key not in signature_defs:
+    raise invalid(f'No signature was found with the name: {key}')
+  signature = signature_defs[key]
+  if len(signature.inputs) != 1:
+    raise invalid('Expected one input Tensor.')
+  outputs = len(signature.outputs)
+  if method == 'classify' and outputs not in (1, 2):
+    raise invalid(f'Expected one or two output Tensors, found {outputs}')
+  if method == 'regress' and outputs != 1:
+    raise invalid('Expected one output Tensor.')
+  if _EXAMPLE_INPUT not in signature.inputs:
+    kind = 'classification' if method == 'classify' else 'regression'
+    raise invalid(f'No {kind} inputs found in SignatureDef: {signature}')
+  raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                     f'the embedded server runs predict signatures only; {method} needs '
+                     'tensorflow_model_server')
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -23,7 +54,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   async def Predict(self, request, context):
     """Validates, batches and runs one PredictRequest; honours output_filter."""
     try:
-      with self._metrics.track(request.model_spec.name, 'predict', 'GRPC'):
+      with self._metrics.track(self._models.metric_label(request.model_spec.name), 'predict',
+                               'GRPC'):
+        if not request.HasField('model_spec'):
+          raise invalid('Missing ModelSpec')
         with self._models.acquire(request.model_spec) as servable:
           signature = servable.signature(request.model_spec.signature_name)
           aliases = _output_filter(request.output_filter, signature)
@@ -38,12 +72,50 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     except ServingError as error:
       await context.abort(error.code, error.message)
 
+  async def Classify(self, request, context):
+    """ClassificationRequest: TF Serving's checks, then UNIMPLEMENTED (no Example parser)."""
+    await self._examples(request, context, 'classify')
+
+  async def Regress(self, request, context):
+    """RegressionRequest: TF Serving's checks, then UNIMPLEMENTED (no Example parser)."""
+    await self._examples(request, context, 'regress')
+
+  async def _examples(self, request, context, method):
+    """Classify/Regress: model spec, servable and signature checked in TF Serving's order."""
+    try:
+      with self._metrics.track(self._models.metric_label(request.model_spec.name), method,
+                               'GRPC'):
+        if not request.HasField('model_spec'):
+          raise invalid('Missing ModelSpec')
+        with self._models.acquire(request.model_spec) as servable:
+          check_example_signature(servable.signature_defs, request.model_spec.signature_name,
+                                  method)
+    except ServingError as error:
+      await context.abort(error.code, error.message)
+
+  async def MultiInference(self, request, context):
+    """MultiInferenceRequest, checked task by task as multi_inference.cc does."""
+    try:
+      spec = request.tasks[0].model_spec if request.tasks else None
+      with self._metrics.track(self._models.metric_label(spec.name if spec else ''),
+                               'multi_inference', 'GRPC'):
+        if spec is None:
+          raise invalid('ModelSpec has no name specified.')
+        with self._models.acquire(spec) as servable:
+          _check_tasks(request.tasks, servable.signature_defs)
+    except ServingError as error:
+      await context.abort(error.code, error.message)
+
   async def GetModelMetadata(self, request, context):
     """The served version's SignatureDefMap under metadata["signature_def"]."""
     try:
-      if list(request.metadata_field) != [SIGNATURE_DEF]:
-        raise invalid(f'Metadata field(s) {list(request.metadata_field)} not supported; '
-                      f'ask for ["{SIGNATURE_DEF}"]')
+      if not request.HasField('model_spec'):
+        raise invalid('Missing ModelSpec')
+      if not request.metadata_field:  # get_model_metadata_impl.cc
+        raise invalid('GetModelMetadataRequest must specify at least one metadata_field')
+      for field in request.metadata_field:
+        if field != SIGNATURE_DEF:
+          raise invalid(f'Metadata field {field} is not supported')
       with self._models.acquire(request.model_spec) as servable:
         return servable.metadata()
     except ServingError as error:
@@ -51,7 +123,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-  """GetModelStatus; HandleReloadConfigRequest stays UNIMPLEMENTED (there is no model config)."""
+  """GetModelStatus and HandleReloadConfigRequest."""
 
   def __init__(self, models):
     self._models = models
@@ -59,9 +131,32 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
   async def GetModelStatus(self, request, context):
     """Every version's state, or the requested version's."""
     try:
+      if not request.HasField('model_spec'):
+        raise invalid('Missing ModelSpec')
       return self._models.status(request.model_spec)
     except ServingError as error:
       await context.abort(error.code, error.message)
+
+  async def HandleReloadConfigRequest(self, request, context):
+    """Applies a ModelConfigList (model_service_impl.cc); the status goes in the response and
+    in the call's code."""
+    response = model_management_pb2.ReloadConfigResponse()
+    try:
+      if request.config.WhichOneof('config') != 'model_config_list':
+        raise invalid('ServerModelConfig type not supported by HandleReloadConfigRequest. '
+                      'Only ModelConfigList is currently supported')
+      unavailable = await self._models.reload(request.config)
+      if unavailable:
+        raise ServingError(grpc.StatusCode.UNKNOWN,
+                           f'{len(unavailable)} model(s) did not become available: '
+                           f'{{{", ".join(unavailable)}}}')
+    except ServingError as error:
+      logging.error('ReloadConfig failed: %s', error.message)
+      response.status.error_code = error.code.value[0]
+      response.status.error_message = error.message
+      context.set_code(error.code)
+      context.set_details(error.message)
+    return response
 
 
 class _Undecodable:
@@ -109,6 +204,26 @@ def _output_filter(aliases, signature):
     duplicate = next(a for a in aliases if aliases.count(a) > 1)
     raise invalid(f'duplicate output tensor alias: {duplicate}')
   return list(aliases) or list(signature.outputs)
+
+
+def _check_tasks(tasks, signature_defs):
+  """MultiInference's per-task checks, in multi_inference.cc's order and wording."""
+  name, seen = tasks[0].model_spec.name, set()
+  for task in tasks:
+    if not task.model_spec.name:
+      raise invalid('Found ModelSpec with an empty model name.')
+    if task.model_spec.name != name:
+      raise invalid('All ModelSpecs in a MultiInferenceRequest must access the same model name.')
+    key = task.model_spec.signature_name or DEFAULT_SIGNATURE
+    if key in seen:
+      raise invalid(f'Duplicate evaluation of signature: {key}')
+    seen.add(key)
+    if key not in signature_defs:
+      raise invalid(f'Requested signature not found in model graph: {key}')
+    if task.method_name not in ('tensorflow/serving/classify', 'tensorflow/serving/regress'):
+      raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                         f'Unsupported signature method_name: {task.method_name}')
+    check_example_signature(signature_defs, key, task.method_name.rsplit('/', 1)[1])
 
 
 def add_services(server, models, metrics):

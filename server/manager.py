@@ -1,9 +1,13 @@
-"""Version lifecycle as TF Serving's file-system source with the latest-version policy runs it.
+"""Models and versions as TF Serving's ServerCore runs them with the file-system source.
 
-A new version is loaded and warmed up in the background while the old one keeps serving; the
-swap happens only after both succeed, and the old version is unloaded once its in-flight
-requests finish. A version that fails is logged, reported by GetModelStatus as END with its
-error, and retried only when its files change (e.g. a copy that was still in progress).
+A ModelServerConfig (from --model_config_file, or the one model of --model_name and
+--model_base_path) names models, their base paths, version policies and labels. Each poll lists a
+base path, keeps the folder names TF Serving parses as int64 versions (others are ignored with one
+warning), picks the aspired versions by policy and applies the availability-preserving policy:
+new versions load (and warm up) while the old ones keep serving, and a version that is no longer
+aspired (replaced, or its folder deleted) is unloaded once an aspired version is available or
+nothing is aspired any more. A version that fails to load is reported by GetModelStatus as END
+with its error and retried only when its files change (e.g. a copy that was still in progress).
 """
 
 import asyncio
@@ -14,84 +18,198 @@ import os
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2
 
-from server.errors import not_found
+from server import config as server_config
+from server.errors import ServingError, invalid, not_found
 
 State = get_model_status_pb2.ModelVersionStatus.State
+UNKNOWN_MODEL_LABEL = '<unknown model>'  # metrics label for names that are not served
+HIDDEN = '.'  # dot folders (the exporter's .tmp-<version>-<pid>) are skipped without a warning
+
+
+class _Model:
+  """One configured model: its base path, policy, loaded versions and their states."""
+
+  def __init__(self, model_config):
+    self.name = model_config.name
+    self.update(model_config)
+    self.loaded = {}  # version -> Servable (loaded, serving unless retired)
+    self.failed = {}  # version -> fingerprint of the files that failed to load
+    self.listing_error = None  # last listing problem, logged once per change
+    self.warned = set()  # folder names already reported as not versions
+
+  def update(self, model_config):
+    """Takes a (re)loaded config's base path and version policy."""
+    self.base_path = model_config.base_path
+    self.policy = server_config.VersionPolicy.from_proto(model_config.model_version_policy)
+
+  def latest(self):
+    """The highest loaded version, or None."""
+    return self.loaded[max(self.loaded)] if self.loaded else None
 
 
 class ModelManager:
-  """Serves the newest loadable version under the base path and hot-swaps newer ones."""
+  """Serves the configured models' aspired versions, swapping them as folders come and go."""
 
-  def __init__(self, name, base_path, load):
-    self.name = name
-    self._base_path = base_path
-    self._load = load  # (version, path) -> Servable, blocking.
-    self._current = None
-    self._states = {}  # version -> (State, grpc.StatusCode, message)
-    self._failed = {}  # version -> fingerprint of the files that failed to load
+  def __init__(self, load, allow_version_labels_for_unavailable_models=False):
+    self._load = load  # (name, version, path) -> Servable, blocking.
+    self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
+    self._models = {}  # name -> _Model
+    self._labels = {}  # name -> {label: version}
+    self._states = {}  # name -> {version: (State, grpc.StatusCode, message)}
+    self._retired = set()  # servables no longer served, unloaded when their refs reach 0
     self._unloads = set()
+    self._lock = asyncio.Lock()  # one poll or reload at a time
+
+  @property
+  def names(self):
+    """The configured model names."""
+    return sorted(self._models)
+
+  def latest_version(self, name):
+    """The highest version a model serves, or None."""
+    servable = self._models[name].latest() if name in self._models else None
+    return servable.version if servable else None
+
+  def metric_label(self, name):
+    """The model_name a metric series gets: the name if configured, else one shared label, so
+    that requests naming arbitrary models cannot grow the metrics page."""
+    return name if name in self._models else UNKNOWN_MODEL_LABEL
+
+  async def reload(self, config):
+    """Applies a ModelServerConfig as ServerCore::ReloadConfig does; raises ServingError for a
+    refused config, returns the newly added models that did not become available."""
+    server_config.validate(config)
+    if config.WhichOneof('config') is None:
+      logging.info('Taking no action for empty config.')
+      return []
+    async with self._lock:
+      models = {m.name: m for m in config.model_config_list.config}
+      self._labels = self._checked_labels(models.values())
+      new = [name for name in models if name not in self._models]
+      for name in [n for n in self._models if n not in models]:
+        logging.info('Removing model %s', name)
+        for servable in self._models.pop(name).loaded.values():
+          self._retire(servable)
+      for name, model_config in models.items():
+        self._models.setdefault(name, _Model(model_config)).update(model_config)
+      await self._poll_locked()
+    return sorted(n for n in new if n in self._models and self._models[n].latest() is None)
+
+  def _checked_labels(self, model_configs):
+    """The new label map; a label may name only an available version (UpdateModelVersionLabelMap)
+    unless --allow_version_labels_for_unavailable_models, and then not move an existing label."""
+    labels = {}
+    for model_config in model_configs:
+      name = model_config.name
+      for label, version in sorted(model_config.version_labels.items()):
+        available = version in getattr(self._models.get(name), 'loaded', {})
+        moved = self._labels.get(name, {}).get(label, version) != version
+        if not available and (moved or not self._allow_unavailable_labels):
+          raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                             f'Request to assign label to version {version} of model {name}, '
+                             'which is not currently available for inference')
+        labels.setdefault(name, {})[label] = version
+    return labels
 
   async def wait_until_available(self, interval):
-    """Polls until a version has loaded, as tensorflow_model_server starts; returns it."""
-    while (servable := await self.poll()) is None:
-      logging.warning('No loadable version of %s under %s yet', self.name, self._base_path)
+    """Polls until every configured model serves a version, as tensorflow_model_server starts."""
+    while missing := [m.name for m in self._models.values() if m.latest() is None]:
+      logging.warning('Waiting for a loadable version of %s', ', '.join(missing))
       await asyncio.sleep(interval or 1)
-    return servable
+      await self.poll()
 
   async def poll_forever(self, interval):
-    """Polls the base path every interval seconds; polling errors are logged, never fatal."""
+    """Polls every interval seconds; polling errors are logged, never fatal."""
     while True:
       await asyncio.sleep(interval)
       try:
         await self.poll()
       except Exception:
-        logging.exception('Polling %s failed', self._base_path)
+        logging.exception('Polling the model base paths failed')
 
   async def poll(self):
-    """Swaps in the newest version above the served one that loads; returns the served one."""
-    for version in await asyncio.to_thread(self._versions):
-      if self._current and version <= self._current.version:
-        break
-      path = os.path.join(self._base_path, str(version))
-      fingerprint = await asyncio.to_thread(_fingerprint, path)
-      if self._failed.get(version) == fingerprint:
-        continue
-      self._states[version] = (State.LOADING, grpc.StatusCode.OK, '')
-      try:
-        servable = await asyncio.to_thread(self._load, version, path)
-      except Exception as error:
-        message = f'{type(error).__name__}: {(str(error).splitlines() or [""])[0]}'
-        logging.error('Skipping %s version %d: %s', self.name, version, message)
-        self._failed[version] = fingerprint
-        self._states[version] = (State.END, grpc.StatusCode.UNKNOWN, message)
-        continue
-      self._failed.pop(version, None)
-      self._swap(servable)
-      break
-    return self._current
+    """Lists every base path once and loads or unloads versions to match."""
+    async with self._lock:
+      await self._poll_locked()
 
-  def _versions(self):
-    """Numeric version directories under the base path, newest first."""
+  async def _poll_locked(self):
+    """poll() with the lock held."""
+    for model in list(self._models.values()):
+      on_disk = await asyncio.to_thread(self._list_versions, model)
+      if on_disk is not None:
+        await self._apply(model, model.policy.aspired(on_disk), on_disk)
+
+  def _list_versions(self, model):
+    """{version: folder} under the base path, or None when it cannot be listed (TF Serving then
+    keeps serving what it has). Names that are not versions get one warning each."""
     try:
-      names = os.listdir(self._base_path)
-    except FileNotFoundError:
-      return []
-    return sorted((int(n) for n in names
-                   if n.isdigit() and os.path.isdir(os.path.join(self._base_path, n))),
-                  reverse=True)
+      names = os.listdir(model.base_path)
+    except OSError as error:
+      message = f'Could not find base path {model.base_path} for servable {model.name}: ' \
+                f'{error.strerror}'
+      if message != model.listing_error:
+        logging.warning('%s', message)
+      model.listing_error = message
+      return None
+    folders = server_config.version_folders(names)
+    for name in sorted(set(names) - set(folders.values()) - model.warned):
+      if server_config.parse_version(name) is None and not name.startswith(HIDDEN):
+        logging.warning('Ignoring %r under %s: not a version number (int64)', name,
+                        model.base_path)
+      model.warned.add(name)
+    message = None if folders else (
+        f'No versions of servable {model.name} found under base path {model.base_path}')
+    if message and message != model.listing_error:
+      logging.warning('%s', message)
+    model.listing_error = message
+    return folders
 
-  def _swap(self, servable):
-    """Makes servable the served version and retires the previous one."""
-    old, self._current = self._current, servable
-    self._states[servable.version] = (State.AVAILABLE, grpc.StatusCode.OK, '')
-    logging.info('Serving %s version %d', self.name, servable.version)
-    if old:
-      self._states[old.version] = (State.UNLOADING, grpc.StatusCode.OK, '')
-      self._unload_if_idle(old)
+  async def _apply(self, model, aspired, folders):
+    """Loads aspired versions (newest first), then unloads the rest when that keeps a version
+    available, as AvailabilityPreservingPolicy orders actions."""
+    for version in sorted(aspired - set(model.loaded), reverse=True):
+      path = os.path.join(model.base_path, folders[version])
+      fingerprint = await asyncio.to_thread(_fingerprint, path)
+      if model.failed.get(version) == fingerprint:
+        continue
+      servable = await self._load_version(model, version, path, fingerprint)
+      if servable:
+        model.loaded[version] = servable
+        self._set_state(model.name, version, State.AVAILABLE)
+        logging.info('Serving %s version %d', model.name, version)
+    unaspired = set(model.loaded) - aspired
+    if unaspired and (not aspired or aspired & set(model.loaded)):
+      for version in sorted(unaspired):
+        self._retire(model.loaded.pop(version))
+
+  async def _load_version(self, model, version, path, fingerprint):
+    """Loads one version in a worker thread; a failure is logged and remembered, never raised."""
+    self._set_state(model.name, version, State.LOADING)
+    try:
+      servable = await asyncio.to_thread(self._load, model.name, version, path)
+    except Exception as error:
+      message = f'{type(error).__name__}: {(str(error).splitlines() or [""])[0]}'
+      logging.error('Skipping %s version %d: %s', model.name, version, message)
+      model.failed[version] = fingerprint
+      self._set_state(model.name, version, State.END, grpc.StatusCode.UNKNOWN, message)
+      return None
+    model.failed.pop(version, None)
+    return servable
+
+  def _set_state(self, name, version, state, code=grpc.StatusCode.OK, message=''):
+    """Records a version's state for GetModelStatus."""
+    self._states.setdefault(name, {})[version] = (state, code, message)
+
+  def _retire(self, servable):
+    """Stops routing requests to a version; it is unloaded once no request holds it."""
+    self._set_state(servable.name, servable.version, State.UNLOADING)
+    self._retired.add(servable)
+    self._unload_if_idle(servable)
 
   def _unload_if_idle(self, servable):
     """Unloads a retired version once no request holds it."""
-    if servable is not self._current and servable.refs == 0:
+    if servable in self._retired and servable.refs == 0:
+      self._retired.discard(servable)
       task = asyncio.create_task(self._unload(servable))
       self._unloads.add(task)
       task.add_done_callback(self._unloads.discard)
@@ -99,8 +217,8 @@ class ModelManager:
   async def _unload(self, servable):
     """Closes a retired version's batcher and session."""
     await servable.close()
-    self._states[servable.version] = (State.END, grpc.StatusCode.OK, '')
-    logging.info('Unloaded %s version %d', self.name, servable.version)
+    self._set_state(servable.name, servable.version, State.END)
+    logging.info('Unloaded %s version %d', servable.name, servable.version)
 
   @contextlib.contextmanager
   def acquire(self, spec):
@@ -114,31 +232,42 @@ class ModelManager:
       self._unload_if_idle(servable)
 
   def _find(self, spec):
-    """The servable for a ModelSpec; only the served (latest) version is available."""
-    if spec.version_label:
-      raise not_found(f'Unrecognized servable version label: {spec.version_label}')
-    version = spec.version.value if spec.HasField('version') else None
-    if spec.name != self.name or self._current is None or version not in (
-            None, self._current.version):
-      request = (f'Latest({spec.name})' if version is None
+    """The servable for a ModelSpec, with ServerCore::GetServableHandle's errors."""
+    if not spec.name:
+      raise invalid('ModelSpec has no name specified.')
+    choice = spec.WhichOneof('version_choice')
+    model = self._models.get(spec.name)
+    if choice == 'version_label':
+      version = self._labels.get(spec.name, {}).get(spec.version_label)
+      if version is None:
+        raise invalid(f'Unrecognized servable version label: {spec.version_label}')
+      servable = model and model.loaded.get(version)
+    elif choice == 'version':
+      version = spec.version.value
+      servable = model and model.loaded.get(version)
+    else:
+      servable = model and model.latest()
+    if not servable:
+      request = (f'Latest({spec.name})' if choice is None
                  else f'Specific({spec.name}, {version})')
       raise not_found(f'Servable not found for request: {request}')
-    return self._current
+    return servable
 
   def status(self, spec):
-    """GetModelStatusResponse for a ModelSpec: every version seen, or the one asked for."""
-    if spec.name != self.name:
-      raise not_found(f'Could not find any versions of model {spec.name}')
-    if spec.version_label:
-      raise not_found(f'Unrecognized servable version label: {spec.version_label}')
-    versions = sorted(self._states, reverse=True)
+    """GetModelStatusResponse: every version seen, or the one asked for (a label is ignored,
+    as GetModelStatusImpl looks only at model_spec.version)."""
+    states = self._states.get(spec.name, {})
     if spec.HasField('version'):
-      if spec.version.value not in self._states:
+      if spec.version.value not in states:
         raise not_found(f'Could not find version {spec.version.value} of model {spec.name}')
       versions = [spec.version.value]
+    elif not states:
+      raise not_found(f'Could not find any versions of model {spec.name}')
+    else:
+      versions = sorted(states, reverse=True)
     response = get_model_status_pb2.GetModelStatusResponse()
     for version in versions:
-      state, code, message = self._states[version]
+      state, code, message = states[version]
       status = response.model_version_status.add(version=version, state=state)
       status.status.error_code = code.value[0]
       status.status.error_message = message
@@ -146,10 +275,12 @@ class ModelManager:
 
   async def close(self):
     """Unloads every version; called after both front-ends stopped taking requests."""
-    current, self._current = self._current, None
-    if current:
-      await current.close()
-    await asyncio.gather(*self._unloads)
+    for model in self._models.values():
+      for servable in model.loaded.values():
+        self._retired.add(servable)
+      model.loaded.clear()
+    await asyncio.gather(*(s.close() for s in self._retired), *self._unloads)
+    self._retired.clear()
 
 
 def _fingerprint(path):
@@ -157,7 +288,8 @@ def _fingerprint(path):
   entries = []
   for root, _, files in os.walk(path):
     for name in files:
-      stat = os.stat(os.path.join(root, name))
-      entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size,
-                      stat.st_mtime_ns))
+      with contextlib.suppress(OSError):
+        stat = os.stat(os.path.join(root, name))
+        entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size,
+                        stat.st_mtime_ns))
   return sorted(entries)

@@ -1,8 +1,17 @@
-"""TF Serving's REST API (/v1/models/...) and its Prometheus page, on aiohttp."""
+"""TF Serving's REST API (/v1/models/...) and its Prometheus page, on aiohttp.
+
+Requests are dispatched as TF Serving 2.18's http_server.cc and http_rest_api_handler.cc do: a
+path (with its query) outside (?i)/v1/.* is libevent's 404 page; inside it, the method and path
+must match the predict or status regexes (case-insensitive, http_rest_api_util.cc), anything else
+is 400 "Malformed request: <METHOD> <path>".
+"""
 
 import asyncio
 import json
 import logging
+import re
+import urllib.parse
+import zlib
 
 import grpc
 from aiohttp import web
@@ -10,23 +19,33 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from server.errors import ServingError, invalid
+from server.grpc_service import check_example_signature
+from server.servable import DEFAULT_SIGNATURE
 from server.tensors import from_json, to_json
 
-# After /v1/models/<name>: latest, a version or a label, as in TF Serving's path regexes.
-_MODEL = '/v1/models/{name:[^/:]+}'
-_SPECS = ('', r'/versions/{version:\d{1,18}}', '/labels/{label:[^/:]+}')
-PROMETHEUS_PATH = '/monitoring/prometheus/metrics'
+_REST_PATH = re.compile(r'(?i)/v1/.*', re.DOTALL)
+_PREDICT_PATH = re.compile(
+    r'(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?'
+    r':(classify|regress|predict)')
+_STATUS_PATH = re.compile(
+    r'(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?')
+_INT64_MAX = 2 ** 63 - 1
+# libevent's evhttp_send_error page (TF Serving answers unmatched paths with it).
+_NOT_FOUND_PAGE = ('<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n'
+                   '<H1>Not Found</H1>\n</BODY></HTML>\n')
+# aiohttp refuses request lines over 8,190 bytes with a logged traceback; libevent has no such
+# limit by default, so long URLs reach the handler as in TF Serving. Bodies are not uncompressed
+# by aiohttp (it answers a bad gzip body 500): _read_json does it as TF Serving does.
+PROTOCOL_OPTIONS = {'max_line_size': 1 << 20, 'max_field_size': 1 << 16,
+                    'auto_decompress': False}
 
 
-def make_app(models, metrics, max_request_bytes, timeout_ms):
-  """The aiohttp application; bodies above max_request_bytes are refused with 413."""
+def make_app(models, metrics, max_request_bytes, timeout_ms, prometheus_path=None):
+  """The aiohttp application; bodies above max_request_bytes are refused with 413. The
+  Prometheus page is served at prometheus_path only when given (--monitoring_config_file)."""
   app = web.Application(client_max_size=max_request_bytes, middlewares=[_json_errors])
-  api = _RestApi(models, metrics, timeout_ms)
-  for spec in _SPECS:
-    app.router.add_post(_MODEL + spec + ':predict', api.predict)
-    app.router.add_get(_MODEL + spec, api.status)
-    app.router.add_get(_MODEL + spec + '/metadata', api.metadata)
-  app.router.add_get(PROMETHEUS_PATH, api.prometheus)
+  api = _RestApi(models, metrics, timeout_ms, prometheus_path)
+  app.router.add_route('*', '/{path:.*}', api.dispatch)
   return app
 
 
@@ -46,59 +65,110 @@ async def _json_errors(request, handler):
     return web.json_response({'error': 'Internal server error'}, status=500)
 
 
-class _RestApi:
-  """Handlers for predict, model status, model metadata and metrics."""
+def _path_and_query(request):
+  """The undecoded path plus ?query, as libevent hands it to TF Serving's dispatcher."""
+  query = request.rel_url.raw_query_string
+  return request.rel_url.raw_path + ('?' + query if query else '')
 
-  def __init__(self, models, metrics, timeout_ms):
+
+def parse_route(method, path):
+  """(handler name, ModelSpec) for a REST request, as ParseModelInfo and ProcessRequest pick it;
+  raises ServingError for what TF Serving answers 400."""
+  malformed = invalid(f'Malformed request: {method} {path}')
+  regex = {'POST': _PREDICT_PATH, 'GET': _STATUS_PATH}.get(method)
+  match = regex.fullmatch(path) if regex else None
+  name, version, label, action = match.groups() if match else (None,) * 4
+  spec = model_pb2.ModelSpec(name=urllib.parse.unquote(name or '', errors='surrogateescape'))
+  if version:
+    if int(version) > _INT64_MAX:
+      raise invalid(f'Failed to convert version: {version} to numeric.')
+    spec.version.value = int(version)
+  if label:
+    spec.version_label = urllib.parse.unquote(label, errors='surrogateescape')
+  if not match:
+    raise malformed
+  if method == 'POST':
+    if action not in ('predict', 'classify', 'regress'):  # the regex matched :PREDICT etc.
+      raise malformed
+    return action, spec
+  if not spec.name:
+    raise invalid('Missing model name in request.')
+  return ('metadata' if action == 'metadata' else 'status'), spec
+
+
+class _RestApi:
+  """Handlers for predict, classify/regress, model status, model metadata and metrics."""
+
+  def __init__(self, models, metrics, timeout_ms, prometheus_path):
     self._models = models
     self._metrics = metrics
     self._timeout_ms = timeout_ms
+    self._prometheus_path = prometheus_path
 
-  async def predict(self, request):
-    """POST .../<name>[/versions/N|/labels/L]:predict in row or columnar format."""
-    spec = _model_spec(request)
-    with self._metrics.track(spec.name, 'predict', 'REST'):
+  async def dispatch(self, request):
+    """Routes one request the way TF Serving's HTTP server does."""
+    path = _path_and_query(request)
+    if self._prometheus_path and request.rel_url.raw_path == self._prometheus_path:
+      return self.prometheus(path)
+    if not _REST_PATH.fullmatch(path):
+      return web.Response(status=404, text=_NOT_FOUND_PAGE, content_type='text/html')
+    if request.method == 'OPTIONS':  # CORS preflight: only the Origin header is checked
+      ok = re.search('https?://', request.headers.get('Origin', ''))
+      return web.Response(status=200 if ok else 400)
+    action, spec = parse_route(request.method, path)
+    if action == 'status':
+      return web.json_response(_to_dict(self._models.status(spec)))
+    if action == 'metadata':
+      return self.metadata(spec)
+    with self._metrics.track(self._models.metric_label(spec.name), action, 'REST'):
       body = await _read_json(request)
-      with self._models.acquire(spec) as servable:
-        name = body.get('signature_name', '')
-        if not isinstance(name, str):
-          raise invalid("'signature_name' key must be a string value.")
-        signature = servable.signature(name)
-        inputs, row_format = _inputs(body, signature)
-        try:
-          outputs = await asyncio.wait_for(servable.predict(signature, inputs),
-                                           self._timeout_ms / 1000)
-        except TimeoutError:
-          raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                             f'Request timed out after {self._timeout_ms} ms')
-      return web.json_response(_outputs(outputs, row_format))
+      if action == 'predict':
+        return await self.predict(spec, body)
+      return self.classify_or_regress(spec, body, action)
 
-  async def status(self, request):
-    """GET .../<name>[/versions/N]: GetModelStatusResponse as JSON."""
-    return web.json_response(_to_dict(self._models.status(_model_spec(request))))
+  async def predict(self, spec, body):
+    """POST .../<name>[/versions/N|/labels/L]:predict in row or columnar format."""
+    name = body.get('signature_name', '')
+    if not isinstance(name, str):
+      raise invalid(f'JSON Value: {_debug(body)} not formatted correctly. '
+                    "'signature_name' key must be a string value.")
+    with self._models.acquire(spec) as servable:
+      signature = _signature(servable, name)
+      inputs, row_format = _inputs(body, signature)
+      try:
+        outputs = await asyncio.wait_for(servable.predict(signature, inputs),
+                                         self._timeout_ms / 1000)
+      except TimeoutError:
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f'Request timed out after {self._timeout_ms} ms')
+    return web.json_response(_outputs(outputs, row_format))
 
-  async def metadata(self, request):
-    """GET .../<name>[/versions/N]/metadata: model_spec plus the SignatureDefMap as JSON."""
-    with self._models.acquire(_model_spec(request)) as servable:
+  def classify_or_regress(self, spec, body, action):
+    """POST ...:classify / :regress: TF Serving checks the signature before the examples."""
+    name = body.get('signature_name', '')
+    if not isinstance(name, str):
+      raise invalid(f'JSON Value: {_debug(body)} not formatted correctly. '
+                    "'signature_name' key must be a string value.")
+    with self._models.acquire(spec) as servable:
+      check_example_signature(servable.signature_defs, name, action)
+    raise invalid('JSON Value: ' + _debug(body) + " When method is " + action +
+                  ", key 'examples' is expected and was not found")
+
+  def metadata(self, spec):
+    """GET .../<name>[/versions/N|/labels/L]/metadata: model_spec plus the SignatureDefMap."""
+    with self._models.acquire(spec) as servable:
       response = servable.metadata()
     signature_defs = get_model_metadata_pb2.SignatureDefMap()
     response.metadata['signature_def'].Unpack(signature_defs)
     return web.json_response({'model_spec': _to_dict(response.model_spec),
                               'metadata': {'signature_def': _to_dict(signature_defs)}})
 
-  async def prometheus(self, request):
-    """GET /monitoring/prometheus/metrics in Prometheus text format."""
+  def prometheus(self, path):
+    """The Prometheus page; a query string is TF Serving's 400 "Unexpected path"."""
+    if path != self._prometheus_path:
+      return web.Response(status=400, content_type='text/plain',
+                          text=f'Unexpected path: {path}. Should be {self._prometheus_path}')
     return web.Response(text=self._metrics.render(), content_type='text/plain')
-
-
-def _model_spec(request):
-  """ModelSpec from the URL, as TF Serving's REST handler builds it."""
-  spec = model_pb2.ModelSpec(name=request.match_info['name'])
-  if 'version' in request.match_info:
-    spec.version.value = int(request.match_info['version'])
-  if 'label' in request.match_info:
-    spec.version_label = request.match_info['label']
-  return spec
 
 
 def _to_dict(message):
@@ -108,18 +178,72 @@ def _to_dict(message):
 
 
 async def _read_json(request):
-  """The request body as a JSON object; too large is 413, malformed is 400."""
+  """The request body as a JSON object, parsed as TF Serving's ParseJson does."""
   try:
     body = await request.read()
   except web.HTTPRequestEntityTooLarge as error:
     raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, error.text, http_status=413)
+  if 'gzip' in request.headers.get('Content-Encoding', ''):
+    body = _gunzip(body, request.app._client_max_size)
+  return parse_json(body)
+
+
+def _gunzip(body, max_bytes):
+  """A gzip body uncompressed as libevent's handler does it: a body that is not valid gzip
+  becomes empty (so JSON parsing answers 400); over max_bytes uncompressed is 413."""
+  inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
   try:
-    document = json.loads(body)
-  except (ValueError, RecursionError) as error:
-    raise invalid(f'JSON Parse error: {error}')
-  if not isinstance(document, dict):
-    raise invalid('JSON Parse error: the request body is not a JSON object')
+    data = inflater.decompress(body, max_bytes + 1)
+  except zlib.error:
+    return b''
+  if len(data) > max_bytes:
+    raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f'Maximum request body size {max_bytes} exceeded once uncompressed',
+                       http_status=413)
+  return data if inflater.eof else b''
+
+
+def _first_wins(pairs):
+  """A JSON object whose duplicated keys keep their first value (rapidjson's FindMember)."""
+  document = {}
+  for key, value in pairs:
+    document.setdefault(key, value)
   return document
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_first_wins)
+
+
+def parse_json(body):
+  """Bytes -> JSON object like TF Serving's rapidjson flags: UTF-8 only (a UTF-8 BOM skipped,
+  UTF-16 is a parse error), NaN/Infinity allowed, text after the document ignored."""
+  if not body:
+    raise invalid('JSON Parse error: The document is empty')
+  text = body.decode('utf-8', 'surrogateescape').removeprefix('\ufeff')
+  start = len(text) - len(text.lstrip(' \t\n\r'))
+  try:
+    document, _ = _DECODER.raw_decode(text, start)
+  except json.JSONDecodeError as error:
+    raise invalid(f'JSON Parse error: {error.msg} at offset: {error.pos}')
+  except RecursionError:
+    raise invalid(f'JSON Parse error: nested too deeply at offset: {start}')
+  if not isinstance(document, dict):
+    raise invalid(f'JSON Value: {_debug(document)} Is not object')
+  return document
+
+
+def _debug(value):
+  """A JSON value for an error message, cut at 256 bytes (json_tensor.cc
+  JsonValueToDebugString)."""
+  return json.dumps(value, ensure_ascii=False)[:256]
+
+
+def _signature(servable, name):
+  """The signature a REST body names (HttpRestApiHandler::GetInfoMap: INVALID_ARGUMENT)."""
+  key = name or DEFAULT_SIGNATURE
+  if key not in servable.signatures:
+    raise invalid(f'Serving signature name: "{key}" not found in signature def')
+  return servable.signatures[key]
 
 
 def _named(value):

@@ -9,12 +9,13 @@ import dataclasses
 import logging
 import os
 
+import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
 from server.batching import Batcher
-from server.errors import ServingError, invalid, not_found
+from server.errors import ServingError, invalid
 from server.tensors import from_proto, shape_str
 
 DEFAULT_SIGNATURE = tf.compat.v1.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
@@ -129,8 +130,9 @@ class Servable:
   def signature(self, key):
     """The named signature; an empty name means serving_default, as in TF Serving."""
     key = key or DEFAULT_SIGNATURE
-    if key not in self.signatures:
-      raise not_found(f'Serving signature key "{key}" not found.')
+    if key not in self.signatures:  # predict_util.cc RunPredict
+      raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                         f'Serving signature key "{key}" not found.')
     return self.signatures[key]
 
   def validate(self, signature, inputs):

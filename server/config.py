@@ -1,0 +1,161 @@
+"""tensorflow_model_server's config files and version folders, read as TF Serving 2.18 reads them.
+
+--model_config_file is a text ModelServerConfig (tensorflow_serving.config.model_server_config_pb2
+from the tensorflow-serving-api package). --monitoring_config_file is a text MonitoringConfig; the
+package ships no monitoring_config_pb2, so the two messages of monitoring_config.proto are built
+here from their field numbers.
+"""
+
+import dataclasses
+import re
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from server.errors import ServingError
+
+PLATFORM = 'tensorflow'
+PROMETHEUS_PATH = '/monitoring/prometheus/metrics'  # PrometheusExporter::kPrometheusPath
+# tsl::strings::safe_strto64 (TF Serving 2.18's ParseVersionNumber): C isspace() around an
+# optional '-' and ASCII digits; '+', other Unicode digits and anything else are not versions.
+_VERSION_NAME = re.compile(r'[ \t\n\v\f\r]*(-?[0-9]+)[ \t\n\v\f\r]*')
+_INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+ModelServerConfig = model_server_config_pb2.ModelServerConfig
+ModelConfig = model_server_config_pb2.ModelConfig
+
+
+def _monitoring_config_class():
+  """MonitoringConfig { PrometheusConfig prometheus_config = 1 } (monitoring_config.proto)."""
+  field = descriptor_pb2.FieldDescriptorProto
+  file = descriptor_pb2.FileDescriptorProto(
+      name='server/monitoring_config.proto', package='tensorflow.serving', syntax='proto3')
+  prometheus = file.message_type.add(name='PrometheusConfig')
+  prometheus.field.add(name='enable', number=1, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL)
+  prometheus.field.add(name='path', number=2, type=field.TYPE_STRING,
+                       label=field.LABEL_OPTIONAL)
+  file.message_type.add(name='MonitoringConfig').field.add(
+      name='prometheus_config', number=1, type=field.TYPE_MESSAGE,
+      type_name='.tensorflow.serving.PrometheusConfig', label=field.LABEL_OPTIONAL)
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(file)
+  return message_factory.GetMessageClass(
+      pool.FindMessageTypeByName('tensorflow.serving.MonitoringConfig'))
+
+
+MonitoringConfig = _monitoring_config_class()
+
+
+class ConfigError(Exception):
+  """A config file that cannot be used; the message is one line naming the file."""
+
+
+def _read_text_proto(path, message_class):
+  """Parses a text-format proto file; any failure is one ConfigError line."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as error:
+    raise ConfigError(f'cannot read {path}: {error}') from None
+  try:
+    return text_format.Parse(text, message_class())
+  except text_format.ParseError as error:
+    raise ConfigError(f'{path} is not a text {message_class.DESCRIPTOR.name}: {error}') from None
+
+
+def read_model_server_config(path):
+  """The ModelServerConfig in a --model_config_file."""
+  return _read_text_proto(path, ModelServerConfig)
+
+
+def read_monitoring_config(path):
+  """The MonitoringConfig in a --monitoring_config_file."""
+  return _read_text_proto(path, MonitoringConfig)
+
+
+def prometheus_path(monitoring):
+  """The Prometheus page's path, or None when the config does not enable it (TF Serving's
+  default: no metrics page without --monitoring_config_file)."""
+  if monitoring is None or not monitoring.prometheus_config.enable:
+    return None
+  return monitoring.prometheus_config.path or PROMETHEUS_PATH
+
+
+def single_model_config(name, base_path):
+  """The config --model_name/--model_base_path stand for (server.cc BuildSingleModelConfig)."""
+  config = ModelServerConfig()
+  config.model_config_list.config.add(name=name, base_path=base_path, model_platform=PLATFORM)
+  return config
+
+
+def validate(config):
+  """Refuses what ServerCore::ReloadConfig refuses, with its codes and messages."""
+  kind = config.WhichOneof('config')
+  if kind is None:
+    return
+  if kind != 'model_config_list':
+    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                       'ServerModelConfig type not supported by HandleReloadConfigRequest. '
+                       'Only ModelConfigList is currently supported')
+  names = set()
+  for model in config.model_config_list.config:
+    if model.name in names:
+      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f'Illegal to list model {model.name} multiple times in config list')
+    names.add(model.name)
+    platform = model.model_platform or (PLATFORM if model.model_type == 1 else '')
+    if model.model_type and model.model_platform:
+      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                         'Illegal setting both ModelServerConfig::model_type (deprecated) and '
+                         f'ModelServerConfig::model_platform, model name is {model.name}')
+    if not platform:
+      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                         'Illegal setting neither ModelServerConfig::model_type (deprecated) '
+                         f'nor ModelServerConfig::model_platform, model name is {model.name}')
+    if platform != PLATFORM:
+      raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                         f'PlatformConfigMap has no entry for platform {platform}')
+
+
+def parse_version(name):
+  """A version folder name as an int64 version number, or None when TF Serving ignores it."""
+  match = _VERSION_NAME.fullmatch(name)
+  if not match:
+    return None
+  version = int(match.group(1))
+  return version if _INT64[0] <= version <= _INT64[1] else None
+
+
+def version_folders(names):
+  """{version: folder name} for the names that parse as versions; on duplicates ('7', '007')
+  the last in sorted order wins, as IndexChildrenByVersion keeps the last child listed."""
+  folders = {}
+  for name in sorted(names):
+    version = parse_version(name)
+    if version is not None:
+      folders[version] = name
+  return folders
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionPolicy:
+  """model_version_policy: 'latest' (num_versions newest), 'specific' (versions) or 'all'."""
+
+  kind: str = 'latest'
+  num_versions: int = 1
+  versions: frozenset = frozenset()
+
+  @classmethod
+  def from_proto(cls, policy):
+    """Reads a ServableVersionPolicy; unset means latest with one version."""
+    kind = policy.WhichOneof('policy_choice') or 'latest'
+    return cls(kind, max(policy.latest.num_versions, 1), frozenset(policy.specific.versions))
+
+  def aspired(self, versions):
+    """The versions to serve among those present on disk."""
+    if self.kind == 'all':
+      return set(versions)
+    if self.kind == 'specific':
+      return set(versions) & self.versions
+    return set(sorted(versions, reverse=True)[:self.num_versions])
