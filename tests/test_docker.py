@@ -190,8 +190,13 @@ def test_deploy_help_and_no_engine_errors(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("deploy: error: no Docker engine answers at unix://")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-  result = run("serve", "--model_base_path", str(tmp_path / "empty"))
-  assert result.returncode == 2 and "no exported version under" in result.stderr
+  # No version yet: serve exports --checkpoint first, and stops with the export's one line.
+  result = run("serve", "--model_base_path", str(tmp_path / "empty"), "--checkpoint",
+               str(tmp_path / "missing"), "--grpc_port", str(free_port()), "--rest_port",
+               str(free_port()))
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines() == [
+      f"export: error: checkpoint dir not found: {tmp_path / 'missing'}"], result.stderr
 
 
 def test_build_image_refuses_a_checkpoint_outside_the_build_context(tmp_path):
