@@ -19,19 +19,22 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import requests
 
 from bench import measure, report
-from bench.server import ServerProcess
 from bert_ner import conll
 from bert_ner.quiet import VERBOSE_ENV, quiet_tensorflow
 from clients.common import load_assets
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
+from server.process import ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared/data/conll2003/dev.txt"
 CLIENTS = {"grpc": GrpcNerClient, "rest": RestNerClient}
 CONCURRENCY = (1, 8, 32)
+BATCH_SIZE_METRIC = ":tensorflow:serving:batching_session:processed_batch_size"
+MONITORING_CONFIG = REPO_ROOT / "docker" / "monitoring_config.txt"
 ROUNDS = 4  # parts of the file each throughput runner tags in turn
 VERIFY_SENTENCES = 64
 MERGED_GROUPS = 12
@@ -113,14 +116,26 @@ def batching_flags(flags):
           f"{flags.batch_timeout_micros}, num_batch_threads {flags.num_batch_threads}")
 
 
-def latency_cell(server, clients, sentences, requests):
+def batch_totals(server):
+  """(rows, merged batches) so far, from the server's Prometheus batch size histogram."""
+  text = requests.get(f"{server.rest_url}/monitoring/prometheus/metrics", timeout=30).text
+  totals = {"_sum": 0.0, "_count": 0.0}
+  for line in text.splitlines():
+    name, _, value = line.rpartition(" ")
+    for suffix in totals:
+      if name.startswith(BATCH_SIZE_METRIC + suffix):
+        totals[suffix] += float(value)
+  return totals["_sum"], totals["_count"]
+
+
+def latency_cell(server, clients, sentences, request_count):
   """One latency cell, with the server's rows per run and both sides' CPU per request."""
-  rows, runs = server.batch_totals()
+  rows, runs = batch_totals(server)
   server_cpu, client_cpu = server.cpu_seconds(), own_cpu_seconds()
-  cell = measure.latency(clients, sentences, requests)
-  cell.server_cpu_ms = 1000 * (server.cpu_seconds() - server_cpu) / requests
-  cell.client_cpu_ms = 1000 * (own_cpu_seconds() - client_cpu) / requests
-  rows_after, runs_after = server.batch_totals()
+  cell = measure.latency(clients, sentences, request_count)
+  cell.server_cpu_ms = 1000 * (server.cpu_seconds() - server_cpu) / request_count
+  cell.client_cpu_ms = 1000 * (own_cpu_seconds() - client_cpu) / request_count
+  rows_after, runs_after = batch_totals(server)
   cell.rows_per_run = (rows_after - rows) / max(runs_after - runs, 1)
   return cell
 
@@ -141,7 +156,8 @@ def run(args, command):
              "data": shown(args.data), "sentences": len(sentences), "batch_size": args.batch_size,
              "requests": args.requests, "concurrency": CONCURRENCY, "rounds": ROUNDS,
              "latency": {}, "servers": {}, "batching_flags": batching_flags(parse_flags([]))}
-  with tempfile.TemporaryDirectory(prefix="bench-") as base, contextlib.ExitStack() as stack:
+  with tempfile.TemporaryDirectory(prefix="bench-") as base, \
+      tempfile.TemporaryDirectory(prefix="bench-logs-") as logs, contextlib.ExitStack() as stack:
     started = time.perf_counter()
     exporter.export_model(args.checkpoint, base, verify_sentences=sentences[:VERIFY_SENTENCES],
                           log=lambda message: None)
@@ -156,7 +172,10 @@ def run(args, command):
     say(f"export {results['export_s']:.1f} s, load {model.load_seconds:.2f} s")
     servers = {}
     for batching in (True, False):  # one after the other: each start-up gets the machine
-      servers[batching] = stack.enter_context(ServerProcess(base, batching))
+      servers[batching] = stack.enter_context(ServerProcess(
+          base, Path(logs) / f"server-batching-{batching}.log", sample_rss=True,
+          flags=["--host", "127.0.0.1", "--enable_batching", str(batching).lower(),
+                 "--monitoring_config_file", str(MONITORING_CONFIG)]))
       say(f"server batching {batching} ready in {servers[batching].ready_seconds:.1f} s")
     runners = {("local", "variable"): (featurizer, model.run)}
     for transport in CLIENTS:

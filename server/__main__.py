@@ -24,7 +24,7 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 from aiohttp import web
 
 from server import config as server_config
-from server import grpc_service, ports, rest
+from server import grpc_service, ports, process, rest
 from server.batching import BatchingOptions, read_batching_parameters
 from server.errors import ServingError
 from server.manager import ModelManager
@@ -199,7 +199,7 @@ async def serve(flags, model_server_config, monitoring):
   await grpc_server.start()
   rest_port = runner.addresses[0][1]
   served = ', '.join(f'{name} version {models.latest_version(name)}' for name in models.names)
-  print(f'Serving {served}: gRPC {host}:{grpc_port} REST http://{host}:{rest_port}', flush=True)
+  print(process.ready_line(served, host, grpc_port, rest_port), flush=True)
 
   pollers = []
   if flags.file_system_poll_wait_seconds > 0:

@@ -2,12 +2,6 @@
 
 import os
 import pathlib
-import queue
-import re
-import signal
-import subprocess
-import sys
-import threading
 
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
@@ -15,7 +9,6 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = 'bert_ner'
 VOCAB, POSITIONS, POISON = 100, 32, 99  # POISON passes validation but makes the graph raise.
-READY = re.compile(r'gRPC (\S+):(\d+) REST (http://\S+)')
 READY_TIMEOUT_S = 120
 
 
@@ -57,42 +50,3 @@ def build_model(path, offset=0, warmup_ids=(1, 2, 3)):
     w.write(prediction_log_pb2.PredictionLog(
         predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
   return path
-
-
-class ServerProcess:
-  """python -m server in a subprocess on free loopback ports; stop() sends SIGTERM."""
-
-  def __init__(self, base_path, log_path, *flags):
-    self.log_path = log_path
-    with open(log_path, 'w') as log:
-      self.proc = subprocess.Popen(
-          [sys.executable, '-m', 'server', '--port=0', '--rest_api_port=0',
-           f'--model_base_path={base_path}', f'--model_name={MODEL}', *flags],
-          cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
-          env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2', 'CUDA_VISIBLE_DEVICES': ''})
-    lines = queue.Queue()
-    threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
-    try:
-      line = lines.get(timeout=READY_TIMEOUT_S)
-    except queue.Empty:
-      line = ''
-    match = READY.search(line)
-    if not match:
-      self.stop()
-      raise RuntimeError(f'server not ready: {line!r}\n{self.log()}')
-    self.grpc = f'{match[1]}:{match[2]}'
-    self.rest = match[3]
-
-  def log(self):
-    """The server's stderr so far."""
-    return pathlib.Path(self.log_path).read_text()
-
-  def stop(self, timeout=30):
-    """SIGTERM, then the exit code (killed after timeout seconds: a failure)."""
-    self.proc.send_signal(signal.SIGTERM)
-    try:
-      return self.proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-      self.proc.kill()
-      self.proc.wait()
-      return None

@@ -19,7 +19,8 @@ import time
 import pytest
 import requests
 
-from e2e_support import REPO_ROOT, ServerProcess, free_port
+from e2e_support import REPO_ROOT, free_port
+from server.process import ServerProcess
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

@@ -9,11 +9,11 @@ import sys
 import pytest
 from test_export import make_checkpoint
 
-from bench.server import ServerProcess
 from bert_ner import conll
 from bert_ner.featurizer import Featurizer
 from evaluation import __main__ as evaluation
 from evaluation.local import LocalModel
+from server.process import ServerProcess
 
 OVERALL = re.compile(r"^overall precision \d+\.\d\d recall \d+\.\d\d f1 \d+\.\d\d$")
 FOUR_COLUMNS = """-DOCSTART- -X- -X- O
@@ -52,7 +52,7 @@ def base(tiny_bert_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(base):
-  with ServerProcess(base) as running:
+  with ServerProcess(base, base.parent / "server.log") as running:
     yield running
 
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from e2e_support import REPO_ROOT, ServerProcess
+from e2e_support import REPO_ROOT
+from server.process import ServerProcess
 
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 

@@ -11,12 +11,17 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
-from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from server_fixtures import MODEL, POISON, POSITIONS, REPO, build_model, expected
+from tensorflow_serving.apis import (
+  get_model_metadata_pb2,
+  get_model_status_pb2,
+  model_service_pb2_grpc,
+  predict_pb2,
+  prediction_service_pb2_grpc,
+)
 
 from server.batching import BatchingOptions, read_batching_parameters
-from server_fixtures import MODEL, POISON, POSITIONS, REPO, ServerProcess, build_model, expected
+from server.process import ServerProcess
 
 MAX_REQUEST_BYTES = 1 << 20
 TIMEOUT_S = 10
@@ -35,10 +40,10 @@ def server(tmp_path_factory):
   root = tmp_path_factory.mktemp('serve')
   build_model(root / 'models' / '1')
   (root / 'batching.txt').write_text(BATCHING_PARAMETERS)
-  process = ServerProcess(root / 'models', root / 'server.log',
-                          f'--batching_parameters_file={root / "batching.txt"}',
-                          f'--max_request_bytes={MAX_REQUEST_BYTES}',
-                          f'--monitoring_config_file={REPO / "docker/monitoring_config.txt"}')
+  process = ServerProcess(root / 'models', root / 'server.log', flags=[
+      f'--batching_parameters_file={root / "batching.txt"}',
+      f'--max_request_bytes={MAX_REQUEST_BYTES}',
+      f'--monitoring_config_file={REPO / "docker/monitoring_config.txt"}']).start()
   yield process
   assert process.stop() == 0, process.log()
 
@@ -54,7 +59,7 @@ def stubs(server):
 def rest_predict(server, body, path=f'/v1/models/{MODEL}:predict'):
   """POSTs a JSON body (or raw bytes) to a predict URL."""
   kwargs = {'data': body} if isinstance(body, bytes) else {'json': body}
-  return requests.post(server.rest + path, timeout=TIMEOUT_S, **kwargs)
+  return requests.post(server.rest_url + path, timeout=TIMEOUT_S, **kwargs)
 
 
 def columnar(ids, mask):
@@ -76,7 +81,7 @@ def grpc_request(ids, mask, signature='', dtype=tf.int32, **spec):
 
 def batches_run(server):
   """Session runs so far, from the Prometheus page."""
-  page = requests.get(server.rest + '/monitoring/prometheus/metrics', timeout=TIMEOUT_S).text
+  page = requests.get(server.rest_url + '/monitoring/prometheus/metrics', timeout=TIMEOUT_S).text
   match = re.search(r'processed_batch_size_count\{model_name="bert_ner"\} (\d+)', page)
   return int(match[1]) if match else 0
 
@@ -132,11 +137,11 @@ def test_status_and_metadata_rest_and_grpc(server, stubs):
   status = {'model_version_status': [{'version': '1', 'state': 'AVAILABLE',
                                       'status': {'error_code': 'OK', 'error_message': ''}}]}
   for path in (f'/v1/models/{MODEL}', f'/v1/models/{MODEL}/versions/1'):
-    assert requests.get(server.rest + path, timeout=TIMEOUT_S).json() == status
-  assert requests.get(server.rest + f'/v1/models/{MODEL}/versions/7',
+    assert requests.get(server.rest_url + path, timeout=TIMEOUT_S).json() == status
+  assert requests.get(server.rest_url + f'/v1/models/{MODEL}/versions/7',
                       timeout=TIMEOUT_S).status_code == 404
 
-  metadata = requests.get(server.rest + f'/v1/models/{MODEL}/metadata', timeout=TIMEOUT_S).json()
+  metadata = requests.get(server.rest_url + f'/v1/models/{MODEL}/metadata', timeout=TIMEOUT_S).json()
   assert metadata['model_spec'] == {'name': MODEL, 'version': '1', 'signature_name': ''}
   signatures = metadata['metadata']['signature_def']['signature_def']
   assert set(signatures) == {'result', 'serving_default'}
@@ -266,7 +271,7 @@ def test_a_request_failing_in_the_model_fails_alone(server):
 
 
 def test_metrics_page_counts_requests(server):
-  page = requests.get(server.rest + '/monitoring/prometheus/metrics', timeout=TIMEOUT_S).text
+  page = requests.get(server.rest_url + '/monitoring/prometheus/metrics', timeout=TIMEOUT_S).text
   assert re.search(r'request_count\{model_name="bert_ner",status="OK"\} \d+', page)
   assert 'status="INVALID_ARGUMENT"' in page
   assert ':tensorflow:serving:request_latency_bucket{API="predict",entrypoint="GRPC"' in page
@@ -285,8 +290,8 @@ def test_hot_reload_swaps_without_failures_and_skips_broken_versions(tmp_path):
   build_model(base / '1')
   build_model(tmp_path / 'staging' / '2', offset=10)
   build_model(tmp_path / 'staging' / '4', offset=20, warmup_ids=(POISON,))  # Warm-up fails.
-  server = ServerProcess(base, tmp_path / 'server.log', '--file_system_poll_wait_seconds=0.2',
-                         '--enable_batching=false')
+  server = ServerProcess(base, tmp_path / 'server.log', flags=[
+      '--file_system_poll_wait_seconds=0.2', '--enable_batching=false']).start()
   failures, versions, stop = [], set(), threading.Event()
 
   def client():
@@ -337,7 +342,7 @@ def test_hot_reload_swaps_without_failures_and_skips_broken_versions(tmp_path):
 
 def _status(server):
   """model_version_status from the REST status endpoint."""
-  return requests.get(f'{server.rest}/v1/models/{MODEL}',
+  return requests.get(f'{server.rest_url}/v1/models/{MODEL}',
                       timeout=TIMEOUT_S).json()['model_version_status']
 
 

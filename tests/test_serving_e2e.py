@@ -12,7 +12,8 @@ import pytest
 import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from e2e_support import REPO_ROOT, ServerProcess, make_checkpoint
+from e2e_support import REPO_ROOT, make_checkpoint
+from server.process import ServerProcess
 
 ROW = {"input_ids": [101, 7327, 19164, 2446, 2655, 102], "input_mask": [1, 1, 1, 1, 1, 1]}
 LOAD_SECONDS = 60  # upper bound on the request loop
@@ -32,8 +33,8 @@ def served(tiny_bert_dir, tmp_path_factory):
   checkpoint_dir = make_checkpoint(tiny_bert_dir, root / "ckpt")
   first = export(checkpoint_dir, root / "models")
   assert first.returncode == 0, first.stderr
-  server = ServerProcess(root / "models", root / "server.log", 0, 0,
-                         "--file_system_poll_wait_seconds", "0.5").start()
+  server = ServerProcess(root / "models", root / "server.log",
+                         flags=["--file_system_poll_wait_seconds", "0.5"]).start()
   yield server, checkpoint_dir, root / "models"
   server.stop()
 

@@ -15,7 +15,8 @@ import time
 
 import pytest
 from clients import grpc_client, rest_client
-from e2e_support import REPO_ROOT, ServerProcess, free_port, make_checkpoint
+from e2e_support import REPO_ROOT, free_port, make_checkpoint
+from server.process import ServerProcess
 
 from rel_support import CLIENT_TIMEOUT_S, MODEL, POSITIONS, SENTENCES, VOCAB_SIZE
 

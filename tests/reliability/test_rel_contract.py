@@ -16,7 +16,8 @@ import time
 import grpc
 import pytest
 import requests
-from e2e_support import REPO_ROOT, ServerProcess
+from e2e_support import REPO_ROOT
+from server.process import ServerProcess
 from tensorflow_serving.apis import classification_pb2, inference_pb2, model_management_pb2
 from tensorflow_serving.apis import regression_pb2
 from clients.tfs_protos import tfs_lite_pb2 as lite
@@ -71,8 +72,9 @@ class Private:
     for name in ("99999999999999999999", "\u00b2"):
       shutil.copytree(env.base / "1", self.base / name)
     self.server = ServerProcess(
-        self.base, work / "server.log", 0, 0, "--file_system_poll_wait_seconds", str(POLL_S),
-        "--monitoring_config_file", str(MONITORING), *flags).start()
+        self.base, work / "server.log", flags=["--file_system_poll_wait_seconds", str(POLL_S),
+                                               "--monitoring_config_file", str(MONITORING), *flags]
+    ).start()
     self.grpc, self.rest = self.server.grpc, self.server.rest
 
   def status(self):
@@ -372,9 +374,9 @@ def test_model_config_file_two_models_labels_and_polling(env, report, tmp_path):
       [sys.executable, "-m", "server", "--port", "0", "--rest_api_port", "0",
        "--model_config_file", str(config)], cwd=REPO_ROOT, capture_output=True, text=True,
       timeout=120)
-  server = ServerProcess(base, tmp_path / "server.log", 0, 0, "--model_config_file", str(config),
-                         "--model_config_file_poll_wait_seconds", "1",
-                         "--allow_version_labels_for_unavailable_models").start()
+  server = ServerProcess(base, tmp_path / "server.log", flags=[
+      "--model_config_file", str(config), "--model_config_file_poll_wait_seconds", "1",
+      "--allow_version_labels_for_unavailable_models"]).start()
   try:
     target = type("Target", (), {"grpc": server.grpc, "rest": server.rest})()
     canary = rest_send(target, rest_columnar(GOOD_IDS), f"/v1/models/{MODEL}/labels/canary:predict")

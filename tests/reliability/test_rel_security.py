@@ -9,7 +9,8 @@ import shutil
 
 import psutil
 import pytest
-from e2e_support import REPO_ROOT, ServerProcess
+from e2e_support import REPO_ROOT
+from server.process import ServerProcess
 
 from rel_support import (
   OVERSIZE_BYTES,
@@ -46,7 +47,7 @@ def test_binds_loopback_by_default(env, report):
 
 
 def test_binds_all_interfaces_only_when_asked(env, report):
-  server = ServerProcess(env.base, env.work / "server-any.log", 0, 0, "--host", "0.0.0.0")
+  server = ServerProcess(env.base, env.work / "server-any.log", flags=["--host", "0.0.0.0"])
   try:
     server.start()  # no request is sent to it: only its sockets are inspected
     addresses = listening(server.pid)
