@@ -7,6 +7,7 @@ DATA    ?= ../shared/data/conll2003/dev.txt
 TRANSPORT ?= grpc
 HOST    ?= 127.0.0.1
 TRAIN_ARGS ?=
+DOCUMENT ?=
 
 .PHONY: setup test train export serve up image eval bench reliability-report clean
 
@@ -41,7 +42,7 @@ image: $(STAMP)
 	$(PY) -m deploy image --model_base_path $(MODEL_BASE)
 
 eval: $(STAMP)
-	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT)
+	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT) $(if $(DOCUMENT),--document)
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -96,11 +96,11 @@ def test_one_two_and_four_columns(base, tmp_path, capsys):
   four.write_text(FOUR_COLUMNS)
   two.write_text(columns(FOUR_COLUMNS, (0, 3)))
   one.write_text(columns(FOUR_COLUMNS, (0,)))
-  sentences = evaluation.read_sentences(four)
+  sentences = [s for d in evaluation.read_documents(four) for s in d]
   assert [s.words for s in sentences] == [["EU", "rejects", "German", "call", "."],
                                           ["Peter", "Blackburn"], ["BRUSSELS", "1996-08-22"]]
   assert sentences[2].tags == ["B-LOC", "O"]  # IOB1 -> IOB2
-  assert evaluation.read_sentences(two) == sentences
+  assert [s for d in evaluation.read_documents(two) for s in d] == sentences
   assert [s.words for s in conll.read_conll(one)] == [s.words for s in sentences]
   results = [evaluate(capsys, "--data", path, "--transport", "local", "--model_base_path", base)
              for path in (four, two)]
