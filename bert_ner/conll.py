@@ -90,6 +90,17 @@ def read_documents(path):
   return [document for document in documents if document]
 
 
+def first_sentences(documents, count):
+  """The documents cut after their first `count` sentences in all."""
+  kept = []
+  for document in documents:
+    if count <= 0:
+      break
+    kept.append(document[:count])
+    count -= len(kept[-1])
+  return kept
+
+
 def write_conll(path, sentences):
   """Writes Sentences as `word tag` lines (`word` alone when tags is None), blank-line separated."""
   with open(path, "w", encoding="utf-8") as f:

@@ -220,17 +220,6 @@ def backbone_dir(config):
                                    backbone.DEFAULT_BACKBONE["sha256"])
 
 
-def first_sentences(documents, count):
-  """The documents cut after their first `count` sentences in all."""
-  kept = []
-  for document in documents:
-    if count <= 0:
-      break
-    kept.append(document[:count])
-    count -= len(kept[-1])
-  return kept
-
-
 def load_data(config, featurizer_factory):
   """Reads CoNLL train/dev documents, the label list from train's entity types, the featurizer."""
   train = conll.read_documents(config.train)
@@ -239,7 +228,7 @@ def load_data(config, featurizer_factory):
     if not documents or documents[0][0].tags is None:
       raise ValueError(f"{name} file {getattr(config, name)} has no labelled sentences")
   if config.max_train_sentences:
-    train = first_sentences(train, config.max_train_sentences)
+    train = conll.first_sentences(train, config.max_train_sentences)
   types = sorted({tag[2:] for d in train for s in d for tag in s.tags if tag != "O"})
   id2label = label_maps.make_label_list(types)
   return train, dev, id2label, featurizer_factory(id2label)
