@@ -11,6 +11,7 @@ HOST    ?= 127.0.0.1
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 TRAIN_ARGS ?=
+DOCUMENT ?=
 
 .PHONY: help setup tf218 test train export serve up image eval bench demo demo-screenshot reliability-report mutate clean
 
@@ -59,8 +60,8 @@ up: $(STAMP) ## Docker: build the TF Serving image and run it (needs a Docker en
 image: $(STAMP) ## Docker: build the TF Serving image; its first stage exports CKPT
 	$(PY) -m deploy image --checkpoint $(CKPT)
 
-eval: $(STAMP) ## tag DATA through TRANSPORT (grpc, rest or local) and print seqeval scores
-	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT)
+eval: $(STAMP) ## tag DATA through TRANSPORT (grpc, rest or local), DOCUMENT=1 by documents; seqeval scores
+	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT) $(if $(DOCUMENT),--document)
 
 bench: $(STAMP) ## throughput, latency and memory of the shipped model -> bench/results.md
 	$(PY) -m bench

@@ -147,9 +147,10 @@ def run(args, command):
   from evaluation.local import LocalModel  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
   from server.__main__ import parse_flags  # pylint: disable=import-outside-toplevel
-  sentences = [s.words for s in conll.read_conll(args.data)]
+  documents = conll.read_documents(args.data)
   if args.quick:
-    sentences = sentences[:QUICK_SENTENCES]
+    documents = conll.first_sentences(documents, QUICK_SENTENCES)
+  sentences = [s.words for d in documents for s in d]
   results = {"command": command,
              "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
              "machine": machine(tf.__version__), "checkpoint": shown(args.checkpoint),
@@ -189,6 +190,10 @@ def run(args, command):
     results["throughput"] = measure.throughput(runners, sentences, args.batch_size, ROUNDS)
     for (transport, mode), cell in results["throughput"].items():
       say(f"{transport} {mode}: {cell.rate:.1f} sentences/s")
+    results["context"] = measure.context_throughput(featurizer, model.run, documents,
+                                                    args.batch_size, ROUNDS)
+    say("in-process sentence / document mode: " + ", ".join(
+        f"{cell.rate:.1f}" for cell in results["context"].values()) + " sentences/s")
     results["merged"] = measure.merged_batch_costs(
         featurizer, model.run, sentences, max(CONCURRENCY), MERGED_GROUPS, MERGED_SPLIT)
     say(f"merged batch costs (ms/sentence): {results['merged']}")

@@ -61,6 +61,22 @@ def throughput(runners, sentences, batch_size, rounds):
   return results
 
 
+def context_throughput(featurizer, run_fn, documents, batch_size, rounds):
+  """In-process throughput tagging sentence by sentence vs whole documents (their windows
+  overlap, so a document costs more rows than its sentences); the same parts in turn."""
+  results = {"sentence": Throughput(), "document": Throughput()}
+  size = -(-len(documents) // rounds)
+  for begin in range(0, len(documents), size):
+    part = [[s.words for s in d] for d in documents[begin:begin + size]]
+    sentences = [words for d in part for words in d]
+    tag_all(featurizer, run_fn, sentences, batch_size, results["sentence"])
+    started = time.perf_counter()
+    featurizer.predict_documents(part, run_fn, batch_size)
+    results["document"].seconds += time.perf_counter() - started
+    results["document"].sentences += len(sentences)
+  return results
+
+
 def sorted_runs(windows, size):
   """The windows sorted by length, cut into runs of `size`."""
   ordered = sorted(windows, key=lambda w: len(w.input_ids))

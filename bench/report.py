@@ -78,6 +78,17 @@ def markdown(results):
                 f"{thr[t, 'variable'].rate / thr[t, 'fixed'].rate:.2f}"]
                for t, name in TRANSPORTS.items()]),
       "",
+      "## Sentence vs document mode",
+      "",
+      f"In-process, {results['batch_size']} rows per call: each sentence alone, or each "
+      f"`-DOCSTART-` document as one text (`--document`: overlapping windows over the document, "
+      f"so sentences see their neighbours). Same parts of the file, in turn.",
+      "",
+      *_table(["mode", "sentences/s", "document / sentence"],
+              [[mode, f"{cell.rate:.1f}",
+                f"{cell.rate / results['context']['sentence'].rate:.2f}"]
+               for mode, cell in results["context"].items()]),
+      "",
       "## Single-sentence latency",
       "",
       f"{results['requests']} requests per cell, one sentence each (the file's sentences in "

@@ -14,10 +14,12 @@ import shutil
 import tempfile
 from typing import List
 
+import numpy as np
 import tensorflow.compat.v1 as tf
 
 from bert_ner import backbone
 from bert_ner import labels
+from bert_ner import modeling
 
 BERT_CONFIG = "bert_config.json"
 VOCAB = "vocab.txt"
@@ -39,6 +41,16 @@ class NerConfig:
   do_lower_case: bool = True
   max_seq_length: int = 128
   dropout: float = 0.5  # rate on the BERT features while training (macanv's keep_prob 0.5)
+  adapter_rank: int = 0  # LoRA rank of the encoder's adapters; 0 = none in the checkpoint
+  adapter_alpha: float = 0.0  # LoRA alpha: the adapters add (alpha / rank) * A B to a kernel
+  adapter_first_layer: int = 0  # encoder layers from this one up have adapters
+
+  def adapters(self):
+    """`modeling.Adapters` of this config, or None without adapters."""
+    if not self.adapter_rank:
+      return None
+    return modeling.Adapters(self.adapter_rank, self.adapter_alpha / self.adapter_rank,
+                             self.adapter_first_layer)
 
   @classmethod
   def from_dict(cls, data):
@@ -195,6 +207,44 @@ def restore(sess, init_checkpoints, var_list=None):
   for path, assignment in zip(init_checkpoints, assignments):
     if assignment:
       tf.train.Saver(assignment).restore(sess, path)
+
+
+def merge_adapters(sess, init_checkpoints, ner_config):
+  """Adds scale * A B of every adapter pair in the checkpoints into its graph kernel.
+
+  For a graph built without adapters (export, merged checkpoints): the merged kernels give the
+  adapter graph's outputs with google-research/bert's variables only. Returns the merged names.
+  """
+  kernels = {v.op.name: v for v in tf.global_variables()}
+  suffix = "/" + modeling.ADAPTER_DOWN
+  merged = []
+  for path in init_checkpoints:
+    names = {name for name, _ in tf.train.list_variables(path)}
+    for down_name in sorted(n for n in names if n.endswith(suffix)):
+      scope = down_name[:-len(suffix)]
+      kernel = kernels.get(scope + "/kernel")
+      if kernel is None or scope + "/kernel" in merged:
+        continue
+      adapters = ner_config.adapters()
+      if adapters is None:
+        raise ValueError(f"{path} holds adapters ({down_name}) but ner_config.json has no "
+                         f"adapter_rank")
+      down = tf.train.load_variable(path, down_name)
+      up = tf.train.load_variable(path, f"{scope}/{modeling.ADAPTER_UP}")
+      value = sess.run(kernel) + adapters.scale * np.matmul(down, up)
+      kernel.load(value.astype(np.float32), sess)
+      merged.append(scope + "/kernel")
+  return merged
+
+
+def restore_model(sess, model_dir):
+  """Restores a ModelDir's graph; a graph without adapter variables gets them merged in."""
+  restore(sess, model_dir.init_checkpoints)
+  graph_has_adapters = any(v.op.name.endswith("/" + modeling.ADAPTER_DOWN)
+                           for v in tf.global_variables())
+  if graph_has_adapters:
+    return []
+  return merge_adapters(sess, model_dir.init_checkpoints, model_dir.ner_config)
 
 
 def _replace_dir(new_dir, out_dir):

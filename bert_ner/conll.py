@@ -1,8 +1,9 @@
 """CoNLL files: one token per line, the NER tag in the last column, a blank line between sentences.
 
 Any column layout works: `word` (1 column, no tags), `word tag`, `word POS tag`, `word POS chunk
-tag` (CoNLL-2003), ... Columns are separated by whitespace, `-DOCSTART-` lines are skipped and
-tags come back in IOB2 (IOB1 files are converted), so every entity starts with `B-`.
+tag` (CoNLL-2003), ... Columns are separated by whitespace, `-DOCSTART-` lines start a new
+document (`read_documents`; `read_conll` returns all sentences) and tags come back in IOB2 (IOB1
+files are converted), so every entity starts with `B-`.
 """
 
 import dataclasses
@@ -45,7 +46,16 @@ def _finish(words, tags, has_tags):
 
 def read_conll(path):
   """Reads a CoNLL file into Sentences; raises ConllError with `path:line` on malformed input."""
-  sentences = []
+  return [sentence for document in read_documents(path) for sentence in document]
+
+
+def read_documents(path):
+  """Reads a CoNLL file into documents (lists of Sentences), split at `-DOCSTART-` lines.
+
+  A file without `-DOCSTART-` is one document.
+  """
+  documents = [[]]
+  sentences = documents[-1]
   words, tags = [], []
   num_columns = None
   with open(path, encoding="utf-8") as f:
@@ -58,6 +68,12 @@ def read_conll(path):
         continue
       columns = _COLUMN_SEP.split(stripped)
       if columns[0] == DOCSTART:
+        if words:  # no blank line before it: the sentence ends here
+          sentences.append(_finish(words, tags, num_columns > 1))
+          words, tags = [], []
+        if sentences:
+          documents.append([])
+          sentences = documents[-1]
         continue
       if num_columns is None:
         num_columns = len(columns)
@@ -71,7 +87,18 @@ def read_conll(path):
       tags.append(columns[-1])
   if words:
     sentences.append(_finish(words, tags, num_columns > 1))
-  return sentences
+  return [document for document in documents if document]
+
+
+def first_sentences(documents, count):
+  """The documents cut after their first `count` sentences in all."""
+  kept = []
+  for document in documents:
+    if count <= 0:
+      break
+    kept.append(document[:count])
+    count -= len(kept[-1])
+  return kept
 
 
 def write_conll(path, sentences):

@@ -183,6 +183,12 @@ def _window_spans(begins, capacity, overlap):
   return spans
 
 
+def _split(items, sizes):
+  """Cuts a flat list into consecutive parts of the given sizes."""
+  bounds = list(itertools.accumulate(sizes, initial=0))
+  return [items[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+
+
 class Featurizer:
   """Turns text or CoNLL words into BERT rows and the model's label ids back into tags."""
 
@@ -196,6 +202,7 @@ class Featurizer:
     if not 0 <= 2 * stride < capacity:
       raise ValueError(f"stride {stride} leaves no room: need 0 <= 2 * stride < "
                        f"max_seq_length - 2 = {capacity}")
+    self.vocab_path = vocab_path
     self.vocab = load_vocab(vocab_path)
     missing = [t for t in (CLS, SEP, UNK) if t not in self.vocab]
     if missing:
@@ -307,6 +314,40 @@ class Featurizer:
     for text, (words, windows) in zip(texts, encoded):
       tags = self.word_tags(windows, list(itertools.islice(rows, len(windows))), x_continues=True)
       results.append(entities(text, words, tags))
+    return results
+
+  def predict_documents(self, documents, run_fn, batch_size=64):
+    """Tags for documents (lists of pre-split sentences): each is windowed as one word sequence,
+    so a sentence's words see the neighbouring sentences; tags come back per sentence."""
+    flat = [[word for sentence in document for word in sentence] for document in documents]
+    tagged = self.predict_words(flat, run_fn, batch_size)
+    return [_split(tags, [len(sentence) for sentence in document])
+            for tags, document in zip(tagged, documents)]
+
+  def predict_text_documents(self, documents, run_fn, batch_size=64):
+    """Entities of each line of documents (lists of lines), a document windowed as one text.
+
+    Offsets are within each line, as `predict_texts` gives them for the lines one by one.
+    """
+    encoded = []
+    for lines in documents:
+      words_per_line, ids, token_words = [], [], []
+      for line, encoding in zip(lines, self._tokenizer.encode_batch(list(lines),
+                                                                    add_special_tokens=False)):
+        words, line_token_words = _words_of(line, encoding)
+        offset = sum(len(w) for w in words_per_line)
+        ids += encoding.ids
+        token_words += [offset + w for w in line_token_words]
+        words_per_line.append(words)
+      num_words = sum(len(w) for w in words_per_line)
+      encoded.append((words_per_line, self._windows(ids, token_words, num_words)))
+    rows = self._run([windows for _, windows in encoded], run_fn, batch_size)
+    results = []
+    for lines, (words_per_line, windows) in zip(documents, encoded):
+      tags = self.word_tags(windows, list(itertools.islice(rows, len(windows))), x_continues=True)
+      per_line = _split(tags, [len(words) for words in words_per_line])
+      results.append([entities(line, words, line_tags)
+                      for line, words, line_tags in zip(lines, words_per_line, per_line)])
     return results
 
   def _encode_text(self, text, encoding):

@@ -101,12 +101,17 @@ def build_ner_head(features, lengths, ner_config, num_labels, is_training, label
   return NerHead(logits=logits, pred_label=pred_label, loss=loss)
 
 
-def build_inference_graph(model_dir, input_ids, input_mask):
-  """BERT (no dropout) + concatenated feature layers + head: pred_label [B, T] int32."""
+def build_inference_graph(model_dir, input_ids, input_mask, with_adapters=False):
+  """BERT (no dropout) + concatenated feature layers + head: pred_label [B, T] int32.
+
+  `with_adapters` keeps the config's LoRA adapters as variables of their own (the trainer's
+  graph); without, the served graph, into which `checkpoint.restore_model` merges them.
+  """
   # model_dir: bert_ner.checkpoint.ModelDir; input_ids, input_mask: [B, T] int32
   bert_config = modeling.BertConfig.from_json_file(model_dir.bert_config_path)
   model = modeling.BertModel(config=bert_config, input_ids=input_ids, input_mask=input_mask,
-                             is_training=False)
+                             is_training=False,
+                             adapters=model_dir.ner_config.adapters() if with_adapters else None)
   features = concat_features(model.all_encoder_layers, model_dir.ner_config.feature_layers)
   lengths = tf.reduce_sum(input_mask, axis=1)  # [B]
   head = build_ner_head(features, lengths, model_dir.ner_config, len(model_dir.id2label),

@@ -10,6 +10,21 @@ import math
 
 import tensorflow.compat.v1 as tf
 
+# Low-rank adapter (LoRA) variables beside a dense layer's kernel: `<dense>/lora_a` [in, r] and
+# `<dense>/lora_b` [r, out]; the layer computes x W + scale * (x A) B, and merging W + scale * A B
+# gives the same layer with Google's variable names only.
+ADAPTER_DOWN = "lora_a"
+ADAPTER_UP = "lora_b"
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapters:
+  """LoRA on every dense kernel (attention q/k/v/output, FFN in/out) of the encoder layers from
+  `first_layer` up: rank and scale (alpha / rank)."""
+  rank: int
+  scale: float
+  first_layer: int = 0
+
 
 @dataclasses.dataclass
 class BertConfig:
@@ -59,7 +74,8 @@ class BertModel:
     pooled_output: [B, H], tanh dense layer over the first ([CLS]) position.
   """
 
-  def __init__(self, config, is_training, input_ids, input_mask, token_type_ids=None):
+  def __init__(self, config, is_training, input_ids, input_mask, token_type_ids=None,
+               adapters=None):
     """Builds the graph under variable scope `bert`; dropout only when `is_training`.
 
     Args:
@@ -68,6 +84,7 @@ class BertModel:
       input_ids: int32 [B, T] word-piece ids.
       input_mask: int32 [B, T], 1 for real tokens and 0 for padding.
       token_type_ids: optional int32 [B, T] segment ids; all zeros when None.
+      adapters: optional `Adapters`: LoRA variables beside the encoder's dense kernels.
     """
     hidden_dropout = config.hidden_dropout_prob if is_training else 0.0
     attention_dropout = config.attention_probs_dropout_prob if is_training else 0.0
@@ -79,7 +96,8 @@ class BertModel:
         self.embedding_output = embed(config, input_ids, token_type_ids, hidden_dropout)
       with tf.variable_scope("encoder"):
         self.all_encoder_layers = transformer_model(
-            config, self.embedding_output, input_mask, hidden_dropout, attention_dropout)
+            config, self.embedding_output, input_mask, hidden_dropout, attention_dropout,
+            adapters)
       self.sequence_output = self.all_encoder_layers[-1]
       with tf.variable_scope("pooler"):
         first_token = self.sequence_output[:, 0, :]  # [B, H]
@@ -114,14 +132,26 @@ def dropout(x, rate):
   return tf.nn.dropout(x, rate=rate)
 
 
-def dense(x, units, name, initializer_range, activation=None):
-  """[N, in] -> [N, units] with `name/{kernel,bias}` variables, as tf.layers.dense names them."""
+def dense(x, units, name, initializer_range, activation=None, adapters=None):
+  """[N, in] -> [N, units] with `name/{kernel,bias}` variables, as tf.layers.dense names them.
+
+  With `adapters`, also `name/lora_a` [in, r] and `name/lora_b` [r, out] (zero: the layer starts
+  as the pretrained one), adding scale * (x A) B.
+  """
   with tf.variable_scope(name):
     kernel = tf.get_variable(
         "kernel", [x.shape[-1], units],
         initializer=tf.truncated_normal_initializer(stddev=initializer_range))
     bias = tf.get_variable("bias", [units], initializer=tf.zeros_initializer())
-  output = tf.nn.bias_add(tf.matmul(x, kernel), bias)
+    output = tf.matmul(x, kernel)
+    if adapters is not None:
+      # LoRA's initialisation: A uniform in +-1/sqrt(in), B zero.
+      bound = 1.0 / math.sqrt(int(x.shape[-1]))
+      down = tf.get_variable(ADAPTER_DOWN, [x.shape[-1], adapters.rank],
+                             initializer=tf.random_uniform_initializer(-bound, bound))
+      up = tf.get_variable(ADAPTER_UP, [adapters.rank, units], initializer=tf.zeros_initializer())
+      output += adapters.scale * tf.matmul(tf.matmul(x, down), up)
+  output = tf.nn.bias_add(output, bias)
   return output if activation is None else activation(output)
 
 
@@ -163,14 +193,16 @@ def attention_bias_from_mask(input_mask):
   return (1.0 - mask) * -10000.0
 
 
-def self_attention(config, layer_input, attention_bias, batch_size, seq_length, dropout_rate):
+def self_attention(config, layer_input, attention_bias, batch_size, seq_length, dropout_rate,
+                   adapters=None):
   """Multi-head scaled dot-product self-attention: [B*T, H] -> context [B*T, H]."""
   num_heads = config.num_attention_heads
   head_size = config.hidden_size // num_heads
 
   def project_heads(name):
     """Projects the input and splits the heads: [B*T, H] -> [B, N, T, D]."""
-    projected = dense(layer_input, config.hidden_size, name, config.initializer_range)
+    projected = dense(layer_input, config.hidden_size, name, config.initializer_range,
+                      adapters=adapters)
     projected = tf.reshape(projected, [batch_size, seq_length, num_heads, head_size])
     return tf.transpose(projected, [0, 2, 1, 3])
 
@@ -181,8 +213,13 @@ def self_attention(config, layer_input, attention_bias, batch_size, seq_length, 
   return tf.reshape(context, [-1, config.hidden_size])
 
 
-def transformer_model(config, input_tensor, input_mask, hidden_dropout, attention_dropout):
-  """Runs the Transformer layers over [B, T, H]; returns every layer's output, [B, T, H] each."""
+def transformer_model(config, input_tensor, input_mask, hidden_dropout, attention_dropout,
+                      adapters=None, first_layer=0):
+  """Runs the Transformer layers over [B, T, H]; returns every layer's output, [B, T, H] each.
+
+  From `first_layer` on, `input_tensor` being that layer's input: the trainer runs only the
+  adapted top layers over cached lower-layer states.
+  """
   if config.hidden_size % config.num_attention_heads:
     raise ValueError("hidden_size %d is not a multiple of num_attention_heads %d"
                      % (config.hidden_size, config.num_attention_heads))
@@ -193,22 +230,26 @@ def transformer_model(config, input_tensor, input_mask, hidden_dropout, attentio
   # Kept 2-D [B*T, H] between layers so every dense layer is one matmul.
   layer_input = tf.reshape(input_tensor, [-1, hidden_size])
   all_layer_outputs = []
-  for layer_idx in range(config.num_hidden_layers):
+  for layer_idx in range(first_layer, config.num_hidden_layers):
+    layer_adapters = adapters if adapters and layer_idx >= adapters.first_layer else None
     with tf.variable_scope("layer_%d" % layer_idx):
       with tf.variable_scope("attention"):
         with tf.variable_scope("self"):
           context = self_attention(
-              config, layer_input, attention_bias, batch_size, seq_length, attention_dropout)
+              config, layer_input, attention_bias, batch_size, seq_length, attention_dropout,
+              layer_adapters)
         with tf.variable_scope("output"):
-          attention_output = dense(context, hidden_size, "dense", config.initializer_range)
+          attention_output = dense(context, hidden_size, "dense", config.initializer_range,
+                                   adapters=layer_adapters)
           attention_output = layer_norm(
               dropout(attention_output, hidden_dropout) + layer_input, epsilon)
       with tf.variable_scope("intermediate"):
         intermediate_output = dense(
             attention_output, config.intermediate_size, "dense", config.initializer_range,
-            get_activation(config.hidden_act))
+            get_activation(config.hidden_act), layer_adapters)
       with tf.variable_scope("output"):
-        layer_output = dense(intermediate_output, hidden_size, "dense", config.initializer_range)
+        layer_output = dense(intermediate_output, hidden_size, "dense", config.initializer_range,
+                             adapters=layer_adapters)
         layer_output = layer_norm(dropout(layer_output, hidden_dropout) + attention_output, epsilon)
     layer_input = layer_output
     all_layer_outputs.append(tf.reshape(layer_output, [batch_size, seq_length, hidden_size]))

@@ -136,6 +136,15 @@ class NerClient:
       self.check_fingerprint()
     return self.featurizer.predict_texts(list(texts), self.run, batch_size)
 
+  def predict_documents(self, documents, batch_size=64):
+    """Entities of each line of each document (a list of lines), a document tagged as one text
+    so its lines see each other; offsets are within the line. Checks the fingerprint as
+    `predict` does."""
+    if not self.fingerprint_checked:
+      self.check_fingerprint()
+    return self.featurizer.predict_text_documents([list(d) for d in documents], self.run,
+                                                  batch_size)
+
   def checked_labels(self, pred, input_ids):
     """pred_label as int32 [B, T] once it fits the request and the label map (check_labels)."""
     return check_labels(pred, input_ids, len(self.featurizer.id2label))
@@ -195,6 +204,9 @@ def build_parser(description, default_server):
   parser.add_argument("--batch_size", type=int, default=64,
                       help="rows (windows) per request (default: %(default)s)")
   parser.add_argument("--json", action="store_true", help="print one JSON object per line")
+  parser.add_argument("--document", action="store_true",
+                      help="consecutive lines form one document, tagged with each other as "
+                           "context (a blank line starts the next); entities still per line")
   return parser
 
 
@@ -220,6 +232,27 @@ def read_texts(args):
   return args.texts + (text.removesuffix("\n").split("\n") if text else [])
 
 
+def split_documents(lines):
+  """Consecutive non-blank lines as documents; blank lines separate them."""
+  documents, current = [], []
+  for line in lines:
+    if line.strip():
+      current.append(line)
+    elif current:
+      documents.append(current)
+      current = []
+  return documents + ([current] if current else [])
+
+
+def tag_lines(client, texts, document, batch_size):
+  """(line, entities) for every input line, sentence by sentence or by documents."""
+  if not document:
+    return list(zip(texts, client.predict(texts, batch_size)))
+  documents = split_documents(texts)
+  found = iter(e for d in client.predict_documents(documents, batch_size) for e in d)
+  return [(line, next(found) if line.strip() else []) for line in texts]
+
+
 def format_result(text, entities, as_json):
   """The sentence followed by its entities, or one JSON object."""
   if as_json:
@@ -239,7 +272,7 @@ def main(client_class, description, default_server, argv=None):
     texts = read_texts(args)
     client = client_class(args.server, args.model, args.signature, args.timeout, args.assets)
     client.check_fingerprint()
-    for text, entities in zip(texts, client.predict(texts, args.batch_size)):
+    for text, entities in tag_lines(client, texts, args.document, args.batch_size):
       print(format_result(text, entities, args.json))
   except ClientError as e:
     print(f"error: {e}", file=sys.stderr)

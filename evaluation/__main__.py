@@ -2,6 +2,8 @@
 
 Words are the file's own tokens, scored like the trainer's dev report (bert_ner.metrics): per-type
 lines, then `overall precision P recall R f1 F` as the last line. Throughput goes to stderr.
+`--document` tags each `-DOCSTART-` document as one word sequence (sliding windows over it, so
+sentences see their neighbours); the default tags sentence by sentence.
 Exit 2 with one `error:` line for a missing or unlabelled file, an unreachable server or model.
 """
 
@@ -40,6 +42,8 @@ def parse_args(argv=None):
                       "default --assets")
   p.add_argument("--assets", help="assets.extra of the served version")
   p.add_argument("--model", default="bert_ner", help="served model name")
+  p.add_argument("--document", action="store_true",
+                 help="tag each -DOCSTART- document as one text (default: each sentence alone)")
   p.add_argument("--batch_size", type=int, default=64, help="rows (windows) per request")
   p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
   p.add_argument("--verbose", action="store_true",
@@ -50,19 +54,19 @@ def parse_args(argv=None):
   return args
 
 
-def read_sentences(path):
-  """The labelled sentences of a CoNLL file."""
+def read_documents(path):
+  """The labelled documents (lists of sentences) of a CoNLL file."""
   try:
-    sentences = conll.read_conll(path)
+    documents = conll.read_documents(path)
   except FileNotFoundError:
     raise EvaluationError(f"data file not found: {path}") from None
   except (OSError, UnicodeDecodeError, conll.ConllError) as e:
     raise EvaluationError(f"cannot read {path}: {e}") from None
-  if not sentences:
+  if not documents:
     raise EvaluationError(f"no sentences in {path}")
-  if sentences[0].tags is None:
+  if documents[0][0].tags is None:
     raise EvaluationError(f"{path} has no tag column: nothing to score against")
-  return sentences
+  return documents
 
 
 def default_assets(model_base_path):
@@ -99,21 +103,39 @@ def tag(featurizer, run_fn, sentences, batch_size):
   return pred
 
 
+def tag_documents(featurizer, run_fn, documents, batch_size):
+  """Predicted word tags of every sentence, each document tagged as one text."""
+  chunk = 8  # documents per progress step (about 120 sentences in CoNLL-2003)
+  pred = []
+  with tqdm(total=len(documents), unit="doc", file=sys.stderr, leave=False) as bar:
+    for begin in range(0, len(documents), chunk):
+      words = [[s.words for s in d] for d in documents[begin:begin + chunk]]
+      pred += [tags for document in featurizer.predict_documents(words, run_fn, batch_size)
+               for tags in document]
+      bar.update(len(words))
+  return pred
+
+
 def main(argv=None):
   """Runs the evaluation; returns the exit status."""
   args = parse_args(argv)
   if args.verbose:
     os.environ[VERBOSE_ENV] = "1"
   try:
-    sentences = read_sentences(args.data)
+    documents = read_documents(args.data)
+    sentences = [s for d in documents for s in d]
     featurizer, run_fn, description = connect(args)
     started = time.perf_counter()
-    pred = tag(featurizer, run_fn, sentences, args.batch_size)
+    if args.document:
+      pred = tag_documents(featurizer, run_fn, documents, args.batch_size)
+    else:
+      pred = tag(featurizer, run_fn, sentences, args.batch_size)
     seconds = time.perf_counter() - started
   except (EvaluationError, ClientError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"{len(sentences)} sentences via {description} in {seconds:.1f}s: "
+  unit = f" in {len(documents)} documents" if args.document else ""
+  print(f"{len(sentences)} sentences{unit} via {description} in {seconds:.1f}s: "
         f"{len(sentences) / seconds:.1f} sentences/s", file=sys.stderr)
   print(format_scores(seqeval_scores([s.tags for s in sentences], pred)))
   return 0

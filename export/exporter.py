@@ -170,7 +170,7 @@ def export_model(checkpoint_dir, model_base_path, version=None, verify_sentences
       input_ids = v1.placeholder(tf.int32, [None, None], name="input_ids")
       input_mask = v1.placeholder(tf.int32, [None, None], name="input_mask")
       pred_label = build_inference_graph(model_dir, input_ids, input_mask)
-      checkpoint.restore(sess, model_dir.init_checkpoints)
+      checkpoint.restore_model(sess, model_dir)
       fingerprint = _fingerprint(sess, model_dir)
       with v1.name_scope(f"ner_{fingerprint}"):
         output = tf.identity(pred_label, name="pred_label")

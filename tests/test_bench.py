@@ -14,6 +14,7 @@ HEADERS = [
     "| transport | variable-length sent/s | run | padded to 32 sent/s | run | variable / fixed |",
     "| transport | batching | concurrency | p50 ms | p95 ms | p99 ms | sent/s | rows/run | "
     "server CPU ms/sent | client CPU ms/sent |",
+    "| mode | sentences/s | document / sentence |",
     "| server | served | peak RSS MiB |",
     "| ratio | measured | target | met |",
 ]
@@ -42,7 +43,7 @@ def test_quick_run_writes_both_files(tiny_bert_dir, conll_dev_path, tmp_path):
   text = (tmp_path / "out" / "results.md").read_text()
   for header in HEADERS:
     assert header in text, header
-  for row in ("| in-process |", "| gRPC | on | 32 |", "| REST | off | 1 |",
+  for row in ("| in-process |", "| document |", "| gRPC | on | 32 |", "| REST | off | 1 |",
               "| gRPC / in-process throughput (variable-length) |",
               "| batching on / off throughput at concurrency 32 (REST) |"):
     assert row in text, row

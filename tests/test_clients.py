@@ -379,6 +379,10 @@ def test_scripts_tag_sentences_files_and_stdin(fake, fake_assets, tmp_path):
     records = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [r["text"] for r in records] == lines
     assert records[2]["entities"] == [{"type": "MISC", "text": "british", "start": 8, "end": 15}]
+    # --document: the lines go as one document; this token-wise fake tags them alike.
+    document = run_script(transport, "--file", tmp_path / "in.txt", "--json", "--document",
+                          *flags)
+    assert (document.returncode, document.stdout) == (0, as_json.stdout), document.stderr
     outputs[transport] = text.stdout + as_json.stdout
   assert outputs["grpc"] == outputs["rest"]
 

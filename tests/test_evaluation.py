@@ -98,11 +98,11 @@ def test_one_two_and_four_columns(base, tmp_path, capsys):
   four.write_text(FOUR_COLUMNS)
   two.write_text(columns(FOUR_COLUMNS, (0, 3)))
   one.write_text(columns(FOUR_COLUMNS, (0,)))
-  sentences = evaluation.read_sentences(four)
+  sentences = [s for d in evaluation.read_documents(four) for s in d]
   assert [s.words for s in sentences] == [["EU", "rejects", "German", "call", "."],
                                           ["Peter", "Blackburn"], ["BRUSSELS", "1996-08-22"]]
   assert sentences[2].tags == ["B-LOC", "O"]  # IOB1 -> IOB2
-  assert evaluation.read_sentences(two) == sentences
+  assert [s for d in evaluation.read_documents(two) for s in d] == sentences
   assert [s.words for s in conll.read_conll(one)] == [s.words for s in sentences]
   results = [evaluate(capsys, "--data", path, "--transport", "local", "--model_base_path", base)
              for path in (four, two)]
@@ -111,6 +111,27 @@ def test_one_two_and_four_columns(base, tmp_path, capsys):
   status, lines, err = evaluate(capsys, "--data", one, "--transport", "local")
   assert (status, lines) == (2, [])
   assert err == f"error: {one} has no tag column: nothing to score against\n"
+
+
+def test_document_mode_tags_each_document_as_one_text(base, tmp_path, capsys):
+  four = tmp_path / "four.txt"
+  four.write_text(FOUR_COLUMNS)
+  status, lines, err = evaluate(capsys, "--data", four, "--transport", "local",
+                                "--model_base_path", base, "--document")
+  assert status == 0 and OVERALL.match(lines[-1]), err
+  assert re.search(r"3 sentences in 2 documents via .* sentences/s", err)
+  documents = evaluation.read_documents(four)
+  model = LocalModel(base)
+  featurizer = Featurizer.from_dir(str(model.assets))
+  rows = []
+
+  def run_fn(input_ids, input_mask):
+    rows.extend(input_mask.sum(1).tolist())
+    return model.run(input_ids, input_mask)
+
+  tags = evaluation.tag_documents(featurizer, run_fn, documents, 64)
+  assert [len(t) for t in tags] == [len(s.words) for d in documents for s in d]
+  assert len(rows) == 2  # one row per document: "EU rejects ... Blackburn" and "BRUSSELS ..."
 
 
 @pytest.mark.parametrize("case,pattern", [

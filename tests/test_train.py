@@ -76,16 +76,51 @@ def test_frozen_training_writes_macanv_layout_and_selects_on_dev(tiny_bert_dir, 
   assert len(tags) == 4 and all(t in label2id for t in tags)
 
 
-def test_second_run_reads_the_feature_cache(tiny_bert_dir, sample_files, tmp_path):
+def test_second_run_reads_the_feature_cache(tiny_bert_dir, sample_files, tmp_path, monkeypatch):
   config = _config(tiny_bert_dir, sample_files, tmp_path / "a", epochs=1)
-  trainer.run(config)
+  first = trainer.run(config)
   cached = sorted(p.name for p in (tmp_path / "a.cache").iterdir())
   assert len(cached) == 2  # train rows and dev rows
-  again = _config(tiny_bert_dir, sample_files, tmp_path / "b", epochs=1,
-                  cache_dir=str(tmp_path / "a.cache"))
-  first = trainer.run(again)
+
+  def no_encoder(*args):
+    raise AssertionError("the encoder ran although its features are cached")
+
+  monkeypatch.setattr(trainer.FeatureCache, "_encode", no_encoder)
+  again = trainer.run(_config(tiny_bert_dir, sample_files, tmp_path / "b", epochs=1,
+                              cache_dir=str(tmp_path / "a.cache")))
   assert sorted(p.name for p in (tmp_path / "a.cache").iterdir()) == cached
-  assert first["dev"]["f1"] >= 0
+  assert again["history"][0]["dev_f1"] == first["history"][0]["dev_f1"]
+
+
+@pytest.fixture(scope="module")
+def learnable(tiny_bert_dir, sample_files, tmp_path_factory):
+  """A frozen run that can learn: it trains on its dev sentences, 6 epochs at a high rate.
+
+  The tiny BERT is random but deterministic, so the head can learn its features by heart.
+  """
+  _, dev_path = sample_files
+  out = tmp_path_factory.mktemp("learnable") / "model"
+  config = _config(tiny_bert_dir, (dev_path, dev_path), out, epochs=6, learning_rate=2e-2,
+                   dropout=0.0, batch_size=4)
+  return config
+
+
+def test_frozen_training_lowers_the_loss_and_raises_dev_f1(learnable):
+  history = trainer.run(learnable)["history"]
+  assert history[-1]["loss"] < 0.5 * history[0]["loss"], history
+  assert max(h["dev_f1_sentence"] for h in history) > history[0]["dev_f1_sentence"] + 5, history
+
+
+def test_the_best_epoch_is_saved_not_the_last(learnable, monkeypatch):
+  scores = iter(range(100, 0, -1))  # dev selection says: each epoch is worse than the one before
+  monkeypatch.setattr(trainer, "selection_f1", lambda _: next(scores))
+  report = trainer.run(learnable)
+  history = report["history"]
+  first, last = history[0]["dev_f1_sentence"], history[-1]["dev_f1_sentence"]
+  assert report["best_epoch"] == 1
+  assert last > first + 5, history  # training changed the model after epoch 1
+  # The saved checkpoint, rescored through the inference graph, is epoch 1's model.
+  assert abs(report["dev"]["f1"] - first) < abs(report["dev"]["f1"] - last), report["dev"]
 
 
 def test_fine_tune_changes_bert_weights(tiny_bert_dir, sample_files, tmp_path):

@@ -1,11 +1,16 @@
-"""Trains the NER head on CoNLL data: frozen BERT with cached features, or full fine-tuning.
+"""Trains the NER head on CoNLL data: frozen BERT, LoRA adapters, or full fine-tuning.
 
 Frozen (default, as macanv users ran it on small GPUs): the encoder runs once over every window,
 its chosen layers are cached in memory (and on disk, keyed by backbone, data and layers), so each
-epoch costs only the head. `--fine_tune` trains BERT and the head together.
-The best epoch on dev (entity F1, seqeval) is kept; the final scores are recomputed with the
-exported inference graph (`bert_ner.head.build_inference_graph`) on the saved checkpoint, so they
-are the figures a served model reproduces.
+epoch costs only the head. `--adapter_rank R` keeps BERT's weights frozen but trains low-rank
+adapters on its dense kernels together with the head (the checkpoint holds head + adapters; the
+exporter merges them). `--fine_tune` trains all of BERT and the head together.
+`--context mixed` trains on documents' sliding windows as well as on single sentences, so the
+model tags both ways (`Featurizer.predict_documents` / `predict_words`).
+Dev is scored in both modes every epoch; the best epoch (mean of the two entity F1s) is kept, and
+the final scores are recomputed with the exported inference graph
+(`bert_ner.head.build_inference_graph`, adapters merged) on the saved checkpoint, so they are the
+figures a served model reproduces.
 """
 
 import dataclasses
@@ -33,15 +38,17 @@ from bert_ner import modeling
 from bert_ner.featurizer import Featurizer
 
 HEAD_SCOPES = ("rnn_layer/", "project/", "crf_loss/")
+ADAPTER_SUFFIXES = ("/" + modeling.ADAPTER_DOWN, "/" + modeling.ADAPTER_UP)
 FEATURE_CACHE = backbone.CACHE_ROOT / "features"
+CONTEXTS = ("sentence", "mixed")
+MODES = ("sentence", "document")  # how dev is tagged: sentence by sentence, or whole documents
 
 
 @dataclasses.dataclass
 class Example:
-  """One model row: sub-token ids, their training label ids and the sentence/window it came from."""
+  """One model row: sub-token ids and their training label ids."""
   input_ids: List[int]
   label_ids: List[int]
-  sentence: int
 
 
 def is_head_variable(var):
@@ -49,12 +56,32 @@ def is_head_variable(var):
   return var.op.name.startswith(HEAD_SCOPES)
 
 
-def make_examples(featurizer, sentences):
-  """Featurizes labelled sentences into training rows (one per window)."""
-  examples = []
-  for index, sentence in enumerate(sentences):
-    for window, label_ids in featurizer.label_ids(sentence.words, sentence.tags):
-      examples.append(Example(list(window.input_ids), label_ids, index))
+def is_adapter_variable(var):
+  """True for the LoRA adapters beside BERT's kernels."""
+  return var.op.name.endswith(ADAPTER_SUFFIXES)
+
+
+def document_words(document):
+  """A document (list of Sentences) as one word sequence with its tags."""
+  return ([w for s in document for w in s.words], [t for s in document for t in s.tags])
+
+
+def make_examples(featurizer, documents, context, document_stride=0):
+  """Training rows: each sentence's windows, plus (context "mixed") each document's windows.
+
+  Document windows are the featurizer's sliding windows over the whole document, as a document
+  is tagged, but with overlap `2 * document_stride`: tagging needs the overlap (each word is read
+  where it has context on both sides), training does not: at stride 0 the document windows of
+  CoNLL-2003 train hold 257k sub-tokens instead of 432k at the default stride.
+  """
+  examples = [Example(list(window.input_ids), label_ids)
+              for document in documents for sentence in document
+              for window, label_ids in featurizer.label_ids(sentence.words, sentence.tags)]
+  if context == "mixed":
+    windowing = Featurizer(featurizer.vocab_path, featurizer.do_lower_case,
+                           featurizer.max_seq_length, featurizer.id2label, document_stride)
+    examples += [Example(list(window.input_ids), label_ids) for document in documents
+                 for window, label_ids in windowing.label_ids(*document_words(document))]
   return examples
 
 
@@ -89,7 +116,11 @@ def pad_features(rows):
 
 
 class FeatureCache:
-  """Encoder features ([T, F] float16 per row) for a list of rows, on disk under a content key."""
+  """Encoder features ([T, F] float16 per row) for a list of rows, on disk under a content key.
+
+  `feature_layers` index the hidden states [embeddings, layer 0, ..., layer L-1]; negative
+  indices are the encoder's top layers as in `ner_config.feature_layers`.
+  """
 
   def __init__(self, cache_dir, bert_config_path, init_checkpoint, feature_layers):
     self.cache_dir = Path(cache_dir)
@@ -130,7 +161,8 @@ class FeatureCache:
       input_mask = tf.placeholder(tf.int32, [None, None], "input_mask")
       bert = modeling.BertModel(modeling.BertConfig.from_json_file(self.bert_config_path),
                                 is_training=False, input_ids=input_ids, input_mask=input_mask)
-      features = ner_head.concat_features(bert.all_encoder_layers, self.feature_layers)
+      features = ner_head.concat_features([bert.embedding_output] + bert.all_encoder_layers,
+                                          self.feature_layers)
       with tf.Session(graph=graph) as sess:
         ckpt.restore(sess, [self.init_checkpoint])
         blocks = [None] * len(rows)
@@ -167,7 +199,13 @@ class TrainConfig:
   learning_rate: float = 1e-3
   bert_learning_rate: float = 5e-5
   fine_tune: bool = False
-  head_only: bool = False  # write only the head variables + manifest (the shipped layout)
+  adapter_rank: int = 0  # > 0: train LoRA adapters of this rank on BERT's frozen kernels
+  adapter_alpha: float = 8.0  # LoRA scale = alpha / rank
+  adapter_learning_rate: float = 1e-3
+  adapter_first_layer: int = 0  # adapters on encoder layers from this one up; below: cached
+  context: str = "sentence"  # "mixed": document windows as well as sentences
+  document_stride: int = 0  # training document windows overlap by 2 * this many sub-tokens
+  head_only: bool = False  # write only the head (+ adapter) variables + manifest (shipped layout)
   max_train_sentences: int = 0  # 0 = all; small values make quick smoke runs
   logdir: str = ""
   cache_dir: str = str(FEATURE_CACHE)
@@ -183,15 +221,15 @@ def backbone_dir(config):
 
 
 def load_data(config, featurizer_factory):
-  """Reads CoNLL train/dev, builds the label list from train's entity types and the featurizer."""
-  train = conll.read_conll(config.train)
-  dev = conll.read_conll(config.dev)
-  for name, sentences in (("train", train), ("dev", dev)):
-    if not sentences or sentences[0].tags is None:
+  """Reads CoNLL train/dev documents, the label list from train's entity types, the featurizer."""
+  train = conll.read_documents(config.train)
+  dev = conll.read_documents(config.dev)
+  for name, documents in (("train", train), ("dev", dev)):
+    if not documents or documents[0][0].tags is None:
       raise ValueError(f"{name} file {getattr(config, name)} has no labelled sentences")
   if config.max_train_sentences:
-    train = train[:config.max_train_sentences]
-  types = sorted({tag[2:] for s in train for tag in s.tags if tag != "O"})
+    train = conll.first_sentences(train, config.max_train_sentences)
+  types = sorted({tag[2:] for d in train for s in d for tag in s.tags if tag != "O"})
   id2label = label_maps.make_label_list(types)
   return train, dev, id2label, featurizer_factory(id2label)
 
@@ -211,10 +249,22 @@ def write_scalars(writer, step, **values):
   writer.flush()
 
 
-def evaluate_words(featurizer, sentences, run_fn):
-  """seqeval scores of `run_fn` (ids, mask -> pred_label) over labelled sentences."""
-  pred = featurizer.predict_words([s.words for s in sentences], run_fn)
-  return seqeval_scores([s.tags for s in sentences], pred)
+def predict_dev(featurizer, documents, run_fn):
+  """Predicted tags of every dev sentence per mode: tagged alone, and within its document."""
+  words = [[s.words for s in document] for document in documents]
+  return {"sentence": featurizer.predict_words([w for d in words for w in d], run_fn),
+          "document": [t for d in featurizer.predict_documents(words, run_fn) for t in d]}
+
+
+def score_dev(documents, predicted):
+  """seqeval scores per mode of `predict_dev`'s tags."""
+  gold = [s.tags for document in documents for s in document]
+  return {mode: seqeval_scores(gold, tags) for mode, tags in predicted.items()}
+
+
+def selection_f1(scores):
+  """What picks the best epoch: the mean entity F1 of sentence and document mode."""
+  return float(np.mean([scores[mode]["f1"] for mode in MODES]))
 
 
 def minimize(loss, variables, learning_rate, clip_norm=5.0):
@@ -224,12 +274,39 @@ def minimize(loss, variables, learning_rate, clip_norm=5.0):
   return tf.train.AdamOptimizer(learning_rate).apply_gradients(zip(grads, variables))
 
 
-def fit_epochs(config, examples, train_step, run_dev, snapshot, featurizer, dev, writer):
-  """The epoch loop both modes share: train, score dev, keep the best epoch's weights.
+@dataclasses.dataclass
+class BertFiles:
+  """The Google-format BERT training starts from."""
+  config: str
+  vocab: str
+  checkpoint: str
+
+
+@dataclasses.dataclass
+class Context:
+  """What every training mode needs: settings, data, label map, featurizer, summary writer."""
+  config: TrainConfig
+  ner_config: ckpt.NerConfig
+  bert: BertFiles
+  featurizer: Featurizer
+  train: list  # documents: lists of conll.Sentence
+  dev: list
+  id2label: List[str]
+  writer: object = None
+
+  def model_dir(self, init_checkpoints=None):
+    """ModelDir of the model being trained, restored from the backbone unless told otherwise."""
+    return ckpt.ModelDir(self.bert.config, self.bert.vocab, self.ner_config, self.id2label,
+                         init_checkpoints or [self.bert.checkpoint])
+
+
+def fit_epochs(ctx, examples, train_step, run_dev, snapshot):
+  """The epoch loop all modes share: train, score dev both ways, keep the best epoch's weights.
 
   `train_step(batch) -> loss` runs one update on example indices, `run_dev(ids, mask) ->
   pred_label` predicts with the current weights, `snapshot() -> {name: array}` copies them.
   """
+  config = ctx.config
   rng = random.Random(config.seed)
   best, history, step = None, [], 0
   for epoch in range(1, config.epochs + 1):
@@ -239,26 +316,42 @@ def fit_epochs(config, examples, train_step, run_dev, snapshot, featurizer, dev,
       losses.append(train_step(batch))
       step += 1
       if step % 50 == 0:
-        write_scalars(writer, step, loss=losses[-1])
-    scores = evaluate_words(featurizer, dev, run_dev)
-    write_scalars(writer, step, **{f"dev/{k}": scores[k] for k in ("precision", "recall", "f1")})
-    history.append({"epoch": epoch, "loss": float(np.mean(losses)), "dev_f1": scores["f1"],
-                    "seconds": time.time() - started})
-    logging.info("epoch %d: loss %.4f dev P %.2f R %.2f F1 %.2f (%.0f s)", epoch,
-                 np.mean(losses), scores["precision"], scores["recall"], scores["f1"],
+        write_scalars(ctx.writer, step, loss=losses[-1])
+    predicted = predict_dev(ctx.featurizer, ctx.dev, run_dev)
+    scores = score_dev(ctx.dev, predicted)
+    for mode in MODES:
+      write_scalars(ctx.writer, step, **{f"dev_{mode}/{k}": scores[mode][k]
+                                          for k in ("precision", "recall", "f1")})
+    history.append({"epoch": epoch, "loss": float(np.mean(losses)),
+                    "dev_f1": selection_f1(scores),
+                    **{f"dev_f1_{mode}": scores[mode]["f1"] for mode in MODES},
+                    "seconds": round(time.time() - started, 1)})
+    logging.info("epoch %d: loss %.4f dev F1 sentence %.2f document %.2f (%.0f s)", epoch,
+                 np.mean(losses), scores["sentence"]["f1"], scores["document"]["f1"],
                  time.time() - started)
-    if best is None or scores["f1"] > best["dev_f1"]:
-      best = {"epoch": epoch, "dev_f1": scores["f1"], "step": step, "weights": snapshot()}
+    if best is None or history[-1]["dev_f1"] > best["dev_f1"]:
+      best = {"epoch": epoch, "dev_f1": history[-1]["dev_f1"], "step": step,
+              "weights": snapshot()}
   return best, history
 
 
-def train_frozen(config, ner_config, bert_files, featurizer, train, dev, id2label, writer):
+def dev_windows(featurizer, documents):
+  """Every distinct dev row of both modes (sentence windows and document windows)."""
+  rows = {tuple(w.input_ids) for d in documents for s in d
+          for w in featurizer.encode_words(s.words)}
+  rows |= {tuple(w.input_ids) for d in documents
+           for w in featurizer.encode_words([word for s in d for word in s.words])}
+  return sorted(rows)
+
+
+def train_frozen(ctx):
   """Trains only the head on cached encoder features; returns (best head weights, history)."""
-  examples = make_examples(featurizer, train)
-  cache = FeatureCache(config.cache_dir, bert_files["config"], bert_files["checkpoint"],
-                       ner_config.feature_layers)
+  config, featurizer = ctx.config, ctx.featurizer
+  examples = make_examples(featurizer, ctx.train, config.context, config.document_stride)
+  cache = FeatureCache(config.cache_dir, ctx.bert.config, ctx.bert.checkpoint,
+                       ctx.ner_config.feature_layers)
   train_features = cache.features([e.input_ids for e in examples], 64, "encode train")
-  dev_rows = sorted({tuple(w.input_ids) for s in dev for w in featurizer.encode_words(s.words)})
+  dev_rows = dev_windows(featurizer, ctx.dev)
   dev_features = dict(zip(dev_rows, cache.features([list(r) for r in dev_rows], 64,
                                                    "encode dev")))
   feature_size = train_features[0].shape[1]
@@ -269,10 +362,11 @@ def train_frozen(config, ner_config, bert_files, featurizer, train, dev, id2labe
     features = tf.placeholder(tf.float32, [None, None, feature_size], "features")
     lengths = tf.placeholder(tf.int32, [None], "lengths")
     label_ids = tf.placeholder(tf.int32, [None, None], "label_ids")
-    trained = ner_head.build_ner_head(features, lengths, ner_config, len(id2label), True,
+    trained = ner_head.build_ner_head(features, lengths, ctx.ner_config, len(ctx.id2label), True,
                                       label_ids)
     with tf.variable_scope(tf.get_variable_scope(), reuse=True):
-      inferred = ner_head.build_ner_head(features, lengths, ner_config, len(id2label), False)
+      inferred = ner_head.build_ner_head(features, lengths, ctx.ner_config, len(ctx.id2label),
+                                         False)
     head_variables = tf.trainable_variables()
     train_op = minimize(trained.loss, head_variables, config.learning_rate)
     sess = tf.Session(graph=graph)
@@ -297,16 +391,15 @@ def train_frozen(config, ner_config, bert_files, featurizer, train, dev, id2labe
     return dict(zip([v.op.name for v in head_variables], sess.run(head_variables)))
 
   try:  # Not `with sess`: that would make the graph default and break eager summaries.
-    return fit_epochs(config, examples, train_step, run_dev, snapshot, featurizer, dev, writer)
+    return fit_epochs(ctx, examples, train_step, run_dev, snapshot)
   finally:
     sess.close()
 
 
-def train_fine_tuned(config, ner_config, bert_files, featurizer, train, dev, id2label, writer):
+def train_fine_tuned(ctx):
   """Trains BERT and the head together; returns (best weights of all variables, history)."""
-  examples = make_examples(featurizer, train)
-  model_dir = ckpt.ModelDir(bert_files["config"], bert_files["vocab"], ner_config, id2label,
-                            [bert_files["checkpoint"]])
+  config = ctx.config
+  examples = make_examples(ctx.featurizer, ctx.train, config.context, config.document_stride)
   steps_per_epoch = -(-len(examples) // config.batch_size)
   graph = tf.Graph()
   with graph.as_default():
@@ -314,13 +407,13 @@ def train_fine_tuned(config, ner_config, bert_files, featurizer, train, dev, id2
     input_ids = tf.placeholder(tf.int32, [None, None], "input_ids")
     input_mask = tf.placeholder(tf.int32, [None, None], "input_mask")
     label_ids = tf.placeholder(tf.int32, [None, None], "label_ids")
-    bert = modeling.BertModel(modeling.BertConfig.from_json_file(bert_files["config"]),
+    bert = modeling.BertModel(modeling.BertConfig.from_json_file(ctx.bert.config),
                               is_training=True, input_ids=input_ids, input_mask=input_mask)
     trained = ner_head.build_ner_head(
-        ner_head.concat_features(bert.all_encoder_layers, ner_config.feature_layers),
-        tf.reduce_sum(input_mask, 1), ner_config, len(id2label), True, label_ids)
+        ner_head.concat_features(bert.all_encoder_layers, ctx.ner_config.feature_layers),
+        tf.reduce_sum(input_mask, 1), ctx.ner_config, len(ctx.id2label), True, label_ids)
     with tf.variable_scope(tf.get_variable_scope(), reuse=True):
-      inferred = ner_head.build_inference_graph(model_dir, input_ids, input_mask)
+      inferred = ner_head.build_inference_graph(ctx.model_dir(), input_ids, input_mask)
     variables = tf.trainable_variables()
     bert_variables = [v for v in variables if not is_head_variable(v)]
     head_variables = [v for v in variables if is_head_variable(v)]
@@ -333,7 +426,7 @@ def train_fine_tuned(config, ner_config, bert_files, featurizer, train, dev, id2
                         global_step.assign_add(1))
     sess = tf.Session(graph=graph)
     sess.run(tf.global_variables_initializer())
-    ckpt.restore(sess, [bert_files["checkpoint"]], var_list=bert_variables)
+    ckpt.restore(sess, [ctx.bert.checkpoint], var_list=bert_variables)
 
   def train_step(batch):
     """One update of BERT and the head."""
@@ -352,34 +445,159 @@ def train_fine_tuned(config, ner_config, bert_files, featurizer, train, dev, id2
     return dict(zip([v.op.name for v in variables], sess.run(variables)))
 
   try:  # Not `with sess`: that would make the graph default and break eager summaries.
-    return fit_epochs(config, examples, train_step, run_dev, snapshot, featurizer, dev, writer)
+    return fit_epochs(ctx, examples, train_step, run_dev, snapshot)
   finally:
     sess.close()
 
 
-def save_and_score(config, ner_config, bert_files, featurizer, dev, id2label, best):
-  """Saves the best weights as a checkpoint dir and scores dev through the inference graph."""
-  model_dir = ckpt.ModelDir(bert_files["config"], bert_files["vocab"], ner_config, id2label,
-                            [bert_files["checkpoint"]])
+def adapted_top(ctx, bert_config, states, lengths, is_training, label_ids=None):
+  """The adapted encoder layers over cached `states` [B, T, H] (the input of the first adapted
+  layer) and the head over the feature layers: NerHead."""
+  adapters = ctx.ner_config.adapters()
+  first, num_layers = adapters.first_layer, bert_config.num_hidden_layers
+  mask = tf.sequence_mask(lengths, tf.shape(states)[1], tf.int32)  # [B, T]
+  with tf.variable_scope("bert/encoder"):
+    outputs = modeling.transformer_model(
+        bert_config, states, mask,
+        bert_config.hidden_dropout_prob if is_training else 0.0,
+        bert_config.attention_probs_dropout_prob if is_training else 0.0, adapters, first)
+  by_layer = {first - 1: states, **{first + i: out for i, out in enumerate(outputs)}}
+  features = tf.concat([by_layer[layer % num_layers]
+                        for layer in ctx.ner_config.feature_layers], axis=-1)
+  return ner_head.build_ner_head(features, lengths, ctx.ner_config, len(ctx.id2label),
+                                 is_training, label_ids)
+
+
+def train_adapters(ctx):
+  """Trains the head with LoRA adapters on BERT's layers from `adapter_first_layer` up; returns
+  (best weights of head and adapters, history).
+
+  The frozen layers below never change, so their output (the adapted layers' input) is computed
+  once and cached like the frozen head's features: an epoch runs only the adapted layers, forward
+  and backward.
+  """
+  config, featurizer = ctx.config, ctx.featurizer
+  bert_config = modeling.BertConfig.from_json_file(ctx.bert.config)
+  first, num_layers = config.adapter_first_layer, bert_config.num_hidden_layers
+  if not 0 <= first < num_layers:
+    raise ValueError(f"--adapter_first_layer must be in 0..{num_layers - 1}, got {first}")
+  below = sorted({layer % num_layers for layer in ctx.ner_config.feature_layers}
+                 - set(range(first - 1, num_layers)))
+  if below:
+    raise ValueError(f"feature layers {below} lie below the adapted layers' input (layer "
+                     f"{first - 1}): raise them or lower --adapter_first_layer")
+  examples = make_examples(featurizer, ctx.train, config.context, config.document_stride)
+  # Hidden state `first` of [embeddings, layer 0, ...], counted from the top.
+  cache = FeatureCache(config.cache_dir, ctx.bert.config, ctx.bert.checkpoint,
+                       [first - num_layers - 1])
+  train_states = cache.features([e.input_ids for e in examples], 64, "encode train")
+  dev_rows = dev_windows(featurizer, ctx.dev)
+  dev_states = dict(zip(dev_rows, cache.features([list(r) for r in dev_rows], 64, "encode dev")))
+  steps_per_epoch = -(-len(examples) // config.batch_size)
+
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.set_random_seed(config.seed)
+    states = tf.placeholder(tf.float32, [None, None, bert_config.hidden_size], "states")
+    lengths = tf.placeholder(tf.int32, [None], "lengths")
+    label_ids = tf.placeholder(tf.int32, [None, None], "label_ids")
+    trained = adapted_top(ctx, bert_config, states, lengths, True, label_ids)
+    with tf.variable_scope(tf.get_variable_scope(), reuse=True):
+      inferred = adapted_top(ctx, bert_config, states, lengths, False)
+    variables = tf.trainable_variables()
+    adapter_variables = [v for v in variables if is_adapter_variable(v)]
+    head_variables = [v for v in variables if is_head_variable(v)]
+    base_variables = [v for v in variables if v not in adapter_variables + head_variables]
+    global_step = tf.train.get_or_create_global_step()
+    adapter_rate = tf.train.polynomial_decay(config.adapter_learning_rate, global_step,
+                                             steps_per_epoch * config.epochs, 0.0)
+    train_op = tf.group(minimize(trained.loss, adapter_variables, adapter_rate, clip_norm=1.0),
+                        minimize(trained.loss, head_variables, config.learning_rate),
+                        global_step.assign_add(1))
+    sess = tf.Session(graph=graph)
+    sess.run(tf.global_variables_initializer())
+    ckpt.restore(sess, [ctx.bert.checkpoint], var_list=base_variables)
+
+  def train_step(batch):
+    """One update of the adapters and the head on cached states."""
+    loss, _ = sess.run([trained.loss, train_op], {
+        states: pad_features([train_states[i] for i in batch]),
+        lengths: [len(examples[i].input_ids) for i in batch],
+        label_ids: pad([examples[i].label_ids for i in batch])})
+    return loss
+
+  def run_dev(input_ids, input_mask):
+    """pred_label for dev rows, their states looked up in the cache."""
+    rows = [tuple(ids[:n]) for ids, n in zip(input_ids.tolist(), input_mask.sum(1))]
+    return sess.run(inferred.pred_label, {states: pad_features([dev_states[r] for r in rows]),
+                                          lengths: [len(r) for r in rows]})
+
+  trained_variables = adapter_variables + head_variables
+
+  def snapshot():
+    """Current weights of the adapters and the head by variable name."""
+    return dict(zip([v.op.name for v in trained_variables], sess.run(trained_variables)))
+
+  try:  # Not `with sess`: that would make the graph default and break eager summaries.
+    return fit_epochs(ctx, examples, train_step, run_dev, snapshot)
+  finally:
+    sess.close()
+
+
+def save_best(ctx, best):
+  """Writes the best weights as a checkpoint dir (head + adapters with --head_only).
+
+  Returns its checkpoint prefix and, with adapters, the dev sentences' tags of the full BERT
+  graph with the adapters unmerged (what the merged, served graph must reproduce).
+  """
+  config = ctx.config
+  graph = tf.Graph()
+  with graph.as_default():
+    input_ids = tf.placeholder(tf.int32, [None, None], "input_ids")
+    input_mask = tf.placeholder(tf.int32, [None, None], "input_mask")
+    pred_label = ner_head.build_inference_graph(ctx.model_dir(), input_ids, input_mask,
+                                                with_adapters=True)
+    variables = tf.global_variables()
+    with tf.Session(graph=graph) as sess:
+      from_checkpoint = [v for v in variables if v.op.name not in best["weights"]]
+      if from_checkpoint:
+        ckpt.restore(sess, [ctx.bert.checkpoint], var_list=from_checkpoint)
+      for var in variables:
+        if var.op.name in best["weights"]:
+          var.load(best["weights"][var.op.name], sess)
+      adapter_tags = None
+      if config.adapter_rank:
+        adapter_tags = ctx.featurizer.predict_words(
+            [s.words for d in ctx.dev for s in d],
+            lambda ids, mask: sess.run(pred_label, {input_ids: ids, input_mask: mask}))
+      saved = variables
+      if config.head_only:
+        saved = [v for v in variables if is_head_variable(v) or is_adapter_variable(v)]
+      prefix = ckpt.save_checkpoint_dir(sess, config.out, best["step"], ctx.bert.config,
+                                        ctx.bert.vocab, ctx.id2label, ctx.ner_config,
+                                        var_list=saved)
+  return prefix, adapter_tags
+
+
+def score_saved(ctx, prefix):
+  """Dev tags of both modes through the served graph of the saved checkpoint (adapters merged)."""
+  init_checkpoints = [prefix] + ([ctx.bert.checkpoint] if ctx.config.head_only else [])
+  model_dir = ctx.model_dir(init_checkpoints)
   graph = tf.Graph()
   with graph.as_default():
     input_ids = tf.placeholder(tf.int32, [None, None], "input_ids")
     input_mask = tf.placeholder(tf.int32, [None, None], "input_mask")
     pred_label = ner_head.build_inference_graph(model_dir, input_ids, input_mask)
-    variables = tf.global_variables()
     with tf.Session(graph=graph) as sess:
-      from_checkpoint = [v for v in variables if v.op.name not in best["weights"]]
-      if from_checkpoint:
-        ckpt.restore(sess, model_dir.init_checkpoints, var_list=from_checkpoint)
-      for var in variables:
-        if var.op.name in best["weights"]:
-          var.load(best["weights"][var.op.name], sess)
-      scores = evaluate_words(featurizer, dev, lambda ids, mask: sess.run(
+      ckpt.restore_model(sess, model_dir)
+      return predict_dev(ctx.featurizer, ctx.dev, lambda ids, mask: sess.run(
           pred_label, {input_ids: ids, input_mask: mask}))
-      saved = [v for v in variables if is_head_variable(v)] if config.head_only else variables
-      ckpt.save_checkpoint_dir(sess, config.out, best["step"], bert_files["config"],
-                               bert_files["vocab"], id2label, ner_config, var_list=saved)
-  return scores
+
+
+def merge_agreement(adapter_tags, merged_tags):
+  """How many dev words the adapter graph and the merged graph tag differently."""
+  pairs = [(a, b) for s, t in zip(adapter_tags, merged_tags) for a, b in zip(s, t)]
+  return {"words": len(pairs), "differing": sum(a != b for a, b in pairs)}
 
 
 def write_json_atomic(path, data):
@@ -389,38 +607,78 @@ def write_json_atomic(path, data):
   os.replace(tmp, path)
 
 
-def run(config, command=""):
-  """Trains, selects the best dev epoch, saves the checkpoint dir and returns the report."""
+def bert_files(config):
+  """The config, vocab and checkpoint of the BERT to start from."""
+  bert_dir = backbone_dir(config)
+  state_file = bert_dir / ckpt.CHECKPOINT_STATE
+  return BertFiles(str(bert_dir / ckpt.BERT_CONFIG), str(bert_dir / ckpt.VOCAB),
+                   ckpt.latest_checkpoint(str(bert_dir)) if state_file.is_file()
+                   else str(bert_dir / backbone.CHECKPOINT_NAME))
+
+
+def mode_name(config):
+  """The training mode: frozen, adapters or fine-tune."""
+  return "fine-tune" if config.fine_tune else "adapters" if config.adapter_rank else "frozen"
+
+
+def check_config(config):
+  """Clear errors for settings that do not go together."""
   if config.head_only and config.backbone:
     raise ValueError("--head_only needs the pinned default backbone: its manifest names it")
   if config.head_only and config.fine_tune:
     raise ValueError("--head_only cannot hold a fine-tuned BERT: drop one of the two flags")
+  if config.fine_tune and config.adapter_rank:
+    raise ValueError("--adapter_rank trains adapters on a frozen BERT; --fine_tune trains all "
+                     "of it: drop one of the two flags")
+  if config.adapter_rank < 0:
+    raise ValueError(f"--adapter_rank must be >= 0, got {config.adapter_rank}")
+  if config.context not in CONTEXTS:
+    raise ValueError(f"--context must be one of {CONTEXTS}, got {config.context!r}")
+
+
+def run(config, command=""):
+  """Trains, selects the best dev epoch, saves the checkpoint dir and returns the report."""
+  check_config(config)
   started = time.time()
-  bert_dir = backbone_dir(config)
-  bert_files = {"config": str(bert_dir / ckpt.BERT_CONFIG), "vocab": str(bert_dir / ckpt.VOCAB),
-                "checkpoint": ckpt.latest_checkpoint(str(bert_dir))
-                if (bert_dir / ckpt.CHECKPOINT_STATE).is_file() else str(bert_dir / backbone.CHECKPOINT_NAME)}
+  bert = bert_files(config)
   ner_config = ckpt.NerConfig(
       head=config.head, lstm_size=config.lstm_size, hidden_size=config.hidden_size,
       feature_layers=list(config.feature_layers),
-      do_lower_case=not ckpt.vocab_is_cased(bert_files["vocab"]),
-      max_seq_length=config.max_seq_length, dropout=config.dropout)
+      do_lower_case=not ckpt.vocab_is_cased(bert.vocab),
+      max_seq_length=config.max_seq_length, dropout=config.dropout,
+      adapter_rank=config.adapter_rank,
+      adapter_alpha=config.adapter_alpha if config.adapter_rank else 0.0,
+      adapter_first_layer=config.adapter_first_layer if config.adapter_rank else 0)
   train, dev, id2label, featurizer = load_data(config, lambda id2label: Featurizer(
-      bert_files["vocab"], ner_config.do_lower_case, ner_config.max_seq_length, id2label))
-  logging.info("train %d sentences, dev %d, labels %s", len(train), len(dev), id2label)
-  writer = summary_writer(config.logdir)
-  fit = train_fine_tuned if config.fine_tune else train_frozen
-  best, history = fit(config, ner_config, bert_files, featurizer, train, dev, id2label, writer)
-  scores = save_and_score(config, ner_config, bert_files, featurizer, dev, id2label, best)
+      bert.vocab, ner_config.do_lower_case, ner_config.max_seq_length, id2label))
+  logging.info("train %d documents, dev %d, labels %s", len(train), len(dev), id2label)
+  ctx = Context(config, ner_config, bert, featurizer, train, dev, id2label,
+                summary_writer(config.logdir))
+  fit = {"frozen": train_frozen, "adapters": train_adapters, "fine-tune": train_fine_tuned}
+  best, history = fit[mode_name(config)](ctx)
+  train_seconds = round(time.time() - started, 1)
+  prefix, adapter_tags = save_best(ctx, best)
+  predicted = score_saved(ctx, prefix)
+  scores = score_dev(dev, predicted)
   report = {
-      "command": command, "mode": "fine-tune" if config.fine_tune else "frozen",
-      "best_epoch": best["epoch"], "dev": scores, "history": history,
-      "train_sentences": len(train), "dev_sentences": len(dev),
-      "train_seconds": round(time.time() - started, 1), "config": dataclasses.asdict(config)}
+      "command": command, "mode": mode_name(config), "context": config.context,
+      "best_epoch": best["epoch"], "dev": scores["sentence"],
+      "dev_document": scores["document"], "history": history,
+      "train_sentences": sum(len(d) for d in train), "train_documents": len(train),
+      "dev_sentences": sum(len(d) for d in dev), "dev_documents": len(dev),
+      "train_seconds": train_seconds,
+      "total_seconds": round(time.time() - started, 1), "config": dataclasses.asdict(config)}
+  if config.adapter_rank:
+    report["merge_check"] = merge_agreement(adapter_tags, predicted["sentence"])
+    logging.info("dev words tagged differently by the adapter graph and the merged graph: "
+                 "%(differing)d of %(words)d", report["merge_check"])
   write_json_atomic(Path(config.out) / "train_report.json", report)
   if config.head_only:
     write_json_atomic(Path(config.out) / ckpt.MANIFEST, {
         "backbone": backbone.DEFAULT_BACKBONE, "train_command": command,
-        "dev": {k: scores[k] for k in ("precision", "recall", "f1", "per_type")},
-        "best_epoch": best["epoch"], "train_seconds": report["train_seconds"]})
+        "mode": report["mode"], "context": config.context,
+        "dev": {k: scores["sentence"][k] for k in ("precision", "recall", "f1", "per_type")},
+        "dev_document": {k: scores["document"][k]
+                         for k in ("precision", "recall", "f1", "per_type")},
+        "best_epoch": best["epoch"], "train_seconds": train_seconds})
   return report
