@@ -146,7 +146,8 @@ def check_shapes(input_ids, input_mask):
   """Assert op: input_mask has input_ids' shape (checked before anything combines the two)."""
   ids_shape, mask_shape = tf.shape(input_ids), tf.shape(input_mask)
   return _check(tf.reduce_all(tf.equal(ids_shape, mask_shape)),
-                "input_mask shape {} does not match input_ids shape {}", mask_shape, ids_shape)
+                "input_mask shape [{},{}] does not match input_ids shape [{},{}]",
+                mask_shape[0], mask_shape[1], ids_shape[0], ids_shape[1])
 
 
 def check_inputs(input_ids, input_mask, lengths, vocab_size, max_positions):
@@ -163,10 +164,10 @@ def check_inputs(input_ids, input_mask, lengths, vocab_size, max_positions):
              "input_ids has length {} but the model has only %d positions" % max_positions,
              ids_shape[1]),
       _check(tf.logical_not(tf.reduce_any(bad_mask)),
-             "input_mask must hold only 0 and 1, got {} at row {} position {}",
+             "input_mask must hold only 0 and 1, got {} (row {}, position {})",
              *_first_where(input_mask, bad_mask)),
       _check(tf.logical_not(tf.reduce_any(outside)),
-             "input_ids contains {} at row {} position {}, outside the vocabulary [0, %d)"
+             "input_ids contains {}, outside the vocabulary [0, %d) (row {}, position {})"
              % vocab_size, *_first_where(input_ids, outside)),
       _check(tf.logical_not(tf.reduce_any(empty)),
              "input_mask row {} has length 0: every row needs 1 at its first position ([CLS])",

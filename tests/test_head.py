@@ -172,17 +172,17 @@ def test_a_row_without_sep_keeps_its_leading_mask_length(tiny_graph):
 
 @pytest.mark.parametrize("ids, mask, message", [
     ([SENTENCE], [[1, 2**31 - 1, 2**31 - 1, 1, 1, 1]],
-     r"input_mask must hold only 0 and 1, got 2147483647 at row 0 position 1"),
+     r"input_mask must hold only 0 and 1, got 2147483647 \(row 0, position 1\)"),
     ([SENTENCE, SENTENCE], [[1] * 6, [1, 1, 2, 1, 1, 1]],
-     r"input_mask must hold only 0 and 1, got 2 at row 1 position 2"),
+     r"input_mask must hold only 0 and 1, got 2 \(row 1, position 2\)"),
     ([[101, 99999, 102]], [[1, 1, 1]],
-     r"input_ids contains 99999 at row 0 position 1, outside the vocabulary \[0, 30522\)"),
-    ([[101, -3, 102]], [[1, 1, 1]], r"input_ids contains -3 at row 0 position 1"),
+     r"input_ids contains 99999, outside the vocabulary \[0, 30522\) \(row 0, position 1\)"),
+    ([[101, -3, 102]], [[1, 1, 1]], r"input_ids contains -3, outside"),
     ([[101, 102]], [[0, 1]], r"input_mask row 0 has length 0"),
     (np.zeros((1, 0)), np.zeros((1, 0)), r"input_mask row 0 has length 0"),
     (np.full((1, 65), 101), np.ones((1, 65)),
      r"input_ids has length 65 but the model has only 64 positions"),
-    ([SENTENCE], [[1] * 5], r"input_mask shape \[1 5\] does not match input_ids shape \[1 6\]"),
+    ([SENTENCE], [[1] * 5], r"input_mask shape \[1,5\] does not match input_ids shape \[1,6\]"),
 ])
 def test_bad_inputs_fail_the_run_naming_the_input(tiny_graph, ids, mask, message):
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
