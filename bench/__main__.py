@@ -26,6 +26,7 @@ from bert_ner import conll
 from clients.common import load_assets
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
+from server.batching import DEFAULT_PARAMETERS_FILE, read_batching_parameters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared/data/conll2003/dev.txt"
@@ -104,10 +105,12 @@ def padding(lengths, merged, batch_size):
           "sorted": float(sum(b.max() * len(b) for b in batches) / ordered.sum())}
 
 
-def batching_flags(flags):
-  """The server's batching defaults, as the report states them."""
-  return (f"max_batch_size {flags.max_batch_size}, batch_timeout_micros "
-          f"{flags.batch_timeout_micros}, num_batch_threads {flags.num_batch_threads}")
+def batching_flags(options):
+  """The server's batching settings (docker/batching_parameters.txt), as the report states them."""
+  return (f"docker/batching_parameters.txt: max_batch_size {options.max_batch_size}, "
+          f"batch_timeout_micros {options.batch_timeout_micros}, max_enqueued_batches "
+          f"{options.max_enqueued_batches}, num_batch_threads {options.num_batch_threads} "
+          f"(one per core)")
 
 
 def latency_cell(server, clients, sentences, requests):
@@ -128,7 +131,6 @@ def run(args, command):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  (after --help)
   from evaluation.local import LocalModel  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
-  from server.__main__ import parse_flags  # pylint: disable=import-outside-toplevel
   tf.get_logger().setLevel("ERROR")
   sentences = [s.words for s in conll.read_conll(args.data)]
   if args.quick:
@@ -138,7 +140,7 @@ def run(args, command):
              "machine": machine(tf.__version__), "checkpoint": shown(args.checkpoint),
              "data": shown(args.data), "sentences": len(sentences), "batch_size": args.batch_size,
              "requests": args.requests, "concurrency": CONCURRENCY, "rounds": ROUNDS,
-             "latency": {}, "servers": {}, "batching_flags": batching_flags(parse_flags([]))}
+             "latency": {}, "servers": {}, "batching_flags": batching_flags(read_batching_parameters(DEFAULT_PARAMETERS_FILE))}
   with tempfile.TemporaryDirectory(prefix="bench-") as base, contextlib.ExitStack() as stack:
     started = time.perf_counter()
     exporter.export_model(args.checkpoint, base, verify_sentences=sentences[:VERIFY_SENTENCES],
