@@ -85,7 +85,7 @@ def _batching(flags):
                if flags.batching_parameters_file else BatchingOptions())
     return dataclasses.replace(options, enabled=flags.enable_batching, **overrides).check()
   except (OSError, BatchingConfigError) as error:
-    sys.exit(f'--batching_parameters_file: {error}')
+    sys.exit(f'batching parameters: {error}')
 
 
 async def serve(flags):
