@@ -173,9 +173,12 @@ class Servable:
     every request of the batch).
     """
     try:
-      if not (self._batching.enabled and signature.batchable):
+      if not signature.batchable:
         return [self._session_run(signature, requests[0], deadline)]
-      merged, spans = _merge(requests, self._batching)
+      if self._batching.enabled:
+        merged, spans = _merge(requests, self._batching)
+      else:  # one request, as it came
+        merged, spans = requests[0], [(0, _rows(requests[0]), _rows(requests[0]))]
       if self._runs_in_groups:
         outputs = self._run_length_groups(signature, requests, merged, spans, deadline)
       else:
