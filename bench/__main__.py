@@ -27,6 +27,7 @@ from bert_ner.quiet import VERBOSE_ENV, quiet_tensorflow
 from clients.common import load_assets
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
+from server.batching import DEFAULT_PARAMETERS_FILE, read_batching_parameters
 from server.process import ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -110,10 +111,12 @@ def padding(lengths, merged, batch_size):
           "sorted": float(sum(b.max() * len(b) for b in batches) / ordered.sum())}
 
 
-def batching_flags(flags):
-  """The server's batching defaults, as the report states them."""
-  return (f"max_batch_size {flags.max_batch_size}, batch_timeout_micros "
-          f"{flags.batch_timeout_micros}, num_batch_threads {flags.num_batch_threads}")
+def batching_flags(options):
+  """The server's batching settings (docker/batching_parameters.txt), as the report states them."""
+  return (f"docker/batching_parameters.txt: max_batch_size {options.max_batch_size}, "
+          f"batch_timeout_micros {options.batch_timeout_micros}, max_enqueued_batches "
+          f"{options.max_enqueued_batches}, num_batch_threads {options.num_batch_threads} "
+          f"(one per core)")
 
 
 def batch_totals(server):
@@ -146,7 +149,6 @@ def run(args, command):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  (after --help)
   from evaluation.local import LocalModel  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
-  from server.__main__ import parse_flags  # pylint: disable=import-outside-toplevel
   documents = conll.read_documents(args.data)
   if args.quick:
     documents = conll.first_sentences(documents, QUICK_SENTENCES)
@@ -156,7 +158,8 @@ def run(args, command):
              "machine": machine(tf.__version__), "checkpoint": shown(args.checkpoint),
              "data": shown(args.data), "sentences": len(sentences), "batch_size": args.batch_size,
              "requests": args.requests, "concurrency": CONCURRENCY, "rounds": ROUNDS,
-             "latency": {}, "servers": {}, "batching_flags": batching_flags(parse_flags([]))}
+             "latency": {}, "servers": {},
+             "batching_flags": batching_flags(read_batching_parameters(DEFAULT_PARAMETERS_FILE))}
   with tempfile.TemporaryDirectory(prefix="bench-") as base, \
       tempfile.TemporaryDirectory(prefix="bench-logs-") as logs, contextlib.ExitStack() as stack:
     started = time.perf_counter()

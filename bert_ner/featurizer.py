@@ -369,7 +369,8 @@ class Featurizer:
     return windows
 
   def _run(self, per_input, run_fn, batch_size):
-    """Runs every window through run_fn, shortest first, batches padded to their longest row.
+    """Runs every window through run_fn, shortest first, batches padded to their longest row;
+    run_fn may return rows wider than it was given (TF Serving's merged width).
 
     Returns an iterator over the prediction rows in the order of the inputs' windows.
     """
@@ -380,9 +381,11 @@ class Featurizer:
       chunk = order[begin:begin + batch_size]
       input_ids, input_mask = pad_batch([windows[i] for i in chunk])
       pred = np.asarray(run_fn(input_ids, input_mask))
-      if pred.shape != input_ids.shape:
+      # TF Serving's batching returns a request the merged batch's width (its rows padded to the
+      # longest request): wider is fine, only the request's own positions are read.
+      if pred.ndim != 2 or len(pred) != len(input_ids) or pred.shape[1] < input_ids.shape[1]:
         raise ValueError(f"run_fn returned shape {pred.shape} for input shape {input_ids.shape}")
-      for i, row in zip(chunk, pred):
+      for i, row in zip(chunk, pred[:, :input_ids.shape[1]]):
         rows[i] = row
     return iter(rows)
 

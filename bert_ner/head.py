@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional
 import tensorflow.compat.v1 as tf
 
 from bert_ner import crf
+from bert_ner import featurizer
 from bert_ner import modeling
 
 HEADS = ("bilstm", "dense")
@@ -101,19 +102,101 @@ def build_ner_head(features, lengths, ner_config, num_labels, is_training, label
   return NerHead(logits=logits, pred_label=pred_label, loss=loss)
 
 
+def _first_true(flags):
+  """Index of the first True along the last axis, 0 when there is none (also when empty)."""
+  # flags: [..., N] bool -> [...] int32; the appended False column keeps argmax defined at N=0.
+  rank = len(flags.shape)
+  padded = tf.pad(tf.cast(flags, tf.int32), [[0, 0]] * (rank - 1) + [[0, 1]])
+  return tf.argmax(padded, axis=-1, output_type=tf.int32)
+
+
+def _first_where(values, bad):
+  """The first value (row-major) where `bad` holds and its row and position; 0s when none."""
+  # values, bad: [B, T] -> three int32 scalars, for error messages.
+  index = _first_true(tf.reshape(bad, [-1]))
+  flat = tf.pad(tf.reshape(values, [-1]), [[0, 1]])
+  width = tf.maximum(tf.shape(values)[1], 1)
+  return flat[index], index // width, index % width
+
+
+def _check(ok, template, *values):
+  """An Assert op failing the run with InvalidArgument and a message naming the input."""
+  return tf.debugging.Assert(ok, [tf.strings.format(template, values)])
+
+
+def real_lengths(input_ids, input_mask, sep_id):
+  """Each row's real length: its leading 1s in input_mask, cut after its first [SEP].
+
+  TF Serving's batching pads a request to the merged batch's width with the request's FIRST
+  element (batching_util.cc PadTensor), so a padded row's mask continues with 1s and its ids
+  with [CLS]: the mask alone would extend the row into the padding. A row without [SEP]
+  (sep_id None, or a truncated row) keeps its leading mask length.
+  """
+  # input_ids, input_mask: [B, T] int32 -> [B] int32
+  ones = tf.cast(tf.equal(input_mask, 1), tf.int32)
+  leading = tf.reduce_sum(tf.math.cumprod(ones, axis=1), axis=1)  # [B]
+  if sep_id is None:
+    return leading
+  is_sep = tf.equal(input_ids, sep_id)
+  through_sep = _first_true(is_sep) + 1
+  return tf.where_v2(tf.reduce_any(is_sep, axis=1), tf.minimum(leading, through_sep), leading)
+
+
+def check_shapes(input_ids, input_mask):
+  """Assert op: input_mask has input_ids' shape (checked before anything combines the two)."""
+  ids_shape, mask_shape = tf.shape(input_ids), tf.shape(input_mask)
+  return _check(tf.reduce_all(tf.equal(ids_shape, mask_shape)),
+                "input_mask shape [{},{}] does not match input_ids shape [{},{}]",
+                mask_shape[0], mask_shape[1], ids_shape[0], ids_shape[1])
+
+
+def check_inputs(input_ids, input_mask, lengths, vocab_size, max_positions):
+  """Request checks TF Serving cannot make itself, as Assert ops: InvalidArgument naming the
+  input, the same message from TF Serving and from the embedded server."""
+  # input_ids, input_mask: [B, T] int32 of one shape; lengths: [B] int32 -> list of Assert ops
+  ids_shape = tf.shape(input_ids)
+  # Only 0 and 1: this also bounds every mask sum by T, so no int32 overflow downstream.
+  bad_mask = tf.logical_and(tf.not_equal(input_mask, 0), tf.not_equal(input_mask, 1))
+  outside = tf.logical_or(input_ids < 0, input_ids >= vocab_size)
+  empty = tf.equal(lengths, 0)
+  return [
+      _check(ids_shape[1] <= max_positions,
+             "input_ids has length {} but the model has only %d positions" % max_positions,
+             ids_shape[1]),
+      _check(tf.logical_not(tf.reduce_any(bad_mask)),
+             "input_mask must hold only 0 and 1, got {} (row {}, position {})",
+             *_first_where(input_mask, bad_mask)),
+      _check(tf.logical_not(tf.reduce_any(outside)),
+             "input_ids contains {}, outside the vocabulary [0, %d) (row {}, position {})"
+             % vocab_size, *_first_where(input_ids, outside)),
+      _check(tf.logical_not(tf.reduce_any(empty)),
+             "input_mask row {} has length 0: every row needs 1 at its first position ([CLS])",
+             _first_true(empty)),
+  ]
+
+
 def build_inference_graph(model_dir, input_ids, input_mask, with_adapters=False):
-  """BERT (no dropout) + concatenated feature layers + head: pred_label [B, T] int32.
+  """Checked inputs, BERT (no dropout) + concatenated feature layers + head: pred_label [B, T]
+  int32, 0 beyond each row's real length (see `real_lengths`).
 
   `with_adapters` keeps the config's LoRA adapters as variables of their own (the trainer's
   graph); without, the served graph, into which `checkpoint.restore_model` merges them.
   """
   # model_dir: bert_ner.checkpoint.ModelDir; input_ids, input_mask: [B, T] int32
   bert_config = modeling.BertConfig.from_json_file(model_dir.bert_config_path)
-  model = modeling.BertModel(config=bert_config, input_ids=input_ids, input_mask=input_mask,
+  sep_id = featurizer.load_vocab(model_dir.vocab_path).get(featurizer.SEP)
+  with tf.name_scope("inputs"):
+    with tf.control_dependencies([check_shapes(input_ids, input_mask)]):
+      lengths = real_lengths(input_ids, input_mask, sep_id)  # [B]
+    checks = check_inputs(input_ids, input_mask, lengths, bert_config.vocab_size,
+                          bert_config.max_position_embeddings)
+    with tf.control_dependencies(checks):
+      input_ids = tf.identity(input_ids)
+      real_mask = tf.sequence_mask(lengths, tf.shape(input_ids)[1], dtype=tf.int32)  # [B, T]
+  model = modeling.BertModel(config=bert_config, input_ids=input_ids, input_mask=real_mask,
                              is_training=False,
                              adapters=model_dir.ner_config.adapters() if with_adapters else None)
   features = concat_features(model.all_encoder_layers, model_dir.ner_config.feature_layers)
-  lengths = tf.reduce_sum(input_mask, axis=1)  # [B]
   head = build_ner_head(features, lengths, model_dir.ner_config, len(model_dir.id2label),
                         is_training=False)
   return head.pred_label

@@ -41,9 +41,9 @@ def run_embedded_server(args, ports):
   """`python -m server` on the same model base and ports; how to query it once it is ready.
 
   A child, not exec: its ready line comes before the query commands. Ctrl-C reaches both (one
-  process group), SIGTERM is passed on, and the exit status is the server's. It keeps its own
-  batching defaults rather than docker/batching_parameters.txt: they are what bench/results.md
-  measured for it, and the file's TF Serving field max_enqueued_batches has no effect there.
+  process group), SIGTERM is passed on, and the exit status is the server's. Batching and
+  monitoring are the image's: docker/batching_parameters.txt is the server's default batching
+  file, the monitoring config is passed as the image passes it.
   """
   server = subprocess.Popen([
       sys.executable, "-m", "server", "--model_base_path", args.model_base_path,

@@ -11,6 +11,7 @@ there are threads), and the session runs on worker threads, never on the loop.
 import argparse
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import signal
@@ -25,7 +26,8 @@ from aiohttp import web
 
 from server import config as server_config
 from server import grpc_service, ports, process, rest
-from server.batching import BatchingOptions, read_batching_parameters
+from server.batching import (DEFAULT_PARAMETERS_FILE, BatchingConfigError, BatchingOptions,
+                            read_batching_parameters)
 from server.errors import ServingError
 from server.manager import ModelManager
 from server.metrics import Metrics
@@ -72,14 +74,12 @@ def parse_flags(argv=None):
            'Prometheus page on the REST port (no page without it, as in TF Serving)')
   add('--enable_batching', type=_bool, nargs='?', const=True, default=True,
       help='merge concurrent requests into shared session runs (default true)')
-  add('--batching_parameters_file',
-      help='text BatchingParameters (max_batch_size, batch_timeout_micros, num_batch_threads, '
-           'pad_variable_length_inputs); overrides the batching flags below')
-  add('--max_batch_size', type=int, default=64, help='rows per merged run (default 64)')
-  add('--batch_timeout_micros', type=int, default=2000,
-      help='longest wait for a batch to fill (default 2000)')
-  add('--num_batch_threads', type=int, default=os.cpu_count(),
-      help='session runs at once (default: CPU count)')
+  add('--batching_parameters_file', default=DEFAULT_PARAMETERS_FILE,
+      help='text BatchingParameters; fields it leaves unset take TF Serving\'s defaults '
+           '(default: docker/batching_parameters.txt, the image\'s)')
+  add('--max_batch_size', type=int, help='overrides the file\'s max_batch_size')
+  add('--batch_timeout_micros', type=int, help='overrides the file\'s batch_timeout_micros')
+  add('--num_batch_threads', type=int, help='overrides the file\'s num_batch_threads')
   add('--file_system_poll_wait_seconds', type=float, default=1,
       help='seconds between polls for new versions; 0 polls only at start-up (default 1)')
   add('--max_request_bytes', type=int, default=8 << 20,
@@ -115,14 +115,16 @@ def _flag_problem(flags):
 
 
 def _batching(flags):
-  """Batching options from the flags, or from --batching_parameters_file when given."""
-  options = BatchingOptions(
-      enabled=flags.enable_batching, max_batch_size=flags.max_batch_size,
-      batch_timeout_micros=flags.batch_timeout_micros,
-      num_batch_threads=flags.num_batch_threads)
-  if flags.batching_parameters_file:
-    options = read_batching_parameters(flags.batching_parameters_file, options)
-  return options
+  """Batching options: the parameters file, then the batching flags given on the command line."""
+  overrides = {name: getattr(flags, name) for name in
+               ('max_batch_size', 'batch_timeout_micros', 'num_batch_threads')
+               if getattr(flags, name) is not None}
+  try:
+    options = (read_batching_parameters(flags.batching_parameters_file)
+               if flags.batching_parameters_file else BatchingOptions())
+    return dataclasses.replace(options, enabled=flags.enable_batching, **overrides).check()
+  except (OSError, BatchingConfigError) as error:
+    sys.exit(f'batching parameters: {error}')
 
 
 def _model_server_config(flags):

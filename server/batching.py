@@ -1,35 +1,88 @@
-"""Server-side batching like TF Serving's --enable_batching: concurrent requests are merged.
+"""Server-side batching as TF Serving 2.18's --enable_batching does it, seen from a client.
 
-At most num_batch_threads batches run at once. The next batch waits for a free worker first, and
-keeps taking requests while it waits; it closes when it holds max_batch_size rows or
-batch_timeout_micros after a worker became free. `Servable.run` then runs a merged batch in
-length groups (padding at most PADDING_BUDGET times the real positions), one session run per
-group. A request larger than max_batch_size runs alone instead of being refused.
+The queue is TF Serving's (tensorflow/core/kernels/batching_util/shared_batch_scheduler.h, the
+TensorFlow TF Serving 2.18.0 builds): a task over max_batch_size is refused with INVALID_ARGUMENT
+"Task size N is larger than maximum input batch size M" before anything is allocated for it;
+tasks join the open batch until it would overflow, then a new batch opens, and a task that needs
+a new batch while max_enqueued_batches are already queued gets UNAVAILABLE. With
+enable_large_batch_splitting a task is cut into a head that fills the open batch and pieces of
+max_execution_batch_size. A batch is taken by one of num_batch_threads workers when it is closed,
+full, or batch_timeout_micros after its first task arrived; while every worker is busy the open
+batch keeps filling. Tasks whose caller went away (timed out, cancelled) before their batch ran
+are dropped, and a batch runs with the latest deadline of its tasks, as BatchingSession passes
+its tasks' RunOptions timeout to the session.
+
+`Servable.run` merges a batch's tasks as BatchingSession does (padding, split by rows).
 """
 
 import asyncio
 import dataclasses
 import logging
+import os
+from pathlib import Path
 
 import grpc
+import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf import wrappers_pb2
 
-from server.errors import ServingError
+from server.errors import ServingError, invalid
 
+# The image's settings; the embedded server reads the same file unless told otherwise.
+DEFAULT_PARAMETERS_FILE = Path(__file__).resolve().parents[1] / 'docker' / 'batching_parameters.txt'
 # BatchingParameters fields accepted in the file but without effect here.
-_IGNORED = ('max_enqueued_batches', 'thread_pool_name', 'allowed_batch_sizes')
+_IGNORED = ('thread_pool_name',)
+
+
+class BatchingConfigError(ValueError):
+  """A batching parameters file TF Serving would refuse; the message is TF Serving's."""
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchingOptions:
-  """How requests are merged; enabled=False runs every request on its own."""
+  """How requests are merged; enabled=False runs every request on its own.
+
+  The defaults are TF Serving's for fields a BatchingParameters file leaves unset
+  (SharedBatchScheduler::Options and QueueOptions, bundle_factory_util.h GetQueueOptions).
+  """
 
   enabled: bool = True
-  max_batch_size: int = 64
-  batch_timeout_micros: int = 2000
-  num_batch_threads: int = 2
-  pad_variable_length_inputs: bool = True
+  max_batch_size: int = 1000  # QueueOptions.input_batch_size_limit
+  batch_timeout_micros: int = 0
+  max_enqueued_batches: int = 10
+  num_batch_threads: int = len(os.sched_getaffinity(0))  # port::MaxParallelism()
+  enable_large_batch_splitting: bool = False
+  max_execution_batch_size: int | None = None  # None: max_batch_size
+  allowed_batch_sizes: tuple = ()
+  pad_variable_length_inputs: bool = False
+
+  @property
+  def execution_batch_size(self):
+    """Rows a batch holds at most: max_execution_batch_size when splitting, else max_batch_size."""
+    if self.enable_large_batch_splitting and self.max_execution_batch_size:
+      return self.max_execution_batch_size
+    return self.max_batch_size
+
+  def check(self):
+    """Refuses settings TF Serving refuses at model load, with its messages."""
+    for name in ('max_batch_size', 'num_batch_threads', 'max_enqueued_batches'):
+      if getattr(self, name) < 1:
+        raise BatchingConfigError(f'{name} must be positive; was {getattr(self, name)}')
+    if self.batch_timeout_micros < 0:
+      raise BatchingConfigError(
+          f'batch_timeout_micros must be non-negative; was {self.batch_timeout_micros}')
+    if self.execution_batch_size < 1 or self.execution_batch_size > self.max_batch_size:
+      raise BatchingConfigError(
+          'max_execution_batch_size must be positive and at most max_batch_size; was '
+          f'{self.execution_batch_size}')
+    sizes = self.allowed_batch_sizes
+    if sizes and sizes[-1] != self.max_batch_size:  # bundle_factory_util.cc
+      raise BatchingConfigError(
+          'Last entry in allowed_batch_sizes must match max_batch_size; last entry was '
+          f'{sizes[-1]}; expected {self.max_batch_size}')
+    if any(a >= b for a, b in zip(sizes, sizes[1:])) or (sizes and sizes[0] < 1):
+      raise BatchingConfigError('allowed_batch_sizes entries must be monotonically increasing')
+    return self
 
 
 def _batching_parameters_class():
@@ -39,10 +92,11 @@ def _batching_parameters_class():
       name='server/batching_parameters.proto', package='tensorflow.serving', syntax='proto3',
       dependency=['google/protobuf/wrappers.proto'])
   message = file.message_type.add(name='BatchingParameters')
-  for number, (name, wrapper) in enumerate(
-          [('max_batch_size', 'Int64Value'), ('batch_timeout_micros', 'Int64Value'),
-           ('max_enqueued_batches', 'Int64Value'), ('num_batch_threads', 'Int64Value'),
-           ('thread_pool_name', 'StringValue')], start=1):
+  for name, number, wrapper in [
+      ('max_batch_size', 1, 'Int64Value'), ('batch_timeout_micros', 2, 'Int64Value'),
+      ('max_enqueued_batches', 3, 'Int64Value'), ('num_batch_threads', 4, 'Int64Value'),
+      ('thread_pool_name', 5, 'StringValue'), ('enable_large_batch_splitting', 8, 'BoolValue'),
+      ('max_execution_batch_size', 9, 'Int64Value')]:
     message.field.add(name=name, number=number, type=field.TYPE_MESSAGE,
                       type_name='.google.protobuf.' + wrapper, label=field.LABEL_OPTIONAL)
   message.field.add(name='allowed_batch_sizes', number=6, type=field.TYPE_INT64,
@@ -57,37 +111,108 @@ def _batching_parameters_class():
 
 
 BatchingParameters = _batching_parameters_class()
+_WRAPPED = ('max_batch_size', 'batch_timeout_micros', 'max_enqueued_batches', 'num_batch_threads',
+            'enable_large_batch_splitting', 'max_execution_batch_size')
 
 
-def read_batching_parameters(path, defaults):
-  """Reads a --batching_parameters_file (text BatchingParameters); unset fields keep defaults."""
+def read_batching_parameters(path, defaults=BatchingOptions()):
+  """Reads a --batching_parameters_file (text BatchingParameters); unset fields keep defaults.
+
+  Raises OSError if unreadable, BatchingConfigError if malformed or refused as TF Serving would.
+  """
   with open(path, encoding='utf-8') as f:
-    params = text_format.Parse(f.read(), BatchingParameters(), allow_unknown_field=True)
+    text = f.read()
+  try:
+    params = text_format.Parse(text, BatchingParameters())
+  except text_format.ParseError as error:
+    raise BatchingConfigError(f'{path}: {error}') from None
   ignored = [f.name for f, _ in params.ListFields() if f.name in _IGNORED]
   if ignored:
     logging.warning('%s: ignoring %s', path, ', '.join(ignored))
-  values = {name: getattr(params, name).value for name in
-            ('max_batch_size', 'batch_timeout_micros', 'num_batch_threads')
-            if params.HasField(name)}
+  values = {name: getattr(params, name).value for name in _WRAPPED if params.HasField(name)}
+  if params.allowed_batch_sizes:
+    values['allowed_batch_sizes'] = tuple(params.allowed_batch_sizes)
   # A proto3 bool: as in TF Serving, a file that wants padding says so.
-  return dataclasses.replace(
+  options = dataclasses.replace(
       defaults, pad_variable_length_inputs=params.pad_variable_length_inputs, **values)
+  if options.enable_large_batch_splitting and options.pad_variable_length_inputs:
+    # batching_session.cc SplitInputTask joins the pieces' outputs with tensor::Concat, which
+    # assumes every piece came back as wide as the first; merged with wider requests they do not.
+    logging.warning('%s: TF Serving 2.18 joins the pieces of a split task unchecked '
+                    '(tensor::Concat): with pad_variable_length_inputs they may differ in width',
+                    path)
+  try:
+    return options.check()
+  except BatchingConfigError as error:
+    raise BatchingConfigError(f'{path}: {error}') from None
 
 
-@dataclasses.dataclass
-class _Task:
-  """One request waiting for its batch."""
+def unavailable(message):
+  """UNAVAILABLE: the batch queue is full (HTTP 503)."""
+  return ServingError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def padded_batch_size(rows, allowed_batch_sizes):
+  """Rows a batch runs with: the smallest allowed size that holds them, else as many
+  (batching_util.cc RoundToLowestAllowedBatchSize)."""
+  return next((size for size in allowed_batch_sizes if size >= rows), rows)
+
+
+def split_sizes(rows, open_batch_remaining, execution_batch_size):
+  """Rows of the pieces a split task becomes: a head filling the open batch, then full pieces
+  and a tail (TensorFlow's batching_util/input_split_metadata.cc)."""
+  head = min(rows, max(open_batch_remaining, 0))
+  full, tail = divmod(rows - head, execution_batch_size)
+  return [size for size in [head, *[execution_batch_size] * full, tail] if size]
+
+
+@dataclasses.dataclass(eq=False)
+class Task:
+  """One request (or one piece of a split request) waiting for its batch."""
 
   inputs: dict
   rows: int
   future: asyncio.Future
+  deadline: float | None  # event-loop time after which nobody waits for the result
+
+
+class _Queue:
+  """One batch queue: closed batches, then the open batch (TF Serving's Queue)."""
+
+  def __init__(self):
+    self.batches = [[]]
+    self.opened_at = 0.0  # when the open batch got its first task
+    self.changed = asyncio.Event()
+
+  @property
+  def open_rows(self):
+    """Rows in the open batch."""
+    return sum(task.rows for task in self.batches[-1])
+
+  def add(self, task, execution_batch_size, now):
+    """Appends a task, closing the open batch first if the task would overflow it."""
+    if self.batches[-1] and self.open_rows + task.rows > execution_batch_size:
+      self.batches.append([])
+    if not self.batches[-1]:
+      self.opened_at = now
+    self.batches[-1].append(task)
+    self.changed.set()
+
+  def discard(self, task):
+    """Removes a task whose caller went away, if its batch has not started."""
+    for batch in self.batches:
+      if task in batch:
+        batch.remove(task)
+        if not batch and len(self.batches) > 1 and batch is not self.batches[-1]:
+          self.batches.remove(batch)
+        return
 
 
 class Batcher:
-  """Merges requests of one signature and shape class into batches run on the worker threads."""
+  """Merges requests of one tensor signature into batches run on the worker threads."""
 
   def __init__(self, run, options, executor, metrics, model_name):
-    self._run = run
+    self._run = run  # (signature, [inputs], deadline) -> [outputs or ServingError], blocking
     self._options = options
     self._executor = executor
     self._metrics = metrics
@@ -97,53 +222,127 @@ class Batcher:
     self._collectors = []
     self._jobs = set()
 
-  async def run(self, signature, inputs):
-    """Returns one request's outputs, raising its ServingError if it failed."""
-    rows = next(iter(inputs.values())).shape[0] if signature.batchable else 1
-    task = _Task(inputs, rows, asyncio.get_running_loop().create_future())
-    if self._options.enabled and signature.batchable:
-      self._queue(signature, inputs).put_nowait(task)
-    else:
+  async def run(self, signature, inputs, timeout_s=None):
+    """Returns one request's outputs, raising its ServingError if it failed or was refused."""
+    loop = asyncio.get_running_loop()
+    rows = self._rows(signature, inputs)
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    if not (self._options.enabled and signature.batchable):
+      task = Task(inputs, rows, loop.create_future(), deadline)
       await self._launch(signature, [task])
-    return await task.future
+      return await task.future
+    queue = self._queue(signature, inputs)
+    pieces = self._schedule(queue, inputs, rows, deadline)
+    try:
+      results = await asyncio.gather(*(piece.future for piece in pieces))
+    finally:
+      for piece in pieces:
+        piece.future.cancel()  # a no-op once done; otherwise the caller went away
+    return _join(results)
+
+  def _rows(self, signature, inputs):
+    """The task size, refused over max_batch_size before anything is allocated for it."""
+    if not signature.batchable:
+      return 1
+    sizes = {array.shape[0] for array in inputs.values()}
+    if len(sizes) > 1:  # batching_util.h ComputeTensorBatchSize
+      raise invalid('Batching Run() input tensors must have equal 0th-dimension size')
+    rows = sizes.pop()
+    # Also with batching off: unlike TF Serving, which would then run a [2**31, 0] request
+    # (gigabytes of per-row state), the limit holds for every request here.
+    if rows > self._options.max_batch_size:
+      raise invalid(f'Task size {rows} is larger than maximum input batch size '
+                    f'{self._options.max_batch_size}')
+    return rows
+
+  def _schedule(self, queue, inputs, rows, deadline):
+    """Queues a task (or its pieces) as Queue::Schedule does; refuses it if the queue is full."""
+    options, loop = self._options, asyncio.get_running_loop()
+    execution = options.execution_batch_size
+    if options.enable_large_batch_splitting:
+      capacity = ((options.max_enqueued_batches - len(queue.batches)) * execution +
+                  execution - queue.open_rows)
+      if rows > capacity:
+        raise unavailable(
+            'The batch scheduling queue to which this task was submitted is full; task size is '
+            f'{rows} but scheduling capacity is only {capacity} (num_enqueued_batches='
+            f'{len(queue.batches)}, max_enqueued_batches={options.max_enqueued_batches}, '
+            f'open_batch_size={queue.open_rows}, max_execution_batch_size={execution})')
+      sizes = split_sizes(rows, execution - queue.open_rows, execution)
+    else:
+      if (queue.open_rows + rows > options.max_batch_size and
+              len(queue.batches) >= options.max_enqueued_batches):
+        raise unavailable(
+            'The batch scheduling queue to which this task was submitted is full; currently '
+            f'{len(queue.batches)} batches enqueued and max_enqueued_batches is '
+            f'{options.max_enqueued_batches}')
+      sizes = [rows]
+    pieces, start = [], 0
+    for size in sizes:
+      piece_inputs = inputs if size == rows else {
+          a: v[start:start + size] for a, v in inputs.items()}
+      piece = Task(piece_inputs, size, loop.create_future(), deadline)
+      piece.future.add_done_callback(lambda _, piece=piece: queue.discard(piece))
+      queue.add(piece, execution, loop.time())
+      pieces.append(piece)
+      start += size
+    return pieces
 
   def _queue(self, signature, inputs):
-    """The queue for requests that can share a run: same signature, same ranks (or shapes)."""
-    shapes = tuple(a.ndim if self._options.pad_variable_length_inputs else a.shape[1:]
-                   for a in inputs.values())
-    key = (signature.key, shapes)
+    """The queue for requests that can share a run: same tensors (TF Serving's
+    TensorSignature: signatures naming the same tensors share it) and, without padding, shapes."""
+    key = (tuple(t.name for t in signature.inputs.values()),
+           tuple(t.name for t in signature.outputs.values()))
+    if not self._options.pad_variable_length_inputs:
+      # TF Serving would fail a whole batch of mixed shapes (FAILED_PRECONDITION "Tensors with
+      # name ... have different shapes and padding is turned off"); here they queue apart.
+      key += (tuple(a.shape[1:] for a in inputs.values()),)
     if key not in self._queues:
-      self._queues[key] = asyncio.Queue()
+      self._queues[key] = _Queue()
       self._collectors.append(
           asyncio.create_task(self._collect(signature, self._queues[key])))
     return self._queues[key]
 
   async def _collect(self, signature, queue):
-    """Forms batches from one queue for as long as the servable lives."""
+    """Hands the queue's batches to free workers for as long as the servable lives."""
+    while True:
+      await self._wait_for_work(queue)
+      await self._slots.acquire()
+      batch = await self._take_batch(queue)
+      if batch:
+        self._start(signature, batch)
+      else:
+        self._slots.release()
+
+  @staticmethod
+  async def _wait_for_work(queue):
+    """Returns once the queue holds a task."""
+    while not any(queue.batches):
+      queue.changed.clear()
+      await queue.changed.wait()
+
+  async def _take_batch(self, queue):
+    """The next batch for the worker slot the caller holds: a closed one, else the open one once
+    full or batch_timeout_micros old ([] if its tasks all went away meanwhile)."""
     loop = asyncio.get_running_loop()
     timeout = self._options.batch_timeout_micros / 1e6
-    carry = None
     while True:
-      first = carry or await queue.get()
-      # Hold a free worker before closing the batch: while all workers are busy, requests keep
-      # joining this batch instead of waiting in the queue behind a small one.
-      await self._slots.acquire()
-      batch, rows, carry = [first], first.rows, None
-      deadline = loop.time() + timeout
-      while rows < self._options.max_batch_size:
-        try:
-          task = await asyncio.wait_for(queue.get(), deadline - loop.time())
-        except TimeoutError:
-          break
-        if rows + task.rows > self._options.max_batch_size:
-          carry = task
-          break
-        batch.append(task)
-        rows += task.rows
-      self._start(signature, batch)
+      if len(queue.batches) > 1:
+        return queue.batches.pop(0)
+      if not queue.batches[0]:
+        return []
+      wait = queue.opened_at + timeout - loop.time()
+      if queue.open_rows >= self._options.execution_batch_size or wait <= 0:
+        queue.batches.append([])
+        return queue.batches.pop(0)
+      queue.changed.clear()
+      try:
+        await asyncio.wait_for(queue.changed.wait(), wait)
+      except TimeoutError:
+        pass
 
   async def _launch(self, signature, batch):
-    """Starts a batch on a worker thread once one of num_batch_threads is free."""
+    """Starts an unbatched task once one of num_batch_threads is free."""
     await self._slots.acquire()
     self._start(signature, batch)
 
@@ -154,26 +353,56 @@ class Batcher:
     job.add_done_callback(self._jobs.discard)
 
   async def _execute(self, signature, batch):
-    """Runs a batch off the event loop and hands each request its own result."""
-    self._metrics.batch_size.observe(sum(t.rows for t in batch), model_name=self._model_name)
+    """Runs a batch off the event loop and hands each task its own result."""
+    loop = asyncio.get_running_loop()
+    live = [task for task in batch if not task.future.done()]  # callers still waiting
+    deadlines = [task.deadline for task in live]
+    deadline = None if None in deadlines else max(deadlines, default=None)
     try:
-      results = await asyncio.get_running_loop().run_in_executor(
-          self._executor, self._run, signature, [t.inputs for t in batch])
+      if not live:
+        return
+      if deadline is not None and deadline <= loop.time():  # batching_session.cc ProcessBatch
+        results = [ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                'Run() timeout exceeded while waiting in batching queue')]
+        results *= len(live)
+      else:
+        rows = padded_batch_size(sum(t.rows for t in live), self._options.allowed_batch_sizes)
+        self._metrics.batch_size.observe(rows, model_name=self._model_name)
+        results = await loop.run_in_executor(
+            self._executor, self._run, signature, [t.inputs for t in live], deadline)
     except Exception as error:  # A bug, not a model error: fail the batch, keep serving.
       logging.exception('Batch of %d requests failed', len(batch))
-      failure = ServingError(grpc.StatusCode.INTERNAL, f'batch failed: {error}')
-      results = [failure] * len(batch)
+      results = [ServingError(grpc.StatusCode.INTERNAL, f'batch failed: {error}')] * len(live)
     finally:
       self._slots.release()
-    for task, result in zip(batch, results):
-      if not task.future.done():
-        if isinstance(result, ServingError):
-          task.future.set_exception(result)
-        else:
-          task.future.set_result(result)
+    for task, result in zip(live, results):
+      if task.future.done():
+        continue
+      if isinstance(result, ServingError):
+        task.future.set_exception(result)
+      else:
+        task.future.set_result(result)
 
   async def close(self):
     """Stops collecting; called when no request can reach this batcher any more."""
     for collector in self._collectors:
       collector.cancel()
     await asyncio.gather(*self._collectors, *self._jobs, return_exceptions=True)
+
+
+def _join(results):
+  """A split task's outputs, its pieces' joined along axis 0.
+
+  TF Serving joins them with tensor::Concat, which assumes the first piece's width for all of
+  them (a wider later piece aborts the server, a narrower one is misread); here each output is
+  padded with 0 to its widest piece, the width a client accepts.
+  """
+  if len(results) == 1:
+    return results[0]
+  joined = {}
+  for alias in results[0]:
+    parts = [r[alias] for r in results]
+    shape = [max(sizes) for sizes in zip(*(p.shape[1:] for p in parts))]
+    joined[alias] = np.concatenate([np.pad(p, [(0, 0)] + [
+        (0, n - s) for n, s in zip(shape, p.shape[1:])]) for p in parts])
+  return joined

@@ -61,7 +61,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         with self._models.acquire(request.model_spec) as servable:
           signature = servable.signature(request.model_spec.signature_name)
           aliases = _output_filter(request.output_filter, signature)
-          outputs = await servable.predict(signature, signature.decode(request.inputs))
+          outputs = await servable.predict(signature, signature.decode(request.inputs),
+                                           context.time_remaining())
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version

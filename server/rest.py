@@ -136,8 +136,8 @@ class _RestApi:
       signature = _signature(servable, name)
       inputs, row_format = _inputs(body, signature)
       try:
-        outputs = await asyncio.wait_for(servable.predict(signature, inputs),
-                                         self._timeout_ms / 1000)
+        outputs = await asyncio.wait_for(
+            servable.predict(signature, inputs, self._timeout_ms / 1000), self._timeout_ms / 1000)
       except TimeoutError:
         raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                            f'Request timed out after {self._timeout_ms} ms')

@@ -1,20 +1,28 @@
 """One loaded SavedModel version: session, signatures, request checks, runs, warm-up.
 
-A merged batch runs in length groups: each group is one session run padded to its longest
-request, at most PADDING_BUDGET times its real positions; outputs are trimmed per request.
+A batch of requests is merged as TF Serving's BatchingSession merges it (batching_session.cc
+MergeInputTensors): every input padded to the batch's largest shape with that request's first
+element (pad_variable_length_inputs), rows added up to allowed_batch_sizes, outputs split by rows
+only, so a request gets back the merged batch's width. For this project's exports
+(assets.extra/ner_config.json: the inference graph labels every position beyond a row's real
+length 0) the merged batch runs in length groups instead of one run, each group padded to its
+own longest request and its outputs padded with 0 to the merged width: the same bytes as one
+merged run (tests/test_tfs_batching.py) for a fraction of the padded positions.
 """
 
 import asyncio
 import dataclasses
 import logging
+import math
 import os
+import time
 
 import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
-from server.batching import Batcher
+from server.batching import Batcher, padded_batch_size
 from server.errors import ServingError, invalid
 from server.tensors import from_proto, shape_str
 
@@ -22,8 +30,14 @@ DEFAULT_SIGNATURE = tf.compat.v1.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 WARMUP_FILE = os.path.join('assets.extra', 'tf_serving_warmup_requests')
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit on tf_serving_warmup_requests.
 PADDING_BUDGET = 1.3  # padded / real positions allowed when merged requests share a run
-# BERT inputs that must come with exactly input_ids' shape.
-SEQUENCE_INPUTS = ('input_mask', 'segment_ids', 'token_type_ids')
+# Positions (rows x width) of one session run of an export; a longer group runs in row chunks.
+# A session run cannot be stopped once started (its RunOptions timeout only ends the wait), so
+# this bounds the work left running for a caller that went away, and a run's memory (attention
+# grows with rows x width^2). Shipped model on 2 loaded cores: 2 x 512 or 8 x 128 take about
+# 0.4-0.5 s; 64 x 128 took 5.9 s in one run and 2.9 s in eight such chunks.
+MAX_RUN_POSITIONS = 1024
+# Written by the exporter only: marks a graph whose outputs are 0 beyond each row's length.
+NER_CONFIG = os.path.join('assets.extra', 'ner_config.json')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +101,8 @@ class Servable:
     self.signature_defs = meta_graph.signature_def
     self._metadata = None  # GetModelMetadataResponse, built once by metadata()
     self.signatures = {k: Signature(k, v) for k, v in meta_graph.signature_def.items()}
-    self.vocab_size = _table_rows(graph, 'word_embeddings') or _vocab_lines(path)
-    self.max_positions = _table_rows(graph, 'position_embeddings')
+    self._batching = batching
+    self._runs_in_groups = os.path.exists(os.path.join(path, NER_CONFIG))
     self._batcher = Batcher(self.run, batching, executor, metrics, name)
 
   @classmethod
@@ -100,9 +114,8 @@ class Servable:
     except BaseException:
       servable._session.close()
       raise
-    logging.info('Loaded %s version %d (%d warm-up requests, vocab %s, positions %s)',
-                 servable.name, servable.version, count, servable.vocab_size,
-                 servable.max_positions)
+    logging.info('Loaded %s version %d (%d warm-up requests)', servable.name, servable.version,
+                 count)
     return servable
 
   def warm_up(self):
@@ -136,7 +149,8 @@ class Servable:
     return self.signatures[key]
 
   def validate(self, signature, inputs):
-    """Checks inputs against the signature and the model's BERT limits before any batching."""
+    """Checks inputs against the signature before any batching. What the model itself requires
+    (vocabulary, positions, mask values) its graph checks, for TF Serving as for this server."""
     signature.check_names(inputs)
     for alias, array in inputs.items():
       expected = signature.inputs[alias].shape
@@ -144,63 +158,77 @@ class Servable:
               d is not None and d != n for d, n in zip(expected, array.shape))):
         raise invalid(f'{alias} has shape {shape_str(array.shape)} but the signature '
                       f'expects {shape_str(-1 if d is None else d for d in expected)}')
-    ids = inputs.get('input_ids')
-    if ids is not None:
-      for alias in SEQUENCE_INPUTS:
-        if alias in inputs and inputs[alias].shape != ids.shape:
-          raise invalid(f'{alias} shape {shape_str(inputs[alias].shape)} does not match '
-                        f'input_ids shape {shape_str(ids.shape)}')
-      outside = ids[(ids < 0) | (ids >= self.vocab_size)] if self.vocab_size else ()
-      if len(outside):
-        raise invalid(f'input_ids contains {outside[0]}, outside the vocabulary '
-                      f'[0, {self.vocab_size})')
-      if self.max_positions and ids.ndim > 1 and ids.shape[1] > self.max_positions:
-        raise invalid(f'input_ids has length {ids.shape[1]} but the model has only '
-                      f'{self.max_positions} positions')
-    if signature.batchable and len({a.shape[0] for a in inputs.values()}) > 1:
-      raise invalid('inputs have different batch sizes: ' + ', '.join(
-          f'{a} {shape_str(x.shape)}' for a, x in inputs.items()))
 
-  async def predict(self, signature, inputs):
-    """Validates one request and returns its outputs, run in a merged batch (in length groups)
-    if batching."""
+  async def predict(self, signature, inputs, timeout_s=None):
+    """Validates one request and returns its outputs, run in a merged batch if batching; work
+    still waiting or running after timeout_s seconds is abandoned."""
     self.validate(signature, inputs)
-    return await self._batcher.run(signature, inputs)
+    return await self._batcher.run(signature, inputs, timeout_s)
 
-  def run(self, signature, requests):
-    """Runs merged requests in runs of similar length; results in request order."""
-    results = [None] * len(requests)
-    for group in _length_groups(requests):
-      for index, result in zip(group, self._run_or_isolate(signature,
-                                                           [requests[i] for i in group])):
-        results[index] = result
-    return results
+  def run(self, signature, requests, deadline=None):
+    """Runs a batch of requests as one TF Serving batch; their outputs (or ServingErrors) in
+    order. deadline: time.monotonic() after which the run is abandoned (DEADLINE_EXCEEDED).
 
-  def _run_or_isolate(self, signature, requests):
-    """Runs requests as one padded run; on failure reruns each alone, so only culprits fail."""
+    A batch that fails is rerun request by request, so only the culprits fail (TF Serving fails
+    every request of the batch).
+    """
     try:
-      return self._run(signature, requests)
-    except tf.errors.OpError as error:
-      if len(requests) == 1:
-        return [ServingError.from_op_error(error)]
-      return [self._run_or_isolate(signature, [request])[0] for request in requests]
+      if not signature.batchable:
+        return [self._session_run(signature, requests[0], deadline)]
+      if self._batching.enabled:
+        merged, spans = _merge(requests, self._batching)
+      else:  # one request, as it came
+        merged, spans = requests[0], [(0, _rows(requests[0]), _rows(requests[0]))]
+      if self._runs_in_groups:
+        outputs = self._run_length_groups(signature, requests, merged, spans, deadline)
+      else:
+        outputs = self._session_run(signature, merged, deadline)
+    except ServingError as error:
+      if len(requests) == 1 or error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return [error] * len(requests)
+      return [self.run(signature, [request], deadline)[0] for request in requests]
+    return [{a: v[start:end] for a, v in outputs.items()} for start, end, _ in spans]
 
-  def _run(self, signature, requests):
-    """One session run over the stacked requests, split back and trimmed per request."""
-    feeds = {a: _stack([r[a] for r in requests]) for a in signature.inputs}
-    fetched = self._session.run({a: t.name for a, t in signature.outputs.items()},
-                                {signature.inputs[a].name: v for a, v in feeds.items()})
-    if len(requests) == 1:
-      return [fetched]
-    padded = _common_lengths(feeds.values())
-    results, start = [], 0
-    for request in requests:
-      rows = next(iter(request.values())).shape[0]
-      own = _common_lengths(request.values())
-      results.append(
-          {a: _trim(v[start:start + rows], own, padded) for a, v in fetched.items()})
-      start += rows
-    return results
+  def _run_length_groups(self, signature, requests, merged, spans, deadline):
+    """The outputs of one merged run, computed in runs of requests of similar length.
+
+    Each group's rows are the merged inputs' rows cut to the group's longest request (so still
+    padded with each request's first element), and its outputs are padded with 0 to the widest
+    group's: exactly the merged run's, as the graph outputs 0 beyond every row's length. A group
+    over MAX_RUN_POSITIONS runs in row chunks, each checking the deadline first.
+    """
+    rows = len(next(iter(merged.values())))
+    parts = []
+    for group in _length_groups(requests):
+      index = np.concatenate([np.arange(spans[i][0], spans[i][2]) for i in group])
+      width = max(_sequence_length(requests[i]) for i in group)
+      for chunk in np.array_split(index, math.ceil(len(index) * width / MAX_RUN_POSITIONS) or 1):
+        feeds = {a: v[(chunk, *(slice(0, n) for n in _widest(requests[i][a] for i in group)))]
+                 for a, v in merged.items()}
+        parts.append((chunk, self._session_run(signature, feeds, deadline)))
+    outputs = {}
+    for alias in parts[0][1]:
+      values = [part[alias] for _, part in parts]
+      out = np.zeros((rows, *_widest(values)), values[0].dtype)
+      for (index, _), value in zip(parts, values):
+        out[(index, *(slice(0, n) for n in value.shape[1:]))] = value
+      outputs[alias] = out
+    return outputs
+
+  def _session_run(self, signature, feeds, deadline):
+    """One session run; an OpError (a model check, the deadline) becomes a ServingError."""
+    options = None
+    if deadline is not None:
+      remaining_ms = math.floor((deadline - time.monotonic()) * 1000)
+      if remaining_ms <= 0:
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, 'Deadline Exceeded')
+      options = tf.compat.v1.RunOptions(timeout_in_ms=remaining_ms)
+    try:
+      return self._session.run({a: t.name for a, t in signature.outputs.items()},
+                               {signature.inputs[a].name: v for a, v in feeds.items()},
+                               options=options)
+    except tf.errors.OpError as error:
+      raise ServingError.from_op_error(error) from None
 
   def metadata(self):
     """GetModelMetadataResponse with this version's SignatureDefMap, as TF Serving fills it.
@@ -222,6 +250,50 @@ class Servable:
     await asyncio.to_thread(self._session.close)
 
 
+def _rows(request):
+  """A request's rows (axis 0 of its inputs)."""
+  return len(next(iter(request.values())))
+
+
+def _widest(arrays):
+  """The largest size of every axis but the first over arrays of one rank."""
+  return [max(sizes) for sizes in zip(*(a.shape[1:] for a in arrays))]
+
+
+def _merge(requests, options):
+  """BatchingSession::MergeInputTensors: the batch's inputs, each request's rows padded to the
+  largest shape (pad_variable_length_inputs), then rows up to the lowest allowed batch size
+  (copies of the last request's first row). Also each request's (start, end, end with padding
+  rows) row span."""
+  rows = [_rows(r) for r in requests]
+  padding_rows = padded_batch_size(sum(rows), options.allowed_batch_sizes) - sum(rows)
+  ends = np.cumsum(rows)
+  spans = [(end - n, end, end) for n, end in zip(rows, ends)]
+  spans[-1] = (spans[-1][0], spans[-1][1], spans[-1][2] + padding_rows)
+  if len(requests) == 1 and not padding_rows:
+    return requests[0], spans
+  merged = {}
+  for alias in requests[0]:
+    arrays = [r[alias] for r in requests]
+    if options.pad_variable_length_inputs:
+      widest = _widest(arrays)
+      arrays = [_pad_tensor(a, widest) for a in arrays]
+    merged[alias] = np.concatenate(arrays + [arrays[-1][:1]] * padding_rows)
+  return merged, spans
+
+
+def _pad_tensor(array, sizes):
+  """batching_util.cc PadTensor: pads every axis but the first up to sizes with the array's
+  FIRST element."""
+  shape = (array.shape[0], *sizes)
+  if math.prod(shape) == array.size:
+    return array.reshape(shape)
+  if not array.size:
+    raise invalid('Got empty tensor in batch of non-empty tensors.')
+  widths = [(0, 0)] + [(0, n - s) for n, s in zip(sizes, array.shape[1:])]
+  return np.pad(array, widths, constant_values=array.flat[0])
+
+
 def _sequence_length(request):
   """A request's padded length: axis 1 of its inputs (0 for inputs without one)."""
   return max((a.shape[1] for a in request.values() if a.ndim > 1), default=0)
@@ -233,7 +305,7 @@ def _length_groups(requests, max_padding=PADDING_BUDGET):
   positions, and 32 random CoNLL sentences padded together hold 2.8x their real ones."""
   groups = []
   for i in sorted(range(len(requests)), key=lambda i: _sequence_length(requests[i])):
-    rows = next(iter(requests[i].values())).shape[0]
+    rows = _rows(requests[i])
     length = _sequence_length(requests[i])  # the longest so far: requests come sorted
     if groups and (group_rows + rows) * length <= max_padding * (real + rows * length):
       groups[-1].append(i)
@@ -242,52 +314,3 @@ def _length_groups(requests, max_padding=PADDING_BUDGET):
       groups.append([i])
       group_rows, real = rows, rows * length
   return groups
-
-
-def _stack(arrays):
-  """Concatenates along axis 0, padding other axes to the longest with 0 (b'' for strings)."""
-  if len(arrays) == 1:
-    return arrays[0]
-  shape = [sum(len(a) for a in arrays), *map(max, zip(*(a.shape[1:] for a in arrays)))]
-  out = np.full(shape, b'' if arrays[0].dtype == object else 0, dtype=arrays[0].dtype)
-  start = 0
-  for a in arrays:
-    out[(slice(start, start + len(a)), *(slice(0, n) for n in a.shape[1:]))] = a
-    start += len(a)
-  return out
-
-
-def _common_lengths(arrays):
-  """Maps each non-batch axis to its size where all arrays agree on it (the sequence length)."""
-  sizes = {}
-  for a in arrays:
-    for axis, n in enumerate(a.shape[1:], 1):
-      sizes.setdefault(axis, set()).add(n)
-  return {axis: s.pop() for axis, s in sizes.items() if len(s) == 1}
-
-
-def _trim(value, own, padded):
-  """Cuts an output back to the request's own length on every axis padded for the batch."""
-  return value[tuple(
-      slice(0, own[d]) if d in own and d in padded and own[d] < padded[d] == value.shape[d]
-      else slice(None) for d in range(value.ndim))]
-
-
-def _table_rows(graph, suffix):
-  """Rows of the 2-D variable (or frozen constant) whose name ends with suffix, or None."""
-  for op in graph.get_operations():
-    if op.name.endswith(suffix) and op.type in ('VarHandleOp', 'VariableV2', 'Const'):
-      shape = (tf.TensorShape(op.get_attr('shape')) if op.type == 'VarHandleOp'
-               else op.outputs[0].shape)
-      if shape.rank == 2:
-        return shape[0]
-  return None
-
-
-def _vocab_lines(path):
-  """Vocabulary size from assets.extra/vocab.txt when the graph has no word_embeddings table."""
-  vocab = os.path.join(path, 'assets.extra', 'vocab.txt')
-  if not os.path.exists(vocab):
-    return None
-  with open(vocab, encoding='utf-8') as f:
-    return sum(1 for _ in f)

@@ -6,6 +6,8 @@ import pathlib
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from bert_ner import head
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = 'bert_ner'
 VOCAB, POSITIONS, POISON = 100, 32, 99  # POISON passes validation but makes the graph raise.
@@ -18,8 +20,9 @@ def expected(ids, mask, offset=0):
 
 
 def build_model(path, offset=0, warmup_ids=(1, 2, 3)):
-  """Writes a SavedModel: pred_label = (input_ids * input_mask) % 7 + offset, signatures
-    result and serving_default, BERT-named embedding tables and a one-request warm-up file."""
+  """Writes a SavedModel: pred_label = (input_ids * input_mask) % 7 + offset after the real
+    graph's input checks, signatures result and serving_default, BERT-named embedding tables
+    and a one-request warm-up file. Unlike the real graph, padded positions get labels too."""
   graph = tf.Graph()
   with graph.as_default():
     ids = tf.compat.v1.placeholder(tf.int32, [None, None], name='input_ids')
@@ -27,8 +30,12 @@ def build_model(path, offset=0, warmup_ids=(1, 2, 3)):
     words = tf.compat.v1.get_variable('bert/embeddings/word_embeddings', [VOCAB, 4])
     tf.compat.v1.get_variable('bert/embeddings/position_embeddings', [POSITIONS, 4])
     with tf.name_scope('ner_test'):
-      check = tf.compat.v1.debugging.assert_none_equal(ids, POISON, message='poison id')
-      with tf.control_dependencies([check]):
+      # The real graph's request checks (bert_ner.head), so messages are the real ones.
+      with tf.control_dependencies([head.check_shapes(ids, mask)]):
+        checks = head.check_inputs(ids, mask, head.real_lengths(ids, mask, None), VOCAB,
+                                   POSITIONS)
+      checks.append(tf.compat.v1.debugging.assert_none_equal(ids, POISON, message='poison id'))
+      with tf.control_dependencies(checks):
         used = tf.cast(tf.reduce_sum(tf.gather(words, ids), -1) * 0, tf.int32)
         pred = tf.identity((ids * mask) % 7 + offset + used, name='pred_label')
     signature = tf.compat.v1.saved_model.predict_signature_def(

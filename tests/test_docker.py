@@ -110,9 +110,9 @@ def test_models_config_labels_the_version_the_image_exports_stable():
 
 def test_batching_parameters():
   params = text_proto("batching_parameters.txt")
-  for field in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
-                "num_batch_threads"):
+  for field in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches"):
     assert int(params[field]) > 0
+  assert "num_batch_threads" not in params  # TF Serving then runs one batch thread per core
   assert params["pad_variable_length_inputs"] == "true"
 
 

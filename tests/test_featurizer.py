@@ -279,6 +279,28 @@ def test_words_without_sub_tokens_are_tagged_o(featurizer):
       ["O", "B-ORG", "O"], ["O"], []]
 
 
+def test_wider_results_are_read_at_the_request_positions(featurizer):
+  # TF Serving's batching answers with the merged batch's width: extra columns are ignored.
+  def run_fn(input_ids, input_mask):
+    wide = np.full((len(input_ids), input_ids.shape[1] + 7), LABELS.index("B-PER"), np.int32)
+    wide[:, :input_ids.shape[1]] = np.where(input_mask > 0, LABELS.index("B-ORG"), 0)
+    return wide
+
+  assert featurizer.predict_words([["EU"], ["EU", "rejects"]], run_fn) == [
+      ["B-ORG"], ["B-ORG", "B-ORG"]]
+
+
+@pytest.mark.parametrize("shape_of", [
+    lambda ids: (ids.shape[0], ids.shape[1] - 1),  # narrower than the request
+    lambda ids: (ids.shape[0] + 1, ids.shape[1]),  # another request's rows
+    lambda ids: (ids.size,),  # flat
+])
+def test_narrower_or_misshaped_results_are_one_line_errors(featurizer, shape_of):
+  run_fn = lambda input_ids, input_mask: np.zeros(shape_of(input_ids), np.int32)
+  with pytest.raises(ValueError, match=r"^run_fn returned shape \(.*\) for input shape"):
+    featurizer.predict_words([["EU", "rejects"]], run_fn)
+
+
 def test_entities_with_character_offsets():
   text = "EU rejects German call"
   words = Featurizer(VOCAB, True).split_words(text)

@@ -121,3 +121,73 @@ def test_unknown_head_is_rejected():
     with pytest.raises(ValueError, match="unknown head 'crf'"):
       head.build_ner_head(tf.zeros([1, 2, FEATURES]), tf.ones([1], tf.int32),
                           NerConfig(head="crf"), LABELS, False)
+
+
+@pytest.fixture(scope="module")
+def tiny_graph(tiny_bert_dir):
+  """The inference graph over the tiny random BERT with a random head: a run(ids, mask) fn."""
+  from bert_ner import backbone
+  from bert_ner.checkpoint import ModelDir
+  model_dir = ModelDir(
+      bert_config_path=str(tiny_bert_dir / "bert_config.json"),
+      vocab_path=str(tiny_bert_dir / "vocab.txt"), ner_config=config("bilstm"),
+      id2label=[str(i) for i in range(LABELS)],
+      init_checkpoints=[str(tiny_bert_dir / backbone.CHECKPOINT_NAME)])
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.set_random_seed(2)
+    input_ids = tf.placeholder(tf.int32, [None, None])
+    input_mask = tf.placeholder(tf.int32, [None, None])
+    pred_label = head.build_inference_graph(model_dir, input_ids, input_mask)
+    sess = tf.Session(graph=graph)
+    sess.run(tf.global_variables_initializer())
+    # Larger head weights than the initializers give, so predictions vary across labels.
+    sess.run([v.assign(v * 8.0) for v in tf.global_variables() if not v.name.startswith("bert")])
+  yield lambda ids, mask: sess.run(pred_label, {input_ids: np.asarray(ids, np.int32),
+                                                input_mask: np.asarray(mask, np.int32)})
+  sess.close()
+
+
+SENTENCE = [101, 7327, 19164, 2446, 2655, 102]  # [CLS] eu rejects german call [SEP]
+
+
+@pytest.mark.parametrize("ids_pad, mask_pad", [
+    (101, 1),  # TF Serving's batching: the request's first element (batching_util.cc PadTensor)
+    (0, 0),  # the clients' own padding
+    (0, 1),  # a mask of 1s running past [SEP]
+])
+def test_rows_end_at_their_first_sep_whatever_the_padding(tiny_graph, ids_pad, mask_pad):
+  alone = tiny_graph([SENTENCE], [[1] * 6])
+  assert alone.any()  # the random head tags something, so equality below means something
+  padded = tiny_graph([SENTENCE + [ids_pad] * 9], [[1] * 6 + [mask_pad] * 9])
+  np.testing.assert_array_equal(padded[:, :6], alone)
+  assert not padded[:, 6:].any()  # beyond the real length: label 0
+
+
+def test_a_row_without_sep_keeps_its_leading_mask_length(tiny_graph):
+  truncated = tiny_graph([SENTENCE[:4] + [0, 0]], [[1, 1, 1, 1, 0, 0]])
+  assert not truncated[:, 4:].any()
+  np.testing.assert_array_equal(truncated[:, :4], tiny_graph([SENTENCE[:4]], [[1] * 4]))
+
+
+@pytest.mark.parametrize("ids, mask, message", [
+    ([SENTENCE], [[1, 2**31 - 1, 2**31 - 1, 1, 1, 1]],
+     r"input_mask must hold only 0 and 1, got 2147483647 \(row 0, position 1\)"),
+    ([SENTENCE, SENTENCE], [[1] * 6, [1, 1, 2, 1, 1, 1]],
+     r"input_mask must hold only 0 and 1, got 2 \(row 1, position 2\)"),
+    ([[101, 99999, 102]], [[1, 1, 1]],
+     r"input_ids contains 99999, outside the vocabulary \[0, 30522\) \(row 0, position 1\)"),
+    ([[101, -3, 102]], [[1, 1, 1]], r"input_ids contains -3, outside"),
+    ([[101, 102]], [[0, 1]], r"input_mask row 0 has length 0"),
+    (np.zeros((1, 0)), np.zeros((1, 0)), r"input_mask row 0 has length 0"),
+    (np.full((1, 65), 101), np.ones((1, 65)),
+     r"input_ids has length 65 but the model has only 64 positions"),
+    ([SENTENCE], [[1] * 5], r"input_mask shape \[1,5\] does not match input_ids shape \[1,6\]"),
+])
+def test_bad_inputs_fail_the_run_naming_the_input(tiny_graph, ids, mask, message):
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    tiny_graph(ids, mask)
+
+
+def test_no_rows_give_no_rows(tiny_graph):
+  assert tiny_graph(np.zeros((0, 4)), np.zeros((0, 4))).shape == (0, 4)

@@ -251,10 +251,16 @@ def test_batching_merges_concurrent_variable_length_requests(server, stubs):
   results = _concurrently(calls)
   runs = batches_run(server) - before
   assert runs < len(rows), f'{len(rows)} requests took {runs} session runs: nothing merged'
+  wider = 0
   for (ids, mask), result in zip(rows[::2] + rows[1::2], results):
     values = (result.json()['outputs'][0] if isinstance(result, requests.Response)
               else tf.make_ndarray(result.outputs['pred_label'])[0].tolist())
-    assert values == expected(ids, mask)  # Trimmed back to the request's own length.
+    # As TF Serving: the merged batch's width, padded with the request's first element.
+    width = len(values)
+    wider += width > len(ids)
+    assert values == expected(ids + [ids[0]] * (width - len(ids)),
+                              mask + [mask[0]] * (width - len(ids)))
+  assert wider
 
 
 def test_a_request_failing_in_the_model_fails_alone(server):
@@ -280,9 +286,10 @@ def test_metrics_page_counts_requests(server):
 def test_batching_parameters_file(tmp_path):
   path = tmp_path / 'batching.txt'
   path.write_text(BATCHING_PARAMETERS)
-  options = read_batching_parameters(path, BatchingOptions(pad_variable_length_inputs=False))
+  options = read_batching_parameters(path)
   assert options == BatchingOptions(enabled=True, max_batch_size=64, batch_timeout_micros=30000,
-                                    num_batch_threads=1, pad_variable_length_inputs=True)
+                                    num_batch_threads=1, max_enqueued_batches=100,
+                                    pad_variable_length_inputs=True)
 
 
 def test_hot_reload_swaps_without_failures_and_skips_broken_versions(tmp_path):
