@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bert_ner import model_base
 from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Featurizer
 from bert_ner.labels import LABEL2ID_JSON
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OUTPUT = "pred_label"
-FINGERPRINT = re.compile(r"ner_([0-9a-f]+)/")
 HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d+)")
 
 
@@ -29,10 +28,9 @@ def find_assets(roots=None):
   if os.environ.get("BERT_NER_ASSETS"):
     return Path(os.environ["BERT_NER_ASSETS"])
   for root in roots or (Path.cwd(), REPO_ROOT):
-    found = [d for d in Path(root, "models", "bert_ner").glob("*/assets.extra")
-             if d.parent.name.isdigit()]
+    found = model_base.latest_assets(Path(root, "models", model_base.MODEL_NAME))
     if found:
-      return max(found, key=lambda d: int(d.parent.name))
+      return found
   raise ClientError("missing assets: no models/bert_ner/<version>/assets.extra in the current "
                     "directory or the repo; pass --assets DIR or set BERT_NER_ASSETS")
 
@@ -120,7 +118,8 @@ def check_labels(pred, input_ids, num_labels):
 class NerClient:
   """Tags texts with a served bert_ner model; subclasses supply run() and output_names()."""
 
-  def __init__(self, server, model="bert_ner", signature="result", timeout=10.0, assets=None):
+  def __init__(self, server, model=model_base.MODEL_NAME, signature=model_base.SIGNATURE,
+               timeout=10.0, assets=None):
     self.server, self.model, self.signature, self.timeout = server, model, signature, timeout
     self.assets = Path(assets) if assets else find_assets()
     self.featurizer, self.fingerprint = load_assets(self.assets)
@@ -155,7 +154,7 @@ class NerClient:
     if self.signature not in signatures:
       raise ClientError(f"signature {self.signature!r} not found in model {self.model!r} "
                         f"(has: {', '.join(sorted(signatures)) or 'none'})")
-    served = {m.group(1) for name in signatures[self.signature] if (m := FINGERPRINT.match(name))}
+    served = {m.group(1) for name in signatures[self.signature] if (m := model_base.FINGERPRINT.match(name))}
     if not served:
       raise ClientError(f"signature {self.signature!r} of model {self.model!r} has no "
                         f"ner_<fingerprint> output: not a bert_ner export")
@@ -194,8 +193,8 @@ def build_parser(description, default_server):
                       help="host:port of the model server, or several replicas as "
                            "host:port,host:port (gRPC also dns:///name:port) "
                            "(default: %(default)s)")
-  parser.add_argument("--model", default="bert_ner", help="model name (default: %(default)s)")
-  parser.add_argument("--signature", default="result",
+  parser.add_argument("--model", default=model_base.MODEL_NAME, help="model name (default: %(default)s)")
+  parser.add_argument("--signature", default=model_base.SIGNATURE,
                       help="signature name (default: %(default)s)")
   parser.add_argument("--timeout", type=float, default=10.0,
                       help="seconds per request (default: %(default)s)")

@@ -13,6 +13,7 @@ try:
   import grpc
   import numpy as np
 
+  from bert_ner import model_base
   from clients import common
   from clients.tfs_protos import tfs_lite_pb2 as pb
 except ModuleNotFoundError as missing:  # e.g. the system python3 instead of the venv's
@@ -119,7 +120,8 @@ def output_names(response):
 class GrpcNerClient(common.NerClient):
   """bert_ner client over TensorFlow Serving's gRPC API."""
 
-  def __init__(self, server, model="bert_ner", signature="result", timeout=10.0, assets=None):
+  def __init__(self, server, model=model_base.MODEL_NAME, signature=model_base.SIGNATURE,
+               timeout=10.0, assets=None):
     super().__init__(server, model, signature, timeout, assets)
     channel = grpc.insecure_channel(channel_target(server), options=CHANNEL_OPTIONS)
     self._predict = channel.unary_unary(
@@ -133,9 +135,9 @@ class GrpcNerClient(common.NerClient):
     """pred_label [B, T] for one padded batch."""
     request = make_predict_request(self.model, self.signature, input_ids, input_mask)
     response = self._call(self._predict, request)
-    if common.OUTPUT not in response.outputs:
-      raise common.ClientError(f"response has no {common.OUTPUT!r} output")
-    return self.checked_labels(make_array(response.outputs[common.OUTPUT]), input_ids)
+    if model_base.OUTPUT not in response.outputs:
+      raise common.ClientError(f"response has no {model_base.OUTPUT!r} output")
+    return self.checked_labels(make_array(response.outputs[model_base.OUTPUT]), input_ids)
 
   def output_names(self):
     """Output tensor names per signature, from GetModelMetadata."""

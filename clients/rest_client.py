@@ -15,6 +15,7 @@ try:
   import requests
   import urllib3.connection
 
+  from bert_ner import model_base
   from clients import common
 except ModuleNotFoundError as missing:  # e.g. the system python3 instead of the venv's
   if __name__ != "__main__":
@@ -90,7 +91,8 @@ def error_detail(response):
 class RestNerClient(common.NerClient):
   """bert_ner client over TensorFlow Serving's REST API."""
 
-  def __init__(self, server, model="bert_ner", signature="result", timeout=10.0, assets=None):
+  def __init__(self, server, model=model_base.MODEL_NAME, signature=model_base.SIGNATURE,
+               timeout=10.0, assets=None):
     super().__init__(server, model, signature, timeout, assets)
     scheme, targets = common.split_servers(server, SCHEMES)
     self.urls = [f"{scheme or 'http'}://{target}" for target in targets]
@@ -104,9 +106,9 @@ class RestNerClient(common.NerClient):
     answer = self._call("POST", f"/v1/models/{self.model}:predict", json=body)
     outputs = answer.get("outputs") if isinstance(answer, dict) else None
     if isinstance(outputs, dict):  # TF Serving names the outputs only when there are several
-      outputs = outputs.get(common.OUTPUT)
+      outputs = outputs.get(model_base.OUTPUT)
     if not isinstance(outputs, list):
-      raise common.ClientError(f"server answer has no {common.OUTPUT!r} outputs: "
+      raise common.ClientError(f"server answer has no {model_base.OUTPUT!r} outputs: "
                                f"{common.excerpt(answer)}")
     return self.checked_labels(outputs, input_ids)
 

@@ -5,6 +5,7 @@ import asyncio
 import signal
 import sys
 
+from bert_ner import model_base
 from aiohttp import web
 
 from clients.common import ClientError
@@ -22,8 +23,8 @@ def parse_args(argv=None):
                  help="client used to reach the model server (default: %(default)s)")
   p.add_argument("--server", help="host:port of the model server (default: localhost:8500 for "
                                   "grpc, localhost:8501 for rest)")
-  p.add_argument("--model", default="bert_ner", help="model name (default: %(default)s)")
-  p.add_argument("--signature", default="result", help="signature name (default: %(default)s)")
+  p.add_argument("--model", default=model_base.MODEL_NAME, help="model name (default: %(default)s)")
+  p.add_argument("--signature", default=model_base.SIGNATURE, help="signature name (default: %(default)s)")
   p.add_argument("--timeout", type=float, default=10.0,
                  help="seconds per model request (default: %(default)s)")
   p.add_argument("--assets", help="assets.extra of the served version (default: "

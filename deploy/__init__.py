@@ -13,14 +13,13 @@ from pathlib import Path
 import docker
 import requests
 
+from bert_ner import model_base
 from bert_ner.featurizer import Featurizer, pad_batch
-from export import layout
 from server import ports
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "bert-ner-serving:latest"
 CONTAINER = "bert-ner-serving"
-MODEL_NAME = "bert_ner"
 DEFAULT_CHECKPOINT = "models/default"
 # docker/Dockerfile exports its checkpoint as this version of this model base.
 IMAGE_VERSION_DIR = "/models/bert_ner/1"
@@ -80,7 +79,7 @@ def export_if_missing(checkpoint, base):
 
   Returns the export's exit status (0 also when nothing had to be exported).
   """
-  if layout.latest(base) is not None:
+  if model_base.latest(base) is not None:
     return 0
   return subprocess.call([sys.executable, "-m", "export", "--checkpoint", str(checkpoint),
                           "--model_base_path", str(base)])
@@ -88,7 +87,7 @@ def export_if_missing(checkpoint, base):
 
 def latest_version(base):
   """Path of the newest exported version under `base`, or DeployError."""
-  found = layout.latest(base)
+  found = model_base.latest(base)
   if found is None:
     raise DeployError(f"no exported version under {base}: run `python -m export` (make export)")
   return found
@@ -120,7 +119,7 @@ def build_image(client, checkpoint=DEFAULT_CHECKPOINT, tag=IMAGE, context=ROOT):
 def copy_served_assets(container, base):
   """Copies the image's export assets to `base`/1/assets.extra, so clients match what it serves."""
   try:
-    stream, _ = container.get_archive(f"{IMAGE_VERSION_DIR}/assets.extra")
+    stream, _ = container.get_archive(f"{IMAGE_VERSION_DIR}/{model_base.ASSETS_DIR}")
   except docker.errors.APIError as e:
     raise DeployError(f"cannot copy the served assets out of the container: {e}") from e
   target = Path(base) / Path(IMAGE_VERSION_DIR).name
@@ -161,16 +160,16 @@ def run_container(client, host, grpc_port, rest_port, timeout, image=IMAGE, name
                                       restart_policy={"Name": "unless-stopped"})
   except docker.errors.APIError as e:
     raise DeployError(f"cannot start {image}: {e}") from e
-  url = f"http://{host}:{rest_port}/v1/models/{MODEL_NAME}"
+  url = f"http://{host}:{rest_port}/v1/models/{model_base.MODEL_NAME}"
   print(f"started container {name} ({container.short_id}); waiting for {url} ...", flush=True)
   wait_available(url, timeout, container)
-  print(f"{MODEL_NAME} is AVAILABLE (stop it: docker rm -f {name})")
+  print(f"{model_base.MODEL_NAME} is AVAILABLE (stop it: docker rm -f {name})")
   return container
 
 
 def example_request(base):
   """REST predict body for EXAMPLE, featurized by the shared Featurizer from the export's assets."""
-  featurizer = Featurizer.from_dir(str(latest_version(base) / "assets.extra"))
+  featurizer = Featurizer.from_dir(str(model_base.assets(latest_version(base))))
   input_ids, input_mask = pad_batch(featurizer.encode_words(EXAMPLE.split()))
   return {"signature_name": "serving_default",
           "inputs": {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()}}
@@ -181,8 +180,8 @@ def how_to_query(base, host, grpc_port, rest_port):
 
   --assets only when the clients would not find the export themselves (models/bert_ner here).
   """
-  assets = latest_version(base) / "assets.extra"
-  found = Path(base).resolve() == (ROOT / "models" / MODEL_NAME).resolve()
+  assets = model_base.assets(latest_version(base))
+  found = Path(base).resolve() == (ROOT / "models" / model_base.MODEL_NAME).resolve()
   assets_flag = "" if found else f" --assets {assets}"
   body = json.dumps(example_request(base), separators=(",", ":"))
   return "\n".join([
@@ -191,6 +190,6 @@ def how_to_query(base, host, grpc_port, rest_port):
       f"\"{EXAMPLE}\"",
       f"  .venv/bin/python clients/rest_client.py --server {host}:{rest_port}{assets_flag} "
       f"\"{EXAMPLE}\"",
-      f"  curl -s -X POST http://{host}:{rest_port}/v1/models/{MODEL_NAME}:predict -d '{body}'",
+      f"  curl -s -X POST http://{host}:{rest_port}/v1/models/{model_base.MODEL_NAME}:predict -d '{body}'",
       f"  in a browser: .venv/bin/python -m demo --server {host}:{grpc_port}{assets_flag}"
       " (then open http://127.0.0.1:8080)"])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import deploy
+from bert_ner import model_base
 from bert_ner.quiet import VERBOSE_ENV
 
 
@@ -84,7 +85,7 @@ def up(client, args, ports):
   query it with the assets copied out of the image."""
   deploy.build_image(client, args.checkpoint)
   container = deploy.run_container(client, *ports, args.health_timeout)
-  served = deploy.copy_served_assets(container, deploy.ROOT / "build/docker" / deploy.MODEL_NAME)
+  served = deploy.copy_served_assets(container, deploy.ROOT / "build/docker" / model_base.MODEL_NAME)
   print(deploy.how_to_query(served, *ports))
   return 0
 

@@ -14,6 +14,7 @@ import time
 
 from tqdm import tqdm
 
+from bert_ner import model_base
 from bert_ner import conll
 from bert_ner.featurizer import Featurizer
 from bert_ner.metrics import format_scores, seqeval_scores
@@ -21,7 +22,6 @@ from bert_ner.quiet import VERBOSE_ENV
 from clients.common import ClientError
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
-from export import layout
 
 CLIENTS = {"grpc": GrpcNerClient, "rest": RestNerClient}
 DEFAULT_SERVERS = {"grpc": "127.0.0.1:8500", "rest": "127.0.0.1:8501"}
@@ -41,7 +41,7 @@ def parse_args(argv=None):
                  help="model base: `local` loads its latest version; its assets.extra is the "
                       "default --assets")
   p.add_argument("--assets", help="assets.extra of the served version")
-  p.add_argument("--model", default="bert_ner", help="served model name")
+  p.add_argument("--model", default=model_base.MODEL_NAME, help="served model name")
   p.add_argument("--document", action="store_true",
                  help="tag each -DOCSTART- document as one text (default: each sentence alone)")
   p.add_argument("--batch_size", type=int, default=64, help="rows (windows) per request")
@@ -71,8 +71,7 @@ def read_documents(path):
 
 def default_assets(model_base_path):
   """assets.extra of the latest version under the model base, or None (clients' discovery)."""
-  latest = layout.latest(model_base_path)
-  return latest / "assets.extra" if latest and (latest / "assets.extra").is_dir() else None
+  return model_base.latest_assets(model_base_path)
 
 
 def connect(args):

@@ -19,13 +19,12 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from bert_ner import backbone, checkpoint, labels
 from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Featurizer, pad_batch
 from bert_ner.head import build_inference_graph
+from bert_ner.model_base import (ASSETS_DIR, DEFAULT_SIGNATURE, INPUT_IDS, INPUT_MASK, OUTPUT,
+                                 OUTPUT_SCOPE, SIGNATURES, WARMUP_FILE)
 from export import layout
 
 v1 = tf.compat.v1
 SERVE = v1.saved_model.tag_constants.SERVING
-SIGNATURES = ("serving_default", "result")
-ASSETS = "assets.extra"
-WARMUP = "tf_serving_warmup_requests"
 BATCH = 32
 # Built-in sentences (words) for the warm-up file and for verification without a data file.
 SAMPLES = [
@@ -77,7 +76,7 @@ def _batches(featurizer, sentences):
 
 def _write_assets(out, model_dir, fingerprint, featurizer):
   """assets.extra/: vocab, label map, ner_config (+ labels, fingerprint, sizes) and warm-up log."""
-  assets = out / ASSETS
+  assets = out / ASSETS_DIR
   assets.mkdir()
   shutil.copyfile(model_dir.vocab_path, assets / VOCAB_FILE)
   labels.save_label_map(str(assets), model_dir.id2label)
@@ -89,13 +88,13 @@ def _write_assets(out, model_dir, fingerprint, featurizer):
   # One request per sample plus one batch of all: TF Serving replays them at load.
   requests = [pad_batch(featurizer.encode_words(words)) for words in SAMPLES]
   requests += _batches(featurizer, SAMPLES)
-  with tf.io.TFRecordWriter(str(assets / WARMUP)) as writer:
+  with tf.io.TFRecordWriter(str(assets / WARMUP_FILE)) as writer:
     for ids, mask in requests:
       request = predict_pb2.PredictRequest()
       request.model_spec.name = out.parent.name
-      request.model_spec.signature_name = "serving_default"
-      request.inputs["input_ids"].CopyFrom(tf.make_tensor_proto(ids, tf.int32))
-      request.inputs["input_mask"].CopyFrom(tf.make_tensor_proto(mask, tf.int32))
+      request.model_spec.signature_name = DEFAULT_SIGNATURE
+      request.inputs[INPUT_IDS].CopyFrom(tf.make_tensor_proto(ids, tf.int32))
+      request.inputs[INPUT_MASK].CopyFrom(tf.make_tensor_proto(mask, tf.int32))
       log = prediction_log_pb2.PredictionLog(
           predict_log=prediction_log_pb2.PredictLog(request=request))
       writer.write(log.SerializeToString())
@@ -107,14 +106,14 @@ def _verify(path, batches, expected, output_name):
     meta = v1.saved_model.loader.load(sess, [SERVE], str(path))
     for name in SIGNATURES:
       sig = meta.signature_def[name]
-      if sig.outputs["pred_label"].name != output_name:
-        raise VerificationError(f"signature {name!r} outputs {sig.outputs['pred_label'].name}, "
+      if sig.outputs[OUTPUT].name != output_name:
+        raise VerificationError(f"signature {name!r} outputs {sig.outputs[OUTPUT].name}, "
                                 f"expected {output_name}")
-    sig = meta.signature_def["serving_default"]
+    sig = meta.signature_def[DEFAULT_SIGNATURE]
     rows = differ = 0
     for (ids, mask), want in zip(batches, expected):
-      got = sess.run(sig.outputs["pred_label"].name,
-                     {sig.inputs["input_ids"].name: ids, sig.inputs["input_mask"].name: mask})
+      got = sess.run(sig.outputs[OUTPUT].name,
+                     {sig.inputs[INPUT_IDS].name: ids, sig.inputs[INPUT_MASK].name: mask})
       differ += int(np.any((got != want) & (mask > 0), axis=1).sum())
       rows += len(ids)
   if differ:
@@ -167,19 +166,19 @@ def export_model(checkpoint_dir, model_base_path, version=None, verify_sentences
                             model_dir.ner_config.max_seq_length, model_dir.id2label)
     batches = _batches(featurizer, verify_sentences)
     with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
-      input_ids = v1.placeholder(tf.int32, [None, None], name="input_ids")
-      input_mask = v1.placeholder(tf.int32, [None, None], name="input_mask")
+      input_ids = v1.placeholder(tf.int32, [None, None], name=INPUT_IDS)
+      input_mask = v1.placeholder(tf.int32, [None, None], name=INPUT_MASK)
       pred_label = build_inference_graph(model_dir, input_ids, input_mask)
       checkpoint.restore_model(sess, model_dir)
       fingerprint = _fingerprint(sess, model_dir)
-      with v1.name_scope(f"ner_{fingerprint}"):
-        output = tf.identity(pred_label, name="pred_label")
+      with v1.name_scope(OUTPUT_SCOPE.format(fingerprint=fingerprint)):
+        output = tf.identity(pred_label, name=OUTPUT)
       output.set_shape([None, None])
       expected = [sess.run(output, {input_ids: ids, input_mask: mask}) for ids, mask in batches]
       build = v1.saved_model.utils.build_tensor_info
       signature = v1.saved_model.signature_def_utils.build_signature_def(
-          inputs={"input_ids": build(input_ids), "input_mask": build(input_mask)},
-          outputs={"pred_label": build(output)},
+          inputs={INPUT_IDS: build(input_ids), INPUT_MASK: build(input_mask)},
+          outputs={OUTPUT: build(output)},
           method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
       signatures = {name: signature for name in SIGNATURES}
       builder = v1.saved_model.Builder(str(tmp))

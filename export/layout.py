@@ -1,29 +1,18 @@
-"""Model base layout shared by export and deploy (no TensorFlow): version dirs, dot-temp dirs."""
+"""How the exporter publishes a version into a model base (no TensorFlow): dot-temp dirs, then
+an atomic rename. What counts as a version is bert_ner.model_base's."""
 
 import os
 import shutil
 from pathlib import Path
 
+from bert_ner import model_base
+
 TMP_PREFIX = ".tmp-"  # leading dot + non-integer name: TF Serving and our server never load it
-
-
-def versions(base):
-  """Sorted integer version numbers under `base` (what TF Serving would load)."""
-  base = Path(base)
-  if not base.is_dir():
-    return []
-  return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir())
-
-
-def latest(base):
-  """Path of the highest version under `base`, or None."""
-  found = versions(base)
-  return Path(base) / str(found[-1]) if found else None
 
 
 def next_version(base):
   """Max existing version + 1 (1 for an empty base)."""
-  return (versions(base) or [0])[-1] + 1
+  return max(model_base.versions(base), default=0) + 1
 
 
 def tmp_dir(base, version):

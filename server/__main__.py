@@ -18,6 +18,7 @@ import signal
 import sys
 
 import grpc
+from bert_ner import model_base
 from bert_ner.quiet import quiet_tensorflow
 
 quiet_tensorflow()  # before TensorFlow loads: its C++ reads the log level once, at import
@@ -57,7 +58,7 @@ def parse_flags(argv=None):
       help='REST port; 0 picks a free one (default 8501)')
   add('--host', default='127.0.0.1',
       help='address both servers bind; 0.0.0.0 exposes them (default 127.0.0.1)')
-  add('--model_name', default='bert_ner',
+  add('--model_name', default=model_base.MODEL_NAME,
       help='name clients address (default bert_ner; ignored with --model_config_file)')
   add('--model_base_path', default='models/bert_ner',
       help='directory of <version>/saved_model.pb; the latest version is served '
@@ -102,14 +103,15 @@ def _flag_problem(flags):
   for name in ('port', 'rest_api_port'):
     if not 0 <= getattr(flags, name) <= MAX_PORT:
       return f'--{name} {getattr(flags, name)} is not a TCP port (0-{MAX_PORT})'
+  # The batching flags default to None: unset, docker/batching_parameters.txt decides.
   for name in ('num_batch_threads', 'max_batch_size', 'max_request_bytes',
                'rest_api_timeout_in_ms'):
-    if getattr(flags, name) < 1:
+    if getattr(flags, name) is not None and getattr(flags, name) < 1:
       return f'--{name} must be at least 1, got {getattr(flags, name)}'
   for name in ('batch_timeout_micros', 'file_system_poll_wait_seconds',
                'model_config_file_poll_wait_seconds', 'tensorflow_intra_op_parallelism',
                'tensorflow_inter_op_parallelism'):
-    if getattr(flags, name) < 0:
+    if getattr(flags, name) is not None and getattr(flags, name) < 0:
       return f'--{name} must not be negative, got {getattr(flags, name)}'
   return None
 

@@ -7,7 +7,6 @@ here from their field numbers.
 """
 
 import dataclasses
-import re
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
@@ -19,8 +18,6 @@ PLATFORM = 'tensorflow'
 PROMETHEUS_PATH = '/monitoring/prometheus/metrics'  # PrometheusExporter::kPrometheusPath
 # tsl::strings::safe_strto64 (TF Serving 2.18's ParseVersionNumber): C isspace() around an
 # optional '-' and ASCII digits; '+', other Unicode digits and anything else are not versions.
-_VERSION_NAME = re.compile(r'[ \t\n\v\f\r]*(-?[0-9]+)[ \t\n\v\f\r]*')
-_INT64 = (-2 ** 63, 2 ** 63 - 1)
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 ModelConfig = model_server_config_pb2.ModelConfig
@@ -116,26 +113,6 @@ def validate(config):
     if platform != PLATFORM:
       raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                          f'PlatformConfigMap has no entry for platform {platform}')
-
-
-def parse_version(name):
-  """A version folder name as an int64 version number, or None when TF Serving ignores it."""
-  match = _VERSION_NAME.fullmatch(name)
-  if not match:
-    return None
-  version = int(match.group(1))
-  return version if _INT64[0] <= version <= _INT64[1] else None
-
-
-def version_folders(names):
-  """{version: folder name} for the names that parse as versions; on duplicates ('7', '007')
-  the last in sorted order wins, as IndexChildrenByVersion keeps the last child listed."""
-  folders = {}
-  for name in sorted(names):
-    version = parse_version(name)
-    if version is not None:
-      folders[version] = name
-  return folders
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import os
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2
 
+from bert_ner import model_base
 from server import config as server_config
 from server.errors import ServingError, invalid, not_found
 
@@ -151,9 +152,9 @@ class ModelManager:
         logging.warning('%s', message)
       model.listing_error = message
       return None
-    folders = server_config.version_folders(names)
+    folders = model_base.version_names(names)
     for name in sorted(set(names) - set(folders.values()) - model.warned):
-      if server_config.parse_version(name) is None and not name.startswith(HIDDEN):
+      if model_base.parse_version(name) is None and not name.startswith(HIDDEN):
         logging.warning('Ignoring %r under %s: not a version number (int64)', name,
                         model.base_path)
       model.warned.add(name)

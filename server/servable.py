@@ -22,12 +22,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
+from bert_ner import model_base
+from bert_ner.featurizer import NER_CONFIG_FILE
 from server.batching import Batcher, padded_batch_size
 from server.errors import ServingError, invalid
 from server.tensors import from_proto, shape_str
 
 DEFAULT_SIGNATURE = tf.compat.v1.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
-WARMUP_FILE = os.path.join('assets.extra', 'tf_serving_warmup_requests')
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit on tf_serving_warmup_requests.
 PADDING_BUDGET = 1.3  # padded / real positions allowed when merged requests share a run
 # Positions (rows x width) of one session run of an export; a longer group runs in row chunks.
@@ -37,7 +38,7 @@ PADDING_BUDGET = 1.3  # padded / real positions allowed when merged requests sha
 # 0.4-0.5 s; 64 x 128 took 5.9 s in one run and 2.9 s in eight such chunks.
 MAX_RUN_POSITIONS = 1024
 # Written by the exporter only: marks a graph whose outputs are 0 beyond each row's length.
-NER_CONFIG = os.path.join('assets.extra', 'ner_config.json')
+NER_CONFIG = os.path.join(model_base.ASSETS_DIR, NER_CONFIG_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,7 @@ class Servable:
 
   def warm_up(self):
     """Replays assets.extra/tf_serving_warmup_requests (PredictionLogs); any error fails it."""
-    path = os.path.join(self.path, WARMUP_FILE)
+    path = os.path.join(self.path, model_base.ASSETS_DIR, model_base.WARMUP_FILE)
     if not os.path.exists(path):
       return 0
     count = 0

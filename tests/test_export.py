@@ -1,6 +1,7 @@
 """Export: versions, signature contract, assets, warm-up log, fidelity, atomicity, bad input."""
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -109,9 +110,9 @@ def test_help_needs_no_checkpoint():
 
 
 def test_versions_and_report(exported, fingerprint):
-  from export import layout
+  from bert_ner import model_base
   base, stdout = exported
-  assert layout.versions(base) == [1, 2]
+  assert model_base.versions(base) == [1, 2]
   assert [p.name for p in base.iterdir() if not p.name.isdigit()] == []
   assert "signature_def['serving_default']:" in stdout
   assert "Method name is: tensorflow/serving/predict" in stdout
@@ -295,7 +296,7 @@ def test_mismatch_is_refused(ckpt, tmp_path, capsys, monkeypatch):
 
 
 def test_crash_mid_export_leaves_no_partial_version(ckpt, tmp_path, capsys):
-  from export import layout
+  from bert_ner import model_base
   base = tmp_path / "bert_ner"
   assert export_main(capsys, "--checkpoint", ckpt, "--model_base_path", base)[0] == 0
   before = listing(base)
@@ -307,11 +308,11 @@ def test_crash_mid_export_leaves_no_partial_version(ckpt, tmp_path, capsys):
   proc = subprocess.Popen([sys.executable, "-c", crash, *args], cwd=REPO_ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   while proc.poll() is None:  # a server polling the base only ever sees complete versions
-    for version in layout.versions(base):
+    for version in model_base.versions(base):
       assert (base / str(version) / "assets.extra/tf_serving_warmup_requests").exists()
     time.sleep(0.01)
   assert proc.returncode == -signal.SIGKILL
-  assert layout.versions(base) == [1]
+  assert model_base.versions(base) == [1]
   assert [p.name for p in base.iterdir() if p.name.startswith(".tmp-")] == [f".tmp-2-{proc.pid}"]
   assert {k: v for k, v in listing(base).items() if not k.startswith(".tmp-")} == before
   status, out, err = export_main(capsys, "--checkpoint", ckpt, "--model_base_path", base)
@@ -327,6 +328,7 @@ def test_crash_mid_export_leaves_no_partial_version(ckpt, tmp_path, capsys):
 # and dies with a partial version that a polling server would load.
 KILL_WHILE_PUBLISHING = """
 import os, signal, sys
+from bert_ner import model_base
 from export import layout, __main__ as cli
 
 publishing, inside = [], []
@@ -335,13 +337,13 @@ def hook(event, args):
   if publishing and not inside:
     inside.append(1)
     try:
-      if set(layout.versions(publishing[0])) - publishing[1]:
+      if set(model_base.versions(publishing[0])) - publishing[1]:
         os.kill(os.getpid(), signal.SIGKILL)
     finally:
       inside.clear()
 
 def publish(tmp, base, version, fixed):
-  publishing[:] = [base, set(layout.versions(base))]
+  publishing[:] = [base, set(model_base.versions(base))]
   try:
     return real_publish(tmp, base, version, fixed)
   finally:
@@ -354,12 +356,12 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 def test_a_version_appears_whole_or_not_at_all(ckpt, tmp_path, capsys):
-  from server.manager import ModelManager
+  from bert_ner import model_base
   base = tmp_path / "bert_ner"
   assert export_main(capsys, "--checkpoint", ckpt, "--model_base_path", base)[0] == 0
   sizes = lambda version: {k: v[0] for k, v in listing(base / str(version)).items()}
-  poller = ModelManager("bert_ner", str(base), load=None)  # the server's version discovery
-  discover = poller._versions  # pylint: disable=protected-access
+  # The server's version discovery (server/manager.py lists the base with it), newest first.
+  discover = lambda: sorted(model_base.version_names(os.listdir(base)), reverse=True)
   args = ["--checkpoint", str(ckpt), "--model_base_path", str(base), "--verify_sentences", "4"]
   proc = subprocess.Popen([sys.executable, "-c", KILL_WHILE_PUBLISHING, *args], cwd=REPO_ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 
+from bert_ner import model_base
 from server import config
 from server.errors import ServingError
 from server.rest import _gunzip, parse_json, parse_route
@@ -64,11 +65,11 @@ def test_unmatched_routes_are_tf_serving_400s(method, path, message):
     ("+3", None), ("1.0", None), ("", None), ("v1", None), (".tmp-3-42", None), ("1 2", None),
 ])
 def test_version_folder_names_parse_as_safe_strto64(name, version):
-  assert config.parse_version(name) == version
+  assert model_base.parse_version(name) == version
 
 
 def test_duplicate_version_folders_keep_the_last_listed():
-  assert config.version_folders(["007", "7", "x", "3"]) == {7: "7", 3: "3"}
+  assert model_base.version_names(["007", "7", "x", "3"]) == {7: "7", 3: "3"}
 
 
 @pytest.mark.parametrize("text, on_disk, aspired", [

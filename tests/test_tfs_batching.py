@@ -23,7 +23,7 @@ import random
 import numpy as np
 import pytest
 
-from bert_ner import conll
+from bert_ner import conll, model_base
 from bert_ner.featurizer import Featurizer, pad_batch
 from tests.test_default_model import DEFAULT
 
@@ -66,7 +66,7 @@ def exported(tmp_path_factory):
 
   version = exporter.export_model(str(DEFAULT), str(tmp_path_factory.mktemp("base")),
                                   log=lambda message: None)
-  return version, Featurizer.from_dir(version / exporter.ASSETS)
+  return version, Featurizer.from_dir(model_base.assets(version))
 
 
 @pytest.fixture(scope="module")

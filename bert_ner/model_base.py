@@ -1,0 +1,84 @@
+"""The TF Serving model base as every folder reads it: names, versions and assets (no TF).
+
+`<base>/<version>/` holds `saved_model.pb`, `variables/` and `assets.extra/`: the featurizer's
+files (vocab, `ner_config.json` with the fingerprint, label map) and TF Serving's warm-up log.
+export/ writes it, server/ loads it, clients, evaluation, deploy, demo and bench find their
+assets in it; this module is the one spelling of each of those names and rules.
+"""
+
+import re
+from pathlib import Path
+
+MODEL_NAME = "bert_ner"
+# Both signatures serve the same function: `result` is macanv's name (the clients' default),
+# `serving_default` what TF Serving uses when a request names none.
+SIGNATURE, DEFAULT_SIGNATURE = "result", "serving_default"
+SIGNATURES = (DEFAULT_SIGNATURE, SIGNATURE)
+INPUT_IDS, INPUT_MASK, OUTPUT = "input_ids", "input_mask", "pred_label"
+ASSETS_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
+# The exported output tensor is `ner_<fingerprint>/pred_label`: GetModelMetadata shows any
+# TF Serving client which assets the served version needs.
+OUTPUT_SCOPE = "ner_{fingerprint}"
+FINGERPRINT = re.compile(r"ner_([0-9a-f]+)/")
+
+# TF Serving 2.18 reads a version folder's name with safe_strto64 (file_system_storage_path_
+# source.cc): optional ASCII whitespace around an optionally negative run of ASCII digits,
+# within int64. Anything else ('²', '+3', '99999999999999999999', '.tmp-2') is not a version.
+_VERSION_NAME = re.compile(r"[ \t\n\v\f\r]*(-?[0-9]+)[ \t\n\v\f\r]*")
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def parse_version(name):
+  """A version folder name as an int64 version number, or None when TF Serving ignores it."""
+  match = _VERSION_NAME.fullmatch(name)
+  if not match:
+    return None
+  version = int(match.group(1))
+  return version if _INT64[0] <= version <= _INT64[1] else None
+
+
+def version_names(names):
+  """{version: name} of the folder names that TF Serving loads as versions; where two names give
+  one version ('7', '007') the last in sorted order wins, as IndexChildrenByVersion keeps the
+  last child listed."""
+  found = {}
+  for name in sorted(names):
+    version = parse_version(name)
+    if version is not None:
+      found[version] = name
+  return found
+
+
+def version_dirs(base):
+  """{version: folder} of the version folders under `base` ({} when there is no such dir)."""
+  base = Path(base)
+  if not base.is_dir():
+    return {}
+  names = [p.name for p in base.iterdir() if p.is_dir()]
+  return {version: base / name for version, name in version_names(names).items()}
+
+
+def versions(base):
+  """Sorted version numbers under `base`."""
+  return sorted(version_dirs(base))
+
+
+def latest(base):
+  """Folder of the highest version under `base`, or None."""
+  found = version_dirs(base)
+  return found[max(found)] if found else None
+
+
+def assets(version_dir):
+  """The assets.extra folder of a version folder."""
+  return Path(version_dir) / ASSETS_DIR
+
+
+def latest_assets(base):
+  """assets.extra of the highest version under `base` that has one, or None."""
+  found = version_dirs(base)
+  for version in sorted(found, reverse=True):
+    if assets(found[version]).is_dir():
+      return assets(found[version])
+  return None
