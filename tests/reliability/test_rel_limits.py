@@ -12,7 +12,7 @@ import psutil
 import pytest
 import requests
 from clients.tfs_protos import tfs_lite_pb2 as lite
-from e2e_support import ServerProcess
+from server.process import REPO_ROOT, ServerProcess
 
 from rel_support import (
   CLS,
@@ -145,8 +145,10 @@ def shipped_server(tmp_path_factory):
 
   work = tmp_path_factory.mktemp("flood")
   exporter.export_model(str(SHIPPED), str(work / "models"), log=lambda message: None)
-  server = ServerProcess(work / "models", work / "server.log", 0, 0,
-                         f"--rest_api_timeout_in_ms={FLOOD_TIMEOUT_MS}").start()
+  server = ServerProcess(work / "models", work / "server.log",
+                         flags=[f"--rest_api_timeout_in_ms={FLOOD_TIMEOUT_MS}",
+                                "--monitoring_config_file",
+                                str(REPO_ROOT / "docker" / "monitoring_config.txt")]).start()
   yield server
   server.stop()
 
