@@ -12,14 +12,11 @@ import json
 import os
 import shutil
 import tempfile
-from typing import List
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from bert_ner import backbone
-from bert_ner import labels
-from bert_ner import modeling
+from bert_ner import backbone, labels, modeling
 
 BERT_CONFIG = "bert_config.json"
 VOCAB = "vocab.txt"
@@ -37,7 +34,7 @@ class NerConfig:
   head: str = "bilstm"  # "bilstm" or "dense"
   lstm_size: int = 128
   hidden_size: int = 128
-  feature_layers: List[int] = dataclasses.field(default_factory=lambda: [-1])
+  feature_layers: list[int] = dataclasses.field(default_factory=lambda: [-1])
   do_lower_case: bool = True
   max_seq_length: int = 128
   dropout: float = 0.5  # rate on the BERT features while training (macanv's keep_prob 0.5)
@@ -80,8 +77,8 @@ class ModelDir:
   bert_config_path: str
   vocab_path: str
   ner_config: NerConfig
-  id2label: List[str]
-  init_checkpoints: List[str]  # restore() reads each variable from the first that has it
+  id2label: list[str]
+  init_checkpoints: list[str]  # restore() reads each variable from the first that has it
 
 
 def vocab_is_cased(vocab_path):

@@ -18,6 +18,7 @@ import signal
 import sys
 
 import grpc
+
 from bert_ner.quiet import quiet_tensorflow
 
 quiet_tensorflow()  # before TensorFlow loads: its C++ reads the log level once, at import
@@ -26,8 +27,12 @@ from aiohttp import web
 
 from server import config as server_config
 from server import grpc_service, ports, process, rest
-from server.batching import (DEFAULT_PARAMETERS_FILE, BatchingConfigError, BatchingOptions,
-                            read_batching_parameters)
+from server.batching import (
+  DEFAULT_PARAMETERS_FILE,
+  BatchingConfigError,
+  BatchingOptions,
+  read_batching_parameters,
+)
 from server.errors import ServingError
 from server.manager import ModelManager
 from server.metrics import Metrics

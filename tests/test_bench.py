@@ -5,9 +5,9 @@ import sys
 import time
 
 import numpy as np
-from test_export import make_checkpoint
 
 from bench import measure
+from test_export import make_checkpoint
 
 HEADERS = [
     "| step | seconds |",

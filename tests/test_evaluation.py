@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from test_export import make_checkpoint
 
 from bert_ner import conll
 from bert_ner.featurizer import Featurizer
 from evaluation import __main__ as evaluation
 from evaluation.local import LocalModel
 from server.process import ServerProcess
+from test_export import make_checkpoint
 
 OVERALL = re.compile(r"^overall precision \d+\.\d\d recall \d+\.\d\d f1 \d+\.\d\d$")
 FOUR_COLUMNS = """-DOCSTART- -X- -X- O

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from server_fixtures import MODEL, POISON, POSITIONS, REPO, build_model, expected
 from tensorflow_serving.apis import (
   get_model_metadata_pb2,
   get_model_status_pb2,
@@ -22,6 +21,7 @@ from tensorflow_serving.apis import (
 
 from server.batching import BatchingOptions, read_batching_parameters
 from server.process import ServerProcess
+from server_fixtures import MODEL, POISON, POSITIONS, REPO, build_model, expected
 
 MAX_REQUEST_BYTES = 1 << 20
 TIMEOUT_S = 10

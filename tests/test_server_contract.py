@@ -78,8 +78,8 @@ def test_duplicate_version_folders_keep_the_last_listed():
     ("all {}", {1, 2, 3}, {1, 2, 3}),
 ])
 def test_version_policies(text, on_disk, aspired):
-  from tensorflow_serving.config import file_system_storage_path_source_pb2 as fs
   from google.protobuf import text_format
+  from tensorflow_serving.config import file_system_storage_path_source_pb2 as fs
   policy = text_format.Parse(text, fs.FileSystemStoragePathSourceConfig.ServableVersionPolicy())
   assert config.VersionPolicy.from_proto(policy).aspired(on_disk) == aspired
 

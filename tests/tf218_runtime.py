@@ -15,8 +15,13 @@ import json
 import sys
 
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2
+from google.protobuf import (
+  descriptor_pb2,
+  descriptor_pool,
+  message_factory,
+  text_format,
+  wrappers_pb2,
+)
 
 # tensorflow-serving-api 2.18 carries ModelServerConfig but neither BatchingParameters
 # (session_bundle_config.proto) nor MonitoringConfig (monitoring_config.proto). These are their

@@ -16,12 +16,15 @@ import time
 import grpc
 import pytest
 import requests
-from e2e_support import REPO_ROOT
-from server.process import ServerProcess
-from tensorflow_serving.apis import classification_pb2, inference_pb2, model_management_pb2
-from tensorflow_serving.apis import regression_pb2
-from clients.tfs_protos import tfs_lite_pb2 as lite
+from tensorflow_serving.apis import (
+  classification_pb2,
+  inference_pb2,
+  model_management_pb2,
+  regression_pb2,
+)
 
+from clients.tfs_protos import tfs_lite_pb2 as lite
+from e2e_support import REPO_ROOT
 from rel_support import (
   GOOD_IDS,
   MODEL,
@@ -35,6 +38,7 @@ from rel_support import (
   rest_send,
   tensor,
 )
+from server.process import ServerProcess
 
 MONITORING = REPO_ROOT / "docker" / "monitoring_config.txt"
 METRICS_PATH = "/monitoring/prometheus/metrics"

@@ -9,9 +9,9 @@ import time
 from concurrent import futures
 
 import requests
+
 from clients import common
 from e2e_support import REPO_ROOT
-
 from rel_support import (
   CLIENT_TIMEOUT_S,
   EXPORT_TIMEOUT_S,
@@ -25,8 +25,6 @@ from rel_support import (
   excerpt,
   served_version,
 )
-
-
 
 
 def test_server_sigkill_during_load_then_restart_on_the_same_ports(env, report):

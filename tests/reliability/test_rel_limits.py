@@ -11,9 +11,9 @@ import numpy as np
 import psutil
 import pytest
 import requests
+
 from clients.tfs_protos import tfs_lite_pb2 as lite
 from e2e_support import ServerProcess
-
 from rel_support import (
   CLS,
   GOOD_IDS,

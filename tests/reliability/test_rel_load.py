@@ -19,8 +19,6 @@ from rel_support import (
 )
 
 
-
-
 def _run_load(env, clients, total, deadline_s):
   """Sends `total` single-sentence requests from len(clients) threads; returns stats."""
   lock = threading.Lock()

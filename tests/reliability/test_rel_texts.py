@@ -3,17 +3,14 @@
 import time
 
 import pytest
+
 from bert_ner.featurizer import entities as entities_of
 from bert_ner.featurizer import pad_batch
-
 from rel_support import (
   SENTENCES,
   entities_sensible,
   excerpt,
 )
-
-
-
 
 LONG = "20,000-word text"
 TEXTS = {
