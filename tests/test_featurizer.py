@@ -425,7 +425,7 @@ def test_merge_reads_each_word_far_from_window_cuts(dev):
   rows = ours.label_ids(words[2:], tags[2:])
   garbage = LABELS.index("B-MISC")
   preds = []
-  for k, (window, ids) in enumerate(rows):
+  for k, (_window, ids) in enumerate(rows):
     n = len(ids) - 2
     # Predictions with little context at a cut are wrong; the merge must not pick them.
     margin = ours.stride // 2

@@ -68,7 +68,7 @@ def test_server_sigkill_during_load_then_restart_on_the_same_ports(env, report):
 
   per_transport = {}
   for (transport, _), calls in zip(clients, outcomes):
-    for after_kill, seconds, error in calls:
+    for _after_kill, seconds, error in calls:
       if error:
         per_transport.setdefault(transport, []).append((seconds, error))
   for transport in ("grpc", "rest"):
