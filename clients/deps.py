@@ -8,7 +8,7 @@ import sys
 
 
 def exit_without(missing):
-  """Exits with status 2 and how to get the clients' dependencies (ModuleNotFoundError `missing`)."""
+  """Exits with status 2 saying how to get the clients' dependencies (`missing`: the error)."""
   script = os.path.basename(sys.argv[0])
   print(f"{script}: error: {sys.executable} has no module {missing.name!r}, which the clients "
         f"need: run `make setup`, then `.venv/bin/python clients/{script} ...` (or `. "

@@ -83,7 +83,8 @@ def test_a_long_text_keeps_the_entities_of_every_sentence(tagger):
   found = tagger([text])[0]
   start, missed = 0, []
   for sentence in sentences:
-    inside = {(e.text, e.type) for e in found if start <= e.start and e.end <= start + len(sentence)}
+    inside = {(e.text, e.type) for e in found
+              if start <= e.start and e.end <= start + len(sentence)}
     if not inside >= KNOWN[sentence]:
       missed.append((start, sorted(KNOWN[sentence] - inside)))
     start += len(sentence) + 1

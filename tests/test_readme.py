@@ -1,4 +1,4 @@
-"""README's query examples run as written against the shipped model, served by `python -m server`."""
+"""README's query examples run as written against the shipped model served by `python -m server`."""
 
 import re
 import shlex

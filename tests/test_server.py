@@ -141,7 +141,8 @@ def test_status_and_metadata_rest_and_grpc(server, stubs):
   assert requests.get(server.rest_url + f'/v1/models/{MODEL}/versions/7',
                       timeout=TIMEOUT_S).status_code == 404
 
-  metadata = requests.get(server.rest_url + f'/v1/models/{MODEL}/metadata', timeout=TIMEOUT_S).json()
+  metadata = requests.get(server.rest_url + f'/v1/models/{MODEL}/metadata',
+                          timeout=TIMEOUT_S).json()
   assert metadata['model_spec'] == {'name': MODEL, 'version': '1', 'signature_name': ''}
   signatures = metadata['metadata']['signature_def']['signature_def']
   assert set(signatures) == {'result', 'serving_default'}

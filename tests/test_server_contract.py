@@ -166,7 +166,8 @@ def test_gzip_bodies_uncompress_or_become_empty():
     ([101, 2 ** 63], "JSON Value: 9223372036854775808 Type: Number is not of expected type: int32"),
     ([101, 1.0], "JSON Value: 1.0 Type: Number is not of expected type: int32"),
     ([[1, 2], [3]], "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
-    ([[1, 2], 3], "JSON Value: 3 found at incorrect level: 2 in the JSON DOM. Expected at level: 2"),
+    ([[1, 2], 3],
+     "JSON Value: 3 found at incorrect level: 2 in the JSON DOM. Expected at level: 2"),
     ([1, [2]], "Encountered list at unexpected level: 1 expected < 1"),
 ])
 def test_json_values_are_checked_as_json_tensor_cc(value, message):

@@ -1,6 +1,6 @@
 """The runtime the image embeds agrees: TensorFlow 2.18 (tensorflow/serving:2.18.0) loads the export
 and tags the whole dev set as the dev venv's TensorFlow does, and TF Serving 2.18's schemas accept
-the image's config files. TF 2.18 runs in .venv-tf218 (`make tf218`), through tests/tf218_runtime.py.
+the image's config files. TF 2.18 runs in .venv-tf218 (`make tf218`) via tests/tf218_runtime.py.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""Runs under .venv-tf218 (TensorFlow 2.18, tensorflow-serving-api 2.18): what the image's runtime sees.
+"""Runs under .venv-tf218 (TensorFlow 2.18, tensorflow-serving-api 2.18): the image's runtime view.
 
     python tests/tf218_runtime.py predict EXPORT_DIR BATCHES.npz OUT.npz
         loads the SavedModel through the TF1 loader TF Serving's SavedModelBundle mirrors and
