@@ -22,6 +22,8 @@ import requests
 from e2e_support import REPO_ROOT, free_port
 from server.process import ServerProcess
 
+pytestmark = pytest.mark.slow  # needs chromium and starts the demo and a server
+
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",

@@ -13,6 +13,8 @@ import pytest
 from conftest import REPO_ROOT
 from test_export import load_saved_model
 
+pytestmark = pytest.mark.slow  # needs TF 2.18 (.venv-tf218)
+
 TF218_PYTHON = REPO_ROOT / ".venv-tf218" / "bin" / "python"
 RUNNER = REPO_ROOT / "tests" / "tf218_runtime.py"
 # Rows per batch: the dev set sorted by length in batches of 64 pads little and runs in a few

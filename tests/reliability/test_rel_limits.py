@@ -30,6 +30,8 @@ from rel_support import (
   tensor,
 )
 
+pytestmark = pytest.mark.slow  # starts the server
+
 MAX_BATCH_SIZE = 64  # docker/batching_parameters.txt, the server's default
 ATTACK_RSS_LIMIT_MB = 300  # server RSS after the attack cases vs before
 ATTACK_TIME_LIMIT_S = 10.0
@@ -166,7 +168,6 @@ def post(server, ids):
   return response.status_code, response.json().get("error", ""), time.monotonic() - started
 
 
-@pytest.mark.slow
 def test_abandoned_work_is_dropped(shipped_server, report):
   process = psutil.Process(shipped_server.proc.pid)
   tiny = [[CLS, 7327, SEP]]

@@ -39,6 +39,8 @@ from rel_support import (
   tensor,
 )
 
+pytestmark = pytest.mark.slow  # starts the server
+
 
 @dataclasses.dataclass
 class Case:

@@ -12,6 +12,8 @@ from rel_support import (
   excerpt,
 )
 
+pytestmark = pytest.mark.slow  # starts the server
+
 LONG = "20,000-word text"
 TEXTS = {
     "empty string": "",
