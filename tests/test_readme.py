@@ -11,6 +11,8 @@ import pytest
 from e2e_support import REPO_ROOT
 from server.process import ServerProcess
 
+pytestmark = pytest.mark.slow  # exports the shipped model (MiniLM) and starts the server
+
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 
 
