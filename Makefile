@@ -13,7 +13,7 @@ REST_PORT ?= 8501
 TRAIN_ARGS ?=
 DOCUMENT ?=
 
-.PHONY: help setup tf218 test train export serve up image eval bench demo demo-screenshot reliability-report mutate clean
+.PHONY: help setup tf218 lint test test-fast train export serve up image eval bench demo demo-screenshot reliability-report mutate clean
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,8 +40,19 @@ $(TF218)/.installed: requirements-tf218.lock
 	$(TF218)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-tf218.lock
 	touch $@
 
+# Lint and type check, configured in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: $(STAMP) ## ruff (lint + format check) and mypy on the typed interfaces
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
 test: $(STAMP) $(TF218)/.installed ## the whole test suite
 	$(PY) -m pytest -q
+
+# The unit tests: no training, real export, server or other subprocess, MiniLM, TF 2.18,
+# chromium or Docker, none over ~1 s (tests marked `slow` or `docker` are left out).
+test-fast: $(STAMP) ## the unit tests only (under a minute): pytest -m "not slow and not docker"
+	$(PY) -m pytest -q -m "not slow and not docker"
 
 train: $(STAMP) ## train a model into build/train (TRAIN_ARGS=... adds flags)
 	$(PY) -m train --out build/train $(TRAIN_ARGS)

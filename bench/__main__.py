@@ -147,6 +147,7 @@ def run(args, command):
   """Every measurement; returns the results dict the report reads."""
   quiet_tensorflow(args.verbose)  # the servers it starts inherit the choice
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  (after --help)
+
   from evaluation.local import LocalModel  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
   documents = conll.read_documents(args.data)

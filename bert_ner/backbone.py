@@ -20,8 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from safetensors.numpy import load_file
 import tensorflow.compat.v1 as tf
+from safetensors.numpy import load_file
 
 from bert_ner import modeling
 

@@ -12,14 +12,13 @@ import json
 import os
 import shutil
 import tempfile
-from typing import List
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from bert_ner import backbone
-from bert_ner import labels
-from bert_ner import modeling
+from bert_ner import backbone, labels, modeling
 
 BERT_CONFIG = "bert_config.json"
 VOCAB = "vocab.txt"
@@ -29,6 +28,10 @@ CHECKPOINT_STATE = "checkpoint"
 LSTM_KERNEL = "rnn_layer/bidirectional_rnn/fw/lstm_cell/kernel"
 HIDDEN_WEIGHTS = "project/hidden/W"
 TRANSITIONS = "crf_loss/transitions"
+StrPath = str | os.PathLike[str]  # a file name as open() takes it
+# TensorFlow ships no type information: its sessions and variables are Any here.
+Session = Any
+Variable = Any
 
 
 @dataclasses.dataclass
@@ -37,7 +40,7 @@ class NerConfig:
   head: str = "bilstm"  # "bilstm" or "dense"
   lstm_size: int = 128
   hidden_size: int = 128
-  feature_layers: List[int] = dataclasses.field(default_factory=lambda: [-1])
+  feature_layers: list[int] = dataclasses.field(default_factory=lambda: [-1])
   do_lower_case: bool = True
   max_seq_length: int = 128
   dropout: float = 0.5  # rate on the BERT features while training (macanv's keep_prob 0.5)
@@ -45,7 +48,7 @@ class NerConfig:
   adapter_alpha: float = 0.0  # LoRA alpha: the adapters add (alpha / rank) * A B to a kernel
   adapter_first_layer: int = 0  # encoder layers from this one up have adapters
 
-  def adapters(self):
+  def adapters(self) -> modeling.Adapters | None:
     """`modeling.Adapters` of this config, or None without adapters."""
     if not self.adapter_rank:
       return None
@@ -53,7 +56,7 @@ class NerConfig:
                              self.adapter_first_layer)
 
   @classmethod
-  def from_dict(cls, data):
+  def from_dict(cls, data: Mapping[str, Any]) -> Self:
     """Builds a config from a dict; missing keys take defaults, unknown keys (export's extras
     such as "labels" and "fingerprint") are ignored."""
     fields = {field.name for field in dataclasses.fields(cls)}
@@ -62,12 +65,12 @@ class NerConfig:
     return config
 
   @classmethod
-  def from_json_file(cls, path):
+  def from_json_file(cls, path: StrPath) -> Self:
     """Reads `ner_config.json`."""
     with open(path, encoding="utf-8") as f:
       return cls.from_dict(json.load(f))
 
-  def to_json_file(self, path):
+  def to_json_file(self, path: StrPath) -> None:
     """Writes `ner_config.json`."""
     with open(path, "w", encoding="utf-8") as f:
       json.dump(dataclasses.asdict(self), f, indent=1)
@@ -80,11 +83,11 @@ class ModelDir:
   bert_config_path: str
   vocab_path: str
   ner_config: NerConfig
-  id2label: List[str]
-  init_checkpoints: List[str]  # restore() reads each variable from the first that has it
+  id2label: list[str]
+  init_checkpoints: list[str]  # restore() reads each variable from the first that has it
 
 
-def vocab_is_cased(vocab_path):
+def vocab_is_cased(vocab_path: StrPath) -> bool:
   """True if some word piece (not a [bracketed] special token) would change under lower-casing."""
   with open(vocab_path, encoding="utf-8") as f:
     tokens = (line.strip() for line in f)
@@ -92,7 +95,7 @@ def vocab_is_cased(vocab_path):
                if not (token.startswith("[") and token.endswith("]")))
 
 
-def infer_ner_config(checkpoint_path, vocab_path):
+def infer_ner_config(checkpoint_path: str, vocab_path: StrPath) -> NerConfig:
   """NerConfig for a dir without `ner_config.json` (macanv), read off its variables and vocab."""
   shapes = dict(tf.train.list_variables(checkpoint_path))
   config = NerConfig(do_lower_case=not vocab_is_cased(vocab_path))
@@ -108,7 +111,7 @@ def infer_ner_config(checkpoint_path, vocab_path):
   return config
 
 
-def latest_checkpoint(directory):
+def latest_checkpoint(directory: StrPath) -> str:
   """Prefix named by the dir's `checkpoint` file; a stale absolute path (a dir copied from
   another machine) is looked for by its basename inside the dir."""
   state = tf.train.get_checkpoint_state(directory)
@@ -121,7 +124,7 @@ def latest_checkpoint(directory):
   raise FileNotFoundError(f"no checkpoint in {directory}: {prefix}.index missing")
 
 
-def _require_file(directory, name):
+def _require_file(directory: str, name: str) -> str:
   """Path of `name` inside `directory`, or a FileNotFoundError saying which file is missing."""
   path = os.path.join(directory, name)
   if not os.path.isfile(path):
@@ -129,7 +132,7 @@ def _require_file(directory, name):
   return path
 
 
-def _check_num_labels(checkpoint_path, id2label):
+def _check_num_labels(checkpoint_path: str, id2label: Sequence[str]) -> None:
   """Fails early when the label map and the checkpoint's CRF disagree on the label count."""
   shapes = dict(tf.train.list_variables(checkpoint_path))
   if TRANSITIONS in shapes and shapes[TRANSITIONS][0] != len(id2label):
@@ -137,7 +140,7 @@ def _check_num_labels(checkpoint_path, id2label):
                      f"label map has {len(id2label)} ids")
 
 
-def _resolve_checkpoint_dir(directory):
+def _resolve_checkpoint_dir(directory: str) -> ModelDir:
   """Our or macanv's full checkpoint dir."""
   checkpoint_path = latest_checkpoint(directory)
   bert_config_path = _require_file(directory, BERT_CONFIG)
@@ -152,7 +155,7 @@ def _resolve_checkpoint_dir(directory):
   return ModelDir(bert_config_path, vocab_path, ner_config, id2label, [checkpoint_path])
 
 
-def _resolve_head_only_dir(directory):
+def _resolve_head_only_dir(directory: str) -> ModelDir:
   """A head-only dir whose `manifest.json` names the pinned backbone; converts it if needed."""
   with open(os.path.join(directory, MANIFEST), encoding="utf-8") as f:
     wanted = json.load(f).get("backbone") or {}
@@ -174,7 +177,7 @@ def _resolve_head_only_dir(directory):
       init_checkpoints=[head_checkpoint, os.path.join(backbone_dir, backbone.CHECKPOINT_NAME)])
 
 
-def resolve(path):
+def resolve(path: StrPath) -> ModelDir:
   """Turns a checkpoint dir of any supported layout into a ModelDir."""
   path = os.fspath(path)
   if not os.path.isdir(path):
@@ -184,12 +187,13 @@ def resolve(path):
   return _resolve_checkpoint_dir(path)
 
 
-def restore(sess, init_checkpoints, var_list=None):
+def restore(sess: Session, init_checkpoints: Sequence[str],
+            var_list: Sequence[Variable] | None = None) -> None:
   """Restores each variable (default: all global ones) from the first checkpoint holding its
   name; raises ValueError listing variables found nowhere or with a different shape."""
   variables = tf.global_variables() if var_list is None else var_list
   shapes = [dict(tf.train.list_variables(path)) for path in init_checkpoints]
-  assignments = [{} for _ in init_checkpoints]
+  assignments: list[dict[str, Variable]] = [{} for _ in init_checkpoints]
   problems = []
   for var in variables:
     name, shape = var.op.name, var.shape.as_list()
@@ -209,7 +213,8 @@ def restore(sess, init_checkpoints, var_list=None):
       tf.train.Saver(assignment).restore(sess, path)
 
 
-def merge_adapters(sess, init_checkpoints, ner_config):
+def merge_adapters(sess: Session, init_checkpoints: Sequence[str],
+                   ner_config: NerConfig) -> list[str]:
   """Adds scale * A B of every adapter pair in the checkpoints into its graph kernel.
 
   For a graph built without adapters (export, merged checkpoints): the merged kernels give the
@@ -237,7 +242,7 @@ def merge_adapters(sess, init_checkpoints, ner_config):
   return merged
 
 
-def restore_model(sess, model_dir):
+def restore_model(sess: Session, model_dir: ModelDir) -> list[str]:
   """Restores a ModelDir's graph; a graph without adapter variables gets them merged in."""
   restore(sess, model_dir.init_checkpoints)
   graph_has_adapters = any(v.op.name.endswith("/" + modeling.ADAPTER_DOWN)
@@ -247,7 +252,7 @@ def restore_model(sess, model_dir):
   return merge_adapters(sess, model_dir.init_checkpoints, model_dir.ner_config)
 
 
-def _replace_dir(new_dir, out_dir):
+def _replace_dir(new_dir: str, out_dir: str) -> None:
   """Moves a complete `new_dir` to `out_dir`; an existing `out_dir` goes only after that."""
   if not os.path.exists(out_dir):
     os.rename(new_dir, out_dir)
@@ -259,8 +264,9 @@ def _replace_dir(new_dir, out_dir):
   shutil.rmtree(trash)
 
 
-def save_checkpoint_dir(sess, out_dir, step, bert_config_path, vocab_path, id2label, ner_config,
-                        var_list=None):
+def save_checkpoint_dir(sess: Session, out_dir: StrPath, step: int, bert_config_path: StrPath,
+                        vocab_path: StrPath, id2label: Sequence[str], ner_config: NerConfig,
+                        var_list: Sequence[Variable] | None = None) -> str:
   """Writes a macanv-layout checkpoint dir atomically; returns its checkpoint prefix.
 
   `var_list` (default: all saveable global variables) picks what goes into `model.ckpt-<step>`.

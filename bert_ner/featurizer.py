@@ -30,12 +30,23 @@ import dataclasses
 import itertools
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Self, TypeVar, cast
 
 import numpy as np
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
+import numpy.typing as npt
+from tokenizers import Encoding, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
 from bert_ner import labels
+
+StrPath = str | os.PathLike[str]  # a file name as open() takes it
+IntArray = npt.NDArray[np.int32]
+# Label ids of one row: a numpy row of a model's output, or a list.
+LabelRow = Sequence[int] | npt.NDArray[np.integer]
+# (input_ids, input_mask) of one padded batch -> label ids [B, >= T] (TF Serving may pad wider).
+RunFn = Callable[[IntArray, IntArray], npt.ArrayLike]
+T = TypeVar("T")
 
 VOCAB_FILE = "vocab.txt"
 NER_CONFIG_FILE = "ner_config.json"
@@ -78,16 +89,16 @@ class Entity:
   end: int
 
 
-def load_vocab(vocab_path):
+def load_vocab(vocab_path: StrPath) -> dict[str, int]:
   """Reads vocab.txt like google's `load_vocab`: stripped lines, first occurrence keeps its id."""
-  vocab = {}
+  vocab: dict[str, int] = {}
   with open(vocab_path, encoding="utf-8") as f:
     for line in f:
       vocab.setdefault(line.strip(), len(vocab))
   return vocab
 
 
-def pad_batch(windows):
+def pad_batch(windows: Sequence[Window]) -> tuple[IntArray, IntArray]:
   """Stacks windows into int32 (input_ids, input_mask) arrays padded to the longest row."""
   width = max((len(w.input_ids) for w in windows), default=0)
   input_ids = np.zeros((len(windows), width), np.int32)
@@ -98,14 +109,14 @@ def pad_batch(windows):
   return input_ids, input_mask
 
 
-def entities(text, words, tags):
+def entities(text: str, words: Sequence[Word], tags: Sequence[str]) -> list[Entity]:
   """Entity spans from word tags; IOB1 and IOB2 alike, an I- without a B- opens an entity.
 
   An `X` tag continues the open entity (a free-text word the model saw as a word piece).
   """
   if len(words) != len(tags):
     raise ValueError(f"{len(words)} words but {len(tags)} tags")
-  spans = []  # [type, first word, last word]
+  spans: list[list] = []  # [type, first word, last word]
   for i, tag in enumerate(tags):
     is_open = bool(spans) and spans[-1][2] == i - 1
     if tag == X and is_open:
@@ -118,7 +129,7 @@ def entities(text, words, tags):
                  words[last].end) for kind, first, last in spans]
 
 
-def _build_tokenizer(vocab, do_lower_case):
+def _build_tokenizer(vocab: dict[str, int], do_lower_case: bool) -> Tokenizer:
   """HF tokenizer doing google's BasicTokenizer + WordpieceTokenizer (accents go with case)."""
   tokenizer = Tokenizer(WordPiece(vocab, unk_token=UNK,
                                   max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
@@ -130,13 +141,15 @@ def _build_tokenizer(vocab, do_lower_case):
   return tokenizer
 
 
-def _words_of(text, encoding):
+def _words_of(text: str, encoding: Encoding) -> tuple[list[Word], list[int]]:
   """Words of free text with the word index of each sub-token of its encoding.
 
   A word spans its sub-tokens' offsets, widened over following characters the normalizer
   dropped (a trailing combining accent, a zero-width space) up to whitespace or the next word.
   """
-  starts, ends, token_words = [], [], []
+  starts: list[int] = []
+  ends: list[int] = []
+  token_words: list[int] = []
   previous = None
   for word_id, (start, end) in zip(encoding.word_ids, encoding.offsets):
     if word_id != previous:
@@ -154,7 +167,7 @@ def _words_of(text, encoding):
   return words, token_words
 
 
-def _window_spans(begins, capacity, overlap):
+def _window_spans(begins: Sequence[int], capacity: int, overlap: int) -> list[tuple[int, int]]:
   """[lo, hi) sub-token spans of the windows: cut at word starts, neighbours share >= `overlap`."""
   n = len(begins)
   if n <= capacity:
@@ -183,7 +196,7 @@ def _window_spans(begins, capacity, overlap):
   return spans
 
 
-def _split(items, sizes):
+def _split(items: list[T], sizes: Iterable[int]) -> list[list[T]]:
   """Cuts a flat list into consecutive parts of the given sizes."""
   bounds = list(itertools.accumulate(sizes, initial=0))
   return [items[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
@@ -192,7 +205,8 @@ def _split(items, sizes):
 class Featurizer:
   """Turns text or CoNLL words into BERT rows and the model's label ids back into tags."""
 
-  def __init__(self, vocab_path, do_lower_case, max_seq_length=128, id2label=None, stride=None):
+  def __init__(self, vocab_path: StrPath, do_lower_case: bool, max_seq_length: int = 128,
+               id2label: Iterable[str] | None = None, stride: int | None = None) -> None:
     if max_seq_length < 3:
       raise ValueError(f"max_seq_length must be >= 3 ([CLS] + a sub-token + [SEP]), "
                        f"got {max_seq_length}")
@@ -216,7 +230,7 @@ class Featurizer:
     self._tokenizer = _build_tokenizer(self.vocab, do_lower_case)
 
   @classmethod
-  def from_dir(cls, path):
+  def from_dir(cls, path: StrPath) -> Self:
     """Builds the featurizer of a checkpoint dir or an export's `assets.extra/`."""
     config_path = os.path.join(path, NER_CONFIG_FILE)
     with open(config_path, encoding="utf-8") as f:
@@ -230,20 +244,21 @@ class Featurizer:
   pad_batch = staticmethod(pad_batch)
   entities = staticmethod(entities)
 
-  def split_words(self, text):
+  def split_words(self, text: str) -> list[Word]:
     """Basic-tokenizer words of free text, with character offsets into `text`."""
     return self.encode_text(text)[0]
 
-  def encode_text(self, text):
+  def encode_text(self, text: str) -> tuple[list[Word], list[Window]]:
     """Free text -> (words, windows)."""
     return self._encode_text(text, self._tokenizer.encode(text, add_special_tokens=False))
 
-  def encode_words(self, words):
+  def encode_words(self, words: Sequence[str]) -> list[Window]:
     """Pre-split words (a CoNLL sentence) -> windows; word_ids index `words`."""
     encoding = self._tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
-    return self._windows(encoding.ids, encoding.word_ids, len(words))
+    # Without special tokens every sub-token has a word: no None in word_ids.
+    return self._windows(encoding.ids, cast(list[int], encoding.word_ids), len(words))
 
-  def label_ids(self, words, tags):
+  def label_ids(self, words: Sequence[str], tags: Sequence[str]) -> list[tuple[Window, list[int]]]:
     """Training rows: (Window, label ids) with the tag on first sub-tokens, X, [CLS], [SEP]."""
     if len(words) != len(tags):
       raise ValueError(f"{len(words)} words but {len(tags)} tags")
@@ -256,7 +271,8 @@ class Featurizer:
       rows.append((window, ids))
     return rows
 
-  def word_tags(self, windows, pred_rows, x_continues=False):
+  def word_tags(self, windows: Sequence[Window], pred_rows: Sequence[LabelRow],
+                x_continues: bool = False) -> list[str]:
     """One tag per word from the label ids predicted for its windows (one input's windows).
 
     X, [CLS] or [SEP] predicted on a word start read as "O"; with `x_continues` (free text) an
@@ -269,7 +285,7 @@ class Featurizer:
       return []
     id2label = self._labels()
     best_score = [-1] * windows[0].num_words
-    best_id = [None] * windows[0].num_words
+    best_id: list[int | None] = [None] * windows[0].num_words
     is_unk = [False] * windows[0].num_words
     unk_id = self.vocab[UNK]
     last = len(windows) - 1
@@ -285,7 +301,7 @@ class Featurizer:
           best_score[word] = min(left, right)
           best_id[word] = int(row[i])
           is_unk[word] = window.input_ids[i] == unk_id
-    tags = []
+    tags: list[str] = []
     for label_id, unk in zip(best_id, is_unk):
       tag = "O" if label_id is None else id2label[label_id]
       if unk and (tag == X or tag.startswith("I-")):
@@ -296,16 +312,19 @@ class Featurizer:
       tags.append(tag)
     return tags
 
-  def predict_words(self, sentences, run_fn, batch_size=64):
+  def predict_words(self, sentences: Sequence[Sequence[str]], run_fn: RunFn,
+                    batch_size: int = 64) -> list[list[str]]:
     """Tags for pre-split sentences, running all their windows through `run_fn` in batches."""
     encodings = self._tokenizer.encode_batch(
         [list(s) for s in sentences], is_pretokenized=True, add_special_tokens=False)
-    per_input = [self._windows(e.ids, e.word_ids, len(s)) for e, s in zip(encodings, sentences)]
+    per_input = [self._windows(e.ids, cast(list[int], e.word_ids), len(s))  # as in encode_words
+                 for e, s in zip(encodings, sentences)]
     rows = self._run(per_input, run_fn, batch_size)
     return [self.word_tags(windows, list(itertools.islice(rows, len(windows))))
             for windows in per_input]
 
-  def predict_texts(self, texts, run_fn, batch_size=64):
+  def predict_texts(self, texts: Sequence[str], run_fn: RunFn,
+                    batch_size: int = 64) -> list[list[Entity]]:
     """Entities of free texts, running all their windows through `run_fn` in batches."""
     encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
     encoded = [self._encode_text(t, e) for t, e in zip(texts, encodings)]
@@ -316,7 +335,8 @@ class Featurizer:
       results.append(entities(text, words, tags))
     return results
 
-  def predict_documents(self, documents, run_fn, batch_size=64):
+  def predict_documents(self, documents: Sequence[Sequence[Sequence[str]]], run_fn: RunFn,
+                        batch_size: int = 64) -> list[list[list[str]]]:
     """Tags for documents (lists of pre-split sentences): each is windowed as one word sequence,
     so a sentence's words see the neighbouring sentences; tags come back per sentence."""
     flat = [[word for sentence in document for word in sentence] for document in documents]
@@ -324,14 +344,17 @@ class Featurizer:
     return [_split(tags, [len(sentence) for sentence in document])
             for tags, document in zip(tagged, documents)]
 
-  def predict_text_documents(self, documents, run_fn, batch_size=64):
+  def predict_text_documents(self, documents: Sequence[Sequence[str]], run_fn: RunFn,
+                             batch_size: int = 64) -> list[list[list[Entity]]]:
     """Entities of each line of documents (lists of lines), a document windowed as one text.
 
     Offsets are within each line, as `predict_texts` gives them for the lines one by one.
     """
     encoded = []
     for lines in documents:
-      words_per_line, ids, token_words = [], [], []
+      words_per_line: list[list[Word]] = []
+      ids: list[int] = []
+      token_words: list[int] = []
       for line, encoding in zip(lines, self._tokenizer.encode_batch(list(lines),
                                                                     add_special_tokens=False)):
         words, line_token_words = _words_of(line, encoding)
@@ -350,12 +373,12 @@ class Featurizer:
                       for line, words, line_tags in zip(lines, words_per_line, per_line)])
     return results
 
-  def _encode_text(self, text, encoding):
+  def _encode_text(self, text: str, encoding: Encoding) -> tuple[list[Word], list[Window]]:
     """(words, windows) of free text from its encoding."""
     words, token_words = _words_of(text, encoding)
     return words, self._windows(encoding.ids, token_words, len(words))
 
-  def _windows(self, ids, token_words, num_words):
+  def _windows(self, ids: list[int], token_words: Sequence[int], num_words: int) -> list[Window]:
     """Cuts one input's sub-tokens (with the word of each) into [CLS] ... [SEP] windows."""
     if num_words == 0:
       return []
@@ -368,7 +391,8 @@ class Featurizer:
                             first, last, num_words))
     return windows
 
-  def _run(self, per_input, run_fn, batch_size):
+  def _run(self, per_input: Sequence[Sequence[Window]], run_fn: RunFn,
+           batch_size: int) -> Iterator[npt.NDArray[np.integer]]:
     """Runs every window through run_fn, shortest first, batches padded to their longest row;
     run_fn may return rows wider than it was given (TF Serving's merged width).
 
@@ -376,7 +400,7 @@ class Featurizer:
     """
     windows = [w for input_windows in per_input for w in input_windows]
     order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
-    rows = [None] * len(windows)
+    rows: list[npt.NDArray[np.integer]] = [None] * len(windows)  # type: ignore[list-item]  # all set below
     for begin in range(0, len(order), batch_size):
       chunk = order[begin:begin + batch_size]
       input_ids, input_mask = pad_batch([windows[i] for i in chunk])
@@ -389,13 +413,13 @@ class Featurizer:
         rows[i] = row
     return iter(rows)
 
-  def _labels(self):
+  def _labels(self) -> list[str]:
     """id2label, or a clear error for a featurizer built without one."""
     if self.id2label is None:
       raise ValueError("this Featurizer has no id2label: pass one or use Featurizer.from_dir")
     return self.id2label
 
-  def _label_id(self, label):
+  def _label_id(self, label: str) -> int:
     """Id of a label; a clear error when the label map lacks it."""
     self._labels()
     if label not in self._label2id:

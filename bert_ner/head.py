@@ -7,13 +7,11 @@ tanh-squashed) and the backward LSTM reads each row reversed within its own leng
 predictions do not depend on how far the batch is padded.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import tensorflow.compat.v1 as tf
 
-from bert_ner import crf
-from bert_ner import featurizer
-from bert_ner import modeling
+from bert_ner import crf, featurizer, modeling
 
 HEADS = ("bilstm", "dense")
 
@@ -22,7 +20,7 @@ class NerHead(NamedTuple):
   """Head outputs: logits [B, T, L], Viterbi pred_label [B, T] int32, mean CRF loss or None."""
   logits: tf.Tensor
   pred_label: tf.Tensor
-  loss: Optional[tf.Tensor]
+  loss: tf.Tensor | None
 
 
 def concat_features(all_encoder_layers, feature_layers):

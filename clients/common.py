@@ -7,12 +7,15 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from bert_ner import model_base
-from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Featurizer
+from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Entity, Featurizer, IntArray, StrPath
 from bert_ner.labels import LABEL2ID_JSON
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +26,7 @@ class ClientError(Exception):
   """A failure the scripts report as one line on stderr."""
 
 
-def find_assets(roots=None):
+def find_assets(roots: Iterable[StrPath] | None = None) -> Path:
   """$BERT_NER_ASSETS, else the highest version's assets.extra under models/bert_ner of CWD/repo."""
   if os.environ.get("BERT_NER_ASSETS"):
     return Path(os.environ["BERT_NER_ASSETS"])
@@ -35,7 +38,7 @@ def find_assets(roots=None):
                     "directory or the repo; pass --assets DIR or set BERT_NER_ASSETS")
 
 
-def load_assets(path):
+def load_assets(path: StrPath) -> tuple[Featurizer, str]:
   """(Featurizer, fingerprint) from an export's assets.extra directory."""
   path = Path(path)
   for name in (VOCAB_FILE, NER_CONFIG_FILE, LABEL2ID_JSON):
@@ -52,11 +55,13 @@ def load_assets(path):
   return featurizer, fingerprint
 
 
-def split_servers(server, schemes=()):
+def split_servers(server: str,
+                  schemes: Sequence[str] = ()) -> tuple[str | None, list[str]]:
   """(scheme, [host:port, ...]) of --server: comma-separated host:port targets, or one
   scheme://... target for a scheme in `schemes`; ClientError naming what is wrong."""
   if not server.strip():
     raise ClientError("--server is empty: give host:port (several: host:port,host:port)")
+  scheme: str | None
   scheme, _, rest = server.partition(":")
   if scheme in schemes and rest.startswith("//"):
     # dns:///name:port and ipv4:///a:p,b:p carry an authority slot, left empty here.
@@ -76,13 +81,13 @@ def split_servers(server, schemes=()):
   return scheme, targets
 
 
-def excerpt(value, limit=80):
+def excerpt(value: object, limit: int = 80) -> str:
   """One line of at most `limit` characters showing a (JSON) value."""
   text = " ".join(json.dumps(value, default=str).split())
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _leaves(value):
+def _leaves(value: object) -> Iterator[object]:
   """The non-list values of nested lists."""
   if isinstance(value, list):
     for item in value:
@@ -91,7 +96,7 @@ def _leaves(value):
     yield value
 
 
-def check_labels(pred, input_ids, num_labels):
+def check_labels(pred: npt.ArrayLike, input_ids: IntArray, num_labels: int) -> IntArray:
   """The server's pred_label (nested lists or an array) as int32 [B, T] for `input_ids`, or
   ClientError: a wrong shape or a label id that is not an integer in [0, num_labels) would
   silently give wrong tags (numpy alone turns 1.7 into 1 and true into 1)."""
@@ -118,14 +123,20 @@ def check_labels(pred, input_ids, num_labels):
 class NerClient:
   """Tags texts with a served bert_ner model; subclasses supply run() and output_names()."""
 
-  def __init__(self, server, model=model_base.MODEL_NAME, signature=model_base.SIGNATURE,
-               timeout=10.0, assets=None):
+  # pred_label [B, T] for one padded batch (input_ids, input_mask).
+  run: Callable[[IntArray, IntArray], IntArray]
+  # Output tensor names per signature name of the served model.
+  output_names: Callable[[], dict[str, list[str]]]
+
+  def __init__(self, server: str, model: str = model_base.MODEL_NAME,
+               signature: str = model_base.SIGNATURE, timeout: float = 10.0,
+               assets: StrPath | None = None) -> None:
     self.server, self.model, self.signature, self.timeout = server, model, signature, timeout
     self.assets = Path(assets) if assets else find_assets()
     self.featurizer, self.fingerprint = load_assets(self.assets)
     self.fingerprint_checked = False
 
-  def predict(self, texts, batch_size=64):
+  def predict(self, texts: Iterable[str], batch_size: int = 64) -> list[list[Entity]]:
     """Entities (type, text, start, end) of each text; windows go batch_size rows per request.
 
     The first call checks the served fingerprint (one metadata request per client): assets of
@@ -135,7 +146,8 @@ class NerClient:
       self.check_fingerprint()
     return self.featurizer.predict_texts(list(texts), self.run, batch_size)
 
-  def predict_documents(self, documents, batch_size=64):
+  def predict_documents(self, documents: Iterable[Iterable[str]],
+                        batch_size: int = 64) -> list[list[list[Entity]]]:
     """Entities of each line of each document (a list of lines), a document tagged as one text
     so its lines see each other; offsets are within the line. Checks the fingerprint as
     `predict` does."""
@@ -144,11 +156,12 @@ class NerClient:
     return self.featurizer.predict_text_documents([list(d) for d in documents], self.run,
                                                   batch_size)
 
-  def checked_labels(self, pred, input_ids):
+  def checked_labels(self, pred: npt.ArrayLike, input_ids: IntArray) -> IntArray:
     """pred_label as int32 [B, T] once it fits the request and the label map (check_labels)."""
-    return check_labels(pred, input_ids, len(self.featurizer.id2label))
+    id2label = cast(list[str], self.featurizer.id2label)  # from_dir always reads the label map
+    return check_labels(pred, input_ids, len(id2label))
 
-  def check_fingerprint(self):
+  def check_fingerprint(self) -> None:
     """Raises ClientError unless the signature's output is named ner_<fingerprint of the assets>."""
     signatures = self.output_names()
     if self.signature not in signatures:
@@ -164,7 +177,7 @@ class NerClient:
                         f"{self.fingerprint}; pass the served version's assets.extra with --assets")
     self.fingerprint_checked = True
 
-  def error(self, code, detail=""):
+  def error(self, code: str, detail: object = "") -> ClientError:
     """ClientError for a canonical status code name (gRPC's, or mapped from HTTP)."""
     message = {
         "UNAVAILABLE": f"server unreachable at {self.server}",
@@ -180,11 +193,11 @@ class NerClient:
 class OneLineParser(argparse.ArgumentParser):
   """argparse whose errors are one line on stderr ("error: ..."), exit status 2."""
 
-  def error(self, message):
+  def error(self, message: str) -> NoReturn:
     self.exit(2, f"error: {' '.join(message.split())}\n")
 
 
-def build_parser(description, default_server):
+def build_parser(description: str | None, default_server: str) -> OneLineParser:
   """The flags both client scripts share."""
   parser = OneLineParser(description=description)
   parser.add_argument("texts", nargs="*", help="sentences to tag")
@@ -209,7 +222,7 @@ def build_parser(description, default_server):
   return parser
 
 
-def read_texts(args):
+def read_texts(args: argparse.Namespace) -> list[str]:
   """The sentences from the arguments or from --file."""
   for number, text in enumerate(args.texts, 1):
     # Undecodable argv bytes arrive as lone surrogates (PEP 383).
@@ -231,9 +244,10 @@ def read_texts(args):
   return args.texts + (text.removesuffix("\n").split("\n") if text else [])
 
 
-def split_documents(lines):
+def split_documents(lines: Iterable[str]) -> list[list[str]]:
   """Consecutive non-blank lines as documents; blank lines separate them."""
-  documents, current = [], []
+  documents: list[list[str]] = []
+  current: list[str] = []
   for line in lines:
     if line.strip():
       current.append(line)
@@ -243,7 +257,8 @@ def split_documents(lines):
   return documents + ([current] if current else [])
 
 
-def tag_lines(client, texts, document, batch_size):
+def tag_lines(client: NerClient, texts: list[str], document: bool,
+              batch_size: int) -> list[tuple[str, list[Entity]]]:
   """(line, entities) for every input line, sentence by sentence or by documents."""
   if not document:
     return list(zip(texts, client.predict(texts, batch_size)))
@@ -252,14 +267,15 @@ def tag_lines(client, texts, document, batch_size):
   return [(line, next(found) if line.strip() else []) for line in texts]
 
 
-def format_result(text, entities, as_json):
+def format_result(text: str, entities: Iterable[Entity], as_json: bool) -> str:
   """The sentence followed by its entities, or one JSON object."""
   if as_json:
     return json.dumps({"text": text, "entities": [dataclasses.asdict(e) for e in entities]})
   return "\n".join([text] + [f"  {e.text} -> {e.type} [{e.start}:{e.end}]" for e in entities])
 
 
-def main(client_class, description, default_server, argv=None):
+def main(client_class: Callable[..., NerClient], description: str | None, default_server: str,
+         argv: Sequence[str] | None = None) -> int:
   """Runs a client script; returns its exit status."""
   parser = build_parser(description, default_server)
   args = parser.parse_args(argv)

@@ -5,10 +5,11 @@ Imports nothing beyond the standard library, so it works exactly where the clien
 
 import os
 import sys
+from typing import NoReturn
 
 
-def exit_without(missing):
-  """Exits with status 2 and how to get the clients' dependencies (ModuleNotFoundError `missing`)."""
+def exit_without(missing: ModuleNotFoundError) -> NoReturn:
+  """Exits with status 2 saying how to get the clients' dependencies (`missing`: the error)."""
   script = os.path.basename(sys.argv[0])
   print(f"{script}: error: {sys.executable} has no module {missing.name!r}, which the clients "
         f"need: run `make setup`, then `.venv/bin/python clients/{script} ...` (or `. "

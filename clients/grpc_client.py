@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import sys
+from typing import Any
 
 if not __package__:  # run as a script from a checkout that is not pip-installed
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -12,8 +13,10 @@ if not __package__:  # run as a script from a checkout that is not pip-installed
 try:
   import grpc
   import numpy as np
+  import numpy.typing as npt
 
   from bert_ner import model_base
+  from bert_ner.featurizer import IntArray
   from clients import common
   from clients.tfs_protos import tfs_lite_pb2 as pb
 except ModuleNotFoundError as missing:  # e.g. the system python3 instead of the venv's
@@ -45,7 +48,7 @@ CHANNEL_OPTIONS = [("grpc.max_reconnect_backoff_ms", 2000),
 TARGET_SCHEMES = ("dns", "ipv4", "ipv6")
 
 
-def _address(target):
+def _address(target: str) -> tuple[int, str]:
   """(family, host:port with a literal address) of one host:port; a name is resolved once."""
   host, _, port = target.rpartition(":")
   host = host.strip("[]")
@@ -62,7 +65,7 @@ def _address(target):
   return address.version, f"{text}:{port}"
 
 
-def channel_target(server):
+def channel_target(server: str) -> str:
   """gRPC target of --server: one host:port or scheme:///... as given; several host:port as one
   ipv4:/// (or ipv6:///) list that round robin spreads calls over."""
   scheme, targets = common.split_servers(server, TARGET_SCHEMES)
@@ -77,14 +80,14 @@ def channel_target(server):
   return f"ipv{families.pop()}:///{','.join(address for _, address in resolved)}"
 
 
-def make_tensor(array):
+def make_tensor(array: npt.ArrayLike) -> Any:
   """int32 TensorProto of a numpy array."""
   array = np.asarray(array, dtype="<i4")
   shape = pb.TensorShapeProto(dim=[pb.TensorShapeProto.Dim(size=n) for n in array.shape])
   return pb.TensorProto(dtype=pb.DT_INT32, tensor_shape=shape, tensor_content=array.tobytes())
 
 
-def make_array(tensor):
+def make_array(tensor: Any) -> IntArray:
   """numpy array of an int32 TensorProto (tensor_content or int_val)."""
   if tensor.dtype != pb.DT_INT32:
     name = pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else \
@@ -102,14 +105,15 @@ def make_array(tensor):
   return values.reshape(shape)
 
 
-def make_predict_request(model, signature, input_ids, input_mask):
+def make_predict_request(model: str, signature: str, input_ids: npt.ArrayLike,
+                         input_mask: npt.ArrayLike) -> Any:
   """PredictRequest for one padded batch."""
   return pb.PredictRequest(
       model_spec=pb.ModelSpec(name=model, signature_name=signature),
       inputs={"input_ids": make_tensor(input_ids), "input_mask": make_tensor(input_mask)})
 
 
-def output_names(response):
+def output_names(response: Any) -> dict[str, list[str]]:
   """Output tensor names per signature of a GetModelMetadataResponse."""
   if "signature_def" not in response.metadata:
     raise common.ClientError("model metadata has no signature_def")
@@ -120,8 +124,9 @@ def output_names(response):
 class GrpcNerClient(common.NerClient):
   """bert_ner client over TensorFlow Serving's gRPC API."""
 
-  def __init__(self, server, model=model_base.MODEL_NAME, signature=model_base.SIGNATURE,
-               timeout=10.0, assets=None):
+  def __init__(self, server: str, model: str = model_base.MODEL_NAME,
+               signature: str = model_base.SIGNATURE, timeout: float = 10.0,
+               assets: common.StrPath | None = None) -> None:
     super().__init__(server, model, signature, timeout, assets)
     channel = grpc.insecure_channel(channel_target(server), options=CHANNEL_OPTIONS)
     self._predict = channel.unary_unary(
@@ -131,7 +136,7 @@ class GrpcNerClient(common.NerClient):
         GET_MODEL_METADATA, request_serializer=pb.GetModelMetadataRequest.SerializeToString,
         response_deserializer=pb.GetModelMetadataResponse.FromString)
 
-  def run(self, input_ids, input_mask):
+  def run(self, input_ids: IntArray, input_mask: IntArray) -> IntArray:
     """pred_label [B, T] for one padded batch."""
     request = make_predict_request(self.model, self.signature, input_ids, input_mask)
     response = self._call(self._predict, request)
@@ -139,13 +144,13 @@ class GrpcNerClient(common.NerClient):
       raise common.ClientError(f"response has no {model_base.OUTPUT!r} output")
     return self.checked_labels(make_array(response.outputs[model_base.OUTPUT]), input_ids)
 
-  def output_names(self):
+  def output_names(self) -> dict[str, list[str]]:
     """Output tensor names per signature, from GetModelMetadata."""
     request = pb.GetModelMetadataRequest(model_spec=pb.ModelSpec(name=self.model),
                                          metadata_field=["signature_def"])
     return output_names(self._call(self._metadata, request))
 
-  def _call(self, method, request):
+  def _call(self, method: Any, request: Any) -> Any:
     try:
       return method(request, timeout=self.timeout)
     except grpc.RpcError as e:

@@ -7,6 +7,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 if not __package__:  # run as a script from a checkout that is not pip-installed
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,6 +17,7 @@ try:
   import urllib3.connection
 
   from bert_ner import model_base
+  from bert_ner.featurizer import IntArray
   from clients import common
 except ModuleNotFoundError as missing:  # e.g. the system python3 instead of the venv's
   if __name__ != "__main__":
@@ -39,21 +41,21 @@ class DeadlineSocket(socket.socket):
   request alive forever; this bounds the whole exchange (plain http: TLS reads bypass it).
   """
 
-  def _wait_at_most(self):
+  def _wait_at_most(self) -> None:
     remaining = getattr(_DEADLINE, "at", math.inf) - time.monotonic()
     if remaining <= 0:
       raise TimeoutError("request deadline passed")
     self.settimeout(None if remaining == math.inf else remaining)
 
-  def recv_into(self, *args, **kwargs):
+  def recv_into(self, *args: Any, **kwargs: Any) -> int:
     self._wait_at_most()
     return super().recv_into(*args, **kwargs)
 
-  def recv(self, *args, **kwargs):
+  def recv(self, *args: Any, **kwargs: Any) -> bytes:
     self._wait_at_most()
     return super().recv(*args, **kwargs)
 
-  def sendall(self, *args, **kwargs):
+  def sendall(self, *args: Any, **kwargs: Any) -> None:
     self._wait_at_most()
     return super().sendall(*args, **kwargs)
 
@@ -61,7 +63,7 @@ class DeadlineSocket(socket.socket):
 class DeadlineConnection(urllib3.connection.HTTPConnection):
   """urllib3's HTTP connection on a DeadlineSocket."""
 
-  def _new_conn(self):
+  def _new_conn(self) -> socket.socket:
     sock = super()._new_conn()
     return DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
 
@@ -70,7 +72,7 @@ class DeadlinePool(urllib3.HTTPConnectionPool):
   ConnectionCls = DeadlineConnection
 
 
-def deadline_session():
+def deadline_session() -> requests.Session:
   """A requests Session whose plain-http connections honour the thread's request deadline."""
   session = requests.Session()
   adapter = requests.adapters.HTTPAdapter()
@@ -80,7 +82,7 @@ def deadline_session():
   return session
 
 
-def error_detail(response):
+def error_detail(response: requests.Response) -> object:
   """The "error" TF Serving puts in a failed response, else the start of the body."""
   try:
     return response.json()["error"]
@@ -91,15 +93,16 @@ def error_detail(response):
 class RestNerClient(common.NerClient):
   """bert_ner client over TensorFlow Serving's REST API."""
 
-  def __init__(self, server, model=model_base.MODEL_NAME, signature=model_base.SIGNATURE,
-               timeout=10.0, assets=None):
+  def __init__(self, server: str, model: str = model_base.MODEL_NAME,
+               signature: str = model_base.SIGNATURE, timeout: float = 10.0,
+               assets: common.StrPath | None = None) -> None:
     super().__init__(server, model, signature, timeout, assets)
     scheme, targets = common.split_servers(server, SCHEMES)
     self.urls = [f"{scheme or 'http'}://{target}" for target in targets]
     self.current = 0  # the target that answered last; requests start there
     self.session = deadline_session()
 
-  def run(self, input_ids, input_mask):
+  def run(self, input_ids: IntArray, input_mask: IntArray) -> IntArray:
     """pred_label [B, T] for one padded batch."""
     body = {"signature_name": self.signature,
             "inputs": {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()}}
@@ -112,7 +115,7 @@ class RestNerClient(common.NerClient):
                                f"{common.excerpt(answer)}")
     return self.checked_labels(outputs, input_ids)
 
-  def output_names(self):
+  def output_names(self) -> dict[str, list[str]]:
     """Output tensor names per signature, from GET /v1/models/<model>/metadata."""
     answer = self._call("GET", f"/v1/models/{self.model}/metadata")
     try:
@@ -123,7 +126,7 @@ class RestNerClient(common.NerClient):
       raise common.ClientError(f"model metadata without signature_def outputs: "
                                f"{common.excerpt(answer)}") from None
 
-  def _call(self, method, path, **kwargs):
+  def _call(self, method: str, path: str, **kwargs: Any) -> Any:
     """The JSON answer of one request, within self.timeout in all, failing over target by
     target (starting at the last one that answered) while a target is unreachable."""
     _DEADLINE.at = time.monotonic() + self.timeout
@@ -143,7 +146,7 @@ class RestNerClient(common.NerClient):
     finally:
       _DEADLINE.at = math.inf
 
-  def _send(self, method, url, **kwargs):
+  def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
     """One HTTP exchange; ClientError when the target is unreachable or the deadline passes."""
     remaining = _DEADLINE.at - time.monotonic()
     if remaining <= 0:
@@ -158,7 +161,7 @@ class RestNerClient(common.NerClient):
       reason = re.search(r"\[Errno [^\]]*\] [^'\")]*", str(e))
       raise self.error("UNAVAILABLE", reason.group(0) if reason else type(e).__name__) from None
 
-  def _answer(self, response, url):
+  def _answer(self, response: requests.Response, url: str) -> Any:
     """The JSON document of a 200 answer, else the ClientError its status maps to."""
     if response.status_code != 200:
       code = HTTP_CODES.get(response.status_code, f"HTTP {response.status_code}")

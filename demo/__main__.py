@@ -1,4 +1,4 @@
-"""python -m demo: serve the tagging page on 127.0.0.1:8080, tagging through the gRPC or REST client."""
+"""python -m demo: serve the tagging page on 127.0.0.1:8080; tags via the gRPC or REST client."""
 
 import argparse
 import asyncio

@@ -21,7 +21,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 # to 1.9 s (one line) through the shipped model and the embedded server on 2 shared cores, a wait
 # a page can show. Longer texts belong to the clients' --file.
 MAX_TEXT_CHARS = 10_000
-# The longest JSON spelling of one character is 12 bytes (an escaped surrogate pair, \\ud83d\\ude00).
+# The longest JSON spelling of one character is 12 bytes (escaped surrogate pair \\ud83d\\ude00).
 MAX_BODY_BYTES = 12 * MAX_TEXT_CHARS + 1024
 # A few taggings at once: the model server batches them; more would only queue in threads here.
 TAG_WORKERS = 4

@@ -102,7 +102,7 @@ def build_context_path(path, context=ROOT):
 
 
 def build_image(client, checkpoint=DEFAULT_CHECKPOINT, tag=IMAGE, context=ROOT):
-  """Builds `tag` from `<context>/docker/Dockerfile`, which exports `checkpoint` inside the build."""
+  """Builds `tag` from `<context>/docker/Dockerfile`, which exports `checkpoint` in the build."""
   if not Path(checkpoint).is_dir():
     raise DeployError(f"no checkpoint dir {checkpoint}")
   context_checkpoint = build_context_path(checkpoint, context).as_posix()

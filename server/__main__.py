@@ -27,8 +27,12 @@ from aiohttp import web
 
 from server import config as server_config
 from server import grpc_service, ports, process, rest
-from server.batching import (DEFAULT_PARAMETERS_FILE, BatchingConfigError, BatchingOptions,
-                            read_batching_parameters)
+from server.batching import (
+  DEFAULT_PARAMETERS_FILE,
+  BatchingConfigError,
+  BatchingOptions,
+  read_batching_parameters,
+)
 from server.errors import ServingError
 from server.manager import ModelManager
 from server.metrics import Metrics

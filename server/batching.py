@@ -23,8 +23,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2
+from google.protobuf import (
+  descriptor_pb2,
+  descriptor_pool,
+  message_factory,
+  text_format,
+  wrappers_pb2,
+)
 
 from server.errors import ServingError, invalid
 

@@ -10,8 +10,12 @@ import logging
 
 import grpc
 from google.protobuf.message import DecodeError
-from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, predict_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+  model_management_pb2,
+  model_service_pb2_grpc,
+  predict_pb2,
+  prediction_service_pb2_grpc,
+)
 
 from server.errors import ServingError, invalid
 from server.tensors import to_proto

@@ -12,7 +12,9 @@ from server.errors import ServingError
 
 def _labels(labels):
   """Renders a label set: {a="1",b="2"}."""
-  escape = lambda v: str(v).replace('\\', r'\\').replace('"', r'\"').replace('\n', r'\n')
+  def escape(v):
+    return str(v).replace('\\', r'\\').replace('"', r'\"').replace('\n', r'\n')
+
   return '{' + ','.join(f'{k}="{escape(v)}"' for k, v in labels) + '}' if labels else ''
 
 

@@ -140,7 +140,7 @@ class _RestApi:
             servable.predict(signature, inputs, self._timeout_ms / 1000), self._timeout_ms / 1000)
       except TimeoutError:
         raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                           f'Request timed out after {self._timeout_ms} ms')
+                           f'Request timed out after {self._timeout_ms} ms') from None
     return web.json_response(_outputs(outputs, row_format))
 
   def classify_or_regress(self, spec, body, action):
@@ -182,7 +182,7 @@ async def _read_json(request):
   try:
     body = await request.read()
   except web.HTTPRequestEntityTooLarge as error:
-    raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, error.text, http_status=413)
+    raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, error.text, http_status=413) from None
   if 'gzip' in request.headers.get('Content-Encoding', ''):
     body = _gunzip(body, request.app._client_max_size)
   return parse_json(body)
@@ -224,9 +224,9 @@ def parse_json(body):
   try:
     document, _ = _DECODER.raw_decode(text, start)
   except json.JSONDecodeError as error:
-    raise invalid(f'JSON Parse error: {error.msg} at offset: {error.pos}')
+    raise invalid(f'JSON Parse error: {error.msg} at offset: {error.pos}') from None
   except RecursionError:
-    raise invalid(f'JSON Parse error: nested too deeply at offset: {start}')
+    raise invalid(f'JSON Parse error: nested too deeply at offset: {start}') from None
   if not isinstance(document, dict):
     raise invalid(f'JSON Value: {_debug(document)} Is not object')
   return document

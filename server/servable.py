@@ -305,6 +305,7 @@ def _length_groups(requests, max_padding=PADDING_BUDGET):
   most `max_padding` times its real positions. On a CPU the model's cost follows padded
   positions, and 32 random CoNLL sentences padded together hold 2.8x their real ones."""
   groups = []
+  group_rows = real = 0  # rows and real positions of groups[-1]
   for i in sorted(range(len(requests)), key=lambda i: _sequence_length(requests[i])):
     rows = _rows(requests[i])
     length = _sequence_length(requests[i])  # the longest so far: requests come sorted

@@ -72,7 +72,7 @@ def from_json(value, dtype, alias):
   try:
     _check_leaves(value, 0, shape, check, dtype)
   except RecursionError:
-    raise invalid(f'{alias} is nested too deeply')
+    raise invalid(f'{alias} is nested too deeply') from None
   return np.array(value, dtype=dtype.as_numpy_dtype).reshape(shape)
 
 
@@ -107,7 +107,7 @@ def _strings(value, alias):
       try:
         return base64.b64decode(item['b64'], validate=True)
       except ValueError:
-        raise invalid(f'{alias}: unable to base64 decode')
+        raise invalid(f'{alias}: unable to base64 decode') from None
     if isinstance(item, list):
       return [leaf(x) for x in item]
     raise invalid(f'{alias}: JSON value {item!r} is not of expected type string')
@@ -115,12 +115,12 @@ def _strings(value, alias):
   try:
     nested = leaf(value)
   except RecursionError:
-    raise invalid(f'{alias} is nested too deeply')
+    raise invalid(f'{alias} is nested too deeply') from None
   array = np.empty(_dense_shape(nested), dtype=object)
   try:
     array[...] = nested
   except ValueError:
-    raise invalid(f'{alias} is not a rectangular list (rows must have one length)')
+    raise invalid(f'{alias} is not a rectangular list (rows must have one length)') from None
   if any(not isinstance(x, bytes) for x in array.flat):
     raise invalid(f'{alias} is not a rectangular list (rows must have one length)')
   return array

@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
-from test_train import _config, sample_files  # pylint: disable=unused-import  (a fixture)
 
 from bert_ner import checkpoint, modeling
+from test_train import _config, sample_files  # noqa: F401  (sample_files: a fixture)
 from train import trainer
+
+pytestmark = pytest.mark.slow  # trains and exports
 
 IDS = np.array([[101, 7327, 19164, 2446, 2655, 102], [101, 2446, 102, 0, 0, 0]], np.int32)
 

@@ -155,6 +155,7 @@ def minilm_dir(minilm_hf_dir, tmp_path_factory):
   return backbone.ensure_converted(minilm_hf_dir, backbone.DEFAULT_BACKBONE["sha256"], cache_root)
 
 
+@pytest.mark.slow  # reads the MiniLM package
 def test_converted_minilm_matches_numpy_reference(minilm_hf_dir, minilm_dir):
   tokenizer = BertWordPieceTokenizer(str(minilm_hf_dir / "vocab.txt"), lowercase=True)
   rows = [tokenizer.encode(sentence).ids for sentence in SENTENCES]
@@ -170,6 +171,7 @@ def test_converted_minilm_matches_numpy_reference(minilm_hf_dir, minilm_dir):
   assert batch_diff < 1e-4 and alone_diff < 1e-4
 
 
+@pytest.mark.slow  # reads the MiniLM package
 def test_converted_dir_is_google_format(minilm_hf_dir, minilm_dir):
   assert minilm_dir.name == backbone.DEFAULT_BACKBONE["sha256"][:12]
   assert {path.name for path in minilm_dir.iterdir()} == GOOGLE_FILES
@@ -193,6 +195,7 @@ def test_converted_dir_is_google_format(minilm_hf_dir, minilm_dir):
       hf["embeddings.LayerNorm.weight"])
 
 
+@pytest.mark.slow  # reads the MiniLM package
 def test_ensure_converted_converts_only_once(minilm_hf_dir, minilm_dir, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("converted again")
@@ -204,6 +207,7 @@ def test_ensure_converted_converts_only_once(minilm_hf_dir, minilm_dir, monkeypa
   assert again == minilm_dir and time.perf_counter() - start < 0.1
 
 
+@pytest.mark.slow  # reads the MiniLM package
 def test_sha256_mismatch_is_refused(minilm_hf_dir, tmp_path):
   with pytest.raises(backbone.BackboneError, match="make setup"):
     backbone.convert_hf_to_google(minilm_hf_dir, tmp_path / "out", expected_sha256="0" * 64)
@@ -222,6 +226,7 @@ def test_missing_or_wrong_package_tells_to_run_make_setup(monkeypatch):
     backbone.locate_default_backbone()
 
 
+@pytest.mark.slow  # reads the MiniLM package
 def test_failure_mid_conversion_leaves_no_out_dir(minilm_hf_dir, tmp_path, monkeypatch):
   def write_half_and_fail(config, hf_tensors, checkpoint_prefix):
     with open(checkpoint_prefix + ".index", "wb") as writer:
@@ -236,12 +241,14 @@ def test_failure_mid_conversion_leaves_no_out_dir(minilm_hf_dir, tmp_path, monke
   assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # reads the MiniLM package
 def test_existing_out_dir_is_not_overwritten(minilm_hf_dir, tmp_path):
   (tmp_path / "out").mkdir()
   with pytest.raises(FileExistsError):
     backbone.convert_hf_to_google(minilm_hf_dir, tmp_path / "out")
 
 
+@pytest.mark.slow  # reads the MiniLM package
 def test_cli_converts_a_prefixed_hf_dir(minilm_hf_dir, tmp_path, capsys):
   hf_dir = write_tiny_hf_dir(tmp_path / "hf", minilm_hf_dir / "vocab.txt")
   backbone.main(["--hf_dir", str(hf_dir), "--out", str(tmp_path / "google")])
@@ -251,6 +258,7 @@ def test_cli_converts_a_prefixed_hf_dir(minilm_hf_dir, tmp_path, capsys):
   assert max_abs_diff(hf_dir, tmp_path / "google", input_ids, input_mask) < 1e-4
 
 
+@pytest.mark.slow  # reads the MiniLM package
 def test_missing_tensors_are_named(minilm_hf_dir, tmp_path):
   hf_dir = write_tiny_hf_dir(tmp_path / "hf", minilm_hf_dir / "vocab.txt",
                              drop=("pooler.dense.weight", "pooler.dense.bias"))

@@ -9,8 +9,15 @@ import grpc
 import numpy as np
 import pytest
 
-from server.batching import (DEFAULT_PARAMETERS_FILE, BatchingConfigError, BatchingOptions,
-                             Batcher, padded_batch_size, read_batching_parameters, split_sizes)
+from server.batching import (
+  DEFAULT_PARAMETERS_FILE,
+  Batcher,
+  BatchingConfigError,
+  BatchingOptions,
+  padded_batch_size,
+  read_batching_parameters,
+  split_sizes,
+)
 from server.errors import ServingError
 from server.metrics import Metrics
 from server.servable import _merge, _pad_tensor

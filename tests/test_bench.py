@@ -5,9 +5,12 @@ import sys
 import time
 
 import numpy as np
-from test_export import make_checkpoint
+import pytest
 
 from bench import measure
+from test_export import make_checkpoint
+
+pytestmark = pytest.mark.slow  # exports and starts servers
 
 HEADERS = [
     "| step | seconds |",

@@ -68,6 +68,7 @@ def macanv_dir(tiny_bert_dir, tmp_path_factory):
   return out_dir, expected, head_only_dir
 
 
+@pytest.mark.slow  # 1.3 s measured
 def test_macanv_dir_resolves_and_predicts(macanv_dir):
   out_dir, expected, _ = macanv_dir
   model_dir = checkpoint.resolve(out_dir)
@@ -84,6 +85,7 @@ def test_macanv_dir_resolves_and_predicts(macanv_dir):
   np.testing.assert_array_equal(pred, expected)
 
 
+@pytest.mark.slow  # 1.7 s measured
 def test_save_and_resolve_round_trip(macanv_dir, tmp_path):
   source = checkpoint.resolve(macanv_dir[0])
   out_dir = tmp_path / "ours"

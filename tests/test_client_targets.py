@@ -181,6 +181,7 @@ REST_ANSWERS = [
 ]
 
 
+@pytest.mark.slow  # runs the client scripts
 @pytest.mark.parametrize("answer,error", REST_ANSWERS, ids=lambda v: json.dumps(v)[:30])
 def test_rest_bad_answers_are_one_line_errors(bad_server, assets, answer, error):
   bad_server.rest_answer = answer
@@ -199,6 +200,7 @@ def int_tensor(shape, values):
     (int_tensor([1, 6], [10, 99, 0, 0, 0, 11]), "label id 99"),
     (int_tensor([2, 6], [0] * 11), r"shape \[2, 6\] holds 11 values"),
 ])
+@pytest.mark.slow  # runs the client scripts
 def test_grpc_bad_answers_are_one_line_errors(bad_server, assets, tensor, error):
   bad_server.grpc_answer = tensor
   result = run_script("grpc", "--server", bad_server.grpc_address, "--assets", assets, SENTENCE)
@@ -219,6 +221,7 @@ def test_grpc_bad_answers_are_one_line_errors(bad_server, assets, tensor, error)
     (["--timeout", "soon"], "invalid float value: 'soon'"),
     (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
 ])
+@pytest.mark.slow  # runs the client scripts
 def test_bad_arguments_are_one_line_errors(assets, transport, args, error):
   result = run_script(transport, "--assets", assets, *args, SENTENCE)
   assert_one_line_error(result, error)
@@ -234,6 +237,7 @@ def run_bytes(transport, args, stdin=b""):
   return result
 
 
+@pytest.mark.slow  # runs the client scripts
 @pytest.mark.parametrize("transport", SCRIPTS)
 def test_invalid_utf8_in_argv_is_a_one_line_error(assets, transport):
   result = run_bytes(transport, ["--assets", str(assets), "--server", "127.0.0.1:9",
@@ -242,6 +246,7 @@ def test_invalid_utf8_in_argv_is_a_one_line_error(assets, transport):
                                 r"character 3\)")
 
 
+@pytest.mark.slow  # runs the client scripts
 @pytest.mark.parametrize("transport", SCRIPTS)
 def test_invalid_utf8_on_stdin_is_a_one_line_error(assets, transport):
   result = run_bytes(transport, ["--assets", str(assets), "--server", "127.0.0.1:9",
@@ -294,6 +299,7 @@ HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length:
 @pytest.mark.parametrize("prefix,answer", [(b"", HEADERS + b"{" + b" " * 38 + b"}"),
                                            (HEADERS, b"{" + b" " * 38 + b"}")],
                          ids=["headers trickled", "body trickled"])
+@pytest.mark.slow  # 2 s by design (a trickling server)
 def test_rest_timeout_bounds_the_whole_request(assets, prefix, answer):
   server = TrickleServer(answer, prefix)
   try:
@@ -307,6 +313,7 @@ def test_rest_timeout_bounds_the_whole_request(assets, prefix, answer):
   assert TRICKLE_TIMEOUT_S - 0.1 <= elapsed <= TRICKLE_TIMEOUT_S + TIMEOUT_SLACK_S
 
 
+@pytest.mark.slow  # runs the client scripts, 3-4 s
 def test_rest_script_abandons_a_trickling_server(assets):
   server = TrickleServer(HEADERS + b"{" + b" " * 38 + b"}", interval=2.0)
   try:
@@ -384,6 +391,7 @@ def test_rest_fails_over_on_503(assets):
     good.close()
 
 
+@pytest.mark.slow  # 1.3-1.9 s measured
 def test_all_targets_down_is_one_line_error(assets):
   servers = f"127.0.0.1:{closed_port()},127.0.0.1:{closed_port()}"
   for transport in SCRIPTS:

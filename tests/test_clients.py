@@ -75,6 +75,7 @@ def test_flags(transport, port):
           args.file, args.json, args.batch_size) == ([], "h:1", "m", "s", 2.5, "dir", "-", True, 8)
 
 
+@pytest.mark.slow  # runs the client scripts
 @pytest.mark.parametrize("transport", SCRIPTS)
 def test_scripts_help_from_the_repo_root(transport):
   result = subprocess.run([sys.executable, f"clients/{transport}_client.py", "--help"],
@@ -169,6 +170,7 @@ def test_error_messages_are_one_line(tmp_path, code, expected):
   assert str(client.error(code, " a\n  b\n")) == expected
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_client_modules_do_not_import_tensorflow():
   code = ("import sys, clients.grpc_client, clients.rest_client; "
           "print(sorted({m.split('.')[0] for m in sys.modules} & "
@@ -365,6 +367,7 @@ def test_timeout(fake, fake_assets, transport):
   assert time.monotonic() - started < 3.0
 
 
+@pytest.mark.slow  # runs the client scripts
 def test_scripts_tag_sentences_files_and_stdin(fake, fake_assets, tmp_path):
   lines = [SENTENCE, "", "boycott british lamb"]
   (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
@@ -387,6 +390,7 @@ def test_scripts_tag_sentences_files_and_stdin(fake, fake_assets, tmp_path):
   assert outputs["grpc"] == outputs["rest"]
 
 
+@pytest.mark.slow  # runs the client scripts
 def test_scripts_fail_with_one_line(fake, fake_assets, tmp_path, transport):
   flags = ["--assets", fake_assets]
   assert_one_line_error(run_script(transport, SENTENCE, "--server", f"127.0.0.1:{free_port()}",
@@ -445,6 +449,7 @@ def served(tiny_bert_dir, tmp_path_factory):
       server.wait()
 
 
+@pytest.mark.slow  # exports and starts the server
 def test_e2e_grpc_and_rest_scripts_agree(served):
   work, grpc_address, rest_address = served
   (work / "in.txt").write_text("\n".join(E2E_SENTENCES) + "\n")
@@ -466,6 +471,7 @@ def test_e2e_grpc_and_rest_scripts_agree(served):
   assert outputs["grpc"] == outputs["rest"]
 
 
+@pytest.mark.slow  # exports and starts the server
 def test_e2e_scripts_fail_with_one_line(served, transport):
   work, *addresses = served
   address = dict(zip(SCRIPTS, addresses))[transport]
@@ -485,6 +491,7 @@ def test_e2e_scripts_fail_with_one_line(served, transport):
                                    cwd=work), "fingerprint mismatch")
 
 
+@pytest.mark.slow  # exports and starts the server
 def test_e2e_server_side_invalid_argument(served, transport):
   work, *addresses = served
   client = CLASSES[transport](dict(zip(SCRIPTS, addresses))[transport],

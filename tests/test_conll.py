@@ -18,6 +18,7 @@ def _write(tmp_path, text, name="data.txt"):
   return path
 
 
+@pytest.mark.slow  # 1.9 s measured (reads train.txt)
 def test_reads_conll2003_dev_and_train(conll_dev_path, conll_train_path):
   dev, train = read_conll(conll_dev_path), read_conll(conll_train_path)
   assert (len(dev), sum(len(s.words) for s in dev)) == (3250, 51362)
@@ -31,6 +32,7 @@ def test_reads_conll2003_dev_and_train(conll_dev_path, conll_train_path):
   assert all(iob1_to_iob2(s.tags) == s.tags for s in dev)
 
 
+@pytest.mark.slow  # runs pytest in a subprocess
 @pytest.mark.parametrize("ci", ["true", ""])
 def test_missing_data_fails_in_ci_and_skips_with_directions_elsewhere(tmp_path, ci):
   repo = Path(__file__).resolve().parents[1]

@@ -54,12 +54,14 @@ def test_head_and_adapters_only_and_small():
   assert size <= 10 * 1024 * 1024, f"models/default is {size} bytes, over 10 MB"
 
 
+@pytest.mark.slow  # the tagger needs MiniLM
 def test_tags_the_readme_sentence(tagger):
   [found] = tagger(["EU rejects German call"])
   assert [(e.text, e.type, e.start, e.end) for e in found] == [
       ("EU", "ORG", 0, 2), ("German", "MISC", 11, 17)]
 
 
+@pytest.mark.slow  # the tagger needs MiniLM
 def test_tags_people_places_and_organisations(tagger):
   found = tagger(["Angela Merkel met Microsoft executives in Paris on Tuesday.",
                   "Manchester United beat Arsenal 2-1 at Old Trafford."])
@@ -83,7 +85,8 @@ def test_a_long_text_keeps_the_entities_of_every_sentence(tagger):
   found = tagger([text])[0]
   start, missed = 0, []
   for sentence in sentences:
-    inside = {(e.text, e.type) for e in found if start <= e.start and e.end <= start + len(sentence)}
+    inside = {(e.text, e.type) for e in found
+              if start <= e.start and e.end <= start + len(sentence)}
     if not inside >= KNOWN[sentence]:
       missed.append((start, sorted(KNOWN[sentence] - inside)))
     start += len(sentence) + 1

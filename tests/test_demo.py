@@ -101,6 +101,7 @@ def test_entity_types_inverts_make_label_list():
                                                                          "PER"]
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_demo_does_not_import_tensorflow():
   """The demo runs where only the clients' dependencies and aiohttp are installed."""
   code = ("import sys, demo.__main__; "

@@ -156,6 +156,7 @@ def venv_tool(name, *args):
                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # runs hadolint
 def test_hadolint_passes_the_dockerfile():
   done = venv_tool("hadolint", "--no-color", DOCKER / "Dockerfile")
   assert (done.returncode, done.stdout + done.stderr) == (0, "")
@@ -165,6 +166,7 @@ def test_hadolint_passes_the_dockerfile():
     ("vendor.compose-spec", "docker-compose.yml"),
     ("vendor.github-workflows", ".github/workflows/docker.yml"),
 ])
+@pytest.mark.slow  # runs check-jsonschema
 def test_file_matches_its_schema(schema, path):
   done = venv_tool("check-jsonschema", "--builtin-schema", schema, REPO_ROOT / path)
   assert done.returncode == 0, done.stdout + done.stderr
@@ -179,6 +181,7 @@ def test_workflow_builds_with_compose_waits_for_health_and_runs_the_docker_tests
   assert job["env"]["BERT_NER_REQUIRE_DOCKER"] == "1" and job["timeout-minutes"] <= 25
 
 
+@pytest.mark.slow  # runs python -m deploy
 def test_deploy_help_and_no_engine_errors(tmp_path):
   env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
   run = lambda *a: subprocess.run([sys.executable, "-m", "deploy", *a], cwd=REPO_ROOT, env=env,
@@ -243,6 +246,7 @@ def model_base(tiny_bert_dir, tmp_path_factory):
   return base
 
 
+@pytest.mark.slow  # exports a model
 def test_how_to_query_prints_real_features(model_base):
   import deploy
   from bert_ner.featurizer import Featurizer
@@ -276,6 +280,7 @@ def assert_serves_the_export(rest_port, model_base, body):
   assert served == want.tolist()
 
 
+@pytest.mark.slow  # exports and starts the server
 def test_serve_without_engine_runs_the_embedded_server(model_base, tmp_path):
   import deploy
   grpc_port, rest_port = free_port(), free_port()

@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from test_export import make_checkpoint
 
 from bert_ner import conll
 from bert_ner.featurizer import Featurizer
 from evaluation import __main__ as evaluation
 from evaluation.local import LocalModel
 from server.process import ServerProcess
+from test_export import make_checkpoint
 
 OVERALL = re.compile(r"^overall precision \d+\.\d\d recall \d+\.\d\d f1 \d+\.\d\d$")
 FOUR_COLUMNS = """-DOCSTART- -X- -X- O
@@ -71,6 +71,7 @@ def evaluate(capsys, *args):
   return status, out.splitlines(), err
 
 
+@pytest.mark.slow  # exports and starts the server
 def test_transports_give_the_same_tags_and_scores(base, server, sample, capsys):
   addresses = {"local": None, "grpc": server.grpc, "rest": server.rest}
   outputs = {}
@@ -93,6 +94,7 @@ def test_transports_give_the_same_tags_and_scores(base, server, sample, capsys):
     assert evaluation.tag(client.featurizer, client.run, sentences, 5) == tags
 
 
+@pytest.mark.slow  # exports a model (the base fixture)
 def test_one_two_and_four_columns(base, tmp_path, capsys):
   four, two, one = tmp_path / "four.txt", tmp_path / "two.txt", tmp_path / "one.txt"
   four.write_text(FOUR_COLUMNS)
@@ -113,6 +115,7 @@ def test_one_two_and_four_columns(base, tmp_path, capsys):
   assert err == f"error: {one} has no tag column: nothing to score against\n"
 
 
+@pytest.mark.slow  # exports a model (the base fixture)
 def test_document_mode_tags_each_document_as_one_text(base, tmp_path, capsys):
   four = tmp_path / "four.txt"
   four.write_text(FOUR_COLUMNS)
@@ -140,6 +143,7 @@ def test_document_mode_tags_each_document_as_one_text(base, tmp_path, capsys):
     ("no model", r"no SavedModel version under .*empty"),
     ("malformed", r"cannot read .*bad\.txt: .*bad\.txt:1: last column 'Z' is not an IOB tag"),
 ])
+@pytest.mark.slow  # exports a model (the base fixture)
 def test_errors_are_one_line_and_exit_2(base, tmp_path, capsys, case, pattern):
   (tmp_path / "bad.txt").write_text("EU Z\n")
   (tmp_path / "empty").mkdir()
@@ -155,6 +159,7 @@ def test_errors_are_one_line_and_exit_2(base, tmp_path, capsys, case, pattern):
   assert err.count("\n") == 1 and err.startswith("error: ") and re.search(pattern, err), err
 
 
+@pytest.mark.slow  # exports and starts the server
 @pytest.mark.parametrize("transport", ["grpc", "rest"])
 def test_assets_of_another_version_are_refused(base, server, tmp_path, capsys, transport):
   # Scores from assets whose labels or vocab differ from the served model's would be garbage.
@@ -171,6 +176,7 @@ def test_assets_of_another_version_are_refused(base, server, tmp_path, capsys, t
       f"assets {skewed} have ffffffffffffffff" in err), err
 
 
+@pytest.mark.slow  # exports and starts the server
 def test_cli_over_grpc_does_not_import_tensorflow(base, server, sample):
   code = ("import sys; from evaluation.__main__ import main; status = main(sys.argv[1:]); "
           "print('tensorflow' in sys.modules); sys.exit(status)")

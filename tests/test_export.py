@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # exports models and runs the export CLI
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAVED_MODEL_CLI = REPO_ROOT / ".venv/bin/saved_model_cli"
 SIGNATURES = ("result", "serving_default")

@@ -125,6 +125,7 @@ def _text_tokens(featurizer, text):
   return [t for w in windows for t in _tokens(featurizer, w.input_ids[1:-1])]
 
 
+@pytest.mark.slow  # 3.7-4.1 s measured (all of CoNLL)
 @pytest.mark.parametrize("cased", [False, True], ids=["uncased", "cased"])
 def test_conll_words_agree_with_google(google, dev, conll_train_path, cased_vocab, cased):
   vocab = cased_vocab if cased else VOCAB
@@ -147,6 +148,7 @@ def test_conll_words_agree_with_google(google, dev, conll_train_path, cased_voca
   assert not mismatches, mismatches[:20]
 
 
+@pytest.mark.slow  # 1.7-4.6 s measured
 @pytest.mark.parametrize("cased", [False, True], ids=["uncased", "cased"])
 def test_free_text_agrees_with_google(google, dev, cased_vocab, cased):
   vocab = cased_vocab if cased else VOCAB
@@ -237,12 +239,14 @@ def _gold_rows(featurizer, sentences):
   return [[w for w, _ in r] for r in rows], [[ids for _, ids in r] for r in rows]
 
 
+@pytest.mark.slow  # 1.6 s measured (all of CoNLL dev)
 def test_gold_labels_restore_every_dev_tag(featurizer, dev):
   windows, preds = _gold_rows(featurizer, dev)
   assert sum(map(len, windows)) > len(dev)  # some dev sentences need several windows
   assert [featurizer.word_tags(w, p) for w, p in zip(windows, preds)] == [s.tags for s in dev]
 
 
+@pytest.mark.slow  # 1.0 s measured
 def test_predict_words_batches_and_restores_dev(featurizer, dev):
   windows, preds = _gold_rows(featurizer, dev)
   # The fake model answers gold labels by input row; a few dev sentences repeat with other tags.
@@ -425,7 +429,7 @@ def test_merge_reads_each_word_far_from_window_cuts(dev):
   rows = ours.label_ids(words[2:], tags[2:])
   garbage = LABELS.index("B-MISC")
   preds = []
-  for k, (window, ids) in enumerate(rows):
+  for k, (_window, ids) in enumerate(rows):
     n = len(ids) - 2
     # Predictions with little context at a cut are wrong; the merge must not pick them.
     margin = ours.stride // 2
@@ -435,6 +439,7 @@ def test_merge_reads_each_word_far_from_window_cuts(dev):
   assert ours.word_tags([w for w, _ in rows], preds) == tags[2:]
 
 
+@pytest.mark.slow  # 2.1 s measured
 def test_long_text_is_windowed_in_linear_size(dev):
   ours = Featurizer(VOCAB, True, id2label=LABELS)
   text = " ".join(w for s in dev for w in s.words)
@@ -481,6 +486,7 @@ def test_bad_settings_fail_clearly():
     Featurizer(VOCAB, True).label_ids(["a"], ["O"])
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_import_does_not_load_tensorflow():
   code = ("import sys, time; t = time.perf_counter(); import bert_ner.featurizer; "
           "print(time.perf_counter() - t); "

@@ -163,6 +163,7 @@ def test_make_serve_on_a_fresh_clone_is_short_quiet_and_right(clone):
   assert query.stdout == f"{EXAMPLE}\n  EU -> ORG [0:2]\n  German -> MISC [11:17]\n"
 
 
+@pytest.mark.slow  # runs the client scripts
 @pytest.mark.parametrize("script", ["grpc_client.py", "rest_client.py"])
 def test_client_without_its_dependencies_says_how_to_get_them(script):
   # -S: no site-packages, so neither grpc nor numpy nor tokenizers, like the system python3.
@@ -175,6 +176,7 @@ def test_client_without_its_dependencies_says_how_to_get_them(script):
       rf"or `pip install '\.\[client\]'`\n", done.stderr), done.stderr
 
 
+@pytest.mark.slow  # runs make
 def test_make_help_lists_every_target_once():
   done = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=60)
@@ -185,6 +187,7 @@ def test_make_help_lists_every_target_once():
   assert sorted(listed) == sorted(targets)
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_start_up_filter_drops_the_notices_and_keeps_real_warnings():
   notices = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
              "STDERR\nI0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on.\n"

@@ -82,7 +82,8 @@ def test_bidirectional_lstm_matches_lstm_cell_math():
   cell = "rnn_layer/bidirectional_rnn/{}/lstm_cell/"
   for b, n in enumerate(row_lengths):
     row = inputs[b, :n]
-    forward = numpy_lstm(row, values[cell.format("fw") + "kernel"], values[cell.format("fw") + "bias"])
+    forward = numpy_lstm(row, values[cell.format("fw") + "kernel"],
+                         values[cell.format("fw") + "bias"])
     backward = numpy_lstm(row[::-1], values[cell.format("bw") + "kernel"],
                           values[cell.format("bw") + "bias"])[::-1]
     np.testing.assert_allclose(got[b, :n, :LSTM], forward, atol=1e-5)

@@ -65,6 +65,7 @@ def kubectl_kustomize(directory):
   return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+@pytest.mark.slow  # runs a subprocess
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda d: d.name)
 def test_the_loader_renders_what_kustomize_builds(directory):
   built = kubectl_kustomize(directory)
@@ -269,6 +270,7 @@ class StatusHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("state,ready", [("AVAILABLE", True), ("LOADING", False),
                                          ("UNLOADING", False), (None, False)])
+@pytest.mark.slow  # runs the probe script
 def test_the_readiness_probe_passes_only_for_an_available_version(container, state, ready):
   probe = container["readinessProbe"]["exec"]["command"]
   assert probe == container["startupProbe"]["exec"]["command"]

@@ -69,6 +69,7 @@ def test_variable_names_and_shapes_match_google(tiny_bert_dir):
   assert saved == google_variables(config)
 
 
+@pytest.mark.slow  # 2.6 s measured
 def test_graph_variables_match_google_for_a_base_config():
   config = modeling.BertConfig(vocab_size=28996)  # cased_L-12_H-768_A-12
   with tf.Graph().as_default():

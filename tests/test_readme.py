@@ -1,4 +1,4 @@
-"""README's query examples run as written against the shipped model, served by `python -m server`."""
+"""README's query examples run as written against the shipped model served by `python -m server`."""
 
 import re
 import shlex
@@ -10,6 +10,8 @@ import pytest
 
 from e2e_support import REPO_ROOT
 from server.process import ServerProcess
+
+pytestmark = pytest.mark.slow  # exports the shipped model (MiniLM) and starts the server
 
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from server_fixtures import MODEL, POISON, POSITIONS, REPO, build_model, expected
 from tensorflow_serving.apis import (
   get_model_metadata_pb2,
   get_model_status_pb2,
@@ -22,6 +21,7 @@ from tensorflow_serving.apis import (
 
 from server.batching import BatchingOptions, read_batching_parameters
 from server.process import ServerProcess
+from server_fixtures import MODEL, POISON, POSITIONS, REPO, build_model, expected
 
 MAX_REQUEST_BYTES = 1 << 20
 TIMEOUT_S = 10
@@ -93,6 +93,7 @@ def assert_serving(server, offset=0):
   assert response.json() == {'outputs': [expected([3, 4], [1, 1], offset)]}
 
 
+@pytest.mark.slow  # starts the server
 def test_rest_row_format_returns_bare_lists_for_a_single_output(server):
   rows = [([1, 2, 3, 0], [1, 1, 1, 0]), ([5, 6, 7, 8], [1, 1, 1, 1])]
   body = {'signature_name': 'result',
@@ -102,6 +103,7 @@ def test_rest_row_format_returns_bare_lists_for_a_single_output(server):
   assert response.json() == {'predictions': [expected(i, m) for i, m in rows]}
 
 
+@pytest.mark.slow  # starts the server
 def test_rest_columnar_format_and_default_signature(server):
   response = rest_predict(server, {'inputs': {'input_ids': [[1, 2, 3], [4, 5, 6]],
                                               'input_mask': [[1, 1, 1], [1, 1, 0]]}})
@@ -110,6 +112,7 @@ def test_rest_columnar_format_and_default_signature(server):
                                          expected([4, 5, 6], [1, 1, 0])]}
 
 
+@pytest.mark.slow  # starts the server
 def test_grpc_predict_matches_rest(server, stubs):
   ids, mask = [[9, 10, 11, 12], [13, 14, 0, 0]], [[1, 1, 1, 1], [1, 1, 0, 0]]
   response = stubs[0].Predict(grpc_request(ids, mask, 'result'), timeout=TIMEOUT_S)
@@ -133,6 +136,7 @@ def _with_filter(request, aliases):
   return request
 
 
+@pytest.mark.slow  # starts the server
 def test_status_and_metadata_rest_and_grpc(server, stubs):
   status = {'model_version_status': [{'version': '1', 'state': 'AVAILABLE',
                                       'status': {'error_code': 'OK', 'error_message': ''}}]}
@@ -141,7 +145,8 @@ def test_status_and_metadata_rest_and_grpc(server, stubs):
   assert requests.get(server.rest_url + f'/v1/models/{MODEL}/versions/7',
                       timeout=TIMEOUT_S).status_code == 404
 
-  metadata = requests.get(server.rest_url + f'/v1/models/{MODEL}/metadata', timeout=TIMEOUT_S).json()
+  metadata = requests.get(server.rest_url + f'/v1/models/{MODEL}/metadata',
+                          timeout=TIMEOUT_S).json()
   assert metadata['model_spec'] == {'name': MODEL, 'version': '1', 'signature_name': ''}
   signatures = metadata['metadata']['signature_def']['signature_def']
   assert set(signatures) == {'result', 'serving_default'}
@@ -190,6 +195,7 @@ def test_status_and_metadata_rest_and_grpc(server, stubs):
      'Unrecognized servable version label: canary'),
     ('', columnar([[1] * 1000] * 400, [1]), 413, 'Maximum request body size'),
 ])
+@pytest.mark.slow  # starts the server
 def test_rest_errors_are_json_and_leave_the_server_up(server, path, body, status, message):
   response = rest_predict(server, body, path or f'/v1/models/{MODEL}:predict')
   assert response.status_code == status, response.text
@@ -212,6 +218,7 @@ def test_rest_errors_are_json_and_leave_the_server_up(server, path, body, status
      'output tensor alias not found in signature: logits'),
     (grpc_request([[1] * 1000] * 300, [[1] * 1000] * 300), grpc.StatusCode.RESOURCE_EXHAUSTED, ''),
 ], ids=['model', 'version', 'signature', 'dtype', 'shape', 'vocab', 'rank', 'filter', 'size'])
+@pytest.mark.slow  # starts the server
 def test_grpc_errors_have_tf_serving_codes(server, stubs, request_, code, message):
   with pytest.raises(grpc.RpcError) as error:
     stubs[0].Predict(request_, timeout=TIMEOUT_S)
@@ -220,6 +227,7 @@ def test_grpc_errors_have_tf_serving_codes(server, stubs, request_, code, messag
   assert_serving(server)
 
 
+@pytest.mark.slow  # starts the server
 def test_missing_input_over_grpc(server, stubs):
   request = grpc_request([[1]], [[1]])
   del request.inputs['input_mask']
@@ -241,6 +249,7 @@ def _concurrently(calls):
     return list(pool.map(fire, calls))
 
 
+@pytest.mark.slow  # starts the server
 def test_batching_merges_concurrent_variable_length_requests(server, stubs):
   rows = [([(n * 7 + k) % 90 + 1 for k in range(n)], [1] * (n - n // 3) + [0] * (n // 3))
           for n in range(1, 25)]
@@ -263,6 +272,7 @@ def test_batching_merges_concurrent_variable_length_requests(server, stubs):
   assert wider
 
 
+@pytest.mark.slow  # starts the server
 def test_a_request_failing_in_the_model_fails_alone(server):
   good = [([n, n + 1, n + 2], [1, 1, 1]) for n in range(1, 8)]
   calls = [lambda: rest_predict(server, columnar([1, POISON], [1, 1]))]
@@ -276,6 +286,7 @@ def test_a_request_failing_in_the_model_fails_alone(server):
     assert result.status_code == 200 and result.json() == {'outputs': [expected(ids, mask)]}
 
 
+@pytest.mark.slow  # starts the server
 def test_metrics_page_counts_requests(server):
   page = requests.get(server.rest_url + '/monitoring/prometheus/metrics', timeout=TIMEOUT_S).text
   assert re.search(r'request_count\{model_name="bert_ner",status="OK"\} \d+', page)
@@ -292,6 +303,7 @@ def test_batching_parameters_file(tmp_path):
                                     pad_variable_length_inputs=True)
 
 
+@pytest.mark.slow  # starts the server
 def test_hot_reload_swaps_without_failures_and_skips_broken_versions(tmp_path):
   base = tmp_path / 'models'
   build_model(base / '1')

@@ -79,8 +79,8 @@ def test_duplicate_version_folders_keep_the_last_listed():
     ("all {}", {1, 2, 3}, {1, 2, 3}),
 ])
 def test_version_policies(text, on_disk, aspired):
-  from tensorflow_serving.config import file_system_storage_path_source_pb2 as fs
   from google.protobuf import text_format
+  from tensorflow_serving.config import file_system_storage_path_source_pb2 as fs
   policy = text_format.Parse(text, fs.FileSystemStoragePathSourceConfig.ServableVersionPolicy())
   assert config.VersionPolicy.from_proto(policy).aspired(on_disk) == aspired
 
@@ -167,7 +167,8 @@ def test_gzip_bodies_uncompress_or_become_empty():
     ([101, 2 ** 63], "JSON Value: 9223372036854775808 Type: Number is not of expected type: int32"),
     ([101, 1.0], "JSON Value: 1.0 Type: Number is not of expected type: int32"),
     ([[1, 2], [3]], "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
-    ([[1, 2], 3], "JSON Value: 3 found at incorrect level: 2 in the JSON DOM. Expected at level: 2"),
+    ([[1, 2], 3],
+     "JSON Value: 3 found at incorrect level: 2 in the JSON DOM. Expected at level: 2"),
     ([1, [2]], "Encountered list at unexpected level: 1 expected < 1"),
 ])
 def test_json_values_are_checked_as_json_tensor_cc(value, message):

@@ -15,6 +15,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from e2e_support import REPO_ROOT, make_checkpoint
 from server.process import ServerProcess
 
+pytestmark = pytest.mark.slow  # exports and starts the server
+
 ROW = {"input_ids": [101, 7327, 19164, 2446, 2655, 102], "input_mask": [1, 1, 1, 1, 1, 1]}
 LOAD_SECONDS = 60  # upper bound on the request loop
 

@@ -1,6 +1,6 @@
 """The runtime the image embeds agrees: TensorFlow 2.18 (tensorflow/serving:2.18.0) loads the export
 and tags the whole dev set as the dev venv's TensorFlow does, and TF Serving 2.18's schemas accept
-the image's config files. TF 2.18 runs in .venv-tf218 (`make tf218`), through tests/tf218_runtime.py.
+the image's config files. TF 2.18 runs in .venv-tf218 (`make tf218`) via tests/tf218_runtime.py.
 """
 
 import json
@@ -12,6 +12,8 @@ import pytest
 
 from conftest import REPO_ROOT
 from test_export import load_saved_model
+
+pytestmark = pytest.mark.slow  # needs TF 2.18 (.venv-tf218)
 
 TF218_PYTHON = REPO_ROOT / ".venv-tf218" / "bin" / "python"
 RUNNER = REPO_ROOT / "tests" / "tf218_runtime.py"

@@ -12,6 +12,8 @@ from bert_ner.metrics import format_scores, seqeval_scores
 from train import trainer
 from train.__main__ import main, parse_args
 
+pytestmark = pytest.mark.slow  # trains a model
+
 
 def _sample(path, out, count):
   """First `count` sentences of a CoNLL file, written to `out`."""

@@ -1,4 +1,4 @@
-"""Runs under .venv-tf218 (TensorFlow 2.18, tensorflow-serving-api 2.18): what the image's runtime sees.
+"""Runs under .venv-tf218 (TensorFlow 2.18, tensorflow-serving-api 2.18): the image's runtime view.
 
     python tests/tf218_runtime.py predict EXPORT_DIR BATCHES.npz OUT.npz
         loads the SavedModel through the TF1 loader TF Serving's SavedModelBundle mirrors and
@@ -15,8 +15,13 @@ import json
 import sys
 
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2
+from google.protobuf import (
+  descriptor_pb2,
+  descriptor_pool,
+  message_factory,
+  text_format,
+  wrappers_pb2,
+)
 
 # tensorflow-serving-api 2.18 carries ModelServerConfig but neither BatchingParameters
 # (session_bundle_config.proto) nor MonitoringConfig (monitoring_config.proto). These are their

@@ -21,8 +21,8 @@ def parse_args(argv):
       prog="python -m train",
       description="Train a BERT (+BiLSTM) + CRF NER tagger on CoNLL files. BERT is frozen by "
                   "default (its features are computed once and cached); --adapter_rank trains "
-                  "LoRA adapters on it, --fine_tune trains all of it. The best epoch on dev is kept and written as a checkpoint dir in the "
-                  "macanv/BERT-BiLSTM-CRF-NER layout.")
+                  "LoRA adapters on it, --fine_tune trains all of it. The best epoch on dev is "
+                  "kept and written as a checkpoint dir in the macanv/BERT-BiLSTM-CRF-NER layout.")
   parser.add_argument("--train", default=f"{DATA}/train.txt", help="CoNLL training file")
   parser.add_argument("--dev", default=f"{DATA}/dev.txt", help="CoNLL dev file (model selection)")
   parser.add_argument("--out", required=True, help="checkpoint dir to write (replaced atomically)")

@@ -21,21 +21,18 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import tensorflow as tf2
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from bert_ner import backbone
+from bert_ner import backbone, conll, modeling
 from bert_ner import checkpoint as ckpt
-from bert_ner import conll
 from bert_ner import head as ner_head
 from bert_ner import labels as label_maps
-from bert_ner.metrics import seqeval_scores
-from bert_ner import modeling
 from bert_ner.featurizer import Featurizer
+from bert_ner.metrics import seqeval_scores
 
 HEAD_SCOPES = ("rnn_layer/", "project/", "crf_loss/")
 ADAPTER_SUFFIXES = ("/" + modeling.ADAPTER_DOWN, "/" + modeling.ADAPTER_UP)
@@ -47,8 +44,8 @@ MODES = ("sentence", "document")  # how dev is tagged: sentence by sentence, or 
 @dataclasses.dataclass
 class Example:
   """One model row: sub-token ids and their training label ids."""
-  input_ids: List[int]
-  label_ids: List[int]
+  input_ids: list[int]
+  label_ids: list[int]
 
 
 def is_head_variable(var):
@@ -191,7 +188,7 @@ class TrainConfig:
   head: str = "bilstm"
   lstm_size: int = 128
   hidden_size: int = 128
-  feature_layers: List[int] = dataclasses.field(default_factory=lambda: [-4, -3, -2, -1])
+  feature_layers: list[int] = dataclasses.field(default_factory=lambda: [-4, -3, -2, -1])
   max_seq_length: int = 128
   dropout: float = 0.5
   epochs: int = 12
@@ -291,7 +288,7 @@ class Context:
   featurizer: Featurizer
   train: list  # documents: lists of conll.Sentence
   dev: list
-  id2label: List[str]
+  id2label: list[str]
   writer: object = None
 
   def model_dir(self, init_checkpoints=None):

@@ -14,11 +14,11 @@ import sys
 import time
 
 import pytest
+
 from clients import grpc_client, rest_client
 from e2e_support import REPO_ROOT, free_port, make_checkpoint
-from server.process import ServerProcess
-
 from rel_support import CLIENT_TIMEOUT_S, MODEL, POSITIONS, SENTENCES, VOCAB_SIZE
+from server.process import ServerProcess
 
 DOC = REPO_ROOT / "docs" / "RELIABILITY.md"
 PARTIAL_DOC = REPO_ROOT / "build" / "RELIABILITY.md"  # build/ is not tracked

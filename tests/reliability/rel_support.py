@@ -11,6 +11,7 @@ import time
 import grpc
 import numpy as np
 import requests
+
 from clients import grpc_client
 from clients.tfs_protos import tfs_lite_pb2 as lite
 

@@ -5,9 +5,11 @@ tags given silently."""
 import time
 
 import numpy as np
+import pytest
+
 from bert_ner.featurizer import Featurizer
 from e2e_support import LABELS
-from test_clients import write_assets
+from rel_support import excerpt
 from test_client_targets import (
   HEADERS,
   BadServing,
@@ -15,8 +17,9 @@ from test_client_targets import (
   int_tensor,
   run_bytes,
 )
+from test_clients import write_assets
 
-from rel_support import excerpt
+pytestmark = pytest.mark.slow  # starts the server and the client scripts
 
 SENTENCE = "EU rejects German call"
 TRICKLE_TIMEOUT_S = 5

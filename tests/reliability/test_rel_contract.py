@@ -16,12 +16,15 @@ import time
 import grpc
 import pytest
 import requests
-from e2e_support import REPO_ROOT
-from server.process import ServerProcess
-from tensorflow_serving.apis import classification_pb2, inference_pb2, model_management_pb2
-from tensorflow_serving.apis import regression_pb2
-from clients.tfs_protos import tfs_lite_pb2 as lite
+from tensorflow_serving.apis import (
+  classification_pb2,
+  inference_pb2,
+  model_management_pb2,
+  regression_pb2,
+)
 
+from clients.tfs_protos import tfs_lite_pb2 as lite
+from e2e_support import REPO_ROOT
 from rel_support import (
   GOOD_IDS,
   MODEL,
@@ -35,6 +38,9 @@ from rel_support import (
   rest_send,
   tensor,
 )
+from server.process import ServerProcess
+
+pytestmark = pytest.mark.slow  # starts the server
 
 MONITORING = REPO_ROOT / "docker" / "monitoring_config.txt"
 METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -284,7 +290,8 @@ GRPC_CASES = [
      lite.PredictResponse, "INVALID_ARGUMENT", r"^Unrecognized servable version label: canary$"),
     ("Classify on a predict signature (row 16)", "/tensorflow.serving.PredictionService/Classify",
      classification_pb2.ClassificationRequest(model_spec=SPEC),
-     classification_pb2.ClassificationResponse, "INVALID_ARGUMENT", r"^Expected one input Tensor\.$"),
+     classification_pb2.ClassificationResponse, "INVALID_ARGUMENT",
+     r"^Expected one input Tensor\.$"),
     ("Regress on a predict signature (row 16)", "/tensorflow.serving.PredictionService/Regress",
      regression_pb2.RegressionRequest(model_spec=SPEC), regression_pb2.RegressionResponse,
      "INVALID_ARGUMENT", r"^Expected one input Tensor\.$"),

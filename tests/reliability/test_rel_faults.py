@@ -8,10 +8,11 @@ import threading
 import time
 from concurrent import futures
 
+import pytest
 import requests
+
 from clients import common
 from e2e_support import REPO_ROOT
-
 from rel_support import (
   CLIENT_TIMEOUT_S,
   EXPORT_TIMEOUT_S,
@@ -26,7 +27,7 @@ from rel_support import (
   served_version,
 )
 
-
+pytestmark = pytest.mark.slow  # starts, kills and restarts servers
 
 
 def test_server_sigkill_during_load_then_restart_on_the_same_ports(env, report):
@@ -70,7 +71,7 @@ def test_server_sigkill_during_load_then_restart_on_the_same_ports(env, report):
 
   per_transport = {}
   for (transport, _), calls in zip(clients, outcomes):
-    for after_kill, seconds, error in calls:
+    for _after_kill, seconds, error in calls:
       if error:
         per_transport.setdefault(transport, []).append((seconds, error))
   for transport in ("grpc", "rest"):

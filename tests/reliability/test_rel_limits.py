@@ -11,6 +11,7 @@ import numpy as np
 import psutil
 import pytest
 import requests
+
 from clients.tfs_protos import tfs_lite_pb2 as lite
 from server.process import REPO_ROOT, ServerProcess
 
@@ -29,6 +30,8 @@ from rel_support import (
   rest_send,
   tensor,
 )
+
+pytestmark = pytest.mark.slow  # starts the server
 
 MAX_BATCH_SIZE = 64  # docker/batching_parameters.txt, the server's default
 ATTACK_RSS_LIMIT_MB = 300  # server RSS after the attack cases vs before
@@ -168,7 +171,6 @@ def post(server, ids):
   return response.status_code, response.json().get("error", ""), time.monotonic() - started
 
 
-@pytest.mark.slow
 def test_abandoned_work_is_dropped(shipped_server, report):
   process = psutil.Process(shipped_server.proc.pid)
   tiny = [[CLS, 7327, SEP]]

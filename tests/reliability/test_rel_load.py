@@ -5,6 +5,7 @@ import time
 from concurrent import futures
 
 import psutil
+import pytest
 
 from rel_support import (
   CLIENT_TIMEOUT_S,
@@ -18,7 +19,7 @@ from rel_support import (
   excerpt,
 )
 
-
+pytestmark = pytest.mark.slow  # starts the server
 
 
 def _run_load(env, clients, total, deadline_s):

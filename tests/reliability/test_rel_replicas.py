@@ -9,11 +9,13 @@ from concurrent import futures
 
 import pytest
 import requests
+
 from clients import grpc_client, rest_client
 from e2e_support import free_port, make_checkpoint
+from rel_support import HTTP_TIMEOUT_S, MODEL, SENTENCES
 from server.process import ServerProcess
 
-from rel_support import HTTP_TIMEOUT_S, MODEL, SENTENCES
+pytestmark = pytest.mark.slow  # starts three servers
 
 REPLICAS = 3
 REQUESTS = 3000

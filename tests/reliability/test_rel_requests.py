@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from clients.tfs_protos import tfs_lite_pb2 as lite
 
+from clients.tfs_protos import tfs_lite_pb2 as lite
 from rel_support import (
   CASE_TIME_LIMIT_S,
   CLS,
@@ -39,7 +39,7 @@ from rel_support import (
   tensor,
 )
 
-
+pytestmark = pytest.mark.slow  # starts the server
 
 
 @dataclasses.dataclass

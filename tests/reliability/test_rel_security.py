@@ -9,9 +9,8 @@ import shutil
 
 import psutil
 import pytest
-from e2e_support import REPO_ROOT
-from server.process import ServerProcess
 
+from e2e_support import REPO_ROOT
 from rel_support import (
   OVERSIZE_BYTES,
   excerpt,
@@ -21,8 +20,9 @@ from rel_support import (
   oversize_rest,
   rest_send,
 )
+from server.process import ServerProcess
 
-
+pytestmark = pytest.mark.slow  # starts the server
 
 
 def listening(pid):

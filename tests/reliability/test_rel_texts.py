@@ -3,17 +3,16 @@
 import time
 
 import pytest
+
 from bert_ner.featurizer import entities as entities_of
 from bert_ner.featurizer import pad_batch
-
 from rel_support import (
   SENTENCES,
   entities_sensible,
   excerpt,
 )
 
-
-
+pytestmark = pytest.mark.slow  # starts the server
 
 LONG = "20,000-word text"
 TEXTS = {
