@@ -48,17 +48,27 @@ TIMEOUT_S = 120.0
 def parse_args(argv=None):
   """Command-line flags."""
   p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-  p.add_argument("--checkpoint", default=str(REPO_ROOT / "models/default"),
-                 help="checkpoint dir to export and serve (default: the shipped model)")
+  p.add_argument(
+    "--checkpoint",
+    default=str(REPO_ROOT / "models/default"),
+    help="checkpoint dir to export and serve (default: the shipped model)",
+  )
   p.add_argument("--data", default=str(DEFAULT_DATA), help="CoNLL file to tag")
-  p.add_argument("--out", default=str(REPO_ROOT / "bench"),
-                 help="where results.md and results.png go")
+  p.add_argument(
+    "--out", default=str(REPO_ROOT / "bench"), help="where results.md and results.png go"
+  )
   p.add_argument("--batch_size", type=int, default=64, help="rows per throughput request")
   p.add_argument("--requests", type=int, default=300, help="requests per latency cell")
-  p.add_argument("--quick", action="store_true",
-                 help=f"first {QUICK_SENTENCES} sentences and {QUICK_REQUESTS} requests per cell")
-  p.add_argument("--verbose", action="store_true",
-                 help=f"TensorFlow's start-up logs too (same as {VERBOSE_ENV}=1)")
+  p.add_argument(
+    "--quick",
+    action="store_true",
+    help=f"first {QUICK_SENTENCES} sentences and {QUICK_REQUESTS} requests per cell",
+  )
+  p.add_argument(
+    "--verbose",
+    action="store_true",
+    help=f"TensorFlow's start-up logs too (same as {VERBOSE_ENV}=1)",
+  )
   args = p.parse_args(argv)
   if args.quick:
     args.requests = QUICK_REQUESTS
@@ -85,10 +95,14 @@ def cpu_model():
 
 def machine(tf_version):
   """Cores, CPU, memory and versions."""
-  return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(),
-          "memory_gib": psutil.virtual_memory().total / (1 << 30),
-          "python": platform.python_version(), "tensorflow": tf_version,
-          "load_before": os.getloadavg()[0]}
+  return {
+    "cores": len(os.sched_getaffinity(0)),
+    "cpu": cpu_model(),
+    "memory_gib": psutil.virtual_memory().total / (1 << 30),
+    "python": platform.python_version(),
+    "tensorflow": tf_version,
+    "load_before": os.getloadavg()[0],
+  }
 
 
 def shown(path):
@@ -106,17 +120,21 @@ def padding(lengths, merged, batch_size):
   """Padded / real sub-tokens: random batches of `merged` rows, length-sorted ones of batch_size."""
   draws = np.random.default_rng(0).choice(lengths, (1000, merged))
   ordered = np.sort(lengths)
-  batches = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
-  return {"random": float((draws.max(1) * merged).sum() / draws.sum()),
-          "sorted": float(sum(b.max() * len(b) for b in batches) / ordered.sum())}
+  batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+  return {
+    "random": float((draws.max(1) * merged).sum() / draws.sum()),
+    "sorted": float(sum(b.max() * len(b) for b in batches) / ordered.sum()),
+  }
 
 
 def batching_flags(options):
   """The server's batching settings (docker/batching_parameters.txt), as the report states them."""
-  return (f"docker/batching_parameters.txt: max_batch_size {options.max_batch_size}, "
-          f"batch_timeout_micros {options.batch_timeout_micros}, max_enqueued_batches "
-          f"{options.max_enqueued_batches}, num_batch_threads {options.num_batch_threads} "
-          f"(one per core)")
+  return (
+    f"docker/batching_parameters.txt: max_batch_size {options.max_batch_size}, "
+    f"batch_timeout_micros {options.batch_timeout_micros}, max_enqueued_batches "
+    f"{options.max_enqueued_batches}, num_batch_threads {options.num_batch_threads} "
+    f"(one per core)"
+  )
 
 
 def batch_totals(server):
@@ -150,74 +168,118 @@ def run(args, command):
 
   from evaluation.local import LocalModel  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
+
   documents = conll.read_documents(args.data)
   if args.quick:
     documents = conll.first_sentences(documents, QUICK_SENTENCES)
   sentences = [s.words for d in documents for s in d]
-  results = {"command": command,
-             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-             "machine": machine(tf.__version__), "checkpoint": shown(args.checkpoint),
-             "data": shown(args.data), "sentences": len(sentences), "batch_size": args.batch_size,
-             "requests": args.requests, "concurrency": CONCURRENCY, "rounds": ROUNDS,
-             "latency": {}, "servers": {},
-             "batching_flags": batching_flags(read_batching_parameters(DEFAULT_PARAMETERS_FILE))}
-  with tempfile.TemporaryDirectory(prefix="bench-") as base, \
-      tempfile.TemporaryDirectory(prefix="bench-logs-") as logs, contextlib.ExitStack() as stack:
+  results = {
+    "command": command,
+    "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    "machine": machine(tf.__version__),
+    "checkpoint": shown(args.checkpoint),
+    "data": shown(args.data),
+    "sentences": len(sentences),
+    "batch_size": args.batch_size,
+    "requests": args.requests,
+    "concurrency": CONCURRENCY,
+    "rounds": ROUNDS,
+    "latency": {},
+    "servers": {},
+    "batching_flags": batching_flags(read_batching_parameters(DEFAULT_PARAMETERS_FILE)),
+  }
+  with (
+    tempfile.TemporaryDirectory(prefix="bench-") as base,
+    tempfile.TemporaryDirectory(prefix="bench-logs-") as logs,
+    contextlib.ExitStack() as stack,
+  ):
     started = time.perf_counter()
-    exporter.export_model(args.checkpoint, base, verify_sentences=sentences[:VERIFY_SENTENCES],
-                          log=lambda message: None)
+    exporter.export_model(
+      args.checkpoint, base, verify_sentences=sentences[:VERIFY_SENTENCES], log=lambda message: None
+    )
     results["export_s"] = time.perf_counter() - started
     model = LocalModel(base)
     featurizer, fingerprint = load_assets(model.assets)
     lengths = [len(w.input_ids) for words in sentences for w in featurizer.encode_words(words)]
-    results.update(load_s=model.load_seconds, fingerprint=fingerprint,
-                   width=featurizer.max_seq_length, windows=len(lengths),
-                   mean_tokens=sum(lengths) / len(lengths),
-                   padding=padding(lengths, max(CONCURRENCY), args.batch_size))
+    results.update(
+      load_s=model.load_seconds,
+      fingerprint=fingerprint,
+      width=featurizer.max_seq_length,
+      windows=len(lengths),
+      mean_tokens=sum(lengths) / len(lengths),
+      padding=padding(lengths, max(CONCURRENCY), args.batch_size),
+    )
     say(f"export {results['export_s']:.1f} s, load {model.load_seconds:.2f} s")
     servers = {}
     for batching in (True, False):  # one after the other: each start-up gets the machine
-      servers[batching] = stack.enter_context(ServerProcess(
-          base, Path(logs) / f"server-batching-{batching}.log", sample_rss=True,
-          flags=["--host", "127.0.0.1", "--enable_batching", str(batching).lower(),
-                 "--monitoring_config_file", str(MONITORING_CONFIG)]))
+      servers[batching] = stack.enter_context(
+        ServerProcess(
+          base,
+          Path(logs) / f"server-batching-{batching}.log",
+          sample_rss=True,
+          flags=[
+            "--host",
+            "127.0.0.1",
+            "--enable_batching",
+            str(batching).lower(),
+            "--monitoring_config_file",
+            str(MONITORING_CONFIG),
+          ],
+        )
+      )
       say(f"server batching {batching} ready in {servers[batching].ready_seconds:.1f} s")
     runners = {("local", "variable"): (featurizer, model.run)}
     for transport in CLIENTS:
-      client = CLIENTS[transport](getattr(servers[True], transport), timeout=TIMEOUT_S,
-                                  assets=model.assets)
+      client = CLIENTS[transport](
+        getattr(servers[True], transport), timeout=TIMEOUT_S, assets=model.assets
+      )
       client.check_fingerprint()
       runners[transport, "variable"] = (client.featurizer, client.run)
     for (transport, _), (runner_featurizer, run_fn) in list(runners.items()):
-      runners[transport, "fixed"] = (runner_featurizer,
-                                     measure.padded_to(featurizer.max_seq_length, run_fn))
+      runners[transport, "fixed"] = (
+        runner_featurizer,
+        measure.padded_to(featurizer.max_seq_length, run_fn),
+      )
     results["throughput"] = measure.throughput(runners, sentences, args.batch_size, ROUNDS)
     for (transport, mode), cell in results["throughput"].items():
       say(f"{transport} {mode}: {cell.rate:.1f} sentences/s")
-    results["context"] = measure.context_throughput(featurizer, model.run, documents,
-                                                    args.batch_size, ROUNDS)
-    say("in-process sentence / document mode: " + ", ".join(
-        f"{cell.rate:.1f}" for cell in results["context"].values()) + " sentences/s")
+    results["context"] = measure.context_throughput(
+      featurizer, model.run, documents, args.batch_size, ROUNDS
+    )
+    say(
+      "in-process sentence / document mode: "
+      + ", ".join(f"{cell.rate:.1f}" for cell in results["context"].values())
+      + " sentences/s"
+    )
     results["merged"] = measure.merged_batch_costs(
-        featurizer, model.run, sentences, max(CONCURRENCY), MERGED_GROUPS, MERGED_SPLIT)
+      featurizer, model.run, sentences, max(CONCURRENCY), MERGED_GROUPS, MERGED_SPLIT
+    )
     say(f"merged batch costs (ms/sentence): {results['merged']}")
     model.close()
     for transport in CLIENTS:
-      clients = {batching: [CLIENTS[transport](getattr(server, transport), timeout=TIMEOUT_S,
-                                               assets=model.assets)
-                            for _ in range(max(CONCURRENCY))]
-                 for batching, server in servers.items()}
+      clients = {
+        batching: [
+          CLIENTS[transport](getattr(server, transport), timeout=TIMEOUT_S, assets=model.assets)
+          for _ in range(max(CONCURRENCY))
+        ]
+        for batching, server in servers.items()
+      }
       for group in clients.values():
         measure.warm_up(group, sentences[0])
       for concurrency in CONCURRENCY:
         for batching, server in servers.items():  # on and off back to back: same load
           cell = results["latency"][transport, batching, concurrency] = latency_cell(
-              server, clients[batching][:concurrency], sentences, args.requests)
-          say(f"{transport} batching {batching} concurrency {concurrency}: p50 "
-              f"{cell.percentile(50):.1f} ms, p99 {cell.percentile(99):.1f} ms, "
-              f"{cell.rate:.1f} sentences/s, {cell.rows_per_run:.1f} rows/run")
-  results["servers"] = {batching: {"ready_s": server.ready_seconds, "peak_rss": server.peak_rss}
-                        for batching, server in servers.items()}
+            server, clients[batching][:concurrency], sentences, args.requests
+          )
+          say(
+            f"{transport} batching {batching} concurrency {concurrency}: p50 "
+            f"{cell.percentile(50):.1f} ms, p99 {cell.percentile(99):.1f} ms, "
+            f"{cell.rate:.1f} sentences/s, {cell.rows_per_run:.1f} rows/run"
+          )
+  results["servers"] = {
+    batching: {"ready_s": server.ready_seconds, "peak_rss": server.peak_rss}
+    for batching, server in servers.items()
+  }
   results["machine"]["load_after"] = os.getloadavg()[0]
   return results
 

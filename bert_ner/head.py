@@ -18,6 +18,7 @@ HEADS = ("bilstm", "dense")
 
 class NerHead(NamedTuple):
   """Head outputs: logits [B, T, L], Viterbi pred_label [B, T] int32, mean CRF loss or None."""
+
   logits: tf.Tensor
   pred_label: tf.Tensor
   loss: tf.Tensor | None
@@ -32,8 +33,9 @@ def concat_features(all_encoder_layers, feature_layers):
 def dense(inputs, num_outputs):
   """Affine map of the last axis with macanv's `W`/`b` variables in the current scope."""
   # inputs: [B, T, D] -> [B, T, num_outputs]
-  weights = tf.get_variable("W", [inputs.shape[-1], num_outputs],
-                            initializer=tf.glorot_uniform_initializer())
+  weights = tf.get_variable(
+    "W", [inputs.shape[-1], num_outputs], initializer=tf.glorot_uniform_initializer()
+  )
   bias = tf.get_variable("b", [num_outputs], initializer=tf.zeros_initializer())
   return tf.einsum("btd,dk->btk", inputs, weights) + bias
 
@@ -51,9 +53,19 @@ def lstm(inputs, num_units):
   zeros = tf.zeros([tf.shape(inputs)[0], num_units], inputs.dtype)  # [B, H]
   no_peephole = tf.zeros([num_units], inputs.dtype)
   outputs = tf.raw_ops.BlockLSTM(
-      seq_len_max=tf.cast(tf.shape(inputs)[1], tf.int64), x=tf.transpose(inputs, [1, 0, 2]),
-      cs_prev=zeros, h_prev=zeros, w=kernel, wci=no_peephole, wcf=no_peephole,
-      wco=no_peephole, b=bias, forget_bias=1.0, cell_clip=-1.0, use_peephole=False).h
+    seq_len_max=tf.cast(tf.shape(inputs)[1], tf.int64),
+    x=tf.transpose(inputs, [1, 0, 2]),
+    cs_prev=zeros,
+    h_prev=zeros,
+    w=kernel,
+    wci=no_peephole,
+    wcf=no_peephole,
+    wco=no_peephole,
+    b=bias,
+    forget_bias=1.0,
+    cell_clip=-1.0,
+    use_peephole=False,
+  ).h
   return tf.transpose(outputs, [1, 0, 2])  # [T, B, H] -> [B, T, H]
 
 
@@ -65,8 +77,9 @@ def bidirectional_lstm(inputs, lengths, num_units):
       forward = lstm(inputs, num_units)
     with tf.variable_scope("bw"):
       reversed_inputs = tf.reverse_sequence(inputs, lengths, seq_axis=1, batch_axis=0)
-      backward = tf.reverse_sequence(lstm(reversed_inputs, num_units), lengths,
-                                     seq_axis=1, batch_axis=0)
+      backward = tf.reverse_sequence(
+        lstm(reversed_inputs, num_units), lengths, seq_axis=1, batch_axis=0
+      )
   return tf.concat([forward, backward], axis=-1)
 
 
@@ -90,8 +103,9 @@ def build_ner_head(features, lengths, ner_config, num_labels, is_training, label
     with tf.variable_scope("logits"):
       logits = dense(features, num_labels)  # [B, T, L]
   with tf.variable_scope("crf_loss"):
-    transitions = tf.get_variable("transitions", [num_labels, num_labels],
-                                  initializer=tf.glorot_uniform_initializer())
+    transitions = tf.get_variable(
+      "transitions", [num_labels, num_labels], initializer=tf.glorot_uniform_initializer()
+    )
   pred_label = crf.viterbi_decode(logits, lengths, transitions)  # [B, T] int32
   loss = None
   if label_ids is not None:
@@ -143,9 +157,14 @@ def real_lengths(input_ids, input_mask, sep_id):
 def check_shapes(input_ids, input_mask):
   """Assert op: input_mask has input_ids' shape (checked before anything combines the two)."""
   ids_shape, mask_shape = tf.shape(input_ids), tf.shape(input_mask)
-  return _check(tf.reduce_all(tf.equal(ids_shape, mask_shape)),
-                "input_mask shape [{},{}] does not match input_ids shape [{},{}]",
-                mask_shape[0], mask_shape[1], ids_shape[0], ids_shape[1])
+  return _check(
+    tf.reduce_all(tf.equal(ids_shape, mask_shape)),
+    "input_mask shape [{},{}] does not match input_ids shape [{},{}]",
+    mask_shape[0],
+    mask_shape[1],
+    ids_shape[0],
+    ids_shape[1],
+  )
 
 
 def check_inputs(input_ids, input_mask, lengths, vocab_size, max_positions):
@@ -158,18 +177,26 @@ def check_inputs(input_ids, input_mask, lengths, vocab_size, max_positions):
   outside = tf.logical_or(input_ids < 0, input_ids >= vocab_size)
   empty = tf.equal(lengths, 0)
   return [
-      _check(ids_shape[1] <= max_positions,
-             "input_ids has length {} but the model has only %d positions" % max_positions,
-             ids_shape[1]),
-      _check(tf.logical_not(tf.reduce_any(bad_mask)),
-             "input_mask must hold only 0 and 1, got {} (row {}, position {})",
-             *_first_where(input_mask, bad_mask)),
-      _check(tf.logical_not(tf.reduce_any(outside)),
-             "input_ids contains {}, outside the vocabulary [0, %d) (row {}, position {})"
-             % vocab_size, *_first_where(input_ids, outside)),
-      _check(tf.logical_not(tf.reduce_any(empty)),
-             "input_mask row {} has length 0: every row needs 1 at its first position ([CLS])",
-             _first_true(empty)),
+    _check(
+      ids_shape[1] <= max_positions,
+      "input_ids has length {} but the model has only %d positions" % max_positions,
+      ids_shape[1],
+    ),
+    _check(
+      tf.logical_not(tf.reduce_any(bad_mask)),
+      "input_mask must hold only 0 and 1, got {} (row {}, position {})",
+      *_first_where(input_mask, bad_mask),
+    ),
+    _check(
+      tf.logical_not(tf.reduce_any(outside)),
+      "input_ids contains {}, outside the vocabulary [0, %d) (row {}, position {})" % vocab_size,
+      *_first_where(input_ids, outside),
+    ),
+    _check(
+      tf.logical_not(tf.reduce_any(empty)),
+      "input_mask row {} has length 0: every row needs 1 at its first position ([CLS])",
+      _first_true(empty),
+    ),
   ]
 
 
@@ -186,15 +213,21 @@ def build_inference_graph(model_dir, input_ids, input_mask, with_adapters=False)
   with tf.name_scope("inputs"):
     with tf.control_dependencies([check_shapes(input_ids, input_mask)]):
       lengths = real_lengths(input_ids, input_mask, sep_id)  # [B]
-    checks = check_inputs(input_ids, input_mask, lengths, bert_config.vocab_size,
-                          bert_config.max_position_embeddings)
+    checks = check_inputs(
+      input_ids, input_mask, lengths, bert_config.vocab_size, bert_config.max_position_embeddings
+    )
     with tf.control_dependencies(checks):
       input_ids = tf.identity(input_ids)
       real_mask = tf.sequence_mask(lengths, tf.shape(input_ids)[1], dtype=tf.int32)  # [B, T]
-  model = modeling.BertModel(config=bert_config, input_ids=input_ids, input_mask=real_mask,
-                             is_training=False,
-                             adapters=model_dir.ner_config.adapters() if with_adapters else None)
+  model = modeling.BertModel(
+    config=bert_config,
+    input_ids=input_ids,
+    input_mask=real_mask,
+    is_training=False,
+    adapters=model_dir.ner_config.adapters() if with_adapters else None,
+  )
   features = concat_features(model.all_encoder_layers, model_dir.ner_config.feature_layers)
-  head = build_ner_head(features, lengths, model_dir.ner_config, len(model_dir.id2label),
-                        is_training=False)
+  head = build_ner_head(
+    features, lengths, model_dir.ner_config, len(model_dir.id2label), is_training=False
+  )
   return head.pred_label

@@ -19,7 +19,8 @@ class _DataOnlyUnpickler(pickle.Unpickler):
 
   def find_class(self, module, name):
     raise pickle.UnpicklingError(
-        f"refusing to load {module}.{name}: a label map pickle may hold only a dict of str -> int")
+      f"refusing to load {module}.{name}: a label map pickle may hold only a dict of str -> int"
+    )
 
 
 def _read_pickle(path):
@@ -35,10 +36,11 @@ def _read_pickle(path):
 def _id2label(label2id, source):
   """Turns a {label: id} map into an id-indexed list, unknown ids -> "O"; validates types."""
   if not isinstance(label2id, dict) or not label2id:
-    raise ValueError(f"{source}: expected a non-empty dict of label -> id, got "
-                     f"{type(label2id).__name__}")
+    raise ValueError(
+      f"{source}: expected a non-empty dict of label -> id, got {type(label2id).__name__}"
+    )
   for label, label_id in label2id.items():
-    if (not isinstance(label, str) or type(label_id) is not int or label_id < 0):
+    if not isinstance(label, str) or type(label_id) is not int or label_id < 0:
       raise ValueError(f"{source}: bad entry {label!r}: {label_id!r} (need str -> int >= 0)")
   if len(set(label2id.values())) != len(label2id):
     raise ValueError(f"{source}: two labels share an id")
@@ -75,8 +77,9 @@ def save_label_map(directory, id2label):
 
 def make_label_list(entity_types):
   """Our id2label: "O", then B-/I- per sorted entity type, then "X", "[CLS]", "[SEP]"."""
-  entity_labels = [f"{prefix}-{entity}" for entity in sorted(set(entity_types))
-                   for prefix in ("B", "I")]
+  entity_labels = [
+    f"{prefix}-{entity}" for entity in sorted(set(entity_types)) for prefix in ("B", "I")
+  ]
   return ["O"] + entity_labels + SPECIAL_LABELS
 
 

@@ -21,6 +21,7 @@ ADAPTER_UP = "lora_b"
 class Adapters:
   """LoRA on every dense kernel (attention q/k/v/output, FFN in/out) of the encoder layers from
   `first_layer` up: rank and scale (alpha / rank)."""
+
   rank: int
   scale: float
   first_layer: int = 0
@@ -74,8 +75,9 @@ class BertModel:
     pooled_output: [B, H], tanh dense layer over the first ([CLS]) position.
   """
 
-  def __init__(self, config, is_training, input_ids, input_mask, token_type_ids=None,
-               adapters=None):
+  def __init__(
+    self, config, is_training, input_ids, input_mask, token_type_ids=None, adapters=None
+  ):
     """Builds the graph under variable scope `bert`; dropout only when `is_training`.
 
     Args:
@@ -96,13 +98,14 @@ class BertModel:
         self.embedding_output = embed(config, input_ids, token_type_ids, hidden_dropout)
       with tf.variable_scope("encoder"):
         self.all_encoder_layers = transformer_model(
-            config, self.embedding_output, input_mask, hidden_dropout, attention_dropout,
-            adapters)
+          config, self.embedding_output, input_mask, hidden_dropout, attention_dropout, adapters
+        )
       self.sequence_output = self.all_encoder_layers[-1]
       with tf.variable_scope("pooler"):
         first_token = self.sequence_output[:, 0, :]  # [B, H]
         self.pooled_output = dense(
-            first_token, config.hidden_size, "dense", config.initializer_range, tf.tanh)
+          first_token, config.hidden_size, "dense", config.initializer_range, tf.tanh
+        )
 
 
 def gelu(x):
@@ -140,15 +143,20 @@ def dense(x, units, name, initializer_range, activation=None, adapters=None):
   """
   with tf.variable_scope(name):
     kernel = tf.get_variable(
-        "kernel", [x.shape[-1], units],
-        initializer=tf.truncated_normal_initializer(stddev=initializer_range))
+      "kernel",
+      [x.shape[-1], units],
+      initializer=tf.truncated_normal_initializer(stddev=initializer_range),
+    )
     bias = tf.get_variable("bias", [units], initializer=tf.zeros_initializer())
     output = tf.matmul(x, kernel)
     if adapters is not None:
       # LoRA's initialisation: A uniform in +-1/sqrt(in), B zero.
       bound = 1.0 / math.sqrt(int(x.shape[-1]))
-      down = tf.get_variable(ADAPTER_DOWN, [x.shape[-1], adapters.rank],
-                             initializer=tf.random_uniform_initializer(-bound, bound))
+      down = tf.get_variable(
+        ADAPTER_DOWN,
+        [x.shape[-1], adapters.rank],
+        initializer=tf.random_uniform_initializer(-bound, bound),
+      )
       up = tf.get_variable(ADAPTER_UP, [adapters.rank, units], initializer=tf.zeros_initializer())
       output += adapters.scale * tf.matmul(tf.matmul(x, down), up)
   output = tf.nn.bias_add(output, bias)
@@ -168,22 +176,30 @@ def embed(config, input_ids, token_type_ids, dropout_rate):
   """Sums word, token-type and position embeddings, then layer norm: [B, T] ids -> [B, T, H]."""
   initializer = tf.truncated_normal_initializer(stddev=config.initializer_range)
   word_table = tf.get_variable(
-      "word_embeddings", [config.vocab_size, config.hidden_size], initializer=initializer)
+    "word_embeddings", [config.vocab_size, config.hidden_size], initializer=initializer
+  )
   token_type_table = tf.get_variable(
-      "token_type_embeddings", [config.type_vocab_size, config.hidden_size],
-      initializer=initializer)
+    "token_type_embeddings", [config.type_vocab_size, config.hidden_size], initializer=initializer
+  )
   position_table = tf.get_variable(
-      "position_embeddings", [config.max_position_embeddings, config.hidden_size],
-      initializer=initializer)
+    "position_embeddings",
+    [config.max_position_embeddings, config.hidden_size],
+    initializer=initializer,
+  )
 
   seq_length = tf.shape(input_ids)[1]
   fits = tf.debugging.assert_less_equal(
-      seq_length, config.max_position_embeddings,
-      message="sequence length exceeds max_position_embeddings")
+    seq_length,
+    config.max_position_embeddings,
+    message="sequence length exceeds max_position_embeddings",
+  )
   with tf.control_dependencies([fits]):
     positions = position_table[:seq_length]  # [T, H]
-  output = (tf.gather(word_table, input_ids) + tf.gather(token_type_table, token_type_ids)
-            + positions[tf.newaxis])  # [B, T, H]
+  output = (
+    tf.gather(word_table, input_ids)
+    + tf.gather(token_type_table, token_type_ids)
+    + positions[tf.newaxis]
+  )  # [B, T, H]
   return dropout(layer_norm(output, config.layer_norm_eps), dropout_rate)
 
 
@@ -193,16 +209,18 @@ def attention_bias_from_mask(input_mask):
   return (1.0 - mask) * -10000.0
 
 
-def self_attention(config, layer_input, attention_bias, batch_size, seq_length, dropout_rate,
-                   adapters=None):
+def self_attention(
+  config, layer_input, attention_bias, batch_size, seq_length, dropout_rate, adapters=None
+):
   """Multi-head scaled dot-product self-attention: [B*T, H] -> context [B*T, H]."""
   num_heads = config.num_attention_heads
   head_size = config.hidden_size // num_heads
 
   def project_heads(name):
     """Projects the input and splits the heads: [B*T, H] -> [B, N, T, D]."""
-    projected = dense(layer_input, config.hidden_size, name, config.initializer_range,
-                      adapters=adapters)
+    projected = dense(
+      layer_input, config.hidden_size, name, config.initializer_range, adapters=adapters
+    )
     projected = tf.reshape(projected, [batch_size, seq_length, num_heads, head_size])
     return tf.transpose(projected, [0, 2, 1, 3])
 
@@ -213,16 +231,19 @@ def self_attention(config, layer_input, attention_bias, batch_size, seq_length, 
   return tf.reshape(context, [-1, config.hidden_size])
 
 
-def transformer_model(config, input_tensor, input_mask, hidden_dropout, attention_dropout,
-                      adapters=None, first_layer=0):
+def transformer_model(
+  config, input_tensor, input_mask, hidden_dropout, attention_dropout, adapters=None, first_layer=0
+):
   """Runs the Transformer layers over [B, T, H]; returns every layer's output, [B, T, H] each.
 
   From `first_layer` on, `input_tensor` being that layer's input: the trainer runs only the
   adapted top layers over cached lower-layer states.
   """
   if config.hidden_size % config.num_attention_heads:
-    raise ValueError("hidden_size %d is not a multiple of num_attention_heads %d"
-                     % (config.hidden_size, config.num_attention_heads))
+    raise ValueError(
+      "hidden_size %d is not a multiple of num_attention_heads %d"
+      % (config.hidden_size, config.num_attention_heads)
+    )
   batch_size, seq_length = tf.shape(input_tensor)[0], tf.shape(input_tensor)[1]
   hidden_size, epsilon = config.hidden_size, config.layer_norm_eps
   attention_bias = attention_bias_from_mask(input_mask)  # [B, 1, 1, T]
@@ -236,20 +257,38 @@ def transformer_model(config, input_tensor, input_mask, hidden_dropout, attentio
       with tf.variable_scope("attention"):
         with tf.variable_scope("self"):
           context = self_attention(
-              config, layer_input, attention_bias, batch_size, seq_length, attention_dropout,
-              layer_adapters)
+            config,
+            layer_input,
+            attention_bias,
+            batch_size,
+            seq_length,
+            attention_dropout,
+            layer_adapters,
+          )
         with tf.variable_scope("output"):
-          attention_output = dense(context, hidden_size, "dense", config.initializer_range,
-                                   adapters=layer_adapters)
+          attention_output = dense(
+            context, hidden_size, "dense", config.initializer_range, adapters=layer_adapters
+          )
           attention_output = layer_norm(
-              dropout(attention_output, hidden_dropout) + layer_input, epsilon)
+            dropout(attention_output, hidden_dropout) + layer_input, epsilon
+          )
       with tf.variable_scope("intermediate"):
         intermediate_output = dense(
-            attention_output, config.intermediate_size, "dense", config.initializer_range,
-            get_activation(config.hidden_act), layer_adapters)
+          attention_output,
+          config.intermediate_size,
+          "dense",
+          config.initializer_range,
+          get_activation(config.hidden_act),
+          layer_adapters,
+        )
       with tf.variable_scope("output"):
-        layer_output = dense(intermediate_output, hidden_size, "dense", config.initializer_range,
-                             adapters=layer_adapters)
+        layer_output = dense(
+          intermediate_output,
+          hidden_size,
+          "dense",
+          config.initializer_range,
+          adapters=layer_adapters,
+        )
         layer_output = layer_norm(dropout(layer_output, hidden_dropout) + attention_output, epsilon)
     layer_input = layer_output
     all_layer_outputs.append(tf.reshape(layer_output, [batch_size, seq_length, hidden_size]))

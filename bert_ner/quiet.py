@@ -29,8 +29,9 @@ VERBOSE_ENV = "BERT_NER_VERBOSE"
 
 # What the import and the probe session print that a healthy start need not show.
 _START_UP_NOTICE = re.compile(
-    r"I\d{4} |WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|E\d{4} .*oneDNN supports DT_\w+ only on platforms with AVX-512")
+  r"I\d{4} |WARNING: All log messages before absl::InitializeLog\(\)"
+  r"|E\d{4} .*oneDNN supports DT_\w+ only on platforms with AVX-512"
+)
 # The GPU probe's answer on a machine without the NVIDIA driver (libcuda): nothing to report.
 _NO_DRIVER = "failed call to cuInit"
 
@@ -60,6 +61,7 @@ def quiet_tensorflow(verbose_flag=False):
     return
   with _stderr_filtered(_is_start_up_notice):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     _probe_session(tf)
 
 

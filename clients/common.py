@@ -34,8 +34,10 @@ def find_assets(roots: Iterable[StrPath] | None = None) -> Path:
     found = model_base.latest_assets(Path(root, "models", model_base.MODEL_NAME))
     if found:
       return found
-  raise ClientError("missing assets: no models/bert_ner/<version>/assets.extra in the current "
-                    "directory or the repo; pass --assets DIR or set BERT_NER_ASSETS")
+  raise ClientError(
+    "missing assets: no models/bert_ner/<version>/assets.extra in the current "
+    "directory or the repo; pass --assets DIR or set BERT_NER_ASSETS"
+  )
 
 
 def load_assets(path: StrPath) -> tuple[Featurizer, str]:
@@ -46,7 +48,8 @@ def load_assets(path: StrPath) -> tuple[Featurizer, str]:
       raise ClientError(f"missing assets: {path / name} not found (pass --assets DIR)")
   try:
     fingerprint = json.loads((path / NER_CONFIG_FILE).read_text(encoding="utf-8")).get(
-        "fingerprint")
+      "fingerprint"
+    )
     featurizer = Featurizer.from_dir(str(path))
   except (OSError, ValueError) as e:
     raise ClientError(f"bad assets in {path}: {e}") from None
@@ -55,8 +58,7 @@ def load_assets(path: StrPath) -> tuple[Featurizer, str]:
   return featurizer, fingerprint
 
 
-def split_servers(server: str,
-                  schemes: Sequence[str] = ()) -> tuple[str | None, list[str]]:
+def split_servers(server: str, schemes: Sequence[str] = ()) -> tuple[str | None, list[str]]:
   """(scheme, [host:port, ...]) of --server: comma-separated host:port targets, or one
   scheme://... target for a scheme in `schemes`; ClientError naming what is wrong."""
   if not server.strip():
@@ -67,8 +69,11 @@ def split_servers(server: str,
     # dns:///name:port and ipv4:///a:p,b:p carry an authority slot, left empty here.
     rest = rest.strip("/")
   elif "://" in server:
-    raise ClientError(f"--server {server!r}: scheme {scheme!r} not supported (use host:port"
-                      + (f" or {', '.join(s + '://' for s in schemes)}" if schemes else "") + ")")
+    raise ClientError(
+      f"--server {server!r}: scheme {scheme!r} not supported (use host:port"
+      + (f" or {', '.join(s + '://' for s in schemes)}" if schemes else "")
+      + ")"
+    )
   else:
     scheme, rest = None, server
   targets = [target.strip() for target in rest.split(",")]
@@ -84,7 +89,7 @@ def split_servers(server: str,
 def excerpt(value: object, limit: int = 80) -> str:
   """One line of at most `limit` characters showing a (JSON) value."""
   text = " ".join(json.dumps(value, default=str).split())
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _leaves(value: object) -> Iterator[object]:
@@ -111,12 +116,16 @@ def check_labels(pred: npt.ArrayLike, input_ids: IntArray, num_labels: int) -> I
   if pred.dtype.kind not in "iu":
     raise ClientError(f"server answered {pred.dtype} label ids, not integers")
   if pred.shape != input_ids.shape:
-    raise ClientError(f"server answered pred_label of shape {list(pred.shape)} for "
-                      f"input_ids of shape {list(input_ids.shape)}")
+    raise ClientError(
+      f"server answered pred_label of shape {list(pred.shape)} for "
+      f"input_ids of shape {list(input_ids.shape)}"
+    )
   bad = pred[(pred < 0) | (pred >= num_labels)]
   if bad.size:
-    raise ClientError(f"server answered label id {bad.flat[0]}, outside the "
-                      f"{num_labels} labels of the assets (0-{num_labels - 1})")
+    raise ClientError(
+      f"server answered label id {bad.flat[0]}, outside the "
+      f"{num_labels} labels of the assets (0-{num_labels - 1})"
+    )
   return pred.astype(np.int32)
 
 
@@ -128,9 +137,14 @@ class NerClient:
   # Output tensor names per signature name of the served model.
   output_names: Callable[[], dict[str, list[str]]]
 
-  def __init__(self, server: str, model: str = model_base.MODEL_NAME,
-               signature: str = model_base.SIGNATURE, timeout: float = 10.0,
-               assets: StrPath | None = None) -> None:
+  def __init__(
+    self,
+    server: str,
+    model: str = model_base.MODEL_NAME,
+    signature: str = model_base.SIGNATURE,
+    timeout: float = 10.0,
+    assets: StrPath | None = None,
+  ) -> None:
     self.server, self.model, self.signature, self.timeout = server, model, signature, timeout
     self.assets = Path(assets) if assets else find_assets()
     self.featurizer, self.fingerprint = load_assets(self.assets)
@@ -146,15 +160,17 @@ class NerClient:
       self.check_fingerprint()
     return self.featurizer.predict_texts(list(texts), self.run, batch_size)
 
-  def predict_documents(self, documents: Iterable[Iterable[str]],
-                        batch_size: int = 64) -> list[list[list[Entity]]]:
+  def predict_documents(
+    self, documents: Iterable[Iterable[str]], batch_size: int = 64
+  ) -> list[list[list[Entity]]]:
     """Entities of each line of each document (a list of lines), a document tagged as one text
     so its lines see each other; offsets are within the line. Checks the fingerprint as
     `predict` does."""
     if not self.fingerprint_checked:
       self.check_fingerprint()
-    return self.featurizer.predict_text_documents([list(d) for d in documents], self.run,
-                                                  batch_size)
+    return self.featurizer.predict_text_documents(
+      [list(d) for d in documents], self.run, batch_size
+    )
 
   def checked_labels(self, pred: npt.ArrayLike, input_ids: IntArray) -> IntArray:
     """pred_label as int32 [B, T] once it fits the request and the label map (check_labels)."""
@@ -165,26 +181,34 @@ class NerClient:
     """Raises ClientError unless the signature's output is named ner_<fingerprint of the assets>."""
     signatures = self.output_names()
     if self.signature not in signatures:
-      raise ClientError(f"signature {self.signature!r} not found in model {self.model!r} "
-                        f"(has: {', '.join(sorted(signatures)) or 'none'})")
-    served = {m.group(1) for name in signatures[self.signature] if (m := model_base.FINGERPRINT.match(name))}
+      raise ClientError(
+        f"signature {self.signature!r} not found in model {self.model!r} "
+        f"(has: {', '.join(sorted(signatures)) or 'none'})"
+      )
+    served = {
+      m.group(1) for name in signatures[self.signature] if (m := model_base.FINGERPRINT.match(name))
+    }
     if not served:
-      raise ClientError(f"signature {self.signature!r} of model {self.model!r} has no "
-                        f"ner_<fingerprint> output: not a bert_ner export")
+      raise ClientError(
+        f"signature {self.signature!r} of model {self.model!r} has no "
+        f"ner_<fingerprint> output: not a bert_ner export"
+      )
     if self.fingerprint not in served:
-      raise ClientError(f"fingerprint mismatch (version skew): server has "
-                        f"{', '.join(sorted(served))}, assets {self.assets} have "
-                        f"{self.fingerprint}; pass the served version's assets.extra with --assets")
+      raise ClientError(
+        f"fingerprint mismatch (version skew): server has "
+        f"{', '.join(sorted(served))}, assets {self.assets} have "
+        f"{self.fingerprint}; pass the served version's assets.extra with --assets"
+      )
     self.fingerprint_checked = True
 
   def error(self, code: str, detail: object = "") -> ClientError:
     """ClientError for a canonical status code name (gRPC's, or mapped from HTTP)."""
     message = {
-        "UNAVAILABLE": f"server unreachable at {self.server}",
-        "DEADLINE_EXCEEDED": f"timeout: no answer from {self.server} within {self.timeout:g}s",
-        "NOT_FOUND": f"not found on {self.server} (model {self.model!r}, "
-                     f"signature {self.signature!r})",
-        "INVALID_ARGUMENT": "server rejected the request (INVALID_ARGUMENT)",
+      "UNAVAILABLE": f"server unreachable at {self.server}",
+      "DEADLINE_EXCEEDED": f"timeout: no answer from {self.server} within {self.timeout:g}s",
+      "NOT_FOUND": f"not found on {self.server} (model {self.model!r}, "
+      f"signature {self.signature!r})",
+      "INVALID_ARGUMENT": "server rejected the request (INVALID_ARGUMENT)",
     }.get(code, f"server error {code}")
     detail = " ".join(str(detail).split())
     return ClientError(f"{message}: {detail}" if detail else message)
@@ -202,23 +226,37 @@ def build_parser(description: str | None, default_server: str) -> OneLineParser:
   parser = OneLineParser(description=description)
   parser.add_argument("texts", nargs="*", help="sentences to tag")
   parser.add_argument("--file", help="tag each line of this file ('-' for stdin)")
-  parser.add_argument("--server", default=default_server,
-                      help="host:port of the model server, or several replicas as "
-                           "host:port,host:port (gRPC also dns:///name:port) "
-                           "(default: %(default)s)")
-  parser.add_argument("--model", default=model_base.MODEL_NAME, help="model name (default: %(default)s)")
-  parser.add_argument("--signature", default=model_base.SIGNATURE,
-                      help="signature name (default: %(default)s)")
-  parser.add_argument("--timeout", type=float, default=10.0,
-                      help="seconds per request (default: %(default)s)")
-  parser.add_argument("--assets", help="assets.extra of the served version (default: "
-                                       "$BERT_NER_ASSETS, else the highest under models/bert_ner)")
-  parser.add_argument("--batch_size", type=int, default=64,
-                      help="rows (windows) per request (default: %(default)s)")
+  parser.add_argument(
+    "--server",
+    default=default_server,
+    help="host:port of the model server, or several replicas as "
+    "host:port,host:port (gRPC also dns:///name:port) "
+    "(default: %(default)s)",
+  )
+  parser.add_argument(
+    "--model", default=model_base.MODEL_NAME, help="model name (default: %(default)s)"
+  )
+  parser.add_argument(
+    "--signature", default=model_base.SIGNATURE, help="signature name (default: %(default)s)"
+  )
+  parser.add_argument(
+    "--timeout", type=float, default=10.0, help="seconds per request (default: %(default)s)"
+  )
+  parser.add_argument(
+    "--assets",
+    help="assets.extra of the served version (default: "
+    "$BERT_NER_ASSETS, else the highest under models/bert_ner)",
+  )
+  parser.add_argument(
+    "--batch_size", type=int, default=64, help="rows (windows) per request (default: %(default)s)"
+  )
   parser.add_argument("--json", action="store_true", help="print one JSON object per line")
-  parser.add_argument("--document", action="store_true",
-                      help="consecutive lines form one document, tagged with each other as "
-                           "context (a blank line starts the next); entities still per line")
+  parser.add_argument(
+    "--document",
+    action="store_true",
+    help="consecutive lines form one document, tagged with each other as "
+    "context (a blank line starts the next); entities still per line",
+  )
   return parser
 
 
@@ -228,8 +266,10 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     # Undecodable argv bytes arrive as lone surrogates (PEP 383).
     bad = next((i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff"), None)
     if bad is not None:
-      raise ClientError(f"sentence argument {number} is not valid UTF-8 (byte "
-                        f"{ord(text[bad]) - 0xdc00:#04x} at character {bad})")
+      raise ClientError(
+        f"sentence argument {number} is not valid UTF-8 (byte "
+        f"{ord(text[bad]) - 0xDC00:#04x} at character {bad})"
+      )
   if args.file is None:
     return args.texts
   name = "stdin" if args.file == "-" else args.file
@@ -239,8 +279,9 @@ def read_texts(args: argparse.Namespace) -> list[str]:
   except OSError as e:
     raise ClientError(f"cannot read {args.file}: {e}") from None
   except UnicodeDecodeError as e:
-    raise ClientError(f"{name} is not valid UTF-8 (byte {e.object[e.start]:#04x} at byte "
-                      f"offset {e.start})") from None
+    raise ClientError(
+      f"{name} is not valid UTF-8 (byte {e.object[e.start]:#04x} at byte offset {e.start})"
+    ) from None
   return args.texts + (text.removesuffix("\n").split("\n") if text else [])
 
 
@@ -257,8 +298,9 @@ def split_documents(lines: Iterable[str]) -> list[list[str]]:
   return documents + ([current] if current else [])
 
 
-def tag_lines(client: NerClient, texts: list[str], document: bool,
-              batch_size: int) -> list[tuple[str, list[Entity]]]:
+def tag_lines(
+  client: NerClient, texts: list[str], document: bool, batch_size: int
+) -> list[tuple[str, list[Entity]]]:
   """(line, entities) for every input line, sentence by sentence or by documents."""
   if not document:
     return list(zip(texts, client.predict(texts, batch_size)))
@@ -274,8 +316,12 @@ def format_result(text: str, entities: Iterable[Entity], as_json: bool) -> str:
   return "\n".join([text] + [f"  {e.text} -> {e.type} [{e.start}:{e.end}]" for e in entities])
 
 
-def main(client_class: Callable[..., NerClient], description: str | None, default_server: str,
-         argv: Sequence[str] | None = None) -> int:
+def main(
+  client_class: Callable[..., NerClient],
+  description: str | None,
+  default_server: str,
+  argv: Sequence[str] | None = None,
+) -> int:
   """Runs a client script; returns its exit status."""
   parser = build_parser(description, default_server)
   args = parser.parse_args(argv)

@@ -11,7 +11,10 @@ from typing import NoReturn
 def exit_without(missing: ModuleNotFoundError) -> NoReturn:
   """Exits with status 2 saying how to get the clients' dependencies (`missing`: the error)."""
   script = os.path.basename(sys.argv[0])
-  print(f"{script}: error: {sys.executable} has no module {missing.name!r}, which the clients "
-        f"need: run `make setup`, then `.venv/bin/python clients/{script} ...` (or `. "
-        f".venv/bin/activate` first), or `pip install '.[client]'`", file=sys.stderr)
+  print(
+    f"{script}: error: {sys.executable} has no module {missing.name!r}, which the clients "
+    f"need: run `make setup`, then `.venv/bin/python clients/{script} ...` (or `. "
+    f".venv/bin/activate` first), or `pip install '.[client]'`",
+    file=sys.stderr,
+  )
   sys.exit(2)

@@ -23,6 +23,7 @@ except ModuleNotFoundError as missing:  # e.g. the system python3 instead of the
   if __name__ != "__main__":
     raise
   from clients.deps import exit_without
+
   exit_without(missing)
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -35,16 +36,25 @@ GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 # fails UNAVAILABLE (a replica gone before answering) is retried on another; predictions are
 # idempotent.
 SERVICE_CONFIG = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [{
-        "name": [{"service": "tensorflow.serving.PredictionService"}],
-        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-    }],
+  "loadBalancingConfig": [{"round_robin": {}}],
+  "methodConfig": [
+    {
+      "name": [{"service": "tensorflow.serving.PredictionService"}],
+      "retryPolicy": {
+        "maxAttempts": 5,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "1s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+      },
+    }
+  ],
 }
-CHANNEL_OPTIONS = [("grpc.max_reconnect_backoff_ms", 2000),
-                   ("grpc.enable_retries", 1),
-                   ("grpc.service_config", json.dumps(SERVICE_CONFIG))]
+CHANNEL_OPTIONS = [
+  ("grpc.max_reconnect_backoff_ms", 2000),
+  ("grpc.enable_retries", 1),
+  ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+]
 TARGET_SCHEMES = ("dns", "ipv4", "ipv6")
 
 
@@ -59,8 +69,9 @@ def _address(target: str) -> tuple[int, str]:
       infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except OSError as e:
       raise common.ClientError(f"cannot resolve {host!r}: {e}") from None
-    address = min((ipaddress.ip_address(info[4][0]) for info in infos),
-                  key=lambda a: a.version)  # IPv4 first, as for a single target
+    address = min(
+      (ipaddress.ip_address(info[4][0]) for info in infos), key=lambda a: a.version
+    )  # IPv4 first, as for a single target
   text = f"[{address}]" if address.version == 6 else str(address)
   return address.version, f"{text}:{port}"
 
@@ -90,12 +101,18 @@ def make_tensor(array: npt.ArrayLike) -> Any:
 def make_array(tensor: Any) -> IntArray:
   """numpy array of an int32 TensorProto (tensor_content or int_val)."""
   if tensor.dtype != pb.DT_INT32:
-    name = pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else \
-        f"dtype {tensor.dtype}"
+    name = (
+      pb.DataType.Name(tensor.dtype)
+      if tensor.dtype in pb.DataType.values()
+      else f"dtype {tensor.dtype}"
+    )
     raise common.ClientError(f"expected an int32 output, got {name}")
   shape = [d.size for d in tensor.tensor_shape.dim]
-  values = (np.frombuffer(tensor.tensor_content, dtype="<i4") if tensor.tensor_content else
-            np.asarray(tensor.int_val, dtype=np.int32))
+  values = (
+    np.frombuffer(tensor.tensor_content, dtype="<i4")
+    if tensor.tensor_content
+    else np.asarray(tensor.int_val, dtype=np.int32)
+  )
   if any(n < 0 for n in shape):
     raise common.ClientError(f"output tensor has a negative dimension: {shape}")
   if values.size == 1 and not tensor.tensor_content:  # TF's one-value form of a filled tensor
@@ -105,12 +122,14 @@ def make_array(tensor: Any) -> IntArray:
   return values.reshape(shape)
 
 
-def make_predict_request(model: str, signature: str, input_ids: npt.ArrayLike,
-                         input_mask: npt.ArrayLike) -> Any:
+def make_predict_request(
+  model: str, signature: str, input_ids: npt.ArrayLike, input_mask: npt.ArrayLike
+) -> Any:
   """PredictRequest for one padded batch."""
   return pb.PredictRequest(
-      model_spec=pb.ModelSpec(name=model, signature_name=signature),
-      inputs={"input_ids": make_tensor(input_ids), "input_mask": make_tensor(input_mask)})
+    model_spec=pb.ModelSpec(name=model, signature_name=signature),
+    inputs={"input_ids": make_tensor(input_ids), "input_mask": make_tensor(input_mask)},
+  )
 
 
 def output_names(response: Any) -> dict[str, list[str]]:
@@ -124,17 +143,26 @@ def output_names(response: Any) -> dict[str, list[str]]:
 class GrpcNerClient(common.NerClient):
   """bert_ner client over TensorFlow Serving's gRPC API."""
 
-  def __init__(self, server: str, model: str = model_base.MODEL_NAME,
-               signature: str = model_base.SIGNATURE, timeout: float = 10.0,
-               assets: common.StrPath | None = None) -> None:
+  def __init__(
+    self,
+    server: str,
+    model: str = model_base.MODEL_NAME,
+    signature: str = model_base.SIGNATURE,
+    timeout: float = 10.0,
+    assets: common.StrPath | None = None,
+  ) -> None:
     super().__init__(server, model, signature, timeout, assets)
     channel = grpc.insecure_channel(channel_target(server), options=CHANNEL_OPTIONS)
     self._predict = channel.unary_unary(
-        PREDICT, request_serializer=pb.PredictRequest.SerializeToString,
-        response_deserializer=pb.PredictResponse.FromString)
+      PREDICT,
+      request_serializer=pb.PredictRequest.SerializeToString,
+      response_deserializer=pb.PredictResponse.FromString,
+    )
     self._metadata = channel.unary_unary(
-        GET_MODEL_METADATA, request_serializer=pb.GetModelMetadataRequest.SerializeToString,
-        response_deserializer=pb.GetModelMetadataResponse.FromString)
+      GET_MODEL_METADATA,
+      request_serializer=pb.GetModelMetadataRequest.SerializeToString,
+      response_deserializer=pb.GetModelMetadataResponse.FromString,
+    )
 
   def run(self, input_ids: IntArray, input_mask: IntArray) -> IntArray:
     """pred_label [B, T] for one padded batch."""
@@ -146,8 +174,9 @@ class GrpcNerClient(common.NerClient):
 
   def output_names(self) -> dict[str, list[str]]:
     """Output tensor names per signature, from GetModelMetadata."""
-    request = pb.GetModelMetadataRequest(model_spec=pb.ModelSpec(name=self.model),
-                                         metadata_field=["signature_def"])
+    request = pb.GetModelMetadataRequest(
+      model_spec=pb.ModelSpec(name=self.model), metadata_field=["signature_def"]
+    )
     return output_names(self._call(self._metadata, request))
 
   def _call(self, method: Any, request: Any) -> Any:

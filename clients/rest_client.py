@@ -23,10 +23,15 @@ except ModuleNotFoundError as missing:  # e.g. the system python3 instead of the
   if __name__ != "__main__":
     raise
   from clients.deps import exit_without
+
   exit_without(missing)
 
-HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE",
-              504: "DEADLINE_EXCEEDED"}
+HTTP_CODES = {
+  400: "INVALID_ARGUMENT",
+  404: "NOT_FOUND",
+  503: "UNAVAILABLE",
+  504: "DEADLINE_EXCEEDED",
+}
 # Answers after which the same request goes to the next --server target: the replica is gone
 # or refuses work for now (a proxy's 502 for a dead backend); predictions are idempotent.
 FAIL_OVER_STATUSES = (502, 503)
@@ -77,7 +82,9 @@ def deadline_session() -> requests.Session:
   session = requests.Session()
   adapter = requests.adapters.HTTPAdapter()
   adapter.poolmanager.pool_classes_by_scheme = {
-      **adapter.poolmanager.pool_classes_by_scheme, "http": DeadlinePool}
+    **adapter.poolmanager.pool_classes_by_scheme,
+    "http": DeadlinePool,
+  }
   session.mount("http://", adapter)
   return session
 
@@ -93,9 +100,14 @@ def error_detail(response: requests.Response) -> object:
 class RestNerClient(common.NerClient):
   """bert_ner client over TensorFlow Serving's REST API."""
 
-  def __init__(self, server: str, model: str = model_base.MODEL_NAME,
-               signature: str = model_base.SIGNATURE, timeout: float = 10.0,
-               assets: common.StrPath | None = None) -> None:
+  def __init__(
+    self,
+    server: str,
+    model: str = model_base.MODEL_NAME,
+    signature: str = model_base.SIGNATURE,
+    timeout: float = 10.0,
+    assets: common.StrPath | None = None,
+  ) -> None:
     super().__init__(server, model, signature, timeout, assets)
     scheme, targets = common.split_servers(server, SCHEMES)
     self.urls = [f"{scheme or 'http'}://{target}" for target in targets]
@@ -104,15 +116,18 @@ class RestNerClient(common.NerClient):
 
   def run(self, input_ids: IntArray, input_mask: IntArray) -> IntArray:
     """pred_label [B, T] for one padded batch."""
-    body = {"signature_name": self.signature,
-            "inputs": {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()}}
+    body = {
+      "signature_name": self.signature,
+      "inputs": {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()},
+    }
     answer = self._call("POST", f"/v1/models/{self.model}:predict", json=body)
     outputs = answer.get("outputs") if isinstance(answer, dict) else None
     if isinstance(outputs, dict):  # TF Serving names the outputs only when there are several
       outputs = outputs.get(model_base.OUTPUT)
     if not isinstance(outputs, list):
-      raise common.ClientError(f"server answer has no {model_base.OUTPUT!r} outputs: "
-                               f"{common.excerpt(answer)}")
+      raise common.ClientError(
+        f"server answer has no {model_base.OUTPUT!r} outputs: {common.excerpt(answer)}"
+      )
     return self.checked_labels(outputs, input_ids)
 
   def output_names(self) -> dict[str, list[str]]:
@@ -120,11 +135,14 @@ class RestNerClient(common.NerClient):
     answer = self._call("GET", f"/v1/models/{self.model}/metadata")
     try:
       signatures = answer["metadata"]["signature_def"]["signature_def"]
-      return {name: [info["name"] for info in sig.get("outputs", {}).values()]
-              for name, sig in signatures.items()}
+      return {
+        name: [info["name"] for info in sig.get("outputs", {}).values()]
+        for name, sig in signatures.items()
+      }
     except (KeyError, TypeError, AttributeError):
-      raise common.ClientError(f"model metadata without signature_def outputs: "
-                               f"{common.excerpt(answer)}") from None
+      raise common.ClientError(
+        f"model metadata without signature_def outputs: {common.excerpt(answer)}"
+      ) from None
 
   def _call(self, method: str, path: str, **kwargs: Any) -> Any:
     """The JSON answer of one request, within self.timeout in all, failing over target by

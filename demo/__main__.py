@@ -5,9 +5,9 @@ import asyncio
 import signal
 import sys
 
-from bert_ner import model_base
 from aiohttp import web
 
+from bert_ner import model_base
 from clients.common import ClientError
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
@@ -19,20 +19,38 @@ TRANSPORTS = {"grpc": (GrpcNerClient, "localhost:8500"), "rest": (RestNerClient,
 def parse_args(argv=None):
   """Command-line flags: the clients' connection flags plus where the page listens."""
   p = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
-  p.add_argument("--transport", choices=sorted(TRANSPORTS), default="grpc",
-                 help="client used to reach the model server (default: %(default)s)")
-  p.add_argument("--server", help="host:port of the model server (default: localhost:8500 for "
-                                  "grpc, localhost:8501 for rest)")
+  p.add_argument(
+    "--transport",
+    choices=sorted(TRANSPORTS),
+    default="grpc",
+    help="client used to reach the model server (default: %(default)s)",
+  )
+  p.add_argument(
+    "--server",
+    help="host:port of the model server (default: localhost:8500 for "
+    "grpc, localhost:8501 for rest)",
+  )
   p.add_argument("--model", default=model_base.MODEL_NAME, help="model name (default: %(default)s)")
-  p.add_argument("--signature", default=model_base.SIGNATURE, help="signature name (default: %(default)s)")
-  p.add_argument("--timeout", type=float, default=10.0,
-                 help="seconds per model request (default: %(default)s)")
-  p.add_argument("--assets", help="assets.extra of the served version (default: "
-                                  "$BERT_NER_ASSETS, else the highest under models/bert_ner)")
-  p.add_argument("--host", default="127.0.0.1",
-                 help="address the page listens on (default: %(default)s)")
-  p.add_argument("--port", type=int, default=8080,
-                 help="port of the page; 0 picks a free one (default: %(default)s)")
+  p.add_argument(
+    "--signature", default=model_base.SIGNATURE, help="signature name (default: %(default)s)"
+  )
+  p.add_argument(
+    "--timeout", type=float, default=10.0, help="seconds per model request (default: %(default)s)"
+  )
+  p.add_argument(
+    "--assets",
+    help="assets.extra of the served version (default: "
+    "$BERT_NER_ASSETS, else the highest under models/bert_ner)",
+  )
+  p.add_argument(
+    "--host", default="127.0.0.1", help="address the page listens on (default: %(default)s)"
+  )
+  p.add_argument(
+    "--port",
+    type=int,
+    default=8080,
+    help="port of the page; 0 picks a free one (default: %(default)s)",
+  )
   args = p.parse_args(argv)
   if args.timeout <= 0:
     p.error("--timeout must be positive")
@@ -60,8 +78,9 @@ def main(argv=None):
   args = parse_args(argv)
   client_class, default_server = TRANSPORTS[args.transport]
   try:
-    client = client_class(args.server or default_server, args.model, args.signature,
-                          args.timeout, args.assets)
+    client = client_class(
+      args.server or default_server, args.model, args.signature, args.timeout, args.assets
+    )
   except ClientError as e:
     print(f"demo: error: {e}", file=sys.stderr)
     return 2
@@ -77,8 +96,9 @@ def main(argv=None):
   try:
     asyncio.run(serve(build_app(client, args.transport), args.host, args.port, announce))
   except OSError as e:
-    print(f"demo: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}",
-          file=sys.stderr)
+    print(
+      f"demo: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr
+    )
     return 2
   return 0
 

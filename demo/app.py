@@ -26,14 +26,14 @@ MAX_BODY_BYTES = 12 * MAX_TEXT_CHARS + 1024
 # A few taggings at once: the model server batches them; more would only queue in threads here.
 TAG_WORKERS = 4
 RESPONSE_HEADERS = {
-    # Only the demo's own files run: even an injected element could not load or run anything.
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-                               "connect-src 'self'; base-uri 'none'; form-action 'none'; "
-                               "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    # Revalidate (ETag, 304) on every load, so a restarted demo never runs an old demo.js.
-    "Cache-Control": "no-cache",
+  # Only the demo's own files run: even an injected element could not load or run anything.
+  "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+  "connect-src 'self'; base-uri 'none'; form-action 'none'; "
+  "frame-ancestors 'none'",
+  "X-Content-Type-Options": "nosniff",
+  "Referrer-Policy": "no-referrer",
+  # Revalidate (ETag, 304) on every load, so a restarted demo never runs an old demo.js.
+  "Cache-Control": "no-cache",
 }
 
 
@@ -57,13 +57,17 @@ def parse_tag_request(body):
   if not text.strip():
     raise RequestError(400, "the text is empty: type a sentence to tag")
   if len(text) > MAX_TEXT_CHARS:
-    raise RequestError(413, f"the text has {len(text):,} characters; the demo tags at most "
-                            f"{MAX_TEXT_CHARS:,} (use the clients' --file for longer texts)")
+    raise RequestError(
+      413,
+      f"the text has {len(text):,} characters; the demo tags at most "
+      f"{MAX_TEXT_CHARS:,} (use the clients' --file for longer texts)",
+    )
   try:
     text.encode("utf-8")
   except UnicodeEncodeError as e:
-    raise RequestError(400, f"the text is not valid Unicode (a lone surrogate at character "
-                            f"{e.start})") from None
+    raise RequestError(
+      400, f"the text is not valid Unicode (a lone surrogate at character {e.start})"
+    ) from None
   return text
 
 
@@ -72,8 +76,9 @@ async def read_body(request):
   try:
     return await request.read()
   except web.HTTPRequestEntityTooLarge:
-    raise RequestError(413, f"request body is over {MAX_BODY_BYTES:,} bytes, the most the demo "
-                            f"accepts") from None
+    raise RequestError(
+      413, f"request body is over {MAX_BODY_BYTES:,} bytes, the most the demo accepts"
+    ) from None
 
 
 def split_lines(text):
@@ -92,8 +97,11 @@ def tag_text(client, text):
   client.check_fingerprint()
   lines = list(split_lines(text))
   found = client.predict([line for _, line in lines])
-  return [dataclasses.replace(e, start=e.start + offset, end=e.end + offset)
-          for (offset, _), entities in zip(lines, found) for e in entities]
+  return [
+    dataclasses.replace(e, start=e.start + offset, end=e.end + offset)
+    for (offset, _), entities in zip(lines, found)
+    for e in entities
+  ]
 
 
 def error_response(status, message):
@@ -116,9 +124,14 @@ async def response_headers(request, handler):
 def build_app(client, transport):
   """The demo app tagging through `client` (a GrpcNerClient or RestNerClient)."""
   executor = concurrent.futures.ThreadPoolExecutor(TAG_WORKERS, thread_name_prefix="tag")
-  info = {"server": client.server, "transport": transport, "model": client.model,
-          "fingerprint": client.fingerprint, "types": entity_types(client.featurizer.id2label),
-          "max_chars": MAX_TEXT_CHARS}
+  info = {
+    "server": client.server,
+    "transport": transport,
+    "model": client.model,
+    "fingerprint": client.fingerprint,
+    "types": entity_types(client.featurizer.id2label),
+    "max_chars": MAX_TEXT_CHARS,
+  }
 
   async def index(_):
     return web.FileResponse(STATIC / "index.html")
@@ -136,8 +149,13 @@ def build_app(client, transport):
       entities = await asyncio.get_running_loop().run_in_executor(executor, tag_text, client, text)
     except (ClientError, ValueError) as e:
       return error_response(502, f"cannot tag: {e}")
-    return web.json_response({"text": text, "entities": [dataclasses.asdict(e) for e in entities],
-                              "tag_ms": round((time.perf_counter() - started) * 1000, 1)})
+    return web.json_response(
+      {
+        "text": text,
+        "entities": [dataclasses.asdict(e) for e in entities],
+        "tag_ms": round((time.perf_counter() - started) * 1000, 1),
+      }
+    )
 
   async def stop_executor(_):
     executor.shutdown(wait=False, cancel_futures=True)

@@ -55,8 +55,9 @@ def os_reason(error):
     seen.add(id(cause))
     if isinstance(cause, OSError) and cause.strerror:
       return cause.strerror
-    pending += [c for c in (cause.__cause__, cause.__context__, *cause.args)
-                if isinstance(c, BaseException)]
+    pending += [
+      c for c in (cause.__cause__, cause.__context__, *cause.args) if isinstance(c, BaseException)
+    ]
   return str(error)
 
 
@@ -70,8 +71,10 @@ def check_ports(host, grpc_port, rest_port):
   for api, port in (("grpc", grpc_port), ("rest", rest_port)):
     problem = ports.listen_problem(host, port)
     if problem:
-      raise DeployError(f"{api} port {host}:{port} is not free: {problem}; stop it or choose "
-                        f"another (make serve {api.upper()}_PORT=N, or --{api}_port N)")
+      raise DeployError(
+        f"{api} port {host}:{port} is not free: {problem}; stop it or choose "
+        f"another (make serve {api.upper()}_PORT=N, or --{api}_port N)"
+      )
 
 
 def export_if_missing(checkpoint, base):
@@ -81,8 +84,17 @@ def export_if_missing(checkpoint, base):
   """
   if model_base.latest(base) is not None:
     return 0
-  return subprocess.call([sys.executable, "-m", "export", "--checkpoint", str(checkpoint),
-                          "--model_base_path", str(base)])
+  return subprocess.call(
+    [
+      sys.executable,
+      "-m",
+      "export",
+      "--checkpoint",
+      str(checkpoint),
+      "--model_base_path",
+      str(base),
+    ]
+  )
 
 
 def latest_version(base):
@@ -108,8 +120,13 @@ def build_image(client, checkpoint=DEFAULT_CHECKPOINT, tag=IMAGE, context=ROOT):
   context_checkpoint = build_context_path(checkpoint, context).as_posix()
   print(f"building {tag} from docker/Dockerfile, exporting {context_checkpoint} ...", flush=True)
   try:
-    image, _ = client.images.build(path=str(context), dockerfile="docker/Dockerfile", tag=tag,
-                                   buildargs={"CHECKPOINT": context_checkpoint}, rm=True)
+    image, _ = client.images.build(
+      path=str(context),
+      dockerfile="docker/Dockerfile",
+      tag=tag,
+      buildargs={"CHECKPOINT": context_checkpoint},
+      rm=True,
+    )
   except (docker.errors.BuildError, docker.errors.APIError) as e:
     raise DeployError(f"image build failed: {e}") from e
   print(f"built {tag} ({image.short_id})")
@@ -156,8 +173,9 @@ def run_container(client, host, grpc_port, rest_port, timeout, image=IMAGE, name
     pass
   ports = {"8500/tcp": (host, grpc_port), "8501/tcp": (host, rest_port)}
   try:
-    container = client.containers.run(image, name=name, detach=True, ports=ports,
-                                      restart_policy={"Name": "unless-stopped"})
+    container = client.containers.run(
+      image, name=name, detach=True, ports=ports, restart_policy={"Name": "unless-stopped"}
+    )
   except docker.errors.APIError as e:
     raise DeployError(f"cannot start {image}: {e}") from e
   url = f"http://{host}:{rest_port}/v1/models/{model_base.MODEL_NAME}"
@@ -171,8 +189,10 @@ def example_request(base):
   """REST predict body for EXAMPLE, featurized by the shared Featurizer from the export's assets."""
   featurizer = Featurizer.from_dir(str(model_base.assets(latest_version(base))))
   input_ids, input_mask = pad_batch(featurizer.encode_words(EXAMPLE.split()))
-  return {"signature_name": "serving_default",
-          "inputs": {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()}}
+  return {
+    "signature_name": "serving_default",
+    "inputs": {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()},
+  }
 
 
 def how_to_query(base, host, grpc_port, rest_port):
@@ -184,12 +204,16 @@ def how_to_query(base, host, grpc_port, rest_port):
   found = Path(base).resolve() == (ROOT / "models" / model_base.MODEL_NAME).resolve()
   assets_flag = "" if found else f" --assets {assets}"
   body = json.dumps(example_request(base), separators=(",", ":"))
-  return "\n".join([
+  return "\n".join(
+    [
       "query it with:",
       f"  .venv/bin/python clients/grpc_client.py --server {host}:{grpc_port}{assets_flag} "
-      f"\"{EXAMPLE}\"",
+      f'"{EXAMPLE}"',
       f"  .venv/bin/python clients/rest_client.py --server {host}:{rest_port}{assets_flag} "
-      f"\"{EXAMPLE}\"",
-      f"  curl -s -X POST http://{host}:{rest_port}/v1/models/{model_base.MODEL_NAME}:predict -d '{body}'",
+      f'"{EXAMPLE}"',
+      f"  curl -s -X POST http://{host}:{rest_port}/v1/models/{model_base.MODEL_NAME}:predict "
+      f"-d '{body}'",
       f"  in a browser: .venv/bin/python -m demo --server {host}:{grpc_port}{assets_flag}"
-      " (then open http://127.0.0.1:8080)"])
+      " (then open http://127.0.0.1:8080)",
+    ]
+  )

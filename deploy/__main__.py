@@ -14,27 +14,46 @@ from bert_ner.quiet import VERBOSE_ENV
 def parse_args(argv=None):
   """Command-line flags."""
   p = argparse.ArgumentParser(prog="python -m deploy", description=__doc__)
-  p.add_argument("command", choices=["image", "up", "serve"],
-                 help="image: build the image; up: build, run and wait for health; "
-                      "serve: up if a Docker engine answers, else `python -m server`")
-  p.add_argument("--checkpoint", default=deploy.DEFAULT_CHECKPOINT,
-                 help="the checkpoint dir to serve (default: %(default)s, the shipped model): "
-                      "the image build exports it (it must lie inside the repo, the Docker build "
-                      "context, not under an ignored folder such as build/); without Docker it is "
-                      "exported to --model_base_path when that has no version yet")
-  p.add_argument("--model_base_path", default="models/bert_ner",
-                 help="serve without Docker: the exported model base the embedded server serves "
-                      "(default: %(default)s)")
+  p.add_argument(
+    "command",
+    choices=["image", "up", "serve"],
+    help="image: build the image; up: build, run and wait for health; "
+    "serve: up if a Docker engine answers, else `python -m server`",
+  )
+  p.add_argument(
+    "--checkpoint",
+    default=deploy.DEFAULT_CHECKPOINT,
+    help="the checkpoint dir to serve (default: %(default)s, the shipped model): "
+    "the image build exports it (it must lie inside the repo, the Docker build "
+    "context, not under an ignored folder such as build/); without Docker it is "
+    "exported to --model_base_path when that has no version yet",
+  )
+  p.add_argument(
+    "--model_base_path",
+    default="models/bert_ner",
+    help="serve without Docker: the exported model base the embedded server serves "
+    "(default: %(default)s)",
+  )
   p.add_argument("--host", default="127.0.0.1", help="address the ports are published/bound on")
   p.add_argument("--grpc_port", type=int, default=8500)
   p.add_argument("--rest_port", type=int, default=8501)
-  p.add_argument("--docker_timeout", type=float, default=3.0,
-                 help="seconds to wait for the Docker engine to answer a ping")
-  p.add_argument("--health_timeout", type=float, default=180.0,
-                 help="seconds to wait for the served model to become AVAILABLE")
-  p.add_argument("--verbose", action="store_true",
-                 help=f"TensorFlow's start-up logs in the export and the server "
-                      f"(same as {VERBOSE_ENV}=1)")
+  p.add_argument(
+    "--docker_timeout",
+    type=float,
+    default=3.0,
+    help="seconds to wait for the Docker engine to answer a ping",
+  )
+  p.add_argument(
+    "--health_timeout",
+    type=float,
+    default=180.0,
+    help="seconds to wait for the served model to become AVAILABLE",
+  )
+  p.add_argument(
+    "--verbose",
+    action="store_true",
+    help=f"TensorFlow's start-up logs in the export and the server (same as {VERBOSE_ENV}=1)",
+  )
   return p.parse_args(argv)
 
 
@@ -46,11 +65,25 @@ def run_embedded_server(args, ports):
   monitoring are the image's: docker/batching_parameters.txt is the server's default batching
   file, the monitoring config is passed as the image passes it.
   """
-  server = subprocess.Popen([
-      sys.executable, "-m", "server", "--model_base_path", args.model_base_path,
-      "--host", args.host, "--port", str(args.grpc_port), "--rest_api_port", str(args.rest_port),
-      "--monitoring_config_file", str(deploy.ROOT / "docker/monitoring_config.txt")],
-      stdout=subprocess.PIPE, text=True)
+  server = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "server",
+      "--model_base_path",
+      args.model_base_path,
+      "--host",
+      args.host,
+      "--port",
+      str(args.grpc_port),
+      "--rest_api_port",
+      str(args.rest_port),
+      "--monitoring_config_file",
+      str(deploy.ROOT / "docker/monitoring_config.txt"),
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops on it and then so do we
   signal.signal(signal.SIGTERM, lambda *_: server.terminate())
   for line in server.stdout:
@@ -85,7 +118,9 @@ def up(client, args, ports):
   query it with the assets copied out of the image."""
   deploy.build_image(client, args.checkpoint)
   container = deploy.run_container(client, *ports, args.health_timeout)
-  served = deploy.copy_served_assets(container, deploy.ROOT / "build/docker" / model_base.MODEL_NAME)
+  served = deploy.copy_served_assets(
+    container, deploy.ROOT / "build/docker" / model_base.MODEL_NAME
+  )
   print(deploy.how_to_query(served, *ports))
   return 0
 

@@ -14,8 +14,7 @@ import time
 
 from tqdm import tqdm
 
-from bert_ner import model_base
-from bert_ner import conll
+from bert_ner import conll, model_base
 from bert_ner.featurizer import Featurizer
 from bert_ner.metrics import format_scores, seqeval_scores
 from bert_ner.quiet import VERBOSE_ENV
@@ -37,17 +36,25 @@ def parse_args(argv=None):
   p.add_argument("--data", required=True, help="CoNLL file (1-4 columns, tag last)")
   p.add_argument("--transport", required=True, choices=("grpc", "rest", "local"))
   p.add_argument("--server", help="host:port (default: 127.0.0.1:8500 grpc, 127.0.0.1:8501 rest)")
-  p.add_argument("--model_base_path", default="models/bert_ner",
-                 help="model base: `local` loads its latest version; its assets.extra is the "
-                      "default --assets")
+  p.add_argument(
+    "--model_base_path",
+    default="models/bert_ner",
+    help="model base: `local` loads its latest version; its assets.extra is the default --assets",
+  )
   p.add_argument("--assets", help="assets.extra of the served version")
   p.add_argument("--model", default=model_base.MODEL_NAME, help="served model name")
-  p.add_argument("--document", action="store_true",
-                 help="tag each -DOCSTART- document as one text (default: each sentence alone)")
+  p.add_argument(
+    "--document",
+    action="store_true",
+    help="tag each -DOCSTART- document as one text (default: each sentence alone)",
+  )
   p.add_argument("--batch_size", type=int, default=64, help="rows (windows) per request")
   p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-  p.add_argument("--verbose", action="store_true",
-                 help=f"local: TensorFlow's start-up logs too (same as {VERBOSE_ENV}=1)")
+  p.add_argument(
+    "--verbose",
+    action="store_true",
+    help=f"local: TensorFlow's start-up logs too (same as {VERBOSE_ENV}=1)",
+  )
   args = p.parse_args(argv)
   if args.batch_size < 1:
     p.error("--batch_size must be >= 1")
@@ -78,14 +85,19 @@ def connect(args):
   """(featurizer, run_fn, description) of the chosen transport."""
   if args.transport == "local":
     from evaluation.local import LocalModel  # pylint: disable=import-outside-toplevel
+
     try:
       model = LocalModel(args.model_base_path)
       return Featurizer.from_dir(str(args.assets or model.assets)), model.run, str(model.path)
     except (OSError, ValueError) as e:
       raise EvaluationError(str(e)) from None
   server = args.server or DEFAULT_SERVERS[args.transport]
-  client = CLIENTS[args.transport](server, args.model, timeout=args.timeout,
-                        assets=args.assets or default_assets(args.model_base_path))
+  client = CLIENTS[args.transport](
+    server,
+    args.model,
+    timeout=args.timeout,
+    assets=args.assets or default_assets(args.model_base_path),
+  )
   client.check_fingerprint()
   return client.featurizer, client.run, f"{args.transport} {server}"
 
@@ -96,7 +108,7 @@ def tag(featurizer, run_fn, sentences, batch_size):
   pred = []
   with tqdm(total=len(sentences), unit="sent", file=sys.stderr, leave=False) as bar:
     for begin in range(0, len(sentences), chunk):
-      words = [s.words for s in sentences[begin:begin + chunk]]
+      words = [s.words for s in sentences[begin : begin + chunk]]
       pred += featurizer.predict_words(words, run_fn, batch_size)
       bar.update(len(words))
   return pred
@@ -108,9 +120,12 @@ def tag_documents(featurizer, run_fn, documents, batch_size):
   pred = []
   with tqdm(total=len(documents), unit="doc", file=sys.stderr, leave=False) as bar:
     for begin in range(0, len(documents), chunk):
-      words = [[s.words for s in d] for d in documents[begin:begin + chunk]]
-      pred += [tags for document in featurizer.predict_documents(words, run_fn, batch_size)
-               for tags in document]
+      words = [[s.words for s in d] for d in documents[begin : begin + chunk]]
+      pred += [
+        tags
+        for document in featurizer.predict_documents(words, run_fn, batch_size)
+        for tags in document
+      ]
       bar.update(len(words))
   return pred
 
@@ -134,8 +149,11 @@ def main(argv=None):
     print(f"error: {e}", file=sys.stderr)
     return 2
   unit = f" in {len(documents)} documents" if args.document else ""
-  print(f"{len(sentences)} sentences{unit} via {description} in {seconds:.1f}s: "
-        f"{len(sentences) / seconds:.1f} sentences/s", file=sys.stderr)
+  print(
+    f"{len(sentences)} sentences{unit} via {description} in {seconds:.1f}s: "
+    f"{len(sentences) / seconds:.1f} sentences/s",
+    file=sys.stderr,
+  )
   print(format_scores(seqeval_scores([s.tags for s in sentences], pred)))
   return 0
 

@@ -2,8 +2,8 @@
 
 import time
 
-from bert_ner.quiet import quiet_tensorflow
 from bert_ner import model_base
+from bert_ner.quiet import quiet_tensorflow
 
 SERVE_TAG = "serve"
 
@@ -14,11 +14,14 @@ class LocalModel:
   def __init__(self, model_base_path, signature=model_base.SIGNATURE):
     path = model_base.latest(model_base_path)
     if path is None:
-      raise FileNotFoundError(f"no SavedModel version under {model_base_path} "
-                              f"(export one: python -m export --checkpoint DIR "
-                              f"--model_base_path {model_base_path})")
+      raise FileNotFoundError(
+        f"no SavedModel version under {model_base_path} "
+        f"(export one: python -m export --checkpoint DIR "
+        f"--model_base_path {model_base_path})"
+      )
     quiet_tensorflow()
     import tensorflow as tf  # pylint: disable=import-outside-toplevel  (only `local` needs TF)
+
     started = time.perf_counter()
     self.session = tf.compat.v1.Session(graph=tf.Graph())
     meta = tf.compat.v1.saved_model.loader.load(self.session, [SERVE_TAG], str(path))

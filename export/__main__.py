@@ -12,20 +12,39 @@ DEFAULT_VERIFY_FILE = Path(__file__).resolve().parents[2] / "shared/data/conll20
 def parse_args(argv=None):
   """Command-line flags."""
   p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-  p.add_argument("--checkpoint", required=True,
-                 help="checkpoint dir: ours, macanv's, or a head-only dir such as models/default")
-  p.add_argument("--model_base_path", required=True,
-                 help="TF Serving model base; the export lands in <base>/<version>/")
-  p.add_argument("--version", type=int, default=None,
-                 help="version number (default: highest existing + 1); refused if it exists")
-  p.add_argument("--verify_file", default=None,
-                 help=f"CoNLL file whose sentences check the SavedModel against the checkpoint "
-                      f"(default: {DEFAULT_VERIFY_FILE} if present, else built-in samples)")
-  p.add_argument("--verify_sentences", type=int, default=64,
-                 help="how many verification sentences to use; 0 = all")
-  p.add_argument("--verbose", action="store_true",
-                 help="also print the signatures and TensorFlow's start-up logs "
-                      "(same as BERT_NER_VERBOSE=1)")
+  p.add_argument(
+    "--checkpoint",
+    required=True,
+    help="checkpoint dir: ours, macanv's, or a head-only dir such as models/default",
+  )
+  p.add_argument(
+    "--model_base_path",
+    required=True,
+    help="TF Serving model base; the export lands in <base>/<version>/",
+  )
+  p.add_argument(
+    "--version",
+    type=int,
+    default=None,
+    help="version number (default: highest existing + 1); refused if it exists",
+  )
+  p.add_argument(
+    "--verify_file",
+    default=None,
+    help=f"CoNLL file whose sentences check the SavedModel against the checkpoint "
+    f"(default: {DEFAULT_VERIFY_FILE} if present, else built-in samples)",
+  )
+  p.add_argument(
+    "--verify_sentences",
+    type=int,
+    default=64,
+    help="how many verification sentences to use; 0 = all",
+  )
+  p.add_argument(
+    "--verbose",
+    action="store_true",
+    help="also print the signatures and TensorFlow's start-up logs (same as BERT_NER_VERBOSE=1)",
+  )
   args = p.parse_args(argv)
   if args.version is not None and args.version < 1:
     p.error("--version must be >= 1")
@@ -40,16 +59,19 @@ def main(argv=None):
   quiet_tensorflow(args.verbose)  # TF loads after --help, and quietly
   from bert_ner import conll  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
+
   verify_file = args.verify_file or (DEFAULT_VERIFY_FILE if DEFAULT_VERIFY_FILE.is_file() else None)
   try:
-    sentences = ([s.words for s in conll.read_conll(verify_file)] if verify_file
-                 else exporter.SAMPLES)[:args.verify_sentences or None]
+    sentences = (
+      [s.words for s in conll.read_conll(verify_file)] if verify_file else exporter.SAMPLES
+    )[: args.verify_sentences or None]
     if not sentences:
       raise exporter.ExportError(f"no sentences in {verify_file}")
     if verbose():
       print(f"verification: {len(sentences)} sentences of {verify_file or 'built-in samples'}")
-    exporter.export_model(args.checkpoint, args.model_base_path, args.version, sentences,
-                          signatures_shown=verbose())
+    exporter.export_model(
+      args.checkpoint, args.model_base_path, args.version, sentences, signatures_shown=verbose()
+    )
   except (exporter.ExportError, conll.ConllError, OSError) as e:
     print(f"export: error: {e}", file=sys.stderr)
     return 2

@@ -19,8 +19,16 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from bert_ner import backbone, checkpoint, labels
 from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Featurizer, pad_batch
 from bert_ner.head import build_inference_graph
-from bert_ner.model_base import (ASSETS_DIR, DEFAULT_SIGNATURE, INPUT_IDS, INPUT_MASK, OUTPUT,
-                                 OUTPUT_SCOPE, SIGNATURES, WARMUP_FILE)
+from bert_ner.model_base import (
+  ASSETS_DIR,
+  DEFAULT_SIGNATURE,
+  INPUT_IDS,
+  INPUT_MASK,
+  OUTPUT,
+  OUTPUT_SCOPE,
+  SIGNATURES,
+  WARMUP_FILE,
+)
 from export import layout
 
 v1 = tf.compat.v1
@@ -28,12 +36,12 @@ SERVE = v1.saved_model.tag_constants.SERVING
 BATCH = 32
 # Built-in sentences (words) for the warm-up file and for verification without a data file.
 SAMPLES = [
-    "EU rejects German call to boycott British lamb .".split(),
-    "Peter Blackburn".split(),
-    "BRUSSELS 1996-08-22".split(),
-    "Germany 's representative to the European Union 's veterinary committee Werner Zwingelberg "
-    "said on Wednesday consumers should buy sheepmeat from countries other than Britain until "
-    "the scientific advice was clearer .".split(),
+  "EU rejects German call to boycott British lamb .".split(),
+  "Peter Blackburn".split(),
+  "BRUSSELS 1996-08-22".split(),
+  "Germany 's representative to the European Union 's veterinary committee Werner Zwingelberg "
+  "said on Wednesday consumers should buy sheepmeat from countries other than Britain until "
+  "the scientific advice was clearer .".split(),
 ]
 
 
@@ -71,7 +79,7 @@ def _fingerprint(sess, model_dir):
 def _batches(featurizer, sentences):
   """Padded (input_ids, input_mask) batches of the windows of `sentences` (lists of words)."""
   windows = [w for words in sentences for w in featurizer.encode_words(words)]
-  return [pad_batch(windows[i:i + BATCH]) for i in range(0, len(windows), BATCH)]
+  return [pad_batch(windows[i : i + BATCH]) for i in range(0, len(windows), BATCH)]
 
 
 def _write_assets(out, model_dir, fingerprint, featurizer):
@@ -81,9 +89,13 @@ def _write_assets(out, model_dir, fingerprint, featurizer):
   shutil.copyfile(model_dir.vocab_path, assets / VOCAB_FILE)
   labels.save_label_map(str(assets), model_dir.id2label)
   bert = json.loads(Path(model_dir.bert_config_path).read_text())
-  config = dict(asdict(model_dir.ner_config), labels=model_dir.id2label, fingerprint=fingerprint,
-                vocab_size=bert["vocab_size"],
-                max_position_embeddings=bert["max_position_embeddings"])
+  config = dict(
+    asdict(model_dir.ner_config),
+    labels=model_dir.id2label,
+    fingerprint=fingerprint,
+    vocab_size=bert["vocab_size"],
+    max_position_embeddings=bert["max_position_embeddings"],
+  )
   (assets / NER_CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
   # One request per sample plus one batch of all: TF Serving replays them at load.
   requests = [pad_batch(featurizer.encode_words(words)) for words in SAMPLES]
@@ -96,7 +108,8 @@ def _write_assets(out, model_dir, fingerprint, featurizer):
       request.inputs[INPUT_IDS].CopyFrom(tf.make_tensor_proto(ids, tf.int32))
       request.inputs[INPUT_MASK].CopyFrom(tf.make_tensor_proto(mask, tf.int32))
       log = prediction_log_pb2.PredictionLog(
-          predict_log=prediction_log_pb2.PredictLog(request=request))
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+      )
       writer.write(log.SerializeToString())
 
 
@@ -107,18 +120,22 @@ def _verify(path, batches, expected, output_name):
     for name in SIGNATURES:
       sig = meta.signature_def[name]
       if sig.outputs[OUTPUT].name != output_name:
-        raise VerificationError(f"signature {name!r} outputs {sig.outputs[OUTPUT].name}, "
-                                f"expected {output_name}")
+        raise VerificationError(
+          f"signature {name!r} outputs {sig.outputs[OUTPUT].name}, expected {output_name}"
+        )
     sig = meta.signature_def[DEFAULT_SIGNATURE]
     rows = differ = 0
     for (ids, mask), want in zip(batches, expected):
-      got = sess.run(sig.outputs[OUTPUT].name,
-                     {sig.inputs[INPUT_IDS].name: ids, sig.inputs[INPUT_MASK].name: mask})
+      got = sess.run(
+        sig.outputs[OUTPUT].name,
+        {sig.inputs[INPUT_IDS].name: ids, sig.inputs[INPUT_MASK].name: mask},
+      )
       differ += int(np.any((got != want) & (mask > 0), axis=1).sum())
       rows += len(ids)
   if differ:
-    raise VerificationError(f"SavedModel predictions differ from the checkpoint's on {differ} of "
-                            f"{rows} rows")
+    raise VerificationError(
+      f"SavedModel predictions differ from the checkpoint's on {differ} of {rows} rows"
+    )
   return rows
 
 
@@ -133,15 +150,24 @@ def signature_summary(signature_def_map):
       for key in sorted(tensors):
         info = tensors[key]
         shape = tuple(d.size for d in info.tensor_shape.dim)
-        lines += [f"    {kind}s['{key}'] tensor_info:",
-                  f"        dtype: {types_pb2.DataType.Name(info.dtype)}",
-                  f"        shape: {shape}", f"        name: {info.name}"]
+        lines += [
+          f"    {kind}s['{key}'] tensor_info:",
+          f"        dtype: {types_pb2.DataType.Name(info.dtype)}",
+          f"        shape: {shape}",
+          f"        name: {info.name}",
+        ]
     lines.append(f"  Method name is: {sig.method_name}")
   return "\n".join(lines)
 
 
-def export_model(checkpoint_dir, model_base_path, version=None, verify_sentences=SAMPLES,
-                 log=print, signatures_shown=False):
+def export_model(
+  checkpoint_dir,
+  model_base_path,
+  version=None,
+  verify_sentences=SAMPLES,
+  log=print,
+  signatures_shown=False,
+):
   """Exports `checkpoint_dir` as the next (or given) version of `model_base_path`; returns it.
 
   Logs one line (where to, fingerprint, verification); signatures_shown adds the signatures.
@@ -162,8 +188,12 @@ def export_model(checkpoint_dir, model_base_path, version=None, verify_sentences
   if stale:
     log(f"removed stale temp dirs of crashed exports: {', '.join(stale)}")
   try:
-    featurizer = Featurizer(model_dir.vocab_path, model_dir.ner_config.do_lower_case,
-                            model_dir.ner_config.max_seq_length, model_dir.id2label)
+    featurizer = Featurizer(
+      model_dir.vocab_path,
+      model_dir.ner_config.do_lower_case,
+      model_dir.ner_config.max_seq_length,
+      model_dir.id2label,
+    )
     batches = _batches(featurizer, verify_sentences)
     with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
       input_ids = v1.placeholder(tf.int32, [None, None], name=INPUT_IDS)
@@ -177,13 +207,15 @@ def export_model(checkpoint_dir, model_base_path, version=None, verify_sentences
       expected = [sess.run(output, {input_ids: ids, input_mask: mask}) for ids, mask in batches]
       build = v1.saved_model.utils.build_tensor_info
       signature = v1.saved_model.signature_def_utils.build_signature_def(
-          inputs={INPUT_IDS: build(input_ids), INPUT_MASK: build(input_mask)},
-          outputs={OUTPUT: build(output)},
-          method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
+        inputs={INPUT_IDS: build(input_ids), INPUT_MASK: build(input_mask)},
+        outputs={OUTPUT: build(output)},
+        method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME,
+      )
       signatures = {name: signature for name in SIGNATURES}
       builder = v1.saved_model.Builder(str(tmp))
-      builder.add_meta_graph_and_variables(sess, [SERVE], signature_def_map=signatures,
-                                           clear_devices=True, strip_default_attrs=True)
+      builder.add_meta_graph_and_variables(
+        sess, [SERVE], signature_def_map=signatures, clear_devices=True, strip_default_attrs=True
+      )
       builder.save()
     _write_assets(tmp, model_dir, fingerprint, featurizer)
     rows = _verify(tmp, batches, expected, output.name)
@@ -193,7 +225,9 @@ def export_model(checkpoint_dir, model_base_path, version=None, verify_sentences
     raise
   if signatures_shown:
     log(signature_summary(signatures))
-  log(f"exported {checkpoint_dir} -> {final} (fingerprint {fingerprint}) "
-      f"in {time.perf_counter() - start:.1f}s, verified: SavedModel == checkpoint graph on "
-      f"{len(verify_sentences)} sentences ({rows} windows)")
+  log(
+    f"exported {checkpoint_dir} -> {final} (fingerprint {fingerprint}) "
+    f"in {time.perf_counter() - start:.1f}s, verified: SavedModel == checkpoint graph on "
+    f"{len(verify_sentences)} sentences ({rows} windows)"
+  )
   return final

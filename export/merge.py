@@ -26,23 +26,34 @@ def write_merged(checkpoint_dir, out_dir):
     input_mask = tf.placeholder(tf.int32, [None, None], "input_mask")
     head.build_inference_graph(model_dir, input_ids, input_mask)
     checkpoint.restore_model(sess, model_dir)
-    merged_config = dataclasses.replace(model_dir.ner_config, adapter_rank=0, adapter_alpha=0.0,
-                                        adapter_first_layer=0)
+    merged_config = dataclasses.replace(
+      model_dir.ner_config, adapter_rank=0, adapter_alpha=0.0, adapter_first_layer=0
+    )
     return checkpoint.save_checkpoint_dir(
-        sess, out_dir, int(step.group(1)) if step else 0, model_dir.bert_config_path,
-        model_dir.vocab_path, model_dir.id2label, merged_config)
+      sess,
+      out_dir,
+      int(step.group(1)) if step else 0,
+      model_dir.bert_config_path,
+      model_dir.vocab_path,
+      model_dir.id2label,
+      merged_config,
+    )
 
 
 def main(argv=None):
   """Command line; exit 2 with one line on bad input."""
   parser = argparse.ArgumentParser(prog="python -m export.merge", description=__doc__)
-  parser.add_argument("--checkpoint", required=True,
-                      help="checkpoint dir: ours (with or without adapters), macanv's, or a "
-                           "head-only dir such as models/default")
+  parser.add_argument(
+    "--checkpoint",
+    required=True,
+    help="checkpoint dir: ours (with or without adapters), macanv's, or a "
+    "head-only dir such as models/default",
+  )
   parser.add_argument("--out", required=True, help="merged checkpoint dir to write (replaced)")
   args = parser.parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from bert_ner import backbone  # pylint: disable=import-outside-toplevel
+
   try:
     prefix = write_merged(args.checkpoint, args.out)
   except (OSError, ValueError, backbone.BackboneError) as e:

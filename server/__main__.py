@@ -18,6 +18,7 @@ import signal
 import sys
 
 import grpc
+
 from bert_ner import model_base
 from bert_ner.quiet import quiet_tensorflow
 
@@ -44,93 +45,161 @@ MAX_PORT = 65535
 
 def _bool(text):
   """Parses tensorflow_model_server's --flag=true|false booleans."""
-  if text.lower() in ('true', '1'):
+  if text.lower() in ("true", "1"):
     return True
-  if text.lower() in ('false', '0'):
+  if text.lower() in ("false", "0"):
     return False
-  raise argparse.ArgumentTypeError(f'expected true or false, got {text!r}')
+  raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def parse_flags(argv=None):
   """The command line, named as tensorflow_model_server names it."""
   parser = argparse.ArgumentParser(
-      prog='python -m server', description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog="python -m server",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   add = parser.add_argument
-  add('--port', type=int, default=8500, help='gRPC port; 0 picks a free one (default 8500)')
-  add('--rest_api_port', type=int, default=8501,
-      help='REST port; 0 picks a free one (default 8501)')
-  add('--host', default='127.0.0.1',
-      help='address both servers bind; 0.0.0.0 exposes them (default 127.0.0.1)')
-  add('--model_name', default=model_base.MODEL_NAME,
-      help='name clients address (default bert_ner; ignored with --model_config_file)')
-  add('--model_base_path', default='models/bert_ner',
-      help='directory of <version>/saved_model.pb; the latest version is served '
-           '(ignored with --model_config_file)')
-  add('--model_config_file',
-      help='text ModelServerConfig: model_config_list of models (name, base_path, '
-           'model_platform "tensorflow", model_version_policy, version_labels)')
-  add('--model_config_file_poll_wait_seconds', type=int, default=0,
-      help='seconds between reads of --model_config_file; 0 reads it once (default 0)')
-  add('--allow_version_labels_for_unavailable_models', type=_bool, nargs='?', const=True,
-      default=False, help='let a config label a version that has not loaded yet (default false)')
-  add('--monitoring_config_file',
-      help='text MonitoringConfig; prometheus_config { enable: true path: "..." } serves the '
-           'Prometheus page on the REST port (no page without it, as in TF Serving)')
-  add('--enable_batching', type=_bool, nargs='?', const=True, default=True,
-      help='merge concurrent requests into shared session runs (default true)')
-  add('--batching_parameters_file', default=DEFAULT_PARAMETERS_FILE,
-      help='text BatchingParameters; fields it leaves unset take TF Serving\'s defaults '
-           '(default: docker/batching_parameters.txt, the image\'s)')
-  add('--max_batch_size', type=int, help='overrides the file\'s max_batch_size')
-  add('--batch_timeout_micros', type=int, help='overrides the file\'s batch_timeout_micros')
-  add('--num_batch_threads', type=int, help='overrides the file\'s num_batch_threads')
-  add('--file_system_poll_wait_seconds', type=float, default=1,
-      help='seconds between polls for new versions; 0 polls only at start-up (default 1)')
-  add('--max_request_bytes', type=int, default=8 << 20,
-      help='largest request body or message: REST 413, gRPC RESOURCE_EXHAUSTED (default 8 MiB)')
-  add('--rest_api_timeout_in_ms', type=int, default=30000,
-      help='REST predict deadline (default 30000)')
-  add('--tensorflow_intra_op_parallelism', type=int, default=0,
-      help='threads inside one op; 0 lets TensorFlow choose')
-  add('--tensorflow_inter_op_parallelism', type=int, default=0,
-      help='ops run in parallel; 0 lets TensorFlow choose')
+  add("--port", type=int, default=8500, help="gRPC port; 0 picks a free one (default 8500)")
+  add(
+    "--rest_api_port", type=int, default=8501, help="REST port; 0 picks a free one (default 8501)"
+  )
+  add(
+    "--host",
+    default="127.0.0.1",
+    help="address both servers bind; 0.0.0.0 exposes them (default 127.0.0.1)",
+  )
+  add(
+    "--model_name",
+    default=model_base.MODEL_NAME,
+    help="name clients address (default bert_ner; ignored with --model_config_file)",
+  )
+  add(
+    "--model_base_path",
+    default="models/bert_ner",
+    help="directory of <version>/saved_model.pb; the latest version is served "
+    "(ignored with --model_config_file)",
+  )
+  add(
+    "--model_config_file",
+    help="text ModelServerConfig: model_config_list of models (name, base_path, "
+    'model_platform "tensorflow", model_version_policy, version_labels)',
+  )
+  add(
+    "--model_config_file_poll_wait_seconds",
+    type=int,
+    default=0,
+    help="seconds between reads of --model_config_file; 0 reads it once (default 0)",
+  )
+  add(
+    "--allow_version_labels_for_unavailable_models",
+    type=_bool,
+    nargs="?",
+    const=True,
+    default=False,
+    help="let a config label a version that has not loaded yet (default false)",
+  )
+  add(
+    "--monitoring_config_file",
+    help='text MonitoringConfig; prometheus_config { enable: true path: "..." } serves the '
+    "Prometheus page on the REST port (no page without it, as in TF Serving)",
+  )
+  add(
+    "--enable_batching",
+    type=_bool,
+    nargs="?",
+    const=True,
+    default=True,
+    help="merge concurrent requests into shared session runs (default true)",
+  )
+  add(
+    "--batching_parameters_file",
+    default=DEFAULT_PARAMETERS_FILE,
+    help="text BatchingParameters; fields it leaves unset take TF Serving's defaults "
+    "(default: docker/batching_parameters.txt, the image's)",
+  )
+  add("--max_batch_size", type=int, help="overrides the file's max_batch_size")
+  add("--batch_timeout_micros", type=int, help="overrides the file's batch_timeout_micros")
+  add("--num_batch_threads", type=int, help="overrides the file's num_batch_threads")
+  add(
+    "--file_system_poll_wait_seconds",
+    type=float,
+    default=1,
+    help="seconds between polls for new versions; 0 polls only at start-up (default 1)",
+  )
+  add(
+    "--max_request_bytes",
+    type=int,
+    default=8 << 20,
+    help="largest request body or message: REST 413, gRPC RESOURCE_EXHAUSTED (default 8 MiB)",
+  )
+  add(
+    "--rest_api_timeout_in_ms",
+    type=int,
+    default=30000,
+    help="REST predict deadline (default 30000)",
+  )
+  add(
+    "--tensorflow_intra_op_parallelism",
+    type=int,
+    default=0,
+    help="threads inside one op; 0 lets TensorFlow choose",
+  )
+  add(
+    "--tensorflow_inter_op_parallelism",
+    type=int,
+    default=0,
+    help="ops run in parallel; 0 lets TensorFlow choose",
+  )
   flags = parser.parse_args(argv)
   problem = _flag_problem(flags)
   if problem:
-    parser.exit(2, f'{parser.prog}: error: {problem}\n')
+    parser.exit(2, f"{parser.prog}: error: {problem}\n")
   return flags
 
 
 def _flag_problem(flags):
   """The first flag value the server cannot run with, as one line, or None."""
-  for name in ('port', 'rest_api_port'):
+  for name in ("port", "rest_api_port"):
     if not 0 <= getattr(flags, name) <= MAX_PORT:
-      return f'--{name} {getattr(flags, name)} is not a TCP port (0-{MAX_PORT})'
+      return f"--{name} {getattr(flags, name)} is not a TCP port (0-{MAX_PORT})"
   # The batching flags default to None: unset, docker/batching_parameters.txt decides.
-  for name in ('num_batch_threads', 'max_batch_size', 'max_request_bytes',
-               'rest_api_timeout_in_ms'):
+  for name in (
+    "num_batch_threads",
+    "max_batch_size",
+    "max_request_bytes",
+    "rest_api_timeout_in_ms",
+  ):
     if getattr(flags, name) is not None and getattr(flags, name) < 1:
-      return f'--{name} must be at least 1, got {getattr(flags, name)}'
-  for name in ('batch_timeout_micros', 'file_system_poll_wait_seconds',
-               'model_config_file_poll_wait_seconds', 'tensorflow_intra_op_parallelism',
-               'tensorflow_inter_op_parallelism'):
+      return f"--{name} must be at least 1, got {getattr(flags, name)}"
+  for name in (
+    "batch_timeout_micros",
+    "file_system_poll_wait_seconds",
+    "model_config_file_poll_wait_seconds",
+    "tensorflow_intra_op_parallelism",
+    "tensorflow_inter_op_parallelism",
+  ):
     if getattr(flags, name) is not None and getattr(flags, name) < 0:
-      return f'--{name} must not be negative, got {getattr(flags, name)}'
+      return f"--{name} must not be negative, got {getattr(flags, name)}"
   return None
 
 
 def _batching(flags):
   """Batching options: the parameters file, then the batching flags given on the command line."""
-  overrides = {name: getattr(flags, name) for name in
-               ('max_batch_size', 'batch_timeout_micros', 'num_batch_threads')
-               if getattr(flags, name) is not None}
+  overrides = {
+    name: getattr(flags, name)
+    for name in ("max_batch_size", "batch_timeout_micros", "num_batch_threads")
+    if getattr(flags, name) is not None
+  }
   try:
-    options = (read_batching_parameters(flags.batching_parameters_file)
-               if flags.batching_parameters_file else BatchingOptions())
+    options = (
+      read_batching_parameters(flags.batching_parameters_file)
+      if flags.batching_parameters_file
+      else BatchingOptions()
+    )
     return dataclasses.replace(options, enabled=flags.enable_batching, **overrides).check()
   except (OSError, BatchingConfigError) as error:
-    sys.exit(f'batching parameters: {error}')
+    sys.exit(f"batching parameters: {error}")
 
 
 def _model_server_config(flags):
@@ -154,9 +223,9 @@ async def _poll_config_file(models, path, interval):
       applied = config
       unavailable = await models.reload(config)
       if unavailable:
-        logging.error('Models did not become available: %s', ', '.join(unavailable))
+        logging.error("Models did not become available: %s", ", ".join(unavailable))
     except (server_config.ConfigError, ServingError) as error:
-      logging.error('Failed to reload %s: %s', path, error)
+      logging.error("Failed to reload %s: %s", path, error)
 
 
 async def serve(flags, model_server_config, monitoring):
@@ -168,18 +237,21 @@ async def serve(flags, model_server_config, monitoring):
 
   batching = _batching(flags)
   metrics = Metrics(batching.max_batch_size)
-  executor = concurrent.futures.ThreadPoolExecutor(batching.num_batch_threads, 'session_run')
+  executor = concurrent.futures.ThreadPoolExecutor(batching.num_batch_threads, "session_run")
   session_config = tf.compat.v1.ConfigProto(
-      intra_op_parallelism_threads=flags.tensorflow_intra_op_parallelism,
-      inter_op_parallelism_threads=flags.tensorflow_inter_op_parallelism)
+    intra_op_parallelism_threads=flags.tensorflow_intra_op_parallelism,
+    inter_op_parallelism_threads=flags.tensorflow_inter_op_parallelism,
+  )
   models = ModelManager(
-      lambda name, version, path: Servable.load(name, version, path, session_config, batching,
-                                                executor, metrics),
-      flags.allow_version_labels_for_unavailable_models)
+    lambda name, version, path: Servable.load(
+      name, version, path, session_config, batching, executor, metrics
+    ),
+    flags.allow_version_labels_for_unavailable_models,
+  )
   try:
     await models.reload(model_server_config)
   except ServingError as error:
-    sys.exit(f'Failed to start server. Error: {error.code.name}: {error.message}')
+    sys.exit(f"Failed to start server. Error: {error.code.name}: {error.message}")
 
   loading = asyncio.create_task(models.wait_until_available(flags.file_system_poll_wait_seconds))
   stopping = asyncio.create_task(stop.wait())
@@ -189,34 +261,49 @@ async def serve(flags, model_server_config, monitoring):
     await models.close()
     return
 
-  grpc_server = grpc.aio.server(interceptors=[grpc_service.RejectUndecodable()], options=[
-      ('grpc.max_receive_message_length', flags.max_request_bytes),
-      ('grpc.so_reuseport', 0)])
+  grpc_server = grpc.aio.server(
+    interceptors=[grpc_service.RejectUndecodable()],
+    options=[
+      ("grpc.max_receive_message_length", flags.max_request_bytes),
+      ("grpc.so_reuseport", 0),
+    ],
+  )
   grpc_service.add_services(grpc_server, models, metrics)
-  host = f'[{flags.host}]' if ':' in flags.host else flags.host
-  app = rest.make_app(models, metrics, flags.max_request_bytes, flags.rest_api_timeout_in_ms,
-                      server_config.prometheus_path(monitoring))
-  runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S,
-                         **rest.PROTOCOL_OPTIONS)
+  host = f"[{flags.host}]" if ":" in flags.host else flags.host
+  app = rest.make_app(
+    models,
+    metrics,
+    flags.max_request_bytes,
+    flags.rest_api_timeout_in_ms,
+    server_config.prometheus_path(monitoring),
+  )
+  runner = web.AppRunner(
+    app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **rest.PROTOCOL_OPTIONS
+  )
   await runner.setup()
   try:
-    grpc_port = grpc_server.add_insecure_port(f'{host}:{flags.port}')
+    grpc_port = grpc_server.add_insecure_port(f"{host}:{flags.port}")
     await web.TCPSite(runner, flags.host, flags.rest_api_port).start()
   except (OSError, RuntimeError) as error:
-    sys.exit(f'Cannot listen on {host}: {error}')
+    sys.exit(f"Cannot listen on {host}: {error}")
   await grpc_server.start()
   rest_port = runner.addresses[0][1]
-  served = ', '.join(f'{name} version {models.latest_version(name)}' for name in models.names)
+  served = ", ".join(f"{name} version {models.latest_version(name)}" for name in models.names)
   print(process.ready_line(served, host, grpc_port, rest_port), flush=True)
 
   pollers = []
   if flags.file_system_poll_wait_seconds > 0:
     pollers.append(asyncio.create_task(models.poll_forever(flags.file_system_poll_wait_seconds)))
   if flags.model_config_file and flags.model_config_file_poll_wait_seconds > 0:
-    pollers.append(asyncio.create_task(_poll_config_file(
-        models, flags.model_config_file, flags.model_config_file_poll_wait_seconds)))
+    pollers.append(
+      asyncio.create_task(
+        _poll_config_file(
+          models, flags.model_config_file, flags.model_config_file_poll_wait_seconds
+        )
+      )
+    )
   await stopping
-  logging.info('Shutting down: finishing in-flight requests')
+  logging.info("Shutting down: finishing in-flight requests")
   for poller in pollers:
     poller.cancel()
   await asyncio.gather(grpc_server.stop(SHUTDOWN_GRACE_S), runner.cleanup())
@@ -226,27 +313,30 @@ async def serve(flags, model_server_config, monitoring):
 
 def exit_if_ports_unavailable(flags):
   """Exits with one line when a port cannot be listened on: now, not after the model loaded."""
-  for flag, port in (('--port', flags.port), ('--rest_api_port', flags.rest_api_port)):
+  for flag, port in (("--port", flags.port), ("--rest_api_port", flags.rest_api_port)):
     problem = ports.listen_problem(flags.host, port)
     if problem:
-      sys.exit(f'Cannot listen on {flags.host}:{port} ({flag}): {problem}')
+      sys.exit(f"Cannot listen on {flags.host}:{port} ({flag}): {problem}")
 
 
 def main(argv=None):
   """Entry point of python -m server."""
   flags = parse_flags(argv)
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   tf.get_logger().propagate = False  # TensorFlow logs through its own handler already.
   try:
     model_server_config = _model_server_config(flags)
-    monitoring = (server_config.read_monitoring_config(flags.monitoring_config_file)
-                  if flags.monitoring_config_file else None)
+    monitoring = (
+      server_config.read_monitoring_config(flags.monitoring_config_file)
+      if flags.monitoring_config_file
+      else None
+    )
   except server_config.ConfigError as error:
-    sys.exit(f'Failed to start server. Error: {error}')
+    sys.exit(f"Failed to start server. Error: {error}")
   for model in model_server_config.model_config_list.config:
     problem = _base_path_problem(model.base_path)
     if problem:
-      sys.exit(f'Failed to start server. Error: model {model.name}: {problem}')
+      sys.exit(f"Failed to start server. Error: model {model.name}: {problem}")
   exit_if_ports_unavailable(flags)
   asyncio.run(serve(flags, model_server_config, monitoring))
 
@@ -254,11 +344,11 @@ def main(argv=None):
 def _base_path_problem(path):
   """Why a model base path cannot be listed, or None."""
   if not os.path.isdir(path):
-    return f'base path {path} is not a directory'
+    return f"base path {path} is not a directory"
   if not os.access(path, os.R_OK | os.X_OK):
-    return f'base path {path} is not readable'
+    return f"base path {path} is not readable"
   return None
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   main()

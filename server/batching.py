@@ -34,9 +34,9 @@ from google.protobuf import (
 from server.errors import ServingError, invalid
 
 # The image's settings; the embedded server reads the same file unless told otherwise.
-DEFAULT_PARAMETERS_FILE = Path(__file__).resolve().parents[1] / 'docker' / 'batching_parameters.txt'
+DEFAULT_PARAMETERS_FILE = Path(__file__).resolve().parents[1] / "docker" / "batching_parameters.txt"
 # BatchingParameters fields accepted in the file but without effect here.
-_IGNORED = ('thread_pool_name',)
+_IGNORED = ("thread_pool_name",)
 
 
 class BatchingConfigError(ValueError):
@@ -70,23 +70,26 @@ class BatchingOptions:
 
   def check(self):
     """Refuses settings TF Serving refuses at model load, with its messages."""
-    for name in ('max_batch_size', 'num_batch_threads', 'max_enqueued_batches'):
+    for name in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
       if getattr(self, name) < 1:
-        raise BatchingConfigError(f'{name} must be positive; was {getattr(self, name)}')
+        raise BatchingConfigError(f"{name} must be positive; was {getattr(self, name)}")
     if self.batch_timeout_micros < 0:
       raise BatchingConfigError(
-          f'batch_timeout_micros must be non-negative; was {self.batch_timeout_micros}')
+        f"batch_timeout_micros must be non-negative; was {self.batch_timeout_micros}"
+      )
     if self.execution_batch_size < 1 or self.execution_batch_size > self.max_batch_size:
       raise BatchingConfigError(
-          'max_execution_batch_size must be positive and at most max_batch_size; was '
-          f'{self.execution_batch_size}')
+        "max_execution_batch_size must be positive and at most max_batch_size; was "
+        f"{self.execution_batch_size}"
+      )
     sizes = self.allowed_batch_sizes
     if sizes and sizes[-1] != self.max_batch_size:  # bundle_factory_util.cc
       raise BatchingConfigError(
-          'Last entry in allowed_batch_sizes must match max_batch_size; last entry was '
-          f'{sizes[-1]}; expected {self.max_batch_size}')
+        "Last entry in allowed_batch_sizes must match max_batch_size; last entry was "
+        f"{sizes[-1]}; expected {self.max_batch_size}"
+      )
     if any(a >= b for a, b in zip(sizes, sizes[1:])) or (sizes and sizes[0] < 1):
-      raise BatchingConfigError('allowed_batch_sizes entries must be monotonically increasing')
+      raise BatchingConfigError("allowed_batch_sizes entries must be monotonically increasing")
     return self
 
 
@@ -94,30 +97,51 @@ def _batching_parameters_class():
   """TF Serving's BatchingParameters (session_bundle_config.proto); the pip package lacks it."""
   field = descriptor_pb2.FieldDescriptorProto
   file = descriptor_pb2.FileDescriptorProto(
-      name='server/batching_parameters.proto', package='tensorflow.serving', syntax='proto3',
-      dependency=['google/protobuf/wrappers.proto'])
-  message = file.message_type.add(name='BatchingParameters')
+    name="server/batching_parameters.proto",
+    package="tensorflow.serving",
+    syntax="proto3",
+    dependency=["google/protobuf/wrappers.proto"],
+  )
+  message = file.message_type.add(name="BatchingParameters")
   for name, number, wrapper in [
-      ('max_batch_size', 1, 'Int64Value'), ('batch_timeout_micros', 2, 'Int64Value'),
-      ('max_enqueued_batches', 3, 'Int64Value'), ('num_batch_threads', 4, 'Int64Value'),
-      ('thread_pool_name', 5, 'StringValue'), ('enable_large_batch_splitting', 8, 'BoolValue'),
-      ('max_execution_batch_size', 9, 'Int64Value')]:
-    message.field.add(name=name, number=number, type=field.TYPE_MESSAGE,
-                      type_name='.google.protobuf.' + wrapper, label=field.LABEL_OPTIONAL)
-  message.field.add(name='allowed_batch_sizes', number=6, type=field.TYPE_INT64,
-                    label=field.LABEL_REPEATED)
-  message.field.add(name='pad_variable_length_inputs', number=7, type=field.TYPE_BOOL,
-                    label=field.LABEL_OPTIONAL)
+    ("max_batch_size", 1, "Int64Value"),
+    ("batch_timeout_micros", 2, "Int64Value"),
+    ("max_enqueued_batches", 3, "Int64Value"),
+    ("num_batch_threads", 4, "Int64Value"),
+    ("thread_pool_name", 5, "StringValue"),
+    ("enable_large_batch_splitting", 8, "BoolValue"),
+    ("max_execution_batch_size", 9, "Int64Value"),
+  ]:
+    message.field.add(
+      name=name,
+      number=number,
+      type=field.TYPE_MESSAGE,
+      type_name=".google.protobuf." + wrapper,
+      label=field.LABEL_OPTIONAL,
+    )
+  message.field.add(
+    name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED
+  )
+  message.field.add(
+    name="pad_variable_length_inputs", number=7, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL
+  )
   pool = descriptor_pool.DescriptorPool()
   pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
   pool.Add(file)
   return message_factory.GetMessageClass(
-      pool.FindMessageTypeByName('tensorflow.serving.BatchingParameters'))
+    pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+  )
 
 
 BatchingParameters = _batching_parameters_class()
-_WRAPPED = ('max_batch_size', 'batch_timeout_micros', 'max_enqueued_batches', 'num_batch_threads',
-            'enable_large_batch_splitting', 'max_execution_batch_size')
+_WRAPPED = (
+  "max_batch_size",
+  "batch_timeout_micros",
+  "max_enqueued_batches",
+  "num_batch_threads",
+  "enable_large_batch_splitting",
+  "max_execution_batch_size",
+)
 
 
 def read_batching_parameters(path, defaults=BatchingOptions()):
@@ -125,31 +149,34 @@ def read_batching_parameters(path, defaults=BatchingOptions()):
 
   Raises OSError if unreadable, BatchingConfigError if malformed or refused as TF Serving would.
   """
-  with open(path, encoding='utf-8') as f:
+  with open(path, encoding="utf-8") as f:
     text = f.read()
   try:
     params = text_format.Parse(text, BatchingParameters())
   except text_format.ParseError as error:
-    raise BatchingConfigError(f'{path}: {error}') from None
+    raise BatchingConfigError(f"{path}: {error}") from None
   ignored = [f.name for f, _ in params.ListFields() if f.name in _IGNORED]
   if ignored:
-    logging.warning('%s: ignoring %s', path, ', '.join(ignored))
+    logging.warning("%s: ignoring %s", path, ", ".join(ignored))
   values = {name: getattr(params, name).value for name in _WRAPPED if params.HasField(name)}
   if params.allowed_batch_sizes:
-    values['allowed_batch_sizes'] = tuple(params.allowed_batch_sizes)
+    values["allowed_batch_sizes"] = tuple(params.allowed_batch_sizes)
   # A proto3 bool: as in TF Serving, a file that wants padding says so.
   options = dataclasses.replace(
-      defaults, pad_variable_length_inputs=params.pad_variable_length_inputs, **values)
+    defaults, pad_variable_length_inputs=params.pad_variable_length_inputs, **values
+  )
   if options.enable_large_batch_splitting and options.pad_variable_length_inputs:
     # batching_session.cc SplitInputTask joins the pieces' outputs with tensor::Concat, which
     # assumes every piece came back as wide as the first; merged with wider requests they do not.
-    logging.warning('%s: TF Serving 2.18 joins the pieces of a split task unchecked '
-                    '(tensor::Concat): with pad_variable_length_inputs they may differ in width',
-                    path)
+    logging.warning(
+      "%s: TF Serving 2.18 joins the pieces of a split task unchecked "
+      "(tensor::Concat): with pad_variable_length_inputs they may differ in width",
+      path,
+    )
   try:
     return options.check()
   except BatchingConfigError as error:
-    raise BatchingConfigError(f'{path}: {error}') from None
+    raise BatchingConfigError(f"{path}: {error}") from None
 
 
 def unavailable(message):
@@ -251,13 +278,14 @@ class Batcher:
       return 1
     sizes = {array.shape[0] for array in inputs.values()}
     if len(sizes) > 1:  # batching_util.h ComputeTensorBatchSize
-      raise invalid('Batching Run() input tensors must have equal 0th-dimension size')
+      raise invalid("Batching Run() input tensors must have equal 0th-dimension size")
     rows = sizes.pop()
     # Also with batching off: unlike TF Serving, which would then run a [2**31, 0] request
     # (gigabytes of per-row state), the limit holds for every request here.
     if rows > self._options.max_batch_size:
-      raise invalid(f'Task size {rows} is larger than maximum input batch size '
-                    f'{self._options.max_batch_size}')
+      raise invalid(
+        f"Task size {rows} is larger than maximum input batch size {self._options.max_batch_size}"
+      )
     return rows
 
   def _schedule(self, queue, inputs, rows, deadline):
@@ -265,27 +293,35 @@ class Batcher:
     options, loop = self._options, asyncio.get_running_loop()
     execution = options.execution_batch_size
     if options.enable_large_batch_splitting:
-      capacity = ((options.max_enqueued_batches - len(queue.batches)) * execution +
-                  execution - queue.open_rows)
+      capacity = (
+        (options.max_enqueued_batches - len(queue.batches)) * execution
+        + execution
+        - queue.open_rows
+      )
       if rows > capacity:
         raise unavailable(
-            'The batch scheduling queue to which this task was submitted is full; task size is '
-            f'{rows} but scheduling capacity is only {capacity} (num_enqueued_batches='
-            f'{len(queue.batches)}, max_enqueued_batches={options.max_enqueued_batches}, '
-            f'open_batch_size={queue.open_rows}, max_execution_batch_size={execution})')
+          "The batch scheduling queue to which this task was submitted is full; task size is "
+          f"{rows} but scheduling capacity is only {capacity} (num_enqueued_batches="
+          f"{len(queue.batches)}, max_enqueued_batches={options.max_enqueued_batches}, "
+          f"open_batch_size={queue.open_rows}, max_execution_batch_size={execution})"
+        )
       sizes = split_sizes(rows, execution - queue.open_rows, execution)
     else:
-      if (queue.open_rows + rows > options.max_batch_size and
-              len(queue.batches) >= options.max_enqueued_batches):
+      if (
+        queue.open_rows + rows > options.max_batch_size
+        and len(queue.batches) >= options.max_enqueued_batches
+      ):
         raise unavailable(
-            'The batch scheduling queue to which this task was submitted is full; currently '
-            f'{len(queue.batches)} batches enqueued and max_enqueued_batches is '
-            f'{options.max_enqueued_batches}')
+          "The batch scheduling queue to which this task was submitted is full; currently "
+          f"{len(queue.batches)} batches enqueued and max_enqueued_batches is "
+          f"{options.max_enqueued_batches}"
+        )
       sizes = [rows]
     pieces, start = [], 0
     for size in sizes:
-      piece_inputs = inputs if size == rows else {
-          a: v[start:start + size] for a, v in inputs.items()}
+      piece_inputs = (
+        inputs if size == rows else {a: v[start : start + size] for a, v in inputs.items()}
+      )
       piece = Task(piece_inputs, size, loop.create_future(), deadline)
       piece.future.add_done_callback(lambda _, piece=piece: queue.discard(piece))
       queue.add(piece, execution, loop.time())
@@ -296,16 +332,17 @@ class Batcher:
   def _queue(self, signature, inputs):
     """The queue for requests that can share a run: same tensors (TF Serving's
     TensorSignature: signatures naming the same tensors share it) and, without padding, shapes."""
-    key = (tuple(t.name for t in signature.inputs.values()),
-           tuple(t.name for t in signature.outputs.values()))
+    key = (
+      tuple(t.name for t in signature.inputs.values()),
+      tuple(t.name for t in signature.outputs.values()),
+    )
     if not self._options.pad_variable_length_inputs:
       # TF Serving would fail a whole batch of mixed shapes (FAILED_PRECONDITION "Tensors with
       # name ... have different shapes and padding is turned off"); here they queue apart.
       key += (tuple(a.shape[1:] for a in inputs.values()),)
     if key not in self._queues:
       self._queues[key] = _Queue()
-      self._collectors.append(
-          asyncio.create_task(self._collect(signature, self._queues[key])))
+      self._collectors.append(asyncio.create_task(self._collect(signature, self._queues[key])))
     return self._queues[key]
 
   async def _collect(self, signature, queue):
@@ -367,17 +404,22 @@ class Batcher:
       if not live:
         return
       if deadline is not None and deadline <= loop.time():  # batching_session.cc ProcessBatch
-        results = [ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                'Run() timeout exceeded while waiting in batching queue')]
+        results = [
+          ServingError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "Run() timeout exceeded while waiting in batching queue",
+          )
+        ]
         results *= len(live)
       else:
         rows = padded_batch_size(sum(t.rows for t in live), self._options.allowed_batch_sizes)
         self._metrics.batch_size.observe(rows, model_name=self._model_name)
         results = await loop.run_in_executor(
-            self._executor, self._run, signature, [t.inputs for t in live], deadline)
+          self._executor, self._run, signature, [t.inputs for t in live], deadline
+        )
     except Exception as error:  # A bug, not a model error: fail the batch, keep serving.
-      logging.exception('Batch of %d requests failed', len(batch))
-      results = [ServingError(grpc.StatusCode.INTERNAL, f'batch failed: {error}')] * len(live)
+      logging.exception("Batch of %d requests failed", len(batch))
+      results = [ServingError(grpc.StatusCode.INTERNAL, f"batch failed: {error}")] * len(live)
     finally:
       self._slots.release()
     for task, result in zip(live, results):
@@ -408,6 +450,7 @@ def _join(results):
   for alias in results[0]:
     parts = [r[alias] for r in results]
     shape = [max(sizes) for sizes in zip(*(p.shape[1:] for p in parts))]
-    joined[alias] = np.concatenate([np.pad(p, [(0, 0)] + [
-        (0, n - s) for n, s in zip(shape, p.shape[1:])]) for p in parts])
+    joined[alias] = np.concatenate(
+      [np.pad(p, [(0, 0)] + [(0, n - s) for n, s in zip(shape, p.shape[1:])]) for p in parts]
+    )
   return joined

@@ -14,8 +14,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from server.errors import ServingError
 
-PLATFORM = 'tensorflow'
-PROMETHEUS_PATH = '/monitoring/prometheus/metrics'  # PrometheusExporter::kPrometheusPath
+PLATFORM = "tensorflow"
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 # tsl::strings::safe_strto64 (TF Serving 2.18's ParseVersionNumber): C isspace() around an
 # optional '-' and ASCII digits; '+', other Unicode digits and anything else are not versions.
 
@@ -27,18 +27,23 @@ def _monitoring_config_class():
   """MonitoringConfig { PrometheusConfig prometheus_config = 1 } (monitoring_config.proto)."""
   field = descriptor_pb2.FieldDescriptorProto
   file = descriptor_pb2.FileDescriptorProto(
-      name='server/monitoring_config.proto', package='tensorflow.serving', syntax='proto3')
-  prometheus = file.message_type.add(name='PrometheusConfig')
-  prometheus.field.add(name='enable', number=1, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL)
-  prometheus.field.add(name='path', number=2, type=field.TYPE_STRING,
-                       label=field.LABEL_OPTIONAL)
-  file.message_type.add(name='MonitoringConfig').field.add(
-      name='prometheus_config', number=1, type=field.TYPE_MESSAGE,
-      type_name='.tensorflow.serving.PrometheusConfig', label=field.LABEL_OPTIONAL)
+    name="server/monitoring_config.proto", package="tensorflow.serving", syntax="proto3"
+  )
+  prometheus = file.message_type.add(name="PrometheusConfig")
+  prometheus.field.add(name="enable", number=1, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL)
+  prometheus.field.add(name="path", number=2, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+  file.message_type.add(name="MonitoringConfig").field.add(
+    name="prometheus_config",
+    number=1,
+    type=field.TYPE_MESSAGE,
+    type_name=".tensorflow.serving.PrometheusConfig",
+    label=field.LABEL_OPTIONAL,
+  )
   pool = descriptor_pool.DescriptorPool()
   pool.Add(file)
   return message_factory.GetMessageClass(
-      pool.FindMessageTypeByName('tensorflow.serving.MonitoringConfig'))
+    pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
+  )
 
 
 MonitoringConfig = _monitoring_config_class()
@@ -51,14 +56,14 @@ class ConfigError(Exception):
 def _read_text_proto(path, message_class):
   """Parses a text-format proto file; any failure is one ConfigError line."""
   try:
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding="utf-8") as f:
       text = f.read()
   except (OSError, UnicodeDecodeError) as error:
-    raise ConfigError(f'cannot read {path}: {error}') from None
+    raise ConfigError(f"cannot read {path}: {error}") from None
   try:
     return text_format.Parse(text, message_class())
   except text_format.ParseError as error:
-    raise ConfigError(f'{path} is not a text {message_class.DESCRIPTOR.name}: {error}') from None
+    raise ConfigError(f"{path} is not a text {message_class.DESCRIPTOR.name}: {error}") from None
 
 
 def read_model_server_config(path):
@@ -88,51 +93,61 @@ def single_model_config(name, base_path):
 
 def validate(config):
   """Refuses what ServerCore::ReloadConfig refuses, with its codes and messages."""
-  kind = config.WhichOneof('config')
+  kind = config.WhichOneof("config")
   if kind is None:
     return
-  if kind != 'model_config_list':
-    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                       'ServerModelConfig type not supported by HandleReloadConfigRequest. '
-                       'Only ModelConfigList is currently supported')
+  if kind != "model_config_list":
+    raise ServingError(
+      grpc.StatusCode.INVALID_ARGUMENT,
+      "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+      "Only ModelConfigList is currently supported",
+    )
   names = set()
   for model in config.model_config_list.config:
     if model.name in names:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f'Illegal to list model {model.name} multiple times in config list')
+      raise ServingError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"Illegal to list model {model.name} multiple times in config list",
+      )
     names.add(model.name)
-    platform = model.model_platform or (PLATFORM if model.model_type == 1 else '')
+    platform = model.model_platform or (PLATFORM if model.model_type == 1 else "")
     if model.model_type and model.model_platform:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                         'Illegal setting both ModelServerConfig::model_type (deprecated) and '
-                         f'ModelServerConfig::model_platform, model name is {model.name}')
+      raise ServingError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+        f"ModelServerConfig::model_platform, model name is {model.name}",
+      )
     if not platform:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                         'Illegal setting neither ModelServerConfig::model_type (deprecated) '
-                         f'nor ModelServerConfig::model_platform, model name is {model.name}')
+      raise ServingError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Illegal setting neither ModelServerConfig::model_type (deprecated) "
+        f"nor ModelServerConfig::model_platform, model name is {model.name}",
+      )
     if platform != PLATFORM:
-      raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                         f'PlatformConfigMap has no entry for platform {platform}')
+      raise ServingError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"PlatformConfigMap has no entry for platform {platform}",
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class VersionPolicy:
   """model_version_policy: 'latest' (num_versions newest), 'specific' (versions) or 'all'."""
 
-  kind: str = 'latest'
+  kind: str = "latest"
   num_versions: int = 1
   versions: frozenset = frozenset()
 
   @classmethod
   def from_proto(cls, policy):
     """Reads a ServableVersionPolicy; unset means latest with one version."""
-    kind = policy.WhichOneof('policy_choice') or 'latest'
+    kind = policy.WhichOneof("policy_choice") or "latest"
     return cls(kind, max(policy.latest.num_versions, 1), frozenset(policy.specific.versions))
 
   def aspired(self, versions):
     """The versions to serve among those present on disk."""
-    if self.kind == 'all':
+    if self.kind == "all":
       return set(versions)
-    if self.kind == 'specific':
+    if self.kind == "specific":
       return set(versions) & self.versions
-    return set(sorted(versions, reverse=True)[:self.num_versions])
+    return set(sorted(versions, reverse=True)[: self.num_versions])

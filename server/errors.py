@@ -4,23 +4,23 @@ import grpc
 
 # tensorflow_serving/model_servers/http_server.cc ToHTTPStatusCode; anything else is 500.
 _HTTP_STATUS = {
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
+  grpc.StatusCode.CANCELLED: 499,
+  grpc.StatusCode.INVALID_ARGUMENT: 400,
+  grpc.StatusCode.FAILED_PRECONDITION: 400,
+  grpc.StatusCode.OUT_OF_RANGE: 400,
+  grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+  grpc.StatusCode.NOT_FOUND: 404,
+  grpc.StatusCode.ALREADY_EXISTS: 409,
+  grpc.StatusCode.ABORTED: 409,
+  grpc.StatusCode.PERMISSION_DENIED: 403,
+  grpc.StatusCode.UNAUTHENTICATED: 401,
+  grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+  grpc.StatusCode.UNIMPLEMENTED: 501,
+  grpc.StatusCode.UNAVAILABLE: 503,
 }
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 # OpError message lines around the op's own message: preamble, node names, Python stack.
-_NOT_THE_MESSAGE = (' ', '\t', 'Graph execution error', 'Detected at node', 'Node:')
+_NOT_THE_MESSAGE = (" ", "\t", "Graph execution error", "Detected at node", "Node:")
 
 
 class ServingError(Exception):
@@ -35,10 +35,15 @@ class ServingError(Exception):
   @classmethod
   def from_op_error(cls, error):
     """Keeps an OpError's code (TF and gRPC share numbers) and the op's message, no stack."""
-    lines = [line for line in error.message.splitlines()
-             if line.strip() and not line.startswith(_NOT_THE_MESSAGE)]
-    return cls(_BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN),
-               lines[0] if lines else error.message.strip())
+    lines = [
+      line
+      for line in error.message.splitlines()
+      if line.strip() and not line.startswith(_NOT_THE_MESSAGE)
+    ]
+    return cls(
+      _BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN),
+      lines[0] if lines else error.message.strip(),
+    )
 
   @property
   def http_status(self):

@@ -20,10 +20,10 @@ from tensorflow_serving.apis import (
 from server.errors import ServingError, invalid
 from server.tensors import to_proto
 
-SIGNATURE_DEF = 'signature_def'
-DEFAULT_SIGNATURE = 'serving_default'
-_EXAMPLE_INPUT = 'inputs'  # kClassifyInputs / kRegressInputs
-_EXAMPLE_OUTPUTS = {'classify': ('classes', 'scores'), 'regress': ('outputs',)}
+SIGNATURE_DEF = "signature_def"
+DEFAULT_SIGNATURE = "serving_default"
+_EXAMPLE_INPUT = "inputs"  # kClassifyInputs / kRegressInputs
+_EXAMPLE_OUTPUTS = {"classify": ("classes", "scores"), "regress": ("outputs",)}
 
 
 def check_example_signature(signature_defs, name, method):
@@ -31,21 +31,22 @@ def check_example_signature(signature_defs, name, method):
   embedded server has no Example parser, so a signature that passes is UNIMPLEMENTED here."""
   key = name or DEFAULT_SIGNATURE
   if key not in signature_defs:
-    raise invalid(f'No signature was found with the name: {key}')
+    raise invalid(f"No signature was found with the name: {key}")
   signature = signature_defs[key]
   if len(signature.inputs) != 1:
-    raise invalid('Expected one input Tensor.')
+    raise invalid("Expected one input Tensor.")
   outputs = len(signature.outputs)
-  if method == 'classify' and outputs not in (1, 2):
-    raise invalid(f'Expected one or two output Tensors, found {outputs}')
-  if method == 'regress' and outputs != 1:
-    raise invalid('Expected one output Tensor.')
+  if method == "classify" and outputs not in (1, 2):
+    raise invalid(f"Expected one or two output Tensors, found {outputs}")
+  if method == "regress" and outputs != 1:
+    raise invalid("Expected one output Tensor.")
   if _EXAMPLE_INPUT not in signature.inputs:
-    kind = 'classification' if method == 'classify' else 'regression'
-    raise invalid(f'No {kind} inputs found in SignatureDef: {signature}')
-  raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                     f'the embedded server runs predict signatures only; {method} needs '
-                     'tensorflow_model_server')
+    kind = "classification" if method == "classify" else "regression"
+    raise invalid(f"No {kind} inputs found in SignatureDef: {signature}")
+  raise ServingError(
+    grpc.StatusCode.UNIMPLEMENTED,
+    f"the embedded server runs predict signatures only; {method} needs tensorflow_model_server",
+  )
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -58,15 +59,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   async def Predict(self, request, context):
     """Validates, batches and runs one PredictRequest; honours output_filter."""
     try:
-      with self._metrics.track(self._models.metric_label(request.model_spec.name), 'predict',
-                               'GRPC'):
-        if not request.HasField('model_spec'):
-          raise invalid('Missing ModelSpec')
+      with self._metrics.track(
+        self._models.metric_label(request.model_spec.name), "predict", "GRPC"
+      ):
+        if not request.HasField("model_spec"):
+          raise invalid("Missing ModelSpec")
         with self._models.acquire(request.model_spec) as servable:
           signature = servable.signature(request.model_spec.signature_name)
           aliases = _output_filter(request.output_filter, signature)
-          outputs = await servable.predict(signature, signature.decode(request.inputs),
-                                           context.time_remaining())
+          outputs = await servable.predict(
+            signature, signature.decode(request.inputs), context.time_remaining()
+          )
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -79,22 +82,22 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
   async def Classify(self, request, context):
     """ClassificationRequest: TF Serving's checks, then UNIMPLEMENTED (no Example parser)."""
-    await self._examples(request, context, 'classify')
+    await self._examples(request, context, "classify")
 
   async def Regress(self, request, context):
     """RegressionRequest: TF Serving's checks, then UNIMPLEMENTED (no Example parser)."""
-    await self._examples(request, context, 'regress')
+    await self._examples(request, context, "regress")
 
   async def _examples(self, request, context, method):
     """Classify/Regress: model spec, servable and signature checked in TF Serving's order."""
     try:
-      with self._metrics.track(self._models.metric_label(request.model_spec.name), method,
-                               'GRPC'):
-        if not request.HasField('model_spec'):
-          raise invalid('Missing ModelSpec')
+      with self._metrics.track(self._models.metric_label(request.model_spec.name), method, "GRPC"):
+        if not request.HasField("model_spec"):
+          raise invalid("Missing ModelSpec")
         with self._models.acquire(request.model_spec) as servable:
-          check_example_signature(servable.signature_defs, request.model_spec.signature_name,
-                                  method)
+          check_example_signature(
+            servable.signature_defs, request.model_spec.signature_name, method
+          )
     except ServingError as error:
       await context.abort(error.code, error.message)
 
@@ -102,10 +105,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """MultiInferenceRequest, checked task by task as multi_inference.cc does."""
     try:
       spec = request.tasks[0].model_spec if request.tasks else None
-      with self._metrics.track(self._models.metric_label(spec.name if spec else ''),
-                               'multi_inference', 'GRPC'):
+      with self._metrics.track(
+        self._models.metric_label(spec.name if spec else ""), "multi_inference", "GRPC"
+      ):
         if spec is None:
-          raise invalid('ModelSpec has no name specified.')
+          raise invalid("ModelSpec has no name specified.")
         with self._models.acquire(spec) as servable:
           _check_tasks(request.tasks, servable.signature_defs)
     except ServingError as error:
@@ -114,13 +118,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   async def GetModelMetadata(self, request, context):
     """The served version's SignatureDefMap under metadata["signature_def"]."""
     try:
-      if not request.HasField('model_spec'):
-        raise invalid('Missing ModelSpec')
+      if not request.HasField("model_spec"):
+        raise invalid("Missing ModelSpec")
       if not request.metadata_field:  # get_model_metadata_impl.cc
-        raise invalid('GetModelMetadataRequest must specify at least one metadata_field')
+        raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
       for field in request.metadata_field:
         if field != SIGNATURE_DEF:
-          raise invalid(f'Metadata field {field} is not supported')
+          raise invalid(f"Metadata field {field} is not supported")
       with self._models.acquire(request.model_spec) as servable:
         return servable.metadata()
     except ServingError as error:
@@ -136,8 +140,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
   async def GetModelStatus(self, request, context):
     """Every version's state, or the requested version's."""
     try:
-      if not request.HasField('model_spec'):
-        raise invalid('Missing ModelSpec')
+      if not request.HasField("model_spec"):
+        raise invalid("Missing ModelSpec")
       return self._models.status(request.model_spec)
     except ServingError as error:
       await context.abort(error.code, error.message)
@@ -147,16 +151,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     in the call's code."""
     response = model_management_pb2.ReloadConfigResponse()
     try:
-      if request.config.WhichOneof('config') != 'model_config_list':
-        raise invalid('ServerModelConfig type not supported by HandleReloadConfigRequest. '
-                      'Only ModelConfigList is currently supported')
+      if request.config.WhichOneof("config") != "model_config_list":
+        raise invalid(
+          "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+          "Only ModelConfigList is currently supported"
+        )
       unavailable = await self._models.reload(request.config)
       if unavailable:
-        raise ServingError(grpc.StatusCode.UNKNOWN,
-                           f'{len(unavailable)} model(s) did not become available: '
-                           f'{{{", ".join(unavailable)}}}')
+        raise ServingError(
+          grpc.StatusCode.UNKNOWN,
+          f"{len(unavailable)} model(s) did not become available: {{{', '.join(unavailable)}}}",
+        )
     except ServingError as error:
-      logging.error('ReloadConfig failed: %s', error.message)
+      logging.error("ReloadConfig failed: %s", error.message)
       response.status.error_code = error.code.value[0]
       response.status.error_message = error.message
       context.set_code(error.code)
@@ -168,7 +175,7 @@ class _Undecodable:
   """Stands in for a request whose bytes do not parse as the method's message."""
 
   def __init__(self, error):
-    self.message = f'cannot parse the request: {error}'
+    self.message = f"cannot parse the request: {error}"
 
 
 class RejectUndecodable(grpc.aio.ServerInterceptor):
@@ -203,11 +210,13 @@ def _output_filter(aliases, signature):
   aliases = list(aliases)
   for alias in aliases:
     if alias not in signature.outputs:
-      raise invalid(f'output tensor alias not found in signature: {alias} Outputs expected '
-                    f'to be in the set {{{",".join(signature.outputs)}}}.')
+      raise invalid(
+        f"output tensor alias not found in signature: {alias} Outputs expected "
+        f"to be in the set {{{','.join(signature.outputs)}}}."
+      )
   if len(set(aliases)) != len(aliases):
     duplicate = next(a for a in aliases if aliases.count(a) > 1)
-    raise invalid(f'duplicate output tensor alias: {duplicate}')
+    raise invalid(f"duplicate output tensor alias: {duplicate}")
   return list(aliases) or list(signature.outputs)
 
 
@@ -216,23 +225,25 @@ def _check_tasks(tasks, signature_defs):
   name, seen = tasks[0].model_spec.name, set()
   for task in tasks:
     if not task.model_spec.name:
-      raise invalid('Found ModelSpec with an empty model name.')
+      raise invalid("Found ModelSpec with an empty model name.")
     if task.model_spec.name != name:
-      raise invalid('All ModelSpecs in a MultiInferenceRequest must access the same model name.')
+      raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
     key = task.model_spec.signature_name or DEFAULT_SIGNATURE
     if key in seen:
-      raise invalid(f'Duplicate evaluation of signature: {key}')
+      raise invalid(f"Duplicate evaluation of signature: {key}")
     seen.add(key)
     if key not in signature_defs:
-      raise invalid(f'Requested signature not found in model graph: {key}')
-    if task.method_name not in ('tensorflow/serving/classify', 'tensorflow/serving/regress'):
-      raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                         f'Unsupported signature method_name: {task.method_name}')
-    check_example_signature(signature_defs, key, task.method_name.rsplit('/', 1)[1])
+      raise invalid(f"Requested signature not found in model graph: {key}")
+    if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
+      raise ServingError(
+        grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}"
+      )
+    check_example_signature(signature_defs, key, task.method_name.rsplit("/", 1)[1])
 
 
 def add_services(server, models, metrics):
   """Registers both services on a grpc.aio server."""
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-      PredictionService(models, metrics), server)
+    PredictionService(models, metrics), server
+  )
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(models), server)

@@ -23,8 +23,8 @@ from server import config as server_config
 from server.errors import ServingError, invalid, not_found
 
 State = get_model_status_pb2.ModelVersionStatus.State
-UNKNOWN_MODEL_LABEL = '<unknown model>'  # metrics label for names that are not served
-HIDDEN = '.'  # dot folders (the exporter's .tmp-<version>-<pid>) are skipped without a warning
+UNKNOWN_MODEL_LABEL = "<unknown model>"  # metrics label for names that are not served
+HIDDEN = "."  # dot folders (the exporter's .tmp-<version>-<pid>) are skipped without a warning
 
 
 class _Model:
@@ -80,15 +80,15 @@ class ModelManager:
     """Applies a ModelServerConfig as ServerCore::ReloadConfig does; raises ServingError for a
     refused config, returns the newly added models that did not become available."""
     server_config.validate(config)
-    if config.WhichOneof('config') is None:
-      logging.info('Taking no action for empty config.')
+    if config.WhichOneof("config") is None:
+      logging.info("Taking no action for empty config.")
       return []
     async with self._lock:
       models = {m.name: m for m in config.model_config_list.config}
       self._labels = self._checked_labels(models.values())
       new = [name for name in models if name not in self._models]
       for name in [n for n in self._models if n not in models]:
-        logging.info('Removing model %s', name)
+        logging.info("Removing model %s", name)
         for servable in self._models.pop(name).loaded.values():
           self._retire(servable)
       for name, model_config in models.items():
@@ -103,19 +103,21 @@ class ModelManager:
     for model_config in model_configs:
       name = model_config.name
       for label, version in sorted(model_config.version_labels.items()):
-        available = version in getattr(self._models.get(name), 'loaded', {})
+        available = version in getattr(self._models.get(name), "loaded", {})
         moved = self._labels.get(name, {}).get(label, version) != version
         if not available and (moved or not self._allow_unavailable_labels):
-          raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                             f'Request to assign label to version {version} of model {name}, '
-                             'which is not currently available for inference')
+          raise ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"Request to assign label to version {version} of model {name}, "
+            "which is not currently available for inference",
+          )
         labels.setdefault(name, {})[label] = version
     return labels
 
   async def wait_until_available(self, interval):
     """Polls until every configured model serves a version, as tensorflow_model_server starts."""
     while missing := [m.name for m in self._models.values() if m.latest() is None]:
-      logging.warning('Waiting for a loadable version of %s', ', '.join(missing))
+      logging.warning("Waiting for a loadable version of %s", ", ".join(missing))
       await asyncio.sleep(interval or 1)
       await self.poll()
 
@@ -126,7 +128,7 @@ class ModelManager:
       try:
         await self.poll()
       except Exception:
-        logging.exception('Polling the model base paths failed')
+        logging.exception("Polling the model base paths failed")
 
   async def poll(self):
     """Lists every base path once and loads or unloads versions to match."""
@@ -146,22 +148,25 @@ class ModelManager:
     try:
       names = os.listdir(model.base_path)
     except OSError as error:
-      message = f'Could not find base path {model.base_path} for servable {model.name}: ' \
-                f'{error.strerror}'
+      message = (
+        f"Could not find base path {model.base_path} for servable {model.name}: {error.strerror}"
+      )
       if message != model.listing_error:
-        logging.warning('%s', message)
+        logging.warning("%s", message)
       model.listing_error = message
       return None
     folders = model_base.version_names(names)
     for name in sorted(set(names) - set(folders.values()) - model.warned):
       if model_base.parse_version(name) is None and not name.startswith(HIDDEN):
-        logging.warning('Ignoring %r under %s: not a version number (int64)', name,
-                        model.base_path)
+        logging.warning("Ignoring %r under %s: not a version number (int64)", name, model.base_path)
       model.warned.add(name)
-    message = None if folders else (
-        f'No versions of servable {model.name} found under base path {model.base_path}')
+    message = (
+      None
+      if folders
+      else (f"No versions of servable {model.name} found under base path {model.base_path}")
+    )
     if message and message != model.listing_error:
-      logging.warning('%s', message)
+      logging.warning("%s", message)
     model.listing_error = message
     return folders
 
@@ -177,7 +182,7 @@ class ModelManager:
       if servable:
         model.loaded[version] = servable
         self._set_state(model.name, version, State.AVAILABLE)
-        logging.info('Serving %s version %d', model.name, version)
+        logging.info("Serving %s version %d", model.name, version)
     unaspired = set(model.loaded) - aspired
     if unaspired and (not aspired or aspired & set(model.loaded)):
       for version in sorted(unaspired):
@@ -189,15 +194,15 @@ class ModelManager:
     try:
       servable = await asyncio.to_thread(self._load, model.name, version, path)
     except Exception as error:
-      message = f'{type(error).__name__}: {(str(error).splitlines() or [""])[0]}'
-      logging.error('Skipping %s version %d: %s', model.name, version, message)
+      message = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+      logging.error("Skipping %s version %d: %s", model.name, version, message)
       model.failed[version] = fingerprint
       self._set_state(model.name, version, State.END, grpc.StatusCode.UNKNOWN, message)
       return None
     model.failed.pop(version, None)
     return servable
 
-  def _set_state(self, name, version, state, code=grpc.StatusCode.OK, message=''):
+  def _set_state(self, name, version, state, code=grpc.StatusCode.OK, message=""):
     """Records a version's state for GetModelStatus."""
     self._states.setdefault(name, {})[version] = (state, code, message)
 
@@ -219,7 +224,7 @@ class ModelManager:
     """Closes a retired version's batcher and session."""
     await servable.close()
     self._set_state(servable.name, servable.version, State.END)
-    logging.info('Unloaded %s version %d', servable.name, servable.version)
+    logging.info("Unloaded %s version %d", servable.name, servable.version)
 
   @contextlib.contextmanager
   def acquire(self, spec):
@@ -235,35 +240,34 @@ class ModelManager:
   def _find(self, spec):
     """The servable for a ModelSpec, with ServerCore::GetServableHandle's errors."""
     if not spec.name:
-      raise invalid('ModelSpec has no name specified.')
-    choice = spec.WhichOneof('version_choice')
+      raise invalid("ModelSpec has no name specified.")
+    choice = spec.WhichOneof("version_choice")
     model = self._models.get(spec.name)
-    if choice == 'version_label':
+    if choice == "version_label":
       version = self._labels.get(spec.name, {}).get(spec.version_label)
       if version is None:
-        raise invalid(f'Unrecognized servable version label: {spec.version_label}')
+        raise invalid(f"Unrecognized servable version label: {spec.version_label}")
       servable = model and model.loaded.get(version)
-    elif choice == 'version':
+    elif choice == "version":
       version = spec.version.value
       servable = model and model.loaded.get(version)
     else:
       servable = model and model.latest()
     if not servable:
-      request = (f'Latest({spec.name})' if choice is None
-                 else f'Specific({spec.name}, {version})')
-      raise not_found(f'Servable not found for request: {request}')
+      request = f"Latest({spec.name})" if choice is None else f"Specific({spec.name}, {version})"
+      raise not_found(f"Servable not found for request: {request}")
     return servable
 
   def status(self, spec):
     """GetModelStatusResponse: every version seen, or the one asked for (a label is ignored,
     as GetModelStatusImpl looks only at model_spec.version)."""
     states = self._states.get(spec.name, {})
-    if spec.HasField('version'):
+    if spec.HasField("version"):
       if spec.version.value not in states:
-        raise not_found(f'Could not find version {spec.version.value} of model {spec.name}')
+        raise not_found(f"Could not find version {spec.version.value} of model {spec.name}")
       versions = [spec.version.value]
     elif not states:
-      raise not_found(f'Could not find any versions of model {spec.name}')
+      raise not_found(f"Could not find any versions of model {spec.name}")
     else:
       versions = sorted(states, reverse=True)
     response = get_model_status_pb2.GetModelStatusResponse()
@@ -291,6 +295,7 @@ def _fingerprint(path):
     for name in files:
       with contextlib.suppress(OSError):
         stat = os.stat(os.path.join(root, name))
-        entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size,
-                        stat.st_mtime_ns))
+        entries.append(
+          (os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns)
+        )
   return sorted(entries)

@@ -12,10 +12,11 @@ from server.errors import ServingError
 
 def _labels(labels):
   """Renders a label set: {a="1",b="2"}."""
-  def escape(v):
-    return str(v).replace('\\', r'\\').replace('"', r'\"').replace('\n', r'\n')
 
-  return '{' + ','.join(f'{k}="{escape(v)}"' for k, v in labels) + '}' if labels else ''
+  def escape(v):
+    return str(v).replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+
+  return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels) + "}" if labels else ""
 
 
 class Counter:
@@ -31,10 +32,10 @@ class Counter:
 
   def render(self):
     """Prometheus text exposition lines."""
-    yield f'# HELP {self.name} {self.help}'
-    yield f'# TYPE {self.name} counter'
+    yield f"# HELP {self.name} {self.help}"
+    yield f"# TYPE {self.name} counter"
     for key, value in sorted(self._values.items()):
-      yield f'{self.name}{_labels(key)} {value}'
+      yield f"{self.name}{_labels(key)} {value}"
 
 
 class Histogram:
@@ -52,15 +53,15 @@ class Histogram:
 
   def render(self):
     """Prometheus text exposition lines."""
-    yield f'# HELP {self.name} {self.help}'
-    yield f'# TYPE {self.name} histogram'
+    yield f"# HELP {self.name} {self.help}"
+    yield f"# TYPE {self.name} histogram"
     for key, (counts, total) in sorted(self._values.items()):
       cumulative = 0
-      for bound, count in zip([*self.bounds, '+Inf'], counts):
+      for bound, count in zip([*self.bounds, "+Inf"], counts):
         cumulative += count
-        yield f'{self.name}_bucket{_labels((*key, ("le", bound)))} {cumulative}'
-      yield f'{self.name}_sum{_labels(key)} {total}'
-      yield f'{self.name}_count{_labels(key)} {cumulative}'
+        yield f"{self.name}_bucket{_labels((*key, ('le', bound)))} {cumulative}"
+      yield f"{self.name}_sum{_labels(key)} {total}"
+      yield f"{self.name}_count{_labels(key)} {cumulative}"
 
 
 class Metrics:
@@ -68,15 +69,18 @@ class Metrics:
 
   def __init__(self, max_batch_size):
     self.request_count = Counter(
-        ':tensorflow:serving:request_count', 'The total number of requests.')
+      ":tensorflow:serving:request_count", "The total number of requests."
+    )
     self.request_latency = Histogram(
-        ':tensorflow:serving:request_latency',
-        'Distribution of wall time (in microseconds) for Tensorflow Serving request.',
-        [10 * 1.8 ** i for i in range(33)])
+      ":tensorflow:serving:request_latency",
+      "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+      [10 * 1.8**i for i in range(33)],
+    )
     self.batch_size = Histogram(
-        ':tensorflow:serving:batching_session:processed_batch_size',
-        'Tracks the batch size (rows per merged batch) distribution on processing.',
-        [2 ** i for i in range(max(1, max_batch_size).bit_length() + 1)])
+      ":tensorflow:serving:batching_session:processed_batch_size",
+      "Tracks the batch size (rows per merged batch) distribution on processing.",
+      [2**i for i in range(max(1, max_batch_size).bit_length() + 1)],
+    )
 
   @contextlib.contextmanager
   def track(self, model_name, api, entrypoint):
@@ -95,10 +99,11 @@ class Metrics:
       raise
     finally:
       self.request_count.inc(model_name=model_name, status=status.name)
-      self.request_latency.observe((time.perf_counter() - start) * 1e6, model_name=model_name,
-                                   API=api, entrypoint=entrypoint)
+      self.request_latency.observe(
+        (time.perf_counter() - start) * 1e6, model_name=model_name, API=api, entrypoint=entrypoint
+      )
 
   def render(self):
     """The /monitoring/prometheus/metrics page."""
     families = (self.request_count, self.request_latency, self.batch_size)
-    return '\n'.join(line for family in families for line in family.render()) + '\n'
+    return "\n".join(line for family in families for line in family.render()) + "\n"

@@ -15,14 +15,14 @@ def listen_problem(host, port):
   """
   if port == 0:
     return None
-  family = socket.AF_INET6 if ':' in host else socket.AF_INET
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
   with socket.socket(family, socket.SOCK_STREAM) as trial:
     trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
       trial.bind((host, port))
     except OSError as error:
       if error.errno == errno.EADDRINUSE:
-        return f'in use by {holder(port)}'
+        return f"in use by {holder(port)}"
       return error.strerror or str(error)
   return None
 
@@ -30,9 +30,13 @@ def listen_problem(host, port):
 def holder(port):
   """'pid N (command line)' of the process listening on `port`, as far as this user may see."""
   import psutil  # pylint: disable=import-outside-toplevel  (only when a port is busy)
+
   try:
-    pids = {c.pid for c in psutil.net_connections('tcp')
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+    pids = {
+      c.pid
+      for c in psutil.net_connections("tcp")
+      if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+    }
   except psutil.AccessDenied:
     pids = set()
   for pid in sorted(pid for pid in pids if pid is not None):
@@ -40,8 +44,8 @@ def holder(port):
       argv = psutil.Process(pid).cmdline()
     except psutil.Error:
       continue
-    command = ' '.join([os.path.basename(argv[0]), *argv[1:]]) if argv else '?'
+    command = " ".join([os.path.basename(argv[0]), *argv[1:]]) if argv else "?"
     if len(command) > COMMAND_CHARS:
-      command = command[:COMMAND_CHARS - 3] + '...'
-    return f'pid {pid} ({command})'
-  return 'a process of another user'
+      command = command[: COMMAND_CHARS - 3] + "..."
+    return f"pid {pid} ({command})"
+  return "a process of another user"

@@ -54,10 +54,23 @@ class ServerProcess:
     started = time.monotonic()
     with open(self.log_path, "a") as out:
       self.proc = subprocess.Popen(
-          [sys.executable, "-m", "server", "--port", str(self.grpc_port), "--rest_api_port",
-           str(self.rest_port), "--model_base_path", str(self.base_path), *self.flags],
-          cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""))
+        [
+          sys.executable,
+          "-m",
+          "server",
+          "--port",
+          str(self.grpc_port),
+          "--rest_api_port",
+          str(self.rest_port),
+          "--model_base_path",
+          str(self.base_path),
+          *self.flags,
+        ],
+        cwd=REPO_ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""),
+      )
     if self.sample_rss:
       self._stop_sampling.clear()
       threading.Thread(target=self._sample_rss, args=(self.proc.pid,), daemon=True).start()

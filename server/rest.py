@@ -23,21 +23,23 @@ from server.grpc_service import check_example_signature
 from server.servable import DEFAULT_SIGNATURE
 from server.tensors import from_json, to_json
 
-_REST_PATH = re.compile(r'(?i)/v1/.*', re.DOTALL)
+_REST_PATH = re.compile(r"(?i)/v1/.*", re.DOTALL)
 _PREDICT_PATH = re.compile(
-    r'(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?'
-    r':(classify|regress|predict)')
+  r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+  r":(classify|regress|predict)"
+)
 _STATUS_PATH = re.compile(
-    r'(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?')
-_INT64_MAX = 2 ** 63 - 1
+  r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?"
+)
+_INT64_MAX = 2**63 - 1
 # libevent's evhttp_send_error page (TF Serving answers unmatched paths with it).
-_NOT_FOUND_PAGE = ('<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n'
-                   '<H1>Not Found</H1>\n</BODY></HTML>\n')
+_NOT_FOUND_PAGE = (
+  "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
+)
 # aiohttp refuses request lines over 8,190 bytes with a logged traceback; libevent has no such
 # limit by default, so long URLs reach the handler as in TF Serving. Bodies are not uncompressed
 # by aiohttp (it answers a bad gzip body 500): _read_json does it as TF Serving does.
-PROTOCOL_OPTIONS = {'max_line_size': 1 << 20, 'max_field_size': 1 << 16,
-                    'auto_decompress': False}
+PROTOCOL_OPTIONS = {"max_line_size": 1 << 20, "max_field_size": 1 << 16, "auto_decompress": False}
 
 
 def make_app(models, metrics, max_request_bytes, timeout_ms, prometheus_path=None):
@@ -45,7 +47,7 @@ def make_app(models, metrics, max_request_bytes, timeout_ms, prometheus_path=Non
   Prometheus page is served at prometheus_path only when given (--monitoring_config_file)."""
   app = web.Application(client_max_size=max_request_bytes, middlewares=[_json_errors])
   api = _RestApi(models, metrics, timeout_ms, prometheus_path)
-  app.router.add_route('*', '/{path:.*}', api.dispatch)
+  app.router.add_route("*", "/{path:.*}", api.dispatch)
   return app
 
 
@@ -55,45 +57,45 @@ async def _json_errors(request, handler):
   try:
     return await handler(request)
   except ServingError as error:
-    return web.json_response({'error': error.message}, status=error.http_status)
+    return web.json_response({"error": error.message}, status=error.http_status)
   except web.HTTPException as error:
     if error.status < 400:
       raise
-    return web.json_response({'error': error.text or error.reason}, status=error.status)
+    return web.json_response({"error": error.text or error.reason}, status=error.status)
   except Exception:
-    logging.exception('REST %s %s failed', request.method, request.path)
-    return web.json_response({'error': 'Internal server error'}, status=500)
+    logging.exception("REST %s %s failed", request.method, request.path)
+    return web.json_response({"error": "Internal server error"}, status=500)
 
 
 def _path_and_query(request):
   """The undecoded path plus ?query, as libevent hands it to TF Serving's dispatcher."""
   query = request.rel_url.raw_query_string
-  return request.rel_url.raw_path + ('?' + query if query else '')
+  return request.rel_url.raw_path + ("?" + query if query else "")
 
 
 def parse_route(method, path):
   """(handler name, ModelSpec) for a REST request, as ParseModelInfo and ProcessRequest pick it;
   raises ServingError for what TF Serving answers 400."""
-  malformed = invalid(f'Malformed request: {method} {path}')
-  regex = {'POST': _PREDICT_PATH, 'GET': _STATUS_PATH}.get(method)
+  malformed = invalid(f"Malformed request: {method} {path}")
+  regex = {"POST": _PREDICT_PATH, "GET": _STATUS_PATH}.get(method)
   match = regex.fullmatch(path) if regex else None
   name, version, label, action = match.groups() if match else (None,) * 4
-  spec = model_pb2.ModelSpec(name=urllib.parse.unquote(name or '', errors='surrogateescape'))
+  spec = model_pb2.ModelSpec(name=urllib.parse.unquote(name or "", errors="surrogateescape"))
   if version:
     if int(version) > _INT64_MAX:
-      raise invalid(f'Failed to convert version: {version} to numeric.')
+      raise invalid(f"Failed to convert version: {version} to numeric.")
     spec.version.value = int(version)
   if label:
-    spec.version_label = urllib.parse.unquote(label, errors='surrogateescape')
+    spec.version_label = urllib.parse.unquote(label, errors="surrogateescape")
   if not match:
     raise malformed
-  if method == 'POST':
-    if action not in ('predict', 'classify', 'regress'):  # the regex matched :PREDICT etc.
+  if method == "POST":
+    if action not in ("predict", "classify", "regress"):  # the regex matched :PREDICT etc.
       raise malformed
     return action, spec
   if not spec.name:
-    raise invalid('Missing model name in request.')
-  return ('metadata' if action == 'metadata' else 'status'), spec
+    raise invalid("Missing model name in request.")
+  return ("metadata" if action == "metadata" else "status"), spec
 
 
 class _RestApi:
@@ -111,70 +113,89 @@ class _RestApi:
     if self._prometheus_path and request.rel_url.raw_path == self._prometheus_path:
       return self.prometheus(path)
     if not _REST_PATH.fullmatch(path):
-      return web.Response(status=404, text=_NOT_FOUND_PAGE, content_type='text/html')
-    if request.method == 'OPTIONS':  # CORS preflight: only the Origin header is checked
-      ok = re.search('https?://', request.headers.get('Origin', ''))
+      return web.Response(status=404, text=_NOT_FOUND_PAGE, content_type="text/html")
+    if request.method == "OPTIONS":  # CORS preflight: only the Origin header is checked
+      ok = re.search("https?://", request.headers.get("Origin", ""))
       return web.Response(status=200 if ok else 400)
     action, spec = parse_route(request.method, path)
-    if action == 'status':
+    if action == "status":
       return web.json_response(_to_dict(self._models.status(spec)))
-    if action == 'metadata':
+    if action == "metadata":
       return self.metadata(spec)
-    with self._metrics.track(self._models.metric_label(spec.name), action, 'REST'):
+    with self._metrics.track(self._models.metric_label(spec.name), action, "REST"):
       body = await _read_json(request)
-      if action == 'predict':
+      if action == "predict":
         return await self.predict(spec, body)
       return self.classify_or_regress(spec, body, action)
 
   async def predict(self, spec, body):
     """POST .../<name>[/versions/N|/labels/L]:predict in row or columnar format."""
-    name = body.get('signature_name', '')
+    name = body.get("signature_name", "")
     if not isinstance(name, str):
-      raise invalid(f'JSON Value: {_debug(body)} not formatted correctly. '
-                    "'signature_name' key must be a string value.")
+      raise invalid(
+        f"JSON Value: {_debug(body)} not formatted correctly. "
+        "'signature_name' key must be a string value."
+      )
     with self._models.acquire(spec) as servable:
       signature = _signature(servable, name)
       inputs, row_format = _inputs(body, signature)
       try:
         outputs = await asyncio.wait_for(
-            servable.predict(signature, inputs, self._timeout_ms / 1000), self._timeout_ms / 1000)
+          servable.predict(signature, inputs, self._timeout_ms / 1000), self._timeout_ms / 1000
+        )
       except TimeoutError:
-        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                           f'Request timed out after {self._timeout_ms} ms') from None
+        raise ServingError(
+          grpc.StatusCode.DEADLINE_EXCEEDED, f"Request timed out after {self._timeout_ms} ms"
+        ) from None
     return web.json_response(_outputs(outputs, row_format))
 
   def classify_or_regress(self, spec, body, action):
     """POST ...:classify / :regress: TF Serving checks the signature before the examples."""
-    name = body.get('signature_name', '')
+    name = body.get("signature_name", "")
     if not isinstance(name, str):
-      raise invalid(f'JSON Value: {_debug(body)} not formatted correctly. '
-                    "'signature_name' key must be a string value.")
+      raise invalid(
+        f"JSON Value: {_debug(body)} not formatted correctly. "
+        "'signature_name' key must be a string value."
+      )
     with self._models.acquire(spec) as servable:
       check_example_signature(servable.signature_defs, name, action)
-    raise invalid('JSON Value: ' + _debug(body) + " When method is " + action +
-                  ", key 'examples' is expected and was not found")
+    raise invalid(
+      "JSON Value: "
+      + _debug(body)
+      + " When method is "
+      + action
+      + ", key 'examples' is expected and was not found"
+    )
 
   def metadata(self, spec):
     """GET .../<name>[/versions/N|/labels/L]/metadata: model_spec plus the SignatureDefMap."""
     with self._models.acquire(spec) as servable:
       response = servable.metadata()
     signature_defs = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata['signature_def'].Unpack(signature_defs)
-    return web.json_response({'model_spec': _to_dict(response.model_spec),
-                              'metadata': {'signature_def': _to_dict(signature_defs)}})
+    response.metadata["signature_def"].Unpack(signature_defs)
+    return web.json_response(
+      {
+        "model_spec": _to_dict(response.model_spec),
+        "metadata": {"signature_def": _to_dict(signature_defs)},
+      }
+    )
 
   def prometheus(self, path):
     """The Prometheus page; a query string is TF Serving's 400 "Unexpected path"."""
     if path != self._prometheus_path:
-      return web.Response(status=400, content_type='text/plain',
-                          text=f'Unexpected path: {path}. Should be {self._prometheus_path}')
-    return web.Response(text=self._metrics.render(), content_type='text/plain')
+      return web.Response(
+        status=400,
+        content_type="text/plain",
+        text=f"Unexpected path: {path}. Should be {self._prometheus_path}",
+      )
+    return web.Response(text=self._metrics.render(), content_type="text/plain")
 
 
 def _to_dict(message):
   """A proto as TF Serving prints it: proto field names, default values included."""
-  return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                   always_print_fields_with_no_presence=True)
+  return json_format.MessageToDict(
+    message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+  )
 
 
 async def _read_json(request):
@@ -183,7 +204,7 @@ async def _read_json(request):
     body = await request.read()
   except web.HTTPRequestEntityTooLarge as error:
     raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, error.text, http_status=413) from None
-  if 'gzip' in request.headers.get('Content-Encoding', ''):
+  if "gzip" in request.headers.get("Content-Encoding", ""):
     body = _gunzip(body, request.app._client_max_size)
   return parse_json(body)
 
@@ -195,12 +216,14 @@ def _gunzip(body, max_bytes):
   try:
     data = inflater.decompress(body, max_bytes + 1)
   except zlib.error:
-    return b''
+    return b""
   if len(data) > max_bytes:
-    raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f'Maximum request body size {max_bytes} exceeded once uncompressed',
-                       http_status=413)
-  return data if inflater.eof else b''
+    raise ServingError(
+      grpc.StatusCode.RESOURCE_EXHAUSTED,
+      f"Maximum request body size {max_bytes} exceeded once uncompressed",
+      http_status=413,
+    )
+  return data if inflater.eof else b""
 
 
 def _first_wins(pairs):
@@ -218,17 +241,17 @@ def parse_json(body):
   """Bytes -> JSON object like TF Serving's rapidjson flags: UTF-8 only (a UTF-8 BOM skipped,
   UTF-16 is a parse error), NaN/Infinity allowed, text after the document ignored."""
   if not body:
-    raise invalid('JSON Parse error: The document is empty')
-  text = body.decode('utf-8', 'surrogateescape').removeprefix('\ufeff')
-  start = len(text) - len(text.lstrip(' \t\n\r'))
+    raise invalid("JSON Parse error: The document is empty")
+  text = body.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+  start = len(text) - len(text.lstrip(" \t\n\r"))
   try:
     document, _ = _DECODER.raw_decode(text, start)
   except json.JSONDecodeError as error:
-    raise invalid(f'JSON Parse error: {error.msg} at offset: {error.pos}') from None
+    raise invalid(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
   except RecursionError:
-    raise invalid(f'JSON Parse error: nested too deeply at offset: {start}') from None
+    raise invalid(f"JSON Parse error: nested too deeply at offset: {start}") from None
   if not isinstance(document, dict):
-    raise invalid(f'JSON Value: {_debug(document)} Is not object')
+    raise invalid(f"JSON Value: {_debug(document)} Is not object")
   return document
 
 
@@ -248,17 +271,20 @@ def _signature(servable, name):
 
 def _named(value):
   """Whether a JSON value is an object of named tensors (not a {"b64": ...} value)."""
-  return isinstance(value, dict) and list(value) != ['b64']
+  return isinstance(value, dict) and list(value) != ["b64"]
 
 
 def _inputs(body, signature):
   """Decodes "instances" (row format) or "inputs" (columnar format) as json_tensor.cc does."""
-  if ('instances' in body) == ('inputs' in body):
-    raise invalid("Missing 'inputs' or 'instances' key" if 'inputs' not in body else
-                  "expecting only one of 'inputs' or 'instances' keys to exist")
+  if ("instances" in body) == ("inputs" in body):
+    raise invalid(
+      "Missing 'inputs' or 'instances' key"
+      if "inputs" not in body
+      else "expecting only one of 'inputs' or 'instances' keys to exist"
+    )
   only = next(iter(signature.inputs)) if len(signature.inputs) == 1 else None
-  if 'instances' in body:
-    instances = body['instances']
+  if "instances" in body:
+    instances = body["instances"]
     if not isinstance(instances, list) or not instances:
       raise invalid("Expecting 'instances' to be a non-empty list/array")
     if all(_named(i) for i in instances):
@@ -268,18 +294,22 @@ def _inputs(body, signature):
     elif only and not any(_named(i) for i in instances):
       columns = {only: instances}
     else:
-      raise invalid('instances is a plain list, but expecting list of objects as multiple '
-                    'input tensors required as per tensorinfo_map')
-  elif _named(body['inputs']):
-    columns = body['inputs']
+      raise invalid(
+        "instances is a plain list, but expecting list of objects as multiple "
+        "input tensors required as per tensorinfo_map"
+      )
+  elif _named(body["inputs"]):
+    columns = body["inputs"]
     signature.check_names(columns)
   elif only:
-    columns = {only: body['inputs']}
+    columns = {only: body["inputs"]}
   else:
-    raise invalid('inputs is a plain value/list, but expecting an object as multiple input '
-                  'tensors required as per tensorinfo_map')
+    raise invalid(
+      "inputs is a plain value/list, but expecting an object as multiple input "
+      "tensors required as per tensorinfo_map"
+    )
   inputs = {a: from_json(v, signature.inputs[a].dtype, a) for a, v in columns.items()}
-  return inputs, 'instances' in body
+  return inputs, "instances" in body
 
 
 def _outputs(outputs, row_format):
@@ -287,10 +317,10 @@ def _outputs(outputs, row_format):
   values = {a: to_json(v, a) for a, v in sorted(outputs.items())}
   single = next(iter(values.values())) if len(values) == 1 else None
   if not row_format:
-    return {'outputs': values if single is None else single}
-  rows = {len(v) if getattr(v, 'ndim', 0) else None for v in outputs.values()}
+    return {"outputs": values if single is None else single}
+  rows = {len(v) if getattr(v, "ndim", 0) else None for v in outputs.values()}
   if len(rows) != 1 or None in rows:
     raise invalid('outputs have no common batch size; use the columnar "inputs" format')
   if single is not None:
-    return {'predictions': single}
-  return {'predictions': [{a: v[i] for a, v in values.items()} for i in range(rows.pop())]}
+    return {"predictions": single}
+  return {"predictions": [{a: v[i] for a, v in values.items()} for i in range(rows.pop())]}

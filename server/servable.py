@@ -52,8 +52,11 @@ class TensorSpec:
   @classmethod
   def from_info(cls, info):
     """Reads a TensorInfo from the MetaGraphDef's SignatureDef."""
-    shape = None if info.tensor_shape.unknown_rank else tuple(
-        d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
+    shape = (
+      None
+      if info.tensor_shape.unknown_rank
+      else tuple(d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
+    )
     return cls(info.name, tf.dtypes.as_dtype(info.dtype), shape)
 
 
@@ -63,21 +66,20 @@ class Signature:
   def __init__(self, key, signature_def):
     self.key = key
     self.inputs = {a: TensorSpec.from_info(t) for a, t in sorted(signature_def.inputs.items())}
-    self.outputs = {a: TensorSpec.from_info(t)
-                    for a, t in sorted(signature_def.outputs.items())}
+    self.outputs = {a: TensorSpec.from_info(t) for a, t in sorted(signature_def.outputs.items())}
     tensors = [*self.inputs.values(), *self.outputs.values()]
-    self.batchable = bool(self.inputs) and all(
-        t.shape and t.shape[0] is None for t in tensors)
+    self.batchable = bool(self.inputs) and all(t.shape and t.shape[0] is None for t in tensors)
 
   def check_names(self, aliases):
     """Refuses missing or unknown input aliases with TF Serving's message."""
     sent, wanted = set(aliases), set(self.inputs)
     if sent != wanted:
       raise invalid(
-          f'input size does not match signature: {len(sent)}!={len(wanted)} '
-          f'len({{{",".join(sorted(sent))}}}) != len({{{",".join(sorted(wanted))}}}). '
-          f'Sent extra: {{{",".join(sorted(sent - wanted))}}}. '
-          f'Missing but required: {{{",".join(sorted(wanted - sent))}}}.')
+        f"input size does not match signature: {len(sent)}!={len(wanted)} "
+        f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(wanted))}}}). "
+        f"Sent extra: {{{','.join(sorted(sent - wanted))}}}. "
+        f"Missing but required: {{{','.join(sorted(wanted - sent))}}}."
+      )
 
   def decode(self, tensors):
     """Decodes a PredictRequest's input TensorProtos against this signature."""
@@ -95,7 +97,8 @@ class Servable:
     self._session = tf.compat.v1.Session(graph=graph, config=session_config)
     try:
       meta_graph = tf.compat.v1.saved_model.loader.load(
-          self._session, [tf.compat.v1.saved_model.SERVING], path)
+        self._session, [tf.compat.v1.saved_model.SERVING], path
+      )
     except BaseException:
       self._session.close()
       raise
@@ -115,8 +118,9 @@ class Servable:
     except BaseException:
       servable._session.close()
       raise
-    logging.info('Loaded %s version %d (%d warm-up requests)', servable.name, servable.version,
-                 count)
+    logging.info(
+      "Loaded %s version %d (%d warm-up requests)", servable.name, servable.version, count
+    )
     return servable
 
   def warm_up(self):
@@ -127,16 +131,16 @@ class Servable:
     count = 0
     for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
       log = prediction_log_pb2.PredictionLog.FromString(record)
-      if log.WhichOneof('log_type') != 'predict_log':
-        raise ValueError(f'unsupported warm-up log type {log.WhichOneof("log_type")}')
+      if log.WhichOneof("log_type") != "predict_log":
+        raise ValueError(f"unsupported warm-up log type {log.WhichOneof('log_type')}")
       count += 1
       if count > MAX_WARMUP_RECORDS:
-        raise ValueError(f'more than {MAX_WARMUP_RECORDS} warm-up requests')
+        raise ValueError(f"more than {MAX_WARMUP_RECORDS} warm-up requests")
       request = log.predict_log.request
       signature = self.signature(request.model_spec.signature_name)
       inputs = signature.decode(request.inputs)
       self.validate(signature, inputs)
-      result, = self.run(signature, [inputs])
+      (result,) = self.run(signature, [inputs])
       if isinstance(result, ServingError):
         raise result
     return count
@@ -145,8 +149,9 @@ class Servable:
     """The named signature; an empty name means serving_default, as in TF Serving."""
     key = key or DEFAULT_SIGNATURE
     if key not in self.signatures:  # predict_util.cc RunPredict
-      raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                         f'Serving signature key "{key}" not found.')
+      raise ServingError(
+        grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.'
+      )
     return self.signatures[key]
 
   def validate(self, signature, inputs):
@@ -155,10 +160,14 @@ class Servable:
     signature.check_names(inputs)
     for alias, array in inputs.items():
       expected = signature.inputs[alias].shape
-      if expected is not None and (len(expected) != array.ndim or any(
-              d is not None and d != n for d, n in zip(expected, array.shape))):
-        raise invalid(f'{alias} has shape {shape_str(array.shape)} but the signature '
-                      f'expects {shape_str(-1 if d is None else d for d in expected)}')
+      if expected is not None and (
+        len(expected) != array.ndim
+        or any(d is not None and d != n for d, n in zip(expected, array.shape))
+      ):
+        raise invalid(
+          f"{alias} has shape {shape_str(array.shape)} but the signature "
+          f"expects {shape_str(-1 if d is None else d for d in expected)}"
+        )
 
   async def predict(self, signature, inputs, timeout_s=None):
     """Validates one request and returns its outputs, run in a merged batch if batching; work
@@ -204,8 +213,10 @@ class Servable:
       index = np.concatenate([np.arange(spans[i][0], spans[i][2]) for i in group])
       width = max(_sequence_length(requests[i]) for i in group)
       for chunk in np.array_split(index, math.ceil(len(index) * width / MAX_RUN_POSITIONS) or 1):
-        feeds = {a: v[(chunk, *(slice(0, n) for n in _widest(requests[i][a] for i in group)))]
-                 for a, v in merged.items()}
+        feeds = {
+          a: v[(chunk, *(slice(0, n) for n in _widest(requests[i][a] for i in group)))]
+          for a, v in merged.items()
+        }
         parts.append((chunk, self._session_run(signature, feeds, deadline)))
     outputs = {}
     for alias in parts[0][1]:
@@ -222,12 +233,14 @@ class Servable:
     if deadline is not None:
       remaining_ms = math.floor((deadline - time.monotonic()) * 1000)
       if remaining_ms <= 0:
-        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, 'Deadline Exceeded')
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
       options = tf.compat.v1.RunOptions(timeout_in_ms=remaining_ms)
     try:
-      return self._session.run({a: t.name for a, t in signature.outputs.items()},
-                               {signature.inputs[a].name: v for a, v in feeds.items()},
-                               options=options)
+      return self._session.run(
+        {a: t.name for a, t in signature.outputs.items()},
+        {signature.inputs[a].name: v for a, v in feeds.items()},
+        options=options,
+      )
     except tf.errors.OpError as error:
       raise ServingError.from_op_error(error) from None
 
@@ -240,8 +253,9 @@ class Servable:
       response = get_model_metadata_pb2.GetModelMetadataResponse()
       response.model_spec.name = self.name
       response.model_spec.version.value = self.version
-      response.metadata['signature_def'].Pack(
-          get_model_metadata_pb2.SignatureDefMap(signature_def=self.signature_defs))
+      response.metadata["signature_def"].Pack(
+        get_model_metadata_pb2.SignatureDefMap(signature_def=self.signature_defs)
+      )
       self._metadata = response
     return self._metadata
 
@@ -290,7 +304,7 @@ def _pad_tensor(array, sizes):
   if math.prod(shape) == array.size:
     return array.reshape(shape)
   if not array.size:
-    raise invalid('Got empty tensor in batch of non-empty tensors.')
+    raise invalid("Got empty tensor in batch of non-empty tensors.")
   widths = [(0, 0)] + [(0, n - s) for n, s in zip(sizes, array.shape[1:])]
   return np.pad(array, widths, constant_values=array.flat[0])
 

@@ -13,18 +13,18 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY_BERT_CONFIG = {
-    "vocab_size": 30522,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-    "max_position_embeddings": 64,
-    "type_vocab_size": 2,
-    "initializer_range": 0.02,
-    "layer_norm_eps": 1e-12,
+  "vocab_size": 30522,
+  "hidden_size": 32,
+  "num_hidden_layers": 2,
+  "num_attention_heads": 2,
+  "intermediate_size": 64,
+  "hidden_act": "gelu",
+  "hidden_dropout_prob": 0.1,
+  "attention_probs_dropout_prob": 0.1,
+  "max_position_embeddings": 64,
+  "type_vocab_size": 2,
+  "initializer_range": 0.02,
+  "layer_norm_eps": 1e-12,
 }
 
 
@@ -49,8 +49,9 @@ def tiny_bert_dir(tmp_path_factory):
     modeling.BertModel(config, False, input_ids, tf.ones_like(input_ids))
     with tf.Session() as sess:
       sess.run(tf.global_variables_initializer())
-      tf.train.Saver().save(sess, str(out_dir / backbone.CHECKPOINT_NAME),
-                            write_meta_graph=False, write_state=False)
+      tf.train.Saver().save(
+        sess, str(out_dir / backbone.CHECKPOINT_NAME), write_meta_graph=False, write_state=False
+      )
   return out_dir
 
 
@@ -67,9 +68,11 @@ def _conll_path(name):
   """
   path = (CONLL_DIR / name).resolve()
   if not path.is_file():
-    message = (f"CoNLL-2003 {name} not found at {path}: save the CoNLL-2003 English train and "
-               f"dev splits (eng.train, eng.testa) as train.txt and dev.txt in "
-               f"{CONLL_DIR.resolve()}, or point CONLL2003_DIR at their directory")
+    message = (
+      f"CoNLL-2003 {name} not found at {path}: save the CoNLL-2003 English train and "
+      f"dev splits (eng.train, eng.testa) as train.txt and dev.txt in "
+      f"{CONLL_DIR.resolve()}, or point CONLL2003_DIR at their directory"
+    )
     if os.environ.get("CI", "").lower() == "true":
       pytest.fail(f"CI=true: {message}", pytrace=False)
     pytest.skip(message)

@@ -20,8 +20,14 @@ import yaml
 
 # The Kubernetes release the manifests are validated against (strict: unknown fields fail).
 K8S_VERSION = "1.33.0"
-KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources", "configMapGenerator", "generatorOptions",
-                  "patches"}
+KUSTOMIZE_KEYS = {
+  "apiVersion",
+  "kind",
+  "resources",
+  "configMapGenerator",
+  "generatorOptions",
+  "patches",
+}
 
 
 # ---------------------------------------------------------------- kustomize subset
@@ -60,8 +66,12 @@ def apply_json6902(document, operations):
 def _matches(target, document):
   """Whether a patch target (group, version, kind, name) selects the document."""
   group, _, version = document["apiVersion"].rpartition("/")
-  wanted = {"group": group, "version": version, "kind": document["kind"],
-            "name": document["metadata"]["name"]}
+  wanted = {
+    "group": group,
+    "version": version,
+    "kind": document["kind"],
+    "name": document["metadata"]["name"],
+  }
   return all(wanted[k] == v for k, v in target.items())
 
 
@@ -87,8 +97,14 @@ def render(directory):
     for entry in generator["files"]:
       key, _, source = entry.rpartition("=") if "=" in entry else (Path(entry).name, "", entry)
       data[key] = (directory / source).read_text()
-    resources.append({"apiVersion": "v1", "kind": "ConfigMap",
-                      "metadata": {"name": generator["name"]}, "data": data})
+    resources.append(
+      {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": generator["name"]},
+        "data": data,
+      }
+    )
   for patch in kustomization.get("patches", []):
     operations = yaml.safe_load(patch["patch"])
     selected = [i for i, r in enumerate(resources) if _matches(patch["target"], r)]
@@ -125,6 +141,7 @@ def kubernetes_definitions():
 def kserve_version():
   """Version of the installed kserve distribution."""
   from importlib.metadata import version
+
   return version("kserve")
 
 
@@ -147,14 +164,19 @@ def kserve_classes():
     for node in ast.parse(source).body:
       if not isinstance(node, ast.ClassDef):
         continue
-      fields = {target.id: ast.literal_eval(statement.value)
-                for statement in node.body if isinstance(statement, ast.Assign)
-                for target in statement.targets
-                if isinstance(target, ast.Name) and target.id in ("openapi_types",
-                                                                  "attribute_map")}
+      fields = {
+        target.id: ast.literal_eval(statement.value)
+        for statement in node.body
+        if isinstance(statement, ast.Assign)
+        for target in statement.targets
+        if isinstance(target, ast.Name) and target.id in ("openapi_types", "attribute_map")
+      }
       if "openapi_types" in fields:
-        classes[node.name] = (fields["openapi_types"], fields["attribute_map"],
-                              set(REQUIRED.findall(ast.get_source_segment(source, node))))
+        classes[node.name] = (
+          fields["openapi_types"],
+          fields["attribute_map"],
+          set(REQUIRED.findall(ast.get_source_segment(source, node))),
+        )
   return classes
 
 
@@ -163,8 +185,10 @@ def _kubernetes_ref(type_name, definitions):
 
   A type newer than K8S_VERSION gets a schema no value satisfies: the manifest may not use it.
   """
-  special = {"ResourceQuantity": "io.k8s.apimachinery.pkg.api.resource.Quantity",
-             "K8sIoApiAppsV1DeploymentStrategy": "io.k8s.api.apps.v1.DeploymentStrategy"}
+  special = {
+    "ResourceQuantity": "io.k8s.apimachinery.pkg.api.resource.Quantity",
+    "K8sIoApiAppsV1DeploymentStrategy": "io.k8s.api.apps.v1.DeploymentStrategy",
+  }
   if type_name in special:
     return {"$ref": f"#/k8s/{special[type_name]}"}
   kind = type_name.removeprefix("V1")
@@ -176,16 +200,24 @@ def _kubernetes_ref(type_name, definitions):
 
 def _schema_of(type_string, classes, definitions, wanted):
   """JSON schema of one openapi_types type string; KServe classes it names go into `wanted`."""
-  scalars = {"str": {"type": "string"}, "int": {"type": "integer"}, "bool": {"type": "boolean"},
-             "float": {"type": "number"}, "datetime": {"type": "string"}, "object": {},
-             "dict": {"type": "object"}}
+  scalars = {
+    "str": {"type": "string"},
+    "int": {"type": "integer"},
+    "bool": {"type": "boolean"},
+    "float": {"type": "number"},
+    "datetime": {"type": "string"},
+    "object": {},
+    "dict": {"type": "object"},
+  }
   if type_string in scalars:
     return scalars[type_string]
   if match := re.fullmatch(r"list\[(.+)\]", type_string):
     return {"type": "array", "items": _schema_of(match.group(1), classes, definitions, wanted)}
   if match := re.fullmatch(r"dict\(str, (.+)\)", type_string):
-    return {"type": "object",
-            "additionalProperties": _schema_of(match.group(1), classes, definitions, wanted)}
+    return {
+      "type": "object",
+      "additionalProperties": _schema_of(match.group(1), classes, definitions, wanted),
+    }
   if type_string in classes:
     wanted.append(type_string)
     return {"$ref": f"#/kserve/{type_string}"}
@@ -206,11 +238,12 @@ def kserve_schema(root="V1beta1InferenceService"):
       continue
     types, json_names, required = classes[name]
     kserve[name] = {
-        "type": "object",
-        "properties": {json_names[attr]: _schema_of(t, classes, definitions, wanted)
-                       for attr, t in types.items()},
-        "required": sorted(json_names[attr] for attr in required),
-        "additionalProperties": False,
+      "type": "object",
+      "properties": {
+        json_names[attr]: _schema_of(t, classes, definitions, wanted) for attr, t in types.items()
+      },
+      "required": sorted(json_names[attr] for attr in required),
+      "additionalProperties": False,
     }
   # Kubernetes definitions refer to each other as #/$defs/<name>.
   text = json.dumps(definitions).replace('"#/$defs/', '"#/k8s/')
@@ -220,4 +253,5 @@ def kserve_schema(root="V1beta1InferenceService"):
 def validate_kserve(resource, schema=None):
   """Raises jsonschema.ValidationError unless the resource fits KServe's InferenceService."""
   import jsonschema
+
   jsonschema.Draft202012Validator(schema or kserve_schema()).validate(resource)

@@ -51,7 +51,7 @@ def test_merged_kernels_reproduce_the_adapter_graph(tiny_bert_dir, tmp_path):
   adapted, _ = _encoder_layers(tiny_bert_dir, tmp_path / "adapted", adapters=adapters)
   merged, names = _encoder_layers(tiny_bert_dir, tmp_path / "adapted", merge_config=ner_config)
   plain, _ = _encoder_layers(tiny_bert_dir, tiny_bert_dir / "bert_model.ckpt")
-  assert sorted(names) == sorted(v.op.name[:-len("lora_b")] + "kernel" for v in ups)
+  assert sorted(names) == sorted(v.op.name[: -len("lora_b")] + "kernel" for v in ups)
   np.testing.assert_allclose(merged[-1], adapted[-1], atol=1e-5)
   np.testing.assert_array_equal(merged[0], plain[0])  # layer 0 has no adapters
   assert np.abs(adapted[-1] - plain[-1]).max() > 1e-2  # the adapters do change layer 1
@@ -63,16 +63,27 @@ def test_adapters_without_rank_in_config_fail_clearly(tiny_bert_dir, tmp_path):
     _encoder_layers(tiny_bert_dir, tmp_path / "adapted", merge_config=checkpoint.NerConfig())
 
 
-def test_adapter_training_keeps_bert_frozen_and_exports_merged(tiny_bert_dir, sample_files,
-                                                                tmp_path, capsys):
+def test_adapter_training_keeps_bert_frozen_and_exports_merged(
+  tiny_bert_dir, sample_files, tmp_path, capsys
+):
   import tensorflow.compat.v1 as tf
 
   from export import exporter, merge
 
   out = tmp_path / "adapters"
-  report = trainer.run(_config(tiny_bert_dir, sample_files, out, epochs=2, adapter_rank=2,
-                               adapter_alpha=4.0, adapter_first_layer=1,
-                               adapter_learning_rate=1e-2, context="mixed"))
+  report = trainer.run(
+    _config(
+      tiny_bert_dir,
+      sample_files,
+      out,
+      epochs=2,
+      adapter_rank=2,
+      adapter_alpha=4.0,
+      adapter_first_layer=1,
+      adapter_learning_rate=1e-2,
+      context="mixed",
+    )
+  )
   assert report["mode"] == "adapters" and set(report) >= {"dev", "dev_document"}
   assert report["merge_check"]["words"] > 0 and report["merge_check"]["differing"] == 0
   saved = dict(tf.train.list_variables(str(out)))
@@ -81,16 +92,17 @@ def test_adapter_training_keeps_bert_frozen_and_exports_merged(tiny_bert_dir, sa
   kernel = "bert/encoder/layer_1/attention/self/query/kernel"
   original = tf.train.load_variable(str(tiny_bert_dir / "bert_model.ckpt"), kernel)
   np.testing.assert_array_equal(tf.train.load_variable(str(out), kernel), original)
-  down = tf.train.load_variable(str(out), kernel[:-len("kernel")] + "lora_a")
-  up = tf.train.load_variable(str(out), kernel[:-len("kernel")] + "lora_b")
+  down = tf.train.load_variable(str(out), kernel[: -len("kernel")] + "lora_a")
+  up = tf.train.load_variable(str(out), kernel[: -len("kernel")] + "lora_b")
   assert np.abs(up).max() > 0  # trained
 
   # The merged checkpoint dir: Google's and macanv's names only, kernel = W + alpha/r A B.
   assert merge.main(["--checkpoint", str(out), "--out", str(tmp_path / "merged")]) == 0
   merged = dict(tf.train.list_variables(str(tmp_path / "merged")))
   assert set(merged) == set(saved) - set(lora)
-  np.testing.assert_allclose(tf.train.load_variable(str(tmp_path / "merged"), kernel),
-                             original + 2.0 * down @ up, atol=1e-6)
+  np.testing.assert_allclose(
+    tf.train.load_variable(str(tmp_path / "merged"), kernel), original + 2.0 * down @ up, atol=1e-6
+  )
   assert checkpoint.resolve(tmp_path / "merged").ner_config.adapter_rank == 0
 
   # Both export to the same served model: the exporter merges, and verifies itself.

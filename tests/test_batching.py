@@ -26,6 +26,7 @@ from server.servable import _merge, _pad_tensor
 @dataclasses.dataclass
 class FakeSignature:
   """What the Batcher reads of a Signature."""
+
   key: str = "serving_default"
   batchable: bool = True
   inputs: dict = dataclasses.field(default_factory=dict)
@@ -71,14 +72,18 @@ def test_the_image_settings_parse_and_fit_the_clients_rows_per_request():
   assert options.pad_variable_length_inputs and not options.enable_large_batch_splitting
 
 
-@pytest.mark.parametrize("text, message", [
-    ("max_batch_size { value: 32 } allowed_batch_sizes: 8 allowed_batch_sizes: 16",
-     "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 16; "
-     "expected 32"),
+@pytest.mark.parametrize(
+  "text, message",
+  [
+    (
+      "max_batch_size { value: 32 } allowed_batch_sizes: 8 allowed_batch_sizes: 16",
+      "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 16; expected 32",
+    ),
     ("num_batch_threads { value: 0 }", "num_batch_threads must be positive; was 0"),
     ("max_enqueued_batches { value: 0 }", "max_enqueued_batches must be positive; was 0"),
     ("no_such_field: 1", "no_such_field"),
-])
+  ],
+)
 def test_settings_tf_serving_refuses_are_refused(tmp_path, text, message):
   path = tmp_path / "batching.txt"
   path.write_text(text)
@@ -97,13 +102,17 @@ def test_split_sizes_and_allowed_batch_sizes_follow_tensorflow():
 
 def test_merge_pads_with_each_requests_first_element_and_rows_to_allowed_sizes():
   a = {"input_ids": np.array([[101, 7, 102]]), "input_mask": np.array([[1, 1, 1]])}
-  b = {"input_ids": np.array([[101, 5, 6, 8, 102], [101, 9, 102, 0, 0]]),
-       "input_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
-  merged, spans = _merge([a, b], BatchingOptions(pad_variable_length_inputs=True,
-                                                 allowed_batch_sizes=(4, 8)))
-  np.testing.assert_array_equal(merged["input_ids"], [
-      [101, 7, 102, 101, 101], [101, 5, 6, 8, 102], [101, 9, 102, 0, 0],
-      [101, 5, 6, 8, 102]])  # the padding row: the last request's first row
+  b = {
+    "input_ids": np.array([[101, 5, 6, 8, 102], [101, 9, 102, 0, 0]]),
+    "input_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]),
+  }
+  merged, spans = _merge(
+    [a, b], BatchingOptions(pad_variable_length_inputs=True, allowed_batch_sizes=(4, 8))
+  )
+  np.testing.assert_array_equal(
+    merged["input_ids"],
+    [[101, 7, 102, 101, 101], [101, 5, 6, 8, 102], [101, 9, 102, 0, 0], [101, 5, 6, 8, 102]],
+  )  # the padding row: the last request's first row
   np.testing.assert_array_equal(merged["input_mask"][0], [1, 1, 1, 1, 1])
   assert spans == [(0, 1, 1), (1, 3, 4)]
 
@@ -127,8 +136,9 @@ def test_a_task_over_max_batch_size_is_refused_before_it_runs():
 
 
 def test_a_full_queue_answers_unavailable_and_gone_callers_are_not_run():
-  options = BatchingOptions(max_batch_size=4, max_enqueued_batches=2, num_batch_threads=1,
-                            batch_timeout_micros=0)
+  options = BatchingOptions(
+    max_batch_size=4, max_enqueued_batches=2, num_batch_threads=1, batch_timeout_micros=0
+  )
 
   async def scenario(batcher, model):
     model.release.clear()  # the worker blocks in the first batch
@@ -148,15 +158,21 @@ def test_a_full_queue_answers_unavailable_and_gone_callers_are_not_run():
 
   (full, after), model = run_batcher(options, scenario)
   assert full.code == grpc.StatusCode.UNAVAILABLE
-  assert full.message == ("The batch scheduling queue to which this task was submitted is "
-                          "full; currently 2 batches enqueued and max_enqueued_batches is 2")
+  assert full.message == (
+    "The batch scheduling queue to which this task was submitted is "
+    "full; currently 2 batches enqueued and max_enqueued_batches is 2"
+  )
   assert model.batches == [[4], [1]]  # the two cancelled requests never ran
   assert after["pred_label"].shape == (1, 3)
 
 
 def test_large_batch_splitting_runs_pieces_and_joins_them_in_order():
-  options = BatchingOptions(max_batch_size=10, enable_large_batch_splitting=True,
-                            max_execution_batch_size=4, batch_timeout_micros=0)
+  options = BatchingOptions(
+    max_batch_size=10,
+    enable_large_batch_splitting=True,
+    max_execution_batch_size=4,
+    batch_timeout_micros=0,
+  )
 
   async def scenario(batcher, model):
     return await batcher.run(FakeSignature(), rows(10))

@@ -16,16 +16,16 @@ MASK = (IDS != 0).astype(np.int32)
 OUTPUT_NAME = "ner_0123456789abcdef/pred_label:0"
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 REAL = {
-    lite.TensorShapeProto: tensor_shape_pb2.TensorShapeProto,
-    lite.TensorProto: tensor_pb2.TensorProto,
-    lite.ModelSpec: model_pb2.ModelSpec,
-    lite.PredictRequest: predict_pb2.PredictRequest,
-    lite.PredictResponse: predict_pb2.PredictResponse,
-    lite.TensorInfo: meta_graph_pb2.TensorInfo,
-    lite.SignatureDef: meta_graph_pb2.SignatureDef,
-    lite.SignatureDefMap: get_model_metadata_pb2.SignatureDefMap,
-    lite.GetModelMetadataRequest: get_model_metadata_pb2.GetModelMetadataRequest,
-    lite.GetModelMetadataResponse: get_model_metadata_pb2.GetModelMetadataResponse,
+  lite.TensorShapeProto: tensor_shape_pb2.TensorShapeProto,
+  lite.TensorProto: tensor_pb2.TensorProto,
+  lite.ModelSpec: model_pb2.ModelSpec,
+  lite.PredictRequest: predict_pb2.PredictRequest,
+  lite.PredictResponse: predict_pb2.PredictResponse,
+  lite.TensorInfo: meta_graph_pb2.TensorInfo,
+  lite.SignatureDef: meta_graph_pb2.SignatureDef,
+  lite.SignatureDefMap: get_model_metadata_pb2.SignatureDefMap,
+  lite.GetModelMetadataRequest: get_model_metadata_pb2.GetModelMetadataRequest,
+  lite.GetModelMetadataResponse: get_model_metadata_pb2.GetModelMetadataResponse,
 }
 
 
@@ -51,7 +51,8 @@ def test_lite_protos_live_beside_the_real_ones():
   assert lite.DESCRIPTOR.package == "bertner.tfs"
   assert lite.DESCRIPTOR.name not in {m.DESCRIPTOR.file.name for m in REAL.values()}
   assert {name: types_pb2.DataType.Value(name) for name in lite.DataType.keys()} == dict(
-      lite.DataType.items())
+    lite.DataType.items()
+  )
 
 
 def test_predict_request_lite_to_real():
@@ -69,15 +70,20 @@ def test_predict_request_lite_to_real():
 @pytest.mark.parametrize("encoding", ["tensor_content", "int_val"])
 def test_predict_request_real_to_lite(encoding):
   real = predict_pb2.PredictRequest(
-      model_spec=model_pb2.ModelSpec(name="bert_ner", signature_name="result",
-                                     version_label="stable"))
+    model_spec=model_pb2.ModelSpec(name="bert_ner", signature_name="result", version_label="stable")
+  )
   if encoding == "tensor_content":
     real.inputs["input_ids"].CopyFrom(tf.make_tensor_proto(IDS))
   else:
-    real.inputs["input_ids"].CopyFrom(tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_INT32, int_val=IDS.ravel().tolist(),
+    real.inputs["input_ids"].CopyFrom(
+      tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_INT32,
+        int_val=IDS.ravel().tolist(),
         tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in IDS.shape])))
+          dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in IDS.shape]
+        ),
+      )
+    )
   request = lite.PredictRequest.FromString(real.SerializeToString())
   assert (request.model_spec.name, request.model_spec.version_label) == ("bert_ner", "stable")
   assert request.model_spec.WhichOneof("version_choice") == "version_label"
@@ -85,8 +91,11 @@ def test_predict_request_real_to_lite(encoding):
 
 
 def test_predict_response_both_ways():
-  real = predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(
-      name="bert_ner", signature_name="result", version=wrappers_pb2.Int64Value(value=7)))
+  real = predict_pb2.PredictResponse(
+    model_spec=model_pb2.ModelSpec(
+      name="bert_ner", signature_name="result", version=wrappers_pb2.Int64Value(value=7)
+    )
+  )
   real.outputs["pred_label"].CopyFrom(tf.make_tensor_proto(IDS % 12))
   response = lite.PredictResponse.FromString(real.SerializeToString())
   assert response.model_spec.version.value == 7
@@ -100,24 +109,33 @@ def test_predict_response_both_ways():
 
 
 def test_make_array_reads_a_single_int_val_as_a_fill_and_refuses_other_dtypes():
-  fill = lite.TensorProto(dtype=lite.DT_INT32, int_val=[4], tensor_shape=lite.TensorShapeProto(
-      dim=[lite.TensorShapeProto.Dim(size=2), lite.TensorShapeProto.Dim(size=3)]))
+  fill = lite.TensorProto(
+    dtype=lite.DT_INT32,
+    int_val=[4],
+    tensor_shape=lite.TensorShapeProto(
+      dim=[lite.TensorShapeProto.Dim(size=2), lite.TensorShapeProto.Dim(size=3)]
+    ),
+  )
   np.testing.assert_array_equal(grpc_client.make_array(fill), np.full((2, 3), 4))
   with pytest.raises(common.ClientError, match="DT_FLOAT"):
-    grpc_client.make_array(lite.TensorProto.FromString(
-        tf.make_tensor_proto(np.zeros(3, np.float32)).SerializeToString()))
+    grpc_client.make_array(
+      lite.TensorProto.FromString(tf.make_tensor_proto(np.zeros(3, np.float32)).SerializeToString())
+    )
 
 
 def real_signature_def_map():
   """What TF Serving packs into GetModelMetadataResponse.metadata["signature_def"]."""
   shape = tensor_shape_pb2.TensorShapeProto(
-      dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=-1)] * 2)
+    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=-1)] * 2
+  )
   signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
   for key in ("input_ids", "input_mask"):
-    signature.inputs[key].CopyFrom(meta_graph_pb2.TensorInfo(
-        name=f"{key}:0", dtype=types_pb2.DT_INT32, tensor_shape=shape))
-  signature.outputs["pred_label"].CopyFrom(meta_graph_pb2.TensorInfo(
-      name=OUTPUT_NAME, dtype=types_pb2.DT_INT32, tensor_shape=shape))
+    signature.inputs[key].CopyFrom(
+      meta_graph_pb2.TensorInfo(name=f"{key}:0", dtype=types_pb2.DT_INT32, tensor_shape=shape)
+    )
+  signature.outputs["pred_label"].CopyFrom(
+    meta_graph_pb2.TensorInfo(name=OUTPUT_NAME, dtype=types_pb2.DT_INT32, tensor_shape=shape)
+  )
   signatures = get_model_metadata_pb2.SignatureDefMap()
   signatures.signature_def["result"].CopyFrom(signature)
   signatures.signature_def["serving_default"].CopyFrom(signature)
@@ -125,15 +143,19 @@ def real_signature_def_map():
 
 
 def test_metadata_real_to_lite():
-  real = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=model_pb2.ModelSpec(
-      name="bert_ner", version=wrappers_pb2.Int64Value(value=2)))
+  real = get_model_metadata_pb2.GetModelMetadataResponse(
+    model_spec=model_pb2.ModelSpec(name="bert_ner", version=wrappers_pb2.Int64Value(value=2))
+  )
   real.metadata["signature_def"].Pack(real_signature_def_map())
   response = lite.GetModelMetadataResponse.FromString(real.SerializeToString())
   assert response.metadata["signature_def"].type_url == SIGNATURE_DEF_MAP_URL
-  assert grpc_client.output_names(response) == {"result": [OUTPUT_NAME],
-                                                "serving_default": [OUTPUT_NAME]}
+  assert grpc_client.output_names(response) == {
+    "result": [OUTPUT_NAME],
+    "serving_default": [OUTPUT_NAME],
+  }
   signature = lite.SignatureDefMap.FromString(
-      response.metadata["signature_def"].value).signature_def["result"]
+    response.metadata["signature_def"].value
+  ).signature_def["result"]
   assert signature.method_name == "tensorflow/serving/predict"
   assert signature.inputs["input_mask"].name == "input_mask:0"
   assert signature.outputs["pred_label"].dtype == lite.DT_INT32
@@ -143,8 +165,9 @@ def test_metadata_real_to_lite():
 def test_metadata_lite_to_real():
   lite_map = lite.SignatureDefMap.FromString(real_signature_def_map().SerializeToString())
   response = lite.GetModelMetadataResponse(model_spec=lite.ModelSpec(name="bert_ner"))
-  response.metadata["signature_def"].CopyFrom(any_pb2.Any(
-      type_url=SIGNATURE_DEF_MAP_URL, value=lite_map.SerializeToString()))
+  response.metadata["signature_def"].CopyFrom(
+    any_pb2.Any(type_url=SIGNATURE_DEF_MAP_URL, value=lite_map.SerializeToString())
+  )
   real = get_model_metadata_pb2.GetModelMetadataResponse.FromString(response.SerializeToString())
   signatures = get_model_metadata_pb2.SignatureDefMap()
   assert real.metadata["signature_def"].Unpack(signatures)
@@ -153,8 +176,9 @@ def test_metadata_lite_to_real():
 
 
 def test_metadata_request_both_ways():
-  request = lite.GetModelMetadataRequest(model_spec=lite.ModelSpec(name="bert_ner"),
-                                         metadata_field=["signature_def"])
+  request = lite.GetModelMetadataRequest(
+    model_spec=lite.ModelSpec(name="bert_ner"), metadata_field=["signature_def"]
+  )
   real = get_model_metadata_pb2.GetModelMetadataRequest.FromString(request.SerializeToString())
   assert real.model_spec.name == "bert_ner" and list(real.metadata_field) == ["signature_def"]
   assert lite.GetModelMetadataRequest.FromString(real.SerializeToString()) == request

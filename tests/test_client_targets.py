@@ -45,21 +45,29 @@ def assets(tmp_path_factory):
 # ---------------------------------------------------------------- --server parsing
 
 
-@pytest.mark.parametrize("server,schemes,expected", [
+@pytest.mark.parametrize(
+  "server,schemes,expected",
+  [
     ("h:1", (), (None, ["h:1"])),
     ("127.0.0.1:8500,127.0.0.1:8501", (), (None, ["127.0.0.1:8500", "127.0.0.1:8501"])),
     (" a:1 , b:2 ", (), (None, ["a:1", "b:2"])),
     ("[::1]:8500", (), (None, ["[::1]:8500"])),
-    ("dns:///bert-ner-grpc.default.svc.cluster.local:8500", grpc_client.TARGET_SCHEMES,
-     ("dns", ["bert-ner-grpc.default.svc.cluster.local:8500"])),
+    (
+      "dns:///bert-ner-grpc.default.svc.cluster.local:8500",
+      grpc_client.TARGET_SCHEMES,
+      ("dns", ["bert-ner-grpc.default.svc.cluster.local:8500"]),
+    ),
     ("http://h:8501,h2:8501", rest_client.SCHEMES, ("http", ["h:8501", "h2:8501"])),
     ("https://h:443/", rest_client.SCHEMES, ("https", ["h:443"])),
-])
+  ],
+)
 def test_split_servers(server, schemes, expected):
   assert common.split_servers(server, schemes) == expected
 
 
-@pytest.mark.parametrize("server,error", [
+@pytest.mark.parametrize(
+  "server,error",
+  [
     ("", "--server is empty"),
     ("   ", "--server is empty"),
     ("127.0.0.1:99999", "port 99999 is not in 1-65535"),
@@ -68,19 +76,23 @@ def test_split_servers(server, schemes, expected):
     ("localhost", "'localhost' is not host:port"),
     ("a:1,,b:2", "'' is not host:port"),
     ("h:port", "'h:port' is not host:port"),
-])
+  ],
+)
 def test_split_servers_refuses(server, error):
   with pytest.raises(common.ClientError, match=error.replace("(", r"\(")):
     common.split_servers(server, grpc_client.TARGET_SCHEMES)
 
 
-@pytest.mark.parametrize("server,target", [
+@pytest.mark.parametrize(
+  "server,target",
+  [
     ("h:1", "h:1"),
     ("dns:///svc.ns:8500", "dns:///svc.ns:8500"),
     ("127.0.0.1:1,127.0.0.2:2", "ipv4:///127.0.0.1:1,127.0.0.2:2"),
     ("localhost:1,127.0.0.1:2", "ipv4:///127.0.0.1:1,127.0.0.1:2"),
     ("[::1]:1,[::1]:2", "ipv6:///[::1]:1,[::1]:2"),
-])
+  ],
+)
 def test_grpc_channel_target(server, target):
   assert grpc_client.channel_target(server) == target
 
@@ -105,7 +117,9 @@ def test_the_grpc_service_config_balances_and_retries_unavailable():
 IDS = np.array([[101, 5, 102], [101, 6, 102]], np.int32)
 
 
-@pytest.mark.parametrize("pred,error", [
+@pytest.mark.parametrize(
+  "pred,error",
+  [
     ([[10, 0, 11], [10, 0, 11]], None),
     ([[10, 0, 11]], r"shape \[1, 3\] for input_ids of shape \[2, 3\]"),
     ([[10, 0], [10, 0]], r"shape \[2, 2\]"),
@@ -118,7 +132,8 @@ IDS = np.array([[101, 5, 102], [101, 6, 102]], np.int32)
     ([[10, None, 11], [10, 0, 11]], "non-integer label id: null"),
     ([[10, 0, 11], [10, 0]], "ragged"),
     (np.zeros([2, 3], np.float32), "float32 label ids, not integers"),
-])
+  ],
+)
 def test_check_labels(pred, error):
   if error is None:
     checked = common.check_labels(pred, IDS, 12)
@@ -128,15 +143,31 @@ def test_check_labels(pred, error):
       common.check_labels(pred, IDS, 12)
 
 
-@pytest.mark.parametrize("tensor,error", [
-    (lite.TensorProto(dtype=lite.DT_INT32, tensor_shape=lite.TensorShapeProto(
-        dim=[lite.TensorShapeProto.Dim(size=2), lite.TensorShapeProto.Dim(size=3)]),
-        tensor_content=np.zeros(5, "<i4").tobytes()), r"shape \[2, 3\] holds 5 values"),
-    (lite.TensorProto(dtype=lite.DT_INT32, tensor_shape=lite.TensorShapeProto(
-        dim=[lite.TensorShapeProto.Dim(size=-1)]), int_val=[1, 2]), "negative dimension"),
+@pytest.mark.parametrize(
+  "tensor,error",
+  [
+    (
+      lite.TensorProto(
+        dtype=lite.DT_INT32,
+        tensor_shape=lite.TensorShapeProto(
+          dim=[lite.TensorShapeProto.Dim(size=2), lite.TensorShapeProto.Dim(size=3)]
+        ),
+        tensor_content=np.zeros(5, "<i4").tobytes(),
+      ),
+      r"shape \[2, 3\] holds 5 values",
+    ),
+    (
+      lite.TensorProto(
+        dtype=lite.DT_INT32,
+        tensor_shape=lite.TensorShapeProto(dim=[lite.TensorShapeProto.Dim(size=-1)]),
+        int_val=[1, 2],
+      ),
+      "negative dimension",
+    ),
     (lite.TensorProto(dtype=9999), "expected an int32 output, got dtype 9999"),
     (lite.TensorProto(dtype=lite.DT_FLOAT), "expected an int32 output, got DT_FLOAT"),
-])
+  ],
+)
 def test_grpc_output_tensor_checks(tensor, error):
   with pytest.raises(common.ClientError, match=error):
     grpc_client.make_array(tensor)
@@ -170,14 +201,14 @@ def bad_server():
 
 # The sentence is one row of 6 sub-tokens: [CLS] eu rejects german call [SEP].
 REST_ANSWERS = [
-    ({}, "server answer has no 'pred_label' outputs: {}"),
-    ([], "server answer has no 'pred_label' outputs: \\[\\]"),
-    ({"outputs": {"other": [[0] * 6]}}, "no 'pred_label' outputs"),
-    ({"outputs": [[0] * 5]}, r"shape \[1, 5\] for input_ids of shape \[1, 6\]"),
-    ({"outputs": [[0] * 6, [0] * 6]}, r"shape \[2, 6\]"),
-    ({"outputs": [[10, -3, 0, 0, 0, 11]]}, "label id -3"),
-    ({"outputs": [[10, 99, 0, 0, 0, 11]]}, "label id 99"),
-    ({"outputs": [[10, 1.7, 0, 0, 0, 11]]}, "non-integer label id: 1.7"),
+  ({}, "server answer has no 'pred_label' outputs: {}"),
+  ([], "server answer has no 'pred_label' outputs: \\[\\]"),
+  ({"outputs": {"other": [[0] * 6]}}, "no 'pred_label' outputs"),
+  ({"outputs": [[0] * 5]}, r"shape \[1, 5\] for input_ids of shape \[1, 6\]"),
+  ({"outputs": [[0] * 6, [0] * 6]}, r"shape \[2, 6\]"),
+  ({"outputs": [[10, -3, 0, 0, 0, 11]]}, "label id -3"),
+  ({"outputs": [[10, 99, 0, 0, 0, 11]]}, "label id 99"),
+  ({"outputs": [[10, 1.7, 0, 0, 0, 11]]}, "non-integer label id: 1.7"),
 ]
 
 
@@ -190,16 +221,22 @@ def test_rest_bad_answers_are_one_line_errors(bad_server, assets, answer, error)
 
 
 def int_tensor(shape, values):
-  return lite.TensorProto(dtype=lite.DT_INT32, tensor_shape=lite.TensorShapeProto(
-      dim=[lite.TensorShapeProto.Dim(size=n) for n in shape]), int_val=values)
+  return lite.TensorProto(
+    dtype=lite.DT_INT32,
+    tensor_shape=lite.TensorShapeProto(dim=[lite.TensorShapeProto.Dim(size=n) for n in shape]),
+    int_val=values,
+  )
 
 
-@pytest.mark.parametrize("tensor,error", [
+@pytest.mark.parametrize(
+  "tensor,error",
+  [
     (int_tensor([1, 5], [0] * 5), r"shape \[1, 5\] for input_ids of shape \[1, 6\]"),
     (int_tensor([1, 6], [10, -3, 0, 0, 0, 11]), "label id -3"),
     (int_tensor([1, 6], [10, 99, 0, 0, 0, 11]), "label id 99"),
     (int_tensor([2, 6], [0] * 11), r"shape \[2, 6\] holds 11 values"),
-])
+  ],
+)
 @pytest.mark.slow  # runs the client scripts
 def test_grpc_bad_answers_are_one_line_errors(bad_server, assets, tensor, error):
   bad_server.grpc_answer = tensor
@@ -211,7 +248,9 @@ def test_grpc_bad_answers_are_one_line_errors(bad_server, assets, tensor, error)
 
 
 @pytest.mark.parametrize("transport", SCRIPTS)
-@pytest.mark.parametrize("args,error", [
+@pytest.mark.parametrize(
+  "args,error",
+  [
     (["--server", "127.0.0.1:99999"], "port 99999 is not in 1-65535"),
     (["--server", ""], "--server is empty"),
     (["--server", "ftp://example.org:21"], "scheme 'ftp' not supported"),
@@ -220,7 +259,8 @@ def test_grpc_bad_answers_are_one_line_errors(bad_server, assets, tensor, error)
     (["--timeout", "-1"], "must be positive"),
     (["--timeout", "soon"], "invalid float value: 'soon'"),
     (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
-])
+  ],
+)
 @pytest.mark.slow  # runs the client scripts
 def test_bad_arguments_are_one_line_errors(assets, transport, args, error):
   result = run_script(transport, "--assets", assets, *args, SENTENCE)
@@ -231,8 +271,13 @@ def run_bytes(transport, args, stdin=b""):
   """A client script with raw bytes arguments and stdin; returns the CompletedProcess."""
   env = dict(os.environ, LC_ALL="C.UTF-8")
   env.pop("BERT_NER_ASSETS", None)
-  result = subprocess.run([sys.executable, str(SCRIPTS[transport]), *args], input=stdin,
-                          capture_output=True, env=env, timeout=CALL_TIMEOUT)
+  result = subprocess.run(
+    [sys.executable, str(SCRIPTS[transport]), *args],
+    input=stdin,
+    capture_output=True,
+    env=env,
+    timeout=CALL_TIMEOUT,
+  )
   result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
   return result
 
@@ -240,17 +285,24 @@ def run_bytes(transport, args, stdin=b""):
 @pytest.mark.slow  # runs the client scripts
 @pytest.mark.parametrize("transport", SCRIPTS)
 def test_invalid_utf8_in_argv_is_a_one_line_error(assets, transport):
-  result = run_bytes(transport, ["--assets", str(assets), "--server", "127.0.0.1:9",
-                                 "EU", b"caf\xe9 Berlin"])
-  assert_one_line_error(result, r"sentence argument 2 is not valid UTF-8 \(byte 0xe9 at "
-                                r"character 3\)")
+  result = run_bytes(
+    transport, ["--assets", str(assets), "--server", "127.0.0.1:9", "EU", b"caf\xe9 Berlin"]
+  )
+  assert_one_line_error(
+    result,
+    r"sentence argument 2 is not valid UTF-8 \(byte 0xe9 at "
+    r"character 3\)",
+  )
 
 
 @pytest.mark.slow  # runs the client scripts
 @pytest.mark.parametrize("transport", SCRIPTS)
 def test_invalid_utf8_on_stdin_is_a_one_line_error(assets, transport):
-  result = run_bytes(transport, ["--assets", str(assets), "--server", "127.0.0.1:9",
-                                 "--file", "-"], stdin=b"EU rejects\nGerman \xff\xfe call\n")
+  result = run_bytes(
+    transport,
+    ["--assets", str(assets), "--server", "127.0.0.1:9", "--file", "-"],
+    stdin=b"EU rejects\nGerman \xff\xfe call\n",
+  )
   assert_one_line_error(result, r"stdin is not valid UTF-8 \(byte 0xff at byte offset 18\)")
 
 
@@ -296,9 +348,11 @@ class TrickleServer:
 HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n"
 
 
-@pytest.mark.parametrize("prefix,answer", [(b"", HEADERS + b"{" + b" " * 38 + b"}"),
-                                           (HEADERS, b"{" + b" " * 38 + b"}")],
-                         ids=["headers trickled", "body trickled"])
+@pytest.mark.parametrize(
+  "prefix,answer",
+  [(b"", HEADERS + b"{" + b" " * 38 + b"}"), (HEADERS, b"{" + b" " * 38 + b"}")],
+  ids=["headers trickled", "body trickled"],
+)
 @pytest.mark.slow  # 2 s by design (a trickling server)
 def test_rest_timeout_bounds_the_whole_request(assets, prefix, answer):
   server = TrickleServer(answer, prefix)
@@ -318,8 +372,9 @@ def test_rest_script_abandons_a_trickling_server(assets):
   server = TrickleServer(HEADERS + b"{" + b" " * 38 + b"}", interval=2.0)
   try:
     started = time.monotonic()
-    result = run_script("rest", "--server", server.address, "--assets", assets, "--timeout", "3",
-                        SENTENCE)
+    result = run_script(
+      "rest", "--server", server.address, "--assets", assets, "--timeout", "3", SENTENCE
+    )
     elapsed = time.monotonic() - started
   finally:
     server.close()
@@ -344,7 +399,8 @@ def test_rest_fails_over_to_the_next_target_and_stays_there(assets):
     client = rest_client.RestNerClient(f"{dead},{server.rest_address}", assets=assets)
     client.check_fingerprint()
     assert [[e.text for e in entities] for entities in client.predict([SENTENCE])] == [
-        ["EU", "German"]]
+      ["EU", "German"]
+    ]
     assert client.current == 1
   finally:
     server.close()
@@ -395,8 +451,9 @@ def test_rest_fails_over_on_503(assets):
 def test_all_targets_down_is_one_line_error(assets):
   servers = f"127.0.0.1:{closed_port()},127.0.0.1:{closed_port()}"
   for transport in SCRIPTS:
-    result = run_script(transport, "--server", servers, "--assets", assets, "--timeout", "5",
-                        SENTENCE)
+    result = run_script(
+      transport, "--server", servers, "--assets", assets, "--timeout", "5", SENTENCE
+    )
     assert_one_line_error(result, "server unreachable at 127.0.0.1:")
 
 
@@ -408,13 +465,23 @@ def test_grpc_retries_unavailable_calls(assets):
     calls.append(time.monotonic())
     if len(calls) == 1:
       context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
-    return lite.PredictResponse(outputs={"pred_label": grpc_client.make_tensor(
-        np.zeros([1, 6], np.int32))})
+    return lite.PredictResponse(
+      outputs={"pred_label": grpc_client.make_tensor(np.zeros([1, 6], np.int32))}
+    )
 
   server = grpc.server(futures.ThreadPoolExecutor(2))
-  server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-      "tensorflow.serving.PredictionService", {"Predict": grpc.unary_unary_rpc_method_handler(
-          predict, lite.PredictRequest.FromString, lite.PredictResponse.SerializeToString)})])
+  server.add_generic_rpc_handlers(
+    [
+      grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService",
+        {
+          "Predict": grpc.unary_unary_rpc_method_handler(
+            predict, lite.PredictRequest.FromString, lite.PredictResponse.SerializeToString
+          )
+        },
+      )
+    ]
+  )
   port = server.add_insecure_port("127.0.0.1:0")
   server.start()
   try:

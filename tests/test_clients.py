@@ -21,11 +21,26 @@ from clients.tfs_protos import tfs_lite_pb2 as lite
 from e2e_support import LABELS, free_port, make_checkpoint
 
 REPO_ROOT = common.REPO_ROOT
-SCRIPTS = {"grpc": REPO_ROOT / "clients" / "grpc_client.py",
-           "rest": REPO_ROOT / "clients" / "rest_client.py"}
+SCRIPTS = {
+  "grpc": REPO_ROOT / "clients" / "grpc_client.py",
+  "rest": REPO_ROOT / "clients" / "rest_client.py",
+}
 CLASSES = {"grpc": grpc_client.GrpcNerClient, "rest": rest_client.RestNerClient}
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "eu", "rejects", "german", "call", "to", "boycott",
-         "british", "lamb", "."]
+VOCAB = [
+  "[PAD]",
+  "[UNK]",
+  "[CLS]",
+  "[SEP]",
+  "eu",
+  "rejects",
+  "german",
+  "call",
+  "to",
+  "boycott",
+  "british",
+  "lamb",
+  ".",
+]
 FAKE_TAGS = {"eu": "B-ORG", "german": "B-MISC", "british": "B-MISC"}
 FINGERPRINT = "0123456789abcdef"
 SENTENCE = "EU rejects German call"
@@ -38,9 +53,17 @@ def write_assets(path, fingerprint=FINGERPRINT, max_seq_length=16):
   path.mkdir(parents=True, exist_ok=True)
   (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
   (path / "label2id.json").write_text(json.dumps({label: i for i, label in enumerate(LABELS)}))
-  (path / "ner_config.json").write_text(json.dumps({
-      "head": "dense", "do_lower_case": True, "max_seq_length": max_seq_length,
-      "labels": LABELS, "fingerprint": fingerprint}))
+  (path / "ner_config.json").write_text(
+    json.dumps(
+      {
+        "head": "dense",
+        "do_lower_case": True,
+        "max_seq_length": max_seq_length,
+        "labels": LABELS,
+        "fingerprint": fingerprint,
+      }
+    )
+  )
   return path
 
 
@@ -48,8 +71,15 @@ def run_script(transport, *args, stdin=None, env=None, cwd=None, timeout=CALL_TI
   """Runs a client script; returns the CompletedProcess."""
   if env is None:
     env = {k: v for k, v in os.environ.items() if k != "BERT_NER_ASSETS"}
-  return subprocess.run([sys.executable, str(SCRIPTS[transport]), *map(str, args)], input=stdin,
-                        capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, str(SCRIPTS[transport]), *map(str, args)],
+    input=stdin,
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=cwd,
+    timeout=timeout,
+  )
 
 
 def assert_one_line_error(result, pattern):
@@ -66,39 +96,91 @@ def test_flags(transport, port):
   module = {"grpc": grpc_client, "rest": rest_client}[transport]
   parser = common.build_parser(module.__doc__, f"localhost:{port}")
   args = parser.parse_args(["a b"])
-  assert (args.texts, args.server, args.model, args.signature, args.timeout, args.assets,
-          args.file, args.json, args.batch_size) == (
-              ["a b"], f"localhost:{port}", "bert_ner", "result", 10.0, None, None, False, 64)
-  args = parser.parse_args(["--server", "h:1", "--model", "m", "--signature", "s", "--timeout",
-                            "2.5", "--assets", "dir", "--file", "-", "--json", "--batch_size", "8"])
-  assert (args.texts, args.server, args.model, args.signature, args.timeout, args.assets,
-          args.file, args.json, args.batch_size) == ([], "h:1", "m", "s", 2.5, "dir", "-", True, 8)
+  assert (
+    args.texts,
+    args.server,
+    args.model,
+    args.signature,
+    args.timeout,
+    args.assets,
+    args.file,
+    args.json,
+    args.batch_size,
+  ) == (["a b"], f"localhost:{port}", "bert_ner", "result", 10.0, None, None, False, 64)
+  args = parser.parse_args(
+    [
+      "--server",
+      "h:1",
+      "--model",
+      "m",
+      "--signature",
+      "s",
+      "--timeout",
+      "2.5",
+      "--assets",
+      "dir",
+      "--file",
+      "-",
+      "--json",
+      "--batch_size",
+      "8",
+    ]
+  )
+  assert (
+    args.texts,
+    args.server,
+    args.model,
+    args.signature,
+    args.timeout,
+    args.assets,
+    args.file,
+    args.json,
+    args.batch_size,
+  ) == ([], "h:1", "m", "s", 2.5, "dir", "-", True, 8)
 
 
 @pytest.mark.slow  # runs the client scripts
 @pytest.mark.parametrize("transport", SCRIPTS)
 def test_scripts_help_from_the_repo_root(transport):
-  result = subprocess.run([sys.executable, f"clients/{transport}_client.py", "--help"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=CALL_TIMEOUT)
+  result = subprocess.run(
+    [sys.executable, f"clients/{transport}_client.py", "--help"],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=CALL_TIMEOUT,
+  )
   assert result.returncode == 0 and result.stderr == ""
-  for flag in ("--file", "--server", "--model", "--signature", "--timeout", "--assets", "--json",
-               "--batch_size", f"localhost:{8500 if transport == 'grpc' else 8501}"):
+  for flag in (
+    "--file",
+    "--server",
+    "--model",
+    "--signature",
+    "--timeout",
+    "--assets",
+    "--json",
+    "--batch_size",
+    f"localhost:{8500 if transport == 'grpc' else 8501}",
+  ):
     assert flag in result.stdout
 
 
-@pytest.mark.parametrize("argv,error", [
+@pytest.mark.parametrize(
+  "argv,error",
+  [
     ([], "give sentences or --file"),
     (["x", "--batch_size", "0"], "must be positive"),
     (["x", "--timeout", "0"], "must be positive"),
-])
+  ],
+)
 def test_usage_errors(capsys, argv, error):
   with pytest.raises(SystemExit) as exit_info:
     common.main(grpc_client.GrpcNerClient, "doc", "localhost:8500", argv)
   assert exit_info.value.code == 2 and error in capsys.readouterr().err
 
 
-def test_find_assets_takes_the_highest_version_of_the_first_root_that_has_one(tmp_path,
-                                                                              monkeypatch):
+def test_find_assets_takes_the_highest_version_of_the_first_root_that_has_one(
+  tmp_path, monkeypatch
+):
   monkeypatch.delenv("BERT_NER_ASSETS", raising=False)
   base = tmp_path / "b" / "models" / "bert_ner"
   for version in ("2", "10", "9"):
@@ -140,15 +222,24 @@ class StubClient(common.NerClient):
     return self.signatures
 
 
-@pytest.mark.parametrize("signature,signatures,error", [
+@pytest.mark.parametrize(
+  "signature,signatures,error",
+  [
     ("result", {"result": [f"ner_{FINGERPRINT}/pred_label:0"]}, None),
     ("result", {"result": ["x:0", f"ner_{FINGERPRINT}/pred_label:0"], "other": []}, None),
-    ("result", {"result": ["ner_fedcba9876543210/pred_label:0"]},
-     "fingerprint mismatch .*server has fedcba9876543210.* have 0123456789abcdef"),
-    ("nope", {"result": [f"ner_{FINGERPRINT}/pred_label:0"], "serving_default": []},
-     "signature 'nope' not found in model 'bert_ner' \\(has: result, serving_default\\)"),
+    (
+      "result",
+      {"result": ["ner_fedcba9876543210/pred_label:0"]},
+      "fingerprint mismatch .*server has fedcba9876543210.* have 0123456789abcdef",
+    ),
+    (
+      "nope",
+      {"result": [f"ner_{FINGERPRINT}/pred_label:0"], "serving_default": []},
+      "signature 'nope' not found in model 'bert_ner' \\(has: result, serving_default\\)",
+    ),
     ("result", {"result": ["pred_label:0"]}, "no ner_<fingerprint> output"),
-])
+  ],
+)
 def test_check_fingerprint(tmp_path, signature, signatures, error):
   client = StubClient(write_assets(tmp_path), signatures, signature)
   if error is None:
@@ -158,13 +249,16 @@ def test_check_fingerprint(tmp_path, signature, signatures, error):
       client.check_fingerprint()
 
 
-@pytest.mark.parametrize("code,expected", [
+@pytest.mark.parametrize(
+  "code,expected",
+  [
     ("UNAVAILABLE", "server unreachable at host:1: a b"),
     ("DEADLINE_EXCEEDED", "timeout: no answer from host:1 within 10s: a b"),
     ("NOT_FOUND", "not found on host:1 (model 'bert_ner', signature 'result'): a b"),
     ("INVALID_ARGUMENT", "server rejected the request (INVALID_ARGUMENT): a b"),
     ("INTERNAL", "server error INTERNAL: a b"),
-])
+  ],
+)
 def test_error_messages_are_one_line(tmp_path, code, expected):
   client = StubClient(write_assets(tmp_path), {})
   assert str(client.error(code, " a\n  b\n")) == expected
@@ -172,11 +266,19 @@ def test_error_messages_are_one_line(tmp_path, code, expected):
 
 @pytest.mark.slow  # runs a subprocess
 def test_client_modules_do_not_import_tensorflow():
-  code = ("import sys, clients.grpc_client, clients.rest_client; "
-          "print(sorted({m.split('.')[0] for m in sys.modules} & "
-          "{'tensorflow', 'tensorflow_serving', 'keras', 'tf_keras', 'jax', 'torch'}))")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO_ROOT, timeout=CALL_TIMEOUT, check=True)
+  code = (
+    "import sys, clients.grpc_client, clients.rest_client; "
+    "print(sorted({m.split('.')[0] for m in sys.modules} & "
+    "{'tensorflow', 'tensorflow_serving', 'keras', 'tf_keras', 'jax', 'torch'}))"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    cwd=REPO_ROOT,
+    timeout=CALL_TIMEOUT,
+    check=True,
+  )
   assert result.stdout.strip() == "[]"
 
 
@@ -193,14 +295,25 @@ class FakeServing:
     self.output_name = f"ner_{fingerprint}/pred_label:0"
     self.delay, self.shapes, self.metadata_calls = 0.0, [], 0
     self.grpc = grpc.server(futures.ThreadPoolExecutor(4))
-    self.grpc.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "tensorflow.serving.PredictionService", {
+    self.grpc.add_generic_rpc_handlers(
+      [
+        grpc.method_handlers_generic_handler(
+          "tensorflow.serving.PredictionService",
+          {
             "Predict": grpc.unary_unary_rpc_method_handler(
-                self._grpc_predict, lite.PredictRequest.FromString,
-                lite.PredictResponse.SerializeToString),
+              self._grpc_predict,
+              lite.PredictRequest.FromString,
+              lite.PredictResponse.SerializeToString,
+            ),
             "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
-                self._grpc_metadata, lite.GetModelMetadataRequest.FromString,
-                lite.GetModelMetadataResponse.SerializeToString)})])
+              self._grpc_metadata,
+              lite.GetModelMetadataRequest.FromString,
+              lite.GetModelMetadataResponse.SerializeToString,
+            ),
+          },
+        )
+      ]
+    )
     self.grpc_address = f"127.0.0.1:{self.grpc.add_insecure_port('127.0.0.1:0')}"
     self.grpc.start()
     fake = self
@@ -212,8 +325,9 @@ class FakeServing:
         self._answer(*fake.rest("GET", self.path, None))
 
       def do_POST(self):
-        self._answer(*fake.rest("POST", self.path, self.rfile.read(
-            int(self.headers["Content-Length"]))))
+        self._answer(
+          *fake.rest("POST", self.path, self.rfile.read(int(self.headers["Content-Length"])))
+        )
 
       def _answer(self, status, body):
         data = json.dumps(body).encode()
@@ -270,8 +384,9 @@ class FakeServing:
     if error:
       context.abort(getattr(grpc.StatusCode, error[0]), error[1])
     response = lite.GetModelMetadataResponse(model_spec=request.model_spec)
-    response.metadata["signature_def"].type_url = (
-        "type.googleapis.com/tensorflow.serving.SignatureDefMap")
+    response.metadata[
+      "signature_def"
+    ].type_url = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
     response.metadata["signature_def"].value = self.signature_def_map().SerializeToString()
     return response
 
@@ -281,15 +396,18 @@ class FakeServing:
     if not match:
       return 404, {"error": "Malformed request"}
     body = json.loads(body) if body else {}
-    error = self.check(match.group(1), body.get("signature_name", "serving_default")
-                       if method == "POST" else None)
+    error = self.check(
+      match.group(1), body.get("signature_name", "serving_default") if method == "POST" else None
+    )
     if error:
       return {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400}[error[0]], {"error": error[1]}
     if method == "POST":
       return 200, {"outputs": self.predict(np.array(body["inputs"]["input_ids"])).tolist()}
     self.metadata_calls += 1
-    signatures = {name: {"outputs": {"pred_label": {"name": self.output_name}}}
-                  for name in self.signature_def_map().signature_def}
+    signatures = {
+      name: {"outputs": {"pred_label": {"name": self.output_name}}}
+      for name in self.signature_def_map().signature_def
+    }
     return 200, {"metadata": {"signature_def": {"signature_def": signatures}}}
 
 
@@ -321,8 +439,11 @@ def test_predict_batches_and_pads_to_the_longest_row(fake, fake_assets, transpor
   client.check_fingerprint()
   result = client.predict([SENTENCE, "", "british lamb", "EU ."], batch_size=2)
   assert [[(e.type, e.text, e.start, e.end) for e in entities] for entities in result] == [
-      [("ORG", "EU", 0, 2), ("MISC", "German", 11, 17)], [], [("MISC", "british", 0, 7)],
-      [("ORG", "EU", 0, 2)]]
+    [("ORG", "EU", 0, 2), ("MISC", "German", 11, 17)],
+    [],
+    [("MISC", "british", 0, 7)],
+    [("ORG", "EU", 0, 2)],
+  ]
   assert fake.shapes == [(2, 4), (1, 6)]  # shortest rows first, each batch padded to its longest
 
 
@@ -331,14 +452,19 @@ def test_long_input_goes_through_windowing(fake, fake_assets, transport):
   text = " ".join(["EU"] + ["call to boycott lamb ."] * 8 + ["German"])
   entities = client.predict([text])[0]
   assert [(e.type, e.start, e.end) for e in entities] == [
-      ("ORG", 0, 2), ("MISC", len(text) - 6, len(text))]
+    ("ORG", 0, 2),
+    ("MISC", len(text) - 6, len(text)),
+  ]
   assert len(fake.shapes) == 1 and fake.shapes[0][0] > 2 and fake.shapes[0][1] == 16
 
 
-@pytest.mark.parametrize("model,signature,error", [
+@pytest.mark.parametrize(
+  "model,signature,error",
+  [
     ("nope", "result", "not found on .*model 'nope'.*Servable not found"),
     ("bert_ner", "nope", r"server rejected the request \(INVALID_ARGUMENT\): Serving signature"),
-])
+  ],
+)
 def test_server_side_errors(fake, fake_assets, transport, model, signature, error):
   client = CLASSES[transport](fake.address(transport), model, signature, assets=fake_assets)
   with pytest.raises(common.ClientError, match=error):
@@ -347,8 +473,9 @@ def test_server_side_errors(fake, fake_assets, transport, model, signature, erro
 
 def test_predict_checks_the_fingerprint_once_per_client(fake, fake_assets, tmp_path, transport):
   # README: the client refuses a mismatch; the Python API as much as the scripts.
-  skewed = CLASSES[transport](fake.address(transport),
-                              assets=write_assets(tmp_path, fingerprint="fedcba9876543210"))
+  skewed = CLASSES[transport](
+    fake.address(transport), assets=write_assets(tmp_path, fingerprint="fedcba9876543210")
+  )
   with pytest.raises(common.ClientError, match="fingerprint mismatch .*server has 0123456789abc"):
     skewed.predict([SENTENCE])
   assert fake.shapes == []  # refused before any Predict
@@ -383,8 +510,7 @@ def test_scripts_tag_sentences_files_and_stdin(fake, fake_assets, tmp_path):
     assert [r["text"] for r in records] == lines
     assert records[2]["entities"] == [{"type": "MISC", "text": "british", "start": 8, "end": 15}]
     # --document: the lines go as one document; this token-wise fake tags them alike.
-    document = run_script(transport, "--file", tmp_path / "in.txt", "--json", "--document",
-                          *flags)
+    document = run_script(transport, "--file", tmp_path / "in.txt", "--json", "--document", *flags)
     assert (document.returncode, document.stdout) == (0, as_json.stdout), document.stderr
     outputs[transport] = text.stdout + as_json.stdout
   assert outputs["grpc"] == outputs["rest"]
@@ -393,21 +519,36 @@ def test_scripts_tag_sentences_files_and_stdin(fake, fake_assets, tmp_path):
 @pytest.mark.slow  # runs the client scripts
 def test_scripts_fail_with_one_line(fake, fake_assets, tmp_path, transport):
   flags = ["--assets", fake_assets]
-  assert_one_line_error(run_script(transport, SENTENCE, "--server", f"127.0.0.1:{free_port()}",
-                                   *flags), "server unreachable at 127.0.0.1:")
+  assert_one_line_error(
+    run_script(transport, SENTENCE, "--server", f"127.0.0.1:{free_port()}", *flags),
+    "server unreachable at 127.0.0.1:",
+  )
   address = ["--server", fake.address(transport)]
-  assert_one_line_error(run_script(transport, SENTENCE, *address, *flags, "--model", "nope"),
-                        "not found on .*model 'nope'")
-  assert_one_line_error(run_script(transport, SENTENCE, *address, *flags, "--signature", "nope"),
-                        "signature 'nope' not found in model 'bert_ner'")
+  assert_one_line_error(
+    run_script(transport, SENTENCE, *address, *flags, "--model", "nope"),
+    "not found on .*model 'nope'",
+  )
+  assert_one_line_error(
+    run_script(transport, SENTENCE, *address, *flags, "--signature", "nope"),
+    "signature 'nope' not found in model 'bert_ner'",
+  )
   skewed = write_assets(tmp_path / "skewed", fingerprint="fedcba9876543210")
-  assert_one_line_error(run_script(transport, SENTENCE, *address, "--assets", skewed),
-                        "fingerprint mismatch")
-  assert_one_line_error(run_script(transport, SENTENCE, *address, cwd=tmp_path,
-                                   env=dict(os.environ, BERT_NER_ASSETS=str(tmp_path / "no"))),
-                        "missing assets: .*vocab.txt not found")
-  assert_one_line_error(run_script(transport, "--file", tmp_path / "absent.txt", *address, *flags),
-                        "cannot read")
+  assert_one_line_error(
+    run_script(transport, SENTENCE, *address, "--assets", skewed), "fingerprint mismatch"
+  )
+  assert_one_line_error(
+    run_script(
+      transport,
+      SENTENCE,
+      *address,
+      cwd=tmp_path,
+      env=dict(os.environ, BERT_NER_ASSETS=str(tmp_path / "no")),
+    ),
+    "missing assets: .*vocab.txt not found",
+  )
+  assert_one_line_error(
+    run_script(transport, "--file", tmp_path / "absent.txt", *address, *flags), "cannot read"
+  )
 
 
 # ---------------------------------------------------------------- end to end: export + server
@@ -423,16 +564,44 @@ def served(tiny_bert_dir, tmp_path_factory):
   work = tmp_path_factory.mktemp("served")
   base = work / "models" / "bert_ner"
   ckpt = make_checkpoint(tiny_bert_dir, work / "ckpt")
-  export = subprocess.run([sys.executable, "-m", "export", "--checkpoint", ckpt,
-                           "--model_base_path", base, "--verify_sentences", "4"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  export = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "export",
+      "--checkpoint",
+      ckpt,
+      "--model_base_path",
+      base,
+      "--verify_sentences",
+      "4",
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert export.returncode == 0, export.stderr[-2000:]
   log = work / "server.log"
   with open(log, "w") as out:
     server = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0", "--rest_api_port", "0", "--model_name",
-         "bert_ner", "--model_base_path", str(base)],
-        cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+      [
+        sys.executable,
+        "-m",
+        "server",
+        "--port",
+        "0",
+        "--rest_api_port",
+        "0",
+        "--model_name",
+        "bert_ner",
+        "--model_base_path",
+        str(base),
+      ],
+      cwd=REPO_ROOT,
+      stdout=out,
+      stderr=subprocess.STDOUT,
+    )
   try:
     deadline = time.monotonic() + 300
     while not (ready := re.search(r"gRPC (\S+) REST http://(\S+)", log.read_text())):
@@ -456,15 +625,24 @@ def test_e2e_grpc_and_rest_scripts_agree(served):
   outputs = {}
   for transport, address in (("grpc", grpc_address), ("rest", rest_address)):
     text = run_script(transport, *E2E_SENTENCES, "--server", address, cwd=work)
-    as_json = run_script(transport, "--file", work / "in.txt", "--json", "--server", address,
-                         "--batch_size", "3", cwd=work)
+    as_json = run_script(
+      transport,
+      "--file",
+      work / "in.txt",
+      "--json",
+      "--server",
+      address,
+      "--batch_size",
+      "3",
+      cwd=work,
+    )
     assert text.returncode == as_json.returncode == 0, text.stderr + as_json.stderr
     assert text.stderr == as_json.stderr == ""
     records = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [r["text"] for r in records] == E2E_SENTENCES
     for record in records:
       for entity in record["entities"]:
-        assert record["text"][entity["start"]:entity["end"]] == entity["text"]
+        assert record["text"][entity["start"] : entity["end"]] == entity["text"]
         assert entity["type"] in {"LOC", "MISC", "ORG", "PER"}
     assert text.stdout.splitlines()[0] == SENTENCE
     outputs[transport] = text.stdout, as_json.stdout
@@ -475,26 +653,36 @@ def test_e2e_grpc_and_rest_scripts_agree(served):
 def test_e2e_scripts_fail_with_one_line(served, transport):
   work, *addresses = served
   address = dict(zip(SCRIPTS, addresses))[transport]
-  assert_one_line_error(run_script(transport, SENTENCE, "--server", f"127.0.0.1:{free_port()}",
-                                   cwd=work), "server unreachable")
-  assert_one_line_error(run_script(transport, SENTENCE, "--server", address, "--model", "nope",
-                                   cwd=work), "not found on .*model 'nope'")
-  assert_one_line_error(run_script(transport, SENTENCE, "--server", address, "--signature",
-                                   "nope", cwd=work), "signature 'nope' not found")
+  assert_one_line_error(
+    run_script(transport, SENTENCE, "--server", f"127.0.0.1:{free_port()}", cwd=work),
+    "server unreachable",
+  )
+  assert_one_line_error(
+    run_script(transport, SENTENCE, "--server", address, "--model", "nope", cwd=work),
+    "not found on .*model 'nope'",
+  )
+  assert_one_line_error(
+    run_script(transport, SENTENCE, "--server", address, "--signature", "nope", cwd=work),
+    "signature 'nope' not found",
+  )
   skewed = work / f"skewed-{transport}"
   if not skewed.exists():
     shutil.copytree(work / "models" / "bert_ner" / "1" / "assets.extra", skewed)
     config = json.loads((skewed / "ner_config.json").read_text())
     config["fingerprint"] = "f" * 16
     (skewed / "ner_config.json").write_text(json.dumps(config))
-  assert_one_line_error(run_script(transport, SENTENCE, "--server", address, "--assets", skewed,
-                                   cwd=work), "fingerprint mismatch")
+  assert_one_line_error(
+    run_script(transport, SENTENCE, "--server", address, "--assets", skewed, cwd=work),
+    "fingerprint mismatch",
+  )
 
 
 @pytest.mark.slow  # exports and starts the server
 def test_e2e_server_side_invalid_argument(served, transport):
   work, *addresses = served
-  client = CLASSES[transport](dict(zip(SCRIPTS, addresses))[transport],
-                              assets=work / "models" / "bert_ner" / "1" / "assets.extra")
+  client = CLASSES[transport](
+    dict(zip(SCRIPTS, addresses))[transport],
+    assets=work / "models" / "bert_ner" / "1" / "assets.extra",
+  )
   with pytest.raises(common.ClientError, match=r"\(INVALID_ARGUMENT\): .*outside the vocabulary"):
     client.run(np.array([[101, 10**6, 102]], np.int32), np.ones((1, 3), np.int32))

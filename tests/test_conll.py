@@ -24,8 +24,21 @@ def test_reads_conll2003_dev_and_train(conll_dev_path, conll_train_path):
   assert (len(dev), sum(len(s.words) for s in dev)) == (3250, 51362)
   assert (len(train), sum(len(s.words) for s in train)) == (14041, 203621)
   assert dev[0] == Sentence(
-      ["CRICKET", "-", "LEICESTERSHIRE", "TAKE", "OVER", "AT", "TOP", "AFTER", "INNINGS",
-       "VICTORY", "."], ["O", "O", "B-ORG", "O", "O", "O", "O", "O", "O", "O", "O"])
+    [
+      "CRICKET",
+      "-",
+      "LEICESTERSHIRE",
+      "TAKE",
+      "OVER",
+      "AT",
+      "TOP",
+      "AFTER",
+      "INNINGS",
+      "VICTORY",
+      ".",
+    ],
+    ["O", "O", "B-ORG", "O", "O", "O", "O", "O", "O", "O", "O"],
+  )
   starts = collections.Counter(t[2:] for s in train for t in s.tags if t.startswith("B-"))
   assert starts == {"LOC": 7140, "PER": 6600, "ORG": 6321, "MISC": 3438}
   # The files are IOB2 already: conversion leaves them as they are.
@@ -38,9 +51,22 @@ def test_missing_data_fails_in_ci_and_skips_with_directions_elsewhere(tmp_path, 
   repo = Path(__file__).resolve().parents[1]
   env = dict(os.environ, CI=ci, CONLL2003_DIR=str(tmp_path / "absent"))
   result = subprocess.run(
-      [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-       "tests/test_conll.py::test_reads_conll2003_dev_and_train"],
-      cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "pytest",
+      "-q",
+      "-rs",
+      "-p",
+      "no:cacheprovider",
+      "tests/test_conll.py::test_reads_conll2003_dev_and_train",
+    ],
+    cwd=repo,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   where = f"not found at {tmp_path / 'absent' / 'dev.txt'}: save the CoNLL-2003 English"
   if ci:
     assert result.returncode == 1 and "1 error" in result.stdout, result.stdout
@@ -55,8 +81,10 @@ def test_tag_is_the_last_column(tmp_path, columns):
   filler = " ".join(["NNP"] * (columns - 2))
   lines = [" ".join(filter(None, [w, filler, t])) for w, t in [("EU", "B-ORG"), ("rejects", "O")]]
   path = _write(tmp_path, "\n".join(lines) + "\n\n" + lines[1] + "\n")
-  assert read_conll(path) == [Sentence(["EU", "rejects"], ["B-ORG", "O"]),
-                              Sentence(["rejects"], ["O"])]
+  assert read_conll(path) == [
+    Sentence(["EU", "rejects"], ["B-ORG", "O"]),
+    Sentence(["rejects"], ["O"]),
+  ]
 
 
 def test_one_column_means_words_only(tmp_path):
@@ -65,10 +93,14 @@ def test_one_column_means_words_only(tmp_path):
 
 
 def test_docstart_blank_runs_tabs_and_crlf(tmp_path):
-  text = ("-DOCSTART- -X- -X- O\r\n\r\n\r\nEU\tNNP\tB-NP\tB-ORG\r\n  \r\n"
-          "-DOCSTART- -X- -X- O\n\n\nPeter NNP B-NP B-PER  \nBlackburn NNP I-NP I-PER")
+  text = (
+    "-DOCSTART- -X- -X- O\r\n\r\n\r\nEU\tNNP\tB-NP\tB-ORG\r\n  \r\n"
+    "-DOCSTART- -X- -X- O\n\n\nPeter NNP B-NP B-PER  \nBlackburn NNP I-NP I-PER"
+  )
   assert read_conll(_write(tmp_path, text)) == [
-      Sentence(["EU"], ["B-ORG"]), Sentence(["Peter", "Blackburn"], ["B-PER", "I-PER"])]
+    Sentence(["EU"], ["B-ORG"]),
+    Sentence(["Peter", "Blackburn"], ["B-PER", "I-PER"]),
+  ]
 
 
 def test_empty_file_has_no_sentences(tmp_path):
@@ -83,7 +115,13 @@ def test_iob1_file_is_converted_to_iob2(tmp_path):
 def test_iob1_to_iob2():
   assert iob1_to_iob2([]) == []
   assert iob1_to_iob2(["I-MISC", "I-PER", "B-PER", "I-PER", "O", "I-PER"]) == [
-      "B-MISC", "B-PER", "B-PER", "I-PER", "O", "B-PER"]
+    "B-MISC",
+    "B-PER",
+    "B-PER",
+    "I-PER",
+    "O",
+    "B-PER",
+  ]
   iob2 = ["B-ORG", "I-ORG", "O", "B-LOC", "B-LOC", "I-LOC"]
   assert iob1_to_iob2(iob2) == iob2
 
@@ -102,11 +140,14 @@ def test_bad_tags_name_the_line(tmp_path, tag):
 
 
 def test_write_then_read_round_trips(tmp_path):
-  sentences = [Sentence(["EU", "rejects", "Müller"], ["B-ORG", "O", "B-PER"]),
-               Sentence(["."], ["O"])]
+  sentences = [
+    Sentence(["EU", "rejects", "Müller"], ["B-ORG", "O", "B-PER"]),
+    Sentence(["."], ["O"]),
+  ]
   write_conll(tmp_path / "tagged.txt", sentences)
   assert (tmp_path / "tagged.txt").read_text(encoding="utf-8") == (
-      "EU B-ORG\nrejects O\nMüller B-PER\n\n. O\n\n")
+    "EU B-ORG\nrejects O\nMüller B-PER\n\n. O\n\n"
+  )
   assert read_conll(tmp_path / "tagged.txt") == sentences
   words_only = [Sentence(["EU", "rejects"]), Sentence(["German"])]
   write_conll(tmp_path / "words.txt", words_only)

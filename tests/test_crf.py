@@ -45,7 +45,8 @@ def crf_fn():
     decoded = crf.viterbi_decode(potentials, lengths, transitions)
   with tf.Session(graph=graph) as sess:
     yield lambda p, tr, ln, g: sess.run(
-        (llh, decoded), {potentials: p, transitions: tr, lengths: ln, gold: g})
+      (llh, decoded), {potentials: p, transitions: tr, lengths: ln, gold: g}
+    )
 
 
 @pytest.mark.parametrize("batch,steps,tags", CASES)
@@ -83,7 +84,8 @@ def test_large_potentials_are_not_squashed(crf_fn):
   # unaries saturate to 1 and the transitions would pick [0, 2] instead.
   potentials = np.array([[[20.0, 30.0, -20.0], [-20.0, -20.0, 20.0]]], np.float32)
   transitions = np.array([[0.0, 0.0, 3.0], [0.0, 0.0, -3.0], [0.0, 0.0, 0.0]], np.float32)
-  llh, decoded = crf_fn(potentials, transitions, np.array([2], np.int32),
-                        np.array([[1, 2]], np.int32))
+  llh, decoded = crf_fn(
+    potentials, transitions, np.array([2], np.int32), np.array([[1, 2]], np.int32)
+  )
   assert decoded.tolist() == [[1, 2]]
   np.testing.assert_allclose(llh[0], -np.log1p(np.exp(-4.0)), atol=1e-4)

@@ -21,8 +21,12 @@ def tagger():
   from bert_ner import head
 
   model_dir = checkpoint.resolve(DEFAULT)
-  featurizer = Featurizer(model_dir.vocab_path, model_dir.ner_config.do_lower_case,
-                          model_dir.ner_config.max_seq_length, model_dir.id2label)
+  featurizer = Featurizer(
+    model_dir.vocab_path,
+    model_dir.ner_config.do_lower_case,
+    model_dir.ner_config.max_seq_length,
+    model_dir.id2label,
+  )
   graph = tf.Graph()
   with graph.as_default():
     ids = tf.placeholder(tf.int32, [None, None])
@@ -30,8 +34,9 @@ def tagger():
     pred = head.build_inference_graph(model_dir, ids, mask)
     sess = tf.Session(graph=graph)
     checkpoint.restore_model(sess, model_dir)
-  yield lambda texts: featurizer.predict_texts(texts, lambda i, m: sess.run(pred, {ids: i,
-                                                                                   mask: m}))
+  yield lambda texts: featurizer.predict_texts(
+    texts, lambda i, m: sess.run(pred, {ids: i, mask: m})
+  )
   sess.close()
 
 
@@ -48,8 +53,9 @@ def test_head_and_adapters_only_and_small():
 
   names = [name for name, _ in tf.train.list_variables(str(DEFAULT))]
   adapters = [n for n in names if n.startswith("bert/") and n.endswith(("/lora_a", "/lora_b"))]
-  assert adapters and all(n.startswith(("rnn_layer/", "project/", "crf_loss/"))
-                          for n in set(names) - set(adapters))
+  assert adapters and all(
+    n.startswith(("rnn_layer/", "project/", "crf_loss/")) for n in set(names) - set(adapters)
+  )
   size = sum(p.stat().st_size for p in DEFAULT.rglob("*") if p.is_file())
   assert size <= 10 * 1024 * 1024, f"models/default is {size} bytes, over 10 MB"
 
@@ -58,24 +64,39 @@ def test_head_and_adapters_only_and_small():
 def test_tags_the_readme_sentence(tagger):
   [found] = tagger(["EU rejects German call"])
   assert [(e.text, e.type, e.start, e.end) for e in found] == [
-      ("EU", "ORG", 0, 2), ("German", "MISC", 11, 17)]
+    ("EU", "ORG", 0, 2),
+    ("German", "MISC", 11, 17),
+  ]
 
 
 @pytest.mark.slow  # the tagger needs MiniLM
 def test_tags_people_places_and_organisations(tagger):
-  found = tagger(["Angela Merkel met Microsoft executives in Paris on Tuesday.",
-                  "Manchester United beat Arsenal 2-1 at Old Trafford."])
-  assert {(e.text, e.type) for e in found[0]} >= {("Angela Merkel", "PER"), ("Microsoft", "ORG"),
-                                                  ("Paris", "LOC")}
-  assert {(e.text, e.type) for e in found[1]} >= {("Manchester United", "ORG"),
-                                                  ("Arsenal", "ORG")}
+  found = tagger(
+    [
+      "Angela Merkel met Microsoft executives in Paris on Tuesday.",
+      "Manchester United beat Arsenal 2-1 at Old Trafford.",
+    ]
+  )
+  assert {(e.text, e.type) for e in found[0]} >= {
+    ("Angela Merkel", "PER"),
+    ("Microsoft", "ORG"),
+    ("Paris", "LOC"),
+  }
+  assert {(e.text, e.type) for e in found[1]} >= {("Manchester United", "ORG"), ("Arsenal", "ORG")}
 
 
 # Real sentences whose entities the shipped model finds (test_tags_people_places_and_organisations).
-KNOWN = {"Angela Merkel met Microsoft executives in Paris on Tuesday.":
-             {("Angela Merkel", "PER"), ("Microsoft", "ORG"), ("Paris", "LOC")},
-         "Manchester United beat Arsenal 2-1 at Old Trafford.":
-             {("Manchester United", "ORG"), ("Arsenal", "ORG")}}
+KNOWN = {
+  "Angela Merkel met Microsoft executives in Paris on Tuesday.": {
+    ("Angela Merkel", "PER"),
+    ("Microsoft", "ORG"),
+    ("Paris", "LOC"),
+  },
+  "Manchester United beat Arsenal 2-1 at Old Trafford.": {
+    ("Manchester United", "ORG"),
+    ("Arsenal", "ORG"),
+  },
+}
 
 
 @pytest.mark.slow
@@ -85,8 +106,9 @@ def test_a_long_text_keeps_the_entities_of_every_sentence(tagger):
   found = tagger([text])[0]
   start, missed = 0, []
   for sentence in sentences:
-    inside = {(e.text, e.type) for e in found
-              if start <= e.start and e.end <= start + len(sentence)}
+    inside = {
+      (e.text, e.type) for e in found if start <= e.start and e.end <= start + len(sentence)
+    }
     if not inside >= KNOWN[sentence]:
       missed.append((start, sorted(KNOWN[sentence] - inside)))
     start += len(sentence) + 1
@@ -98,8 +120,10 @@ def dev_figures(manifest):
   and a document-mode figure where the manifest has one (`dev.document`, `dev_document`...)."""
   dev = manifest["dev"]
   figures = {"sentence": dev} if "f1" in dev else {}
-  stated = {**{f"dev.{k}": v for k, v in dev.items()},
-            **{k: v for k, v in manifest.items() if k.startswith("dev")}}
+  stated = {
+    **{f"dev.{k}": v for k, v in dev.items()},
+    **{k: v for k, v in manifest.items() if k.startswith("dev")},
+  }
   for key, value in stated.items():
     for mode in ("sentence", "document"):
       if mode in key and isinstance(value, dict) and "f1" in value:
@@ -111,6 +135,7 @@ def dev_figures(manifest):
 def exported_default(tmp_path_factory):
   """models/default exported as version 1 of a fresh model base: what `make serve` serves."""
   from export import exporter
+
   base = tmp_path_factory.mktemp("default") / "bert_ner"
   exporter.export_model(str(DEFAULT), str(base), log=lambda *_: None)
   return base
@@ -118,20 +143,33 @@ def exported_default(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sentence", "document"])
-def test_dev_scores_through_the_served_model_match_the_manifest(exported_default, conll_dev_path,
-                                                                 capsys, mode):
+def test_dev_scores_through_the_served_model_match_the_manifest(
+  exported_default, conll_dev_path, capsys, mode
+):
   from evaluation import __main__ as evaluation
+
   stated = dev_figures(json.loads((DEFAULT / "manifest.json").read_text())).get(mode)
   if stated is None:
     assert mode == "document", "the manifest has no sentence-mode dev figure"
     pytest.skip("models/default/manifest.json states no document-mode dev figure")
   flags = ["--document"] if mode == "document" else []
-  status = evaluation.main(["--data", str(conll_dev_path), "--transport", "local",
-                            "--model_base_path", str(exported_default), *flags])
+  status = evaluation.main(
+    [
+      "--data",
+      str(conll_dev_path),
+      "--transport",
+      "local",
+      "--model_base_path",
+      str(exported_default),
+      *flags,
+    ]
+  )
   out, err = capsys.readouterr()
   assert status == 0, err
   overall = re.fullmatch(r"overall precision (\S+) recall (\S+) f1 (\S+)", out.splitlines()[-1])
   measured = dict(zip(("precision", "recall", "f1"), map(float, overall.groups())))
   # The report prints two decimals: 0.01 allows its rounding and nothing else.
   assert all(abs(measured[k] - stated[k]) <= 0.01 for k in measured if k in stated), (
-      measured, {k: stated.get(k) for k in measured})
+    measured,
+    {k: stated.get(k) for k in measured},
+  )

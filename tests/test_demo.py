@@ -33,7 +33,9 @@ def test_accepts_text_up_to_the_limit_verbatim():
   assert parse_tag_request(body({"text": text})) == text
 
 
-@pytest.mark.parametrize("raw, status, words", [
+@pytest.mark.parametrize(
+  "raw, status, words",
+  [
     (b"", 400, "not JSON"),
     (b"\xff\xfe", 400, "not JSON"),
     (b'{"text": "EU"', 400, "not JSON"),
@@ -42,9 +44,13 @@ def test_accepts_text_up_to_the_limit_verbatim():
     (body({"text": 3}), 400, '"text" string'),
     (body({"text": " \n\t "}), 400, "empty"),
     (b'{"text": "EU \\ud800"}', 400, "lone surrogate at character 3"),
-    (body({"text": "x" * (MAX_TEXT_CHARS + 1)}), 413, "10,001 characters; the demo tags at most "
-                                                      "10,000"),
-])
+    (
+      body({"text": "x" * (MAX_TEXT_CHARS + 1)}),
+      413,
+      "10,001 characters; the demo tags at most 10,000",
+    ),
+  ],
+)
 def test_rejects_with_a_readable_message(raw, status, words):
   got_status, message = rejection(raw)
   assert got_status == status
@@ -60,8 +66,11 @@ def test_a_longest_body_fits_the_body_limit():
 def test_split_lines_keeps_offsets_and_skips_blank_lines():
   text = "EU rejects\n\n  \nGerman call\r\nlast"
   assert list(split_lines(text)) == [(0, "EU rejects"), (15, "German call\r"), (28, "last")]
-  assert [text[o:o + len(line)] for o, line in split_lines(text)] == [
-      "EU rejects", "German call\r", "last"]
+  assert [text[o : o + len(line)] for o, line in split_lines(text)] == [
+    "EU rejects",
+    "German call\r",
+    "last",
+  ]
 
 
 class FakeClient:
@@ -76,8 +85,17 @@ class FakeClient:
 
   def predict(self, lines):
     self.lines = lines
-    return [[Entity("ORG", line.split()[0], line.index(line.split()[0]),
-                    line.index(line.split()[0]) + len(line.split()[0]))] for line in lines]
+    return [
+      [
+        Entity(
+          "ORG",
+          line.split()[0],
+          line.index(line.split()[0]),
+          line.index(line.split()[0]) + len(line.split()[0]),
+        )
+      ]
+      for line in lines
+    ]
 
 
 def test_tag_text_maps_line_offsets_into_the_whole_text():
@@ -86,7 +104,7 @@ def test_tag_text_maps_line_offsets_into_the_whole_text():
   found = tag_text(client, text)
   assert client.lines == ["EU rejects", "  German call"]
   assert [(e.text, e.start, e.end) for e in found] == [("EU", 0, 2), ("German", 14, 20)]
-  assert all(text[e.start:e.end] == e.text for e in found)
+  assert all(text[e.start : e.end] == e.text for e in found)
 
 
 def test_tag_text_checks_the_fingerprint_before_tagging():
@@ -97,18 +115,30 @@ def test_tag_text_checks_the_fingerprint_before_tagging():
 
 
 def test_entity_types_inverts_make_label_list():
-  assert entity_types(make_label_list(["PER", "LOC", "ORG", "MISC"])) == ["LOC", "MISC", "ORG",
-                                                                         "PER"]
+  assert entity_types(make_label_list(["PER", "LOC", "ORG", "MISC"])) == [
+    "LOC",
+    "MISC",
+    "ORG",
+    "PER",
+  ]
 
 
 @pytest.mark.slow  # runs a subprocess
 def test_demo_does_not_import_tensorflow():
   """The demo runs where only the clients' dependencies and aiohttp are installed."""
-  code = ("import sys, demo.__main__; "
-          "print(sorted({m.split('.')[0] for m in sys.modules} & "
-          "{'tensorflow', 'tensorflow_serving', 'keras', 'tf_keras', 'jax', 'torch'}))")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO_ROOT, timeout=60, check=True)
+  code = (
+    "import sys, demo.__main__; "
+    "print(sorted({m.split('.')[0] for m in sys.modules} & "
+    "{'tensorflow', 'tensorflow_serving', 'keras', 'tf_keras', 'jax', 'torch'}))"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    cwd=REPO_ROOT,
+    timeout=60,
+    check=True,
+  )
   assert result.stdout.strip() == "[]"
 
 

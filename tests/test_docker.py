@@ -44,8 +44,10 @@ def text_proto(name):
 
 def stages():
   """[(base image, stage name or None)] of every FROM, in order."""
-  return [(m.group(1), m.group(2)) for m in
-          (re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", args, re.I) for args in instruction("FROM"))]
+  return [
+    (m.group(1), m.group(2))
+    for m in (re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", args, re.I) for args in instruction("FROM"))
+  ]
 
 
 def entrypoint_flags():
@@ -61,8 +63,11 @@ def test_dockerfile_exports_in_a_pinned_python_stage_then_serves_on_pinned_tf_se
   runs = " ".join(instruction("RUN"))
   assert "-c requirements.lock" in runs
   assert "--no-deps --require-hashes -r requirements-nodeps.txt" in runs
-  assert re.search(r"python -m export --checkpoint \S+ --model_base_path /models/bert_ner "
-                   r"--version 1\b", runs)
+  assert re.search(
+    r"python -m export --checkpoint \S+ --model_base_path /models/bert_ner "
+    r"--version 1\b",
+    runs,
+  )
   assert "CHECKPOINT=models/default" in instruction("ARG")
   assert "--from=export /models/bert_ner/ /models/bert_ner/" in instruction("COPY")
 
@@ -76,12 +81,16 @@ def test_dockerfile_serves_models_config_as_non_root():
   assert "/dev/tcp/127.0.0.1/8501" in healthcheck and "GET /v1/models/bert_ner" in healthcheck
   flags = entrypoint_flags()
   assert flags[0] == "tensorflow_model_server"
-  for flag in ("--port=8500", "--rest_api_port=8501", "--enable_batching",
-               "--model_config_file=/etc/tfserving/models.config",
-               "--model_config_file_poll_wait_seconds=10",
-               "--allow_version_labels_for_unavailable_models=true",
-               "--batching_parameters_file=/etc/tfserving/batching_parameters.txt",
-               "--monitoring_config_file=/etc/tfserving/monitoring_config.txt"):
+  for flag in (
+    "--port=8500",
+    "--rest_api_port=8501",
+    "--enable_batching",
+    "--model_config_file=/etc/tfserving/models.config",
+    "--model_config_file_poll_wait_seconds=10",
+    "--allow_version_labels_for_unavailable_models=true",
+    "--batching_parameters_file=/etc/tfserving/batching_parameters.txt",
+    "--monitoring_config_file=/etc/tfserving/monitoring_config.txt",
+  ):
     assert flag in flags
   # TF Serving ignores these when --model_config_file is set: they would only mislead.
   assert not [f for f in flags if f.startswith(("--model_name", "--model_base_path"))]
@@ -99,11 +108,16 @@ def test_every_config_flag_points_at_a_file_the_image_copies():
 def test_models_config_labels_the_version_the_image_exports_stable():
   from google.protobuf import text_format
   from tensorflow_serving.config import model_server_config_pb2
-  config = text_format.Parse((DOCKER / "models.config").read_text(),
-                             model_server_config_pb2.ModelServerConfig())
+
+  config = text_format.Parse(
+    (DOCKER / "models.config").read_text(), model_server_config_pb2.ModelServerConfig()
+  )
   (model,) = config.model_config_list.config
-  assert (model.name, model.base_path, model.model_platform) == \
-      ("bert_ner", "/models/bert_ner", "tensorflow")
+  assert (model.name, model.base_path, model.model_platform) == (
+    "bert_ner",
+    "/models/bert_ner",
+    "tensorflow",
+  )
   assert list(model.model_version_policy.specific.versions) == [1]
   assert dict(model.version_labels) == {"stable": 1}
 
@@ -127,8 +141,10 @@ def test_compose_builds_the_dockerfile_and_publishes_on_loopback_by_default():
   service = compose["services"]["bert_ner"]
   assert service["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}
   assert service["image"] == "bert-ner-serving:latest"
-  assert sorted(service["ports"]) == ["${BERT_NER_BIND:-127.0.0.1}:8500:8500",
-                                      "${BERT_NER_BIND:-127.0.0.1}:8501:8501"]
+  assert sorted(service["ports"]) == [
+    "${BERT_NER_BIND:-127.0.0.1}:8500:8500",
+    "${BERT_NER_BIND:-127.0.0.1}:8501:8501",
+  ]
   assert service["restart"] == "unless-stopped"
 
 
@@ -140,20 +156,41 @@ def dockerignored(path, patterns):
 
 
 def test_dockerignore_sends_the_sources_and_checkpoint_but_no_venvs_or_exports():
-  patterns = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
-  needed = ["requirements.lock", "requirements-nodeps.txt", "bert_ner/featurizer.py",
-            "export/__main__.py", "docker/models.config", "models/default/vocab.txt"]
-  left_out = [".venv/bin/python", ".venv-tf218/bin/python", ".git/HEAD", ".cache/x", "build/x",
-              "models/bert_ner/1/saved_model.pb", "bert_ner/__pycache__/x.pyc"]
+  patterns = [
+    line.strip()
+    for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+  ]
+  needed = [
+    "requirements.lock",
+    "requirements-nodeps.txt",
+    "bert_ner/featurizer.py",
+    "export/__main__.py",
+    "docker/models.config",
+    "models/default/vocab.txt",
+  ]
+  left_out = [
+    ".venv/bin/python",
+    ".venv-tf218/bin/python",
+    ".git/HEAD",
+    ".cache/x",
+    "build/x",
+    "models/bert_ner/1/saved_model.pb",
+    "bert_ner/__pycache__/x.pyc",
+  ]
   assert [p for p in needed if dockerignored(p, patterns)] == []
   assert [p for p in left_out if not dockerignored(p, patterns)] == []
 
 
 def venv_tool(name, *args):
   """Runs a linter installed in this venv (pinned in requirements.lock); no download at run time."""
-  return subprocess.run([str(Path(sys.executable).parent / name), *map(str, args)],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [str(Path(sys.executable).parent / name), *map(str, args)],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 @pytest.mark.slow  # runs hadolint
@@ -162,10 +199,13 @@ def test_hadolint_passes_the_dockerfile():
   assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 
-@pytest.mark.parametrize("schema, path", [
+@pytest.mark.parametrize(
+  "schema, path",
+  [
     ("vendor.compose-spec", "docker-compose.yml"),
     ("vendor.github-workflows", ".github/workflows/docker.yml"),
-])
+  ],
+)
 @pytest.mark.slow  # runs check-jsonschema
 def test_file_matches_its_schema(schema, path):
   done = venv_tool("check-jsonschema", "--builtin-schema", schema, REPO_ROOT / path)
@@ -184,8 +224,14 @@ def test_workflow_builds_with_compose_waits_for_health_and_runs_the_docker_tests
 @pytest.mark.slow  # runs python -m deploy
 def test_deploy_help_and_no_engine_errors(tmp_path):
   env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
-  run = lambda *a: subprocess.run([sys.executable, "-m", "deploy", *a], cwd=REPO_ROOT, env=env,
-                                  capture_output=True, text=True, timeout=120)
+  run = lambda *a: subprocess.run(
+    [sys.executable, "-m", "deploy", *a],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   result = run("--help")
   assert result.returncode == 0 and "image,up,serve" in result.stdout
   for command in ("image", "up"):
@@ -194,16 +240,26 @@ def test_deploy_help_and_no_engine_errors(tmp_path):
     assert result.stderr.startswith("deploy: error: no Docker engine answers at unix://")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   # No version yet: serve exports --checkpoint first, and stops with the export's one line.
-  result = run("serve", "--model_base_path", str(tmp_path / "empty"), "--checkpoint",
-               str(tmp_path / "missing"), "--grpc_port", str(free_port()), "--rest_port",
-               str(free_port()))
+  result = run(
+    "serve",
+    "--model_base_path",
+    str(tmp_path / "empty"),
+    "--checkpoint",
+    str(tmp_path / "missing"),
+    "--grpc_port",
+    str(free_port()),
+    "--rest_port",
+    str(free_port()),
+  )
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
-      f"export: error: checkpoint dir not found: {tmp_path / 'missing'}"], result.stderr
+    f"export: error: checkpoint dir not found: {tmp_path / 'missing'}"
+  ], result.stderr
 
 
 def test_build_image_refuses_a_checkpoint_outside_the_build_context(tmp_path):
   import deploy
+
   with pytest.raises(deploy.DeployError, match="outside .*the Docker build context"):
     deploy.build_image(None, tmp_path)
   with pytest.raises(deploy.DeployError, match="no checkpoint dir"):
@@ -229,6 +285,7 @@ class ArchiveContainer:
 
 def test_copy_served_assets_gives_the_clients_the_images_version(tmp_path):
   import deploy
+
   container = ArchiveContainer({"vocab.txt": b"[PAD]\n", "ner_config.json": b"{}"})
   base = deploy.copy_served_assets(container, tmp_path / "bert_ner")
   assert container.asked == ["/models/bert_ner/1/assets.extra"]
@@ -240,6 +297,7 @@ def test_copy_served_assets_gives_the_clients_the_images_version(tmp_path):
 def model_base(tiny_bert_dir, tmp_path_factory):
   """A model base holding the tiny model's export as version 1."""
   from export.exporter import export_model
+
   ckpt = make_checkpoint(tiny_bert_dir, tmp_path_factory.mktemp("ckpt") / "ckpt")
   base = tmp_path_factory.mktemp("context") / "models/bert_ner"
   export_model(ckpt, base, log=lambda *_: None)
@@ -250,6 +308,7 @@ def model_base(tiny_bert_dir, tmp_path_factory):
 def test_how_to_query_prints_real_features(model_base):
   import deploy
   from bert_ner.featurizer import Featurizer
+
   featurizer = Featurizer.from_dir(str(model_base / "1/assets.extra"))
   ids = [w.input_ids for w in featurizer.encode_words("EU rejects German call".split())]
   text = deploy.how_to_query(model_base, "127.0.0.1", 8500, 8501)
@@ -270,25 +329,44 @@ def free_port():
 def assert_serves_the_export(rest_port, model_base, body):
   """REST predict of `body` on the server equals the SavedModel's own predictions."""
   url = f"http://127.0.0.1:{rest_port}/v1/models/bert_ner:predict"
-  with urllib.request.urlopen(urllib.request.Request(url, json.dumps(body).encode()),
-                              timeout=30) as r:
+  with urllib.request.urlopen(
+    urllib.request.Request(url, json.dumps(body).encode()), timeout=30
+  ) as r:
     served = json.load(r)["outputs"]
   sess, sig = load_saved_model(model_base / "1")
   with sess:
-    want = sess.run(sig.outputs["pred_label"].name,
-                    {sig.inputs[k].name: body["inputs"][k] for k in ("input_ids", "input_mask")})
+    want = sess.run(
+      sig.outputs["pred_label"].name,
+      {sig.inputs[k].name: body["inputs"][k] for k in ("input_ids", "input_mask")},
+    )
   assert served == want.tolist()
 
 
 @pytest.mark.slow  # exports and starts the server
 def test_serve_without_engine_runs_the_embedded_server(model_base, tmp_path):
   import deploy
+
   grpc_port, rest_port = free_port(), free_port()
   env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
-  proc = subprocess.Popen([sys.executable, "-m", "deploy", "serve", "--model_base_path",
-                           str(model_base), "--grpc_port", str(grpc_port), "--rest_port",
-                           str(rest_port)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "deploy",
+      "serve",
+      "--model_base_path",
+      str(model_base),
+      "--grpc_port",
+      str(grpc_port),
+      "--rest_port",
+      str(rest_port),
+    ],
+    cwd=REPO_ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
   lines = queue.Queue()
   threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
   try:
@@ -296,8 +374,9 @@ def test_serve_without_engine_runs_the_embedded_server(model_base, tmp_path):
     while not seen or "curl -s -X POST" not in seen[-1]:
       seen.append(lines.get(timeout=120))
     assert seen[0].startswith("no Docker engine answers at unix://")
-    assert seen[0].rstrip().endswith("; serving with the embedded server (python -m server) "
-                                     "instead")
+    assert (
+      seen[0].rstrip().endswith("; serving with the embedded server (python -m server) instead")
+    )
     ready = next(i for i, line in enumerate(seen) if line.startswith("Serving bert_ner version 1"))
     assert f"clients/grpc_client.py --server 127.0.0.1:{grpc_port}" in "".join(seen[ready:])
     curl = next(line for line in seen if "curl -s -X POST" in line)
@@ -319,6 +398,7 @@ def image_server(tmp_path_factory):
   import docker
 
   import deploy
+
   try:
     client = deploy.engine(timeout=3)
   except deploy.DeployError as e:
@@ -336,8 +416,9 @@ def image_server(tmp_path_factory):
     deploy.build_image(client)
     grpc_port, rest_port = free_port(), free_port()
     name = f"bert-ner-test-{os.getpid()}"
-    container = started = deploy.run_container(client, "127.0.0.1", grpc_port, rest_port, 300,
-                                               name=name)
+    container = started = deploy.run_container(
+      client, "127.0.0.1", grpc_port, rest_port, 300, name=name
+    )
   base = deploy.copy_served_assets(container, tmp_path_factory.mktemp("image") / "bert_ner")
   yield container, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}", base
   if started is not None:
@@ -357,16 +438,33 @@ def get_json(url, body=None):
 @pytest.mark.docker
 def test_image_answers_the_readme_example_over_both_transports(image_server):
   from test_readme import code_blocks
+
   _, grpc_address, rest_url, base = image_server
-  commands = [line for block in code_blocks("bash") for line in block.splitlines()
-              if line.startswith(".venv/bin/python clients/")]
+  commands = [
+    line
+    for block in code_blocks("bash")
+    for line in block.splitlines()
+    if line.startswith(".venv/bin/python clients/")
+  ]
   assert len(commands) == 2
   for command in commands:
     argv = shlex.split(command)
     server = grpc_address if "grpc_client" in command else rest_url.removeprefix("http://")
-    done = subprocess.run([sys.executable, argv[1], "--server", server, "--assets",
-                           str(base / "1/assets.extra"), *argv[2:]], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+      [
+        sys.executable,
+        argv[1],
+        "--server",
+        server,
+        "--assets",
+        str(base / "1/assets.extra"),
+        *argv[2:],
+      ],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == code_blocks("text")[0]
   [curl] = [block for block in code_blocks("bash") if block.startswith("curl")]
@@ -379,8 +477,11 @@ def test_image_answers_the_readme_example_over_both_transports(image_server):
 def test_image_warms_up_from_the_exports_warmup_file(image_server):
   container = image_server[0]
   logs = container.logs().decode(errors="replace")
-  found = re.search(r"Finished reading warmup data for model at /models/bert_ner/1/assets\.extra/"
-                    r"tf_serving_warmup_requests\. Number of warmup records read: (\d+)", logs)
+  found = re.search(
+    r"Finished reading warmup data for model at /models/bert_ner/1/assets\.extra/"
+    r"tf_serving_warmup_requests\. Number of warmup records read: (\d+)",
+    logs,
+  )
   assert found and int(found.group(1)) > 0, logs[-2000:]
 
 

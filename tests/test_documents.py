@@ -8,8 +8,20 @@ from bert_ner.featurizer import Entity, Featurizer
 from clients import common
 
 VOCAB = backbone.locate_default_backbone() / "vocab.txt"
-LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER",
-          "X", "[CLS]", "[SEP]"]
+LABELS = [
+  "O",
+  "B-LOC",
+  "I-LOC",
+  "B-MISC",
+  "I-MISC",
+  "B-ORG",
+  "I-ORG",
+  "B-PER",
+  "I-PER",
+  "X",
+  "[CLS]",
+  "[SEP]",
+]
 
 
 def _tokens(featurizer, ids):
@@ -20,11 +32,16 @@ def _tokens(featurizer, ids):
 
 def test_read_documents_splits_at_docstart(tmp_path):
   path = tmp_path / "docs.txt"
-  path.write_text("-DOCSTART- O\n\nEU B-ORG\nsays O\n\nPeter B-PER\n\n-DOCSTART- O\n\n"
-                  "Paris B-LOC\n-DOCSTART- O\nRome B-LOC\n")
+  path.write_text(
+    "-DOCSTART- O\n\nEU B-ORG\nsays O\n\nPeter B-PER\n\n-DOCSTART- O\n\n"
+    "Paris B-LOC\n-DOCSTART- O\nRome B-LOC\n"
+  )
   documents = conll.read_documents(path)
   assert [[s.words for s in d] for d in documents] == [
-      [["EU", "says"], ["Peter"]], [["Paris"]], [["Rome"]]]
+    [["EU", "says"], ["Peter"]],
+    [["Paris"]],
+    [["Rome"]],
+  ]
   assert conll.read_conll(path) == [s for d in documents for s in d]
   plain = tmp_path / "plain.txt"
   plain.write_text("a O\n\nb O\n")
@@ -68,17 +85,27 @@ def test_text_documents_give_entities_per_line_with_line_offsets(featurizer):
   labels = {"eu": "B-ORG", "paris": "B-LOC", "new": "B-LOC", "york": "I-LOC"}
 
   def run_fn(input_ids, input_mask):
-    return np.array([[LABELS.index(labels.get(t, "O")) for t in _tokens(featurizer, row)]
-                     for row in input_ids.tolist()], np.int32)
+    return np.array(
+      [
+        [LABELS.index(labels.get(t, "O")) for t in _tokens(featurizer, row)]
+        for row in input_ids.tolist()
+      ],
+      np.int32,
+    )
 
   lines = ["EU rejects it.", "Talks in Paris and New York"]
   assert featurizer.predict_text_documents([lines, [], ["", "EU"]], run_fn) == [
-      [[Entity("ORG", "EU", 0, 2)],
-       [Entity("LOC", "Paris", 9, 14), Entity("LOC", "New York", 19, 27)]],
-      [], [[], [Entity("ORG", "EU", 0, 2)]]]
+    [
+      [Entity("ORG", "EU", 0, 2)],
+      [Entity("LOC", "Paris", 9, 14), Entity("LOC", "New York", 19, 27)],
+    ],
+    [],
+    [[], [Entity("ORG", "EU", 0, 2)]],
+  ]
   # A model that looks at single tokens tags lines alike alone or in a document.
   assert featurizer.predict_text_documents([lines], run_fn)[0] == featurizer.predict_texts(
-      lines, run_fn)
+    lines, run_fn
+  )
 
 
 def test_lines_of_a_document_see_each_other(featurizer):

@@ -36,17 +36,21 @@ BRUSSELS NNP B-NP I-LOC
 
 def columns(text, keep):
   """The CoNLL text with only the columns at the `keep` indices."""
-  return "".join(" ".join(line.split()[i] for i in keep) + "\n" if line.strip() else "\n"
-                 for line in text.splitlines())
+  return "".join(
+    " ".join(line.split()[i] for i in keep) + "\n" if line.strip() else "\n"
+    for line in text.splitlines()
+  )
 
 
 @pytest.fixture(scope="module")
 def base(tiny_bert_dir, tmp_path_factory):
   """A model base holding version 1 of the tiny export."""
   from export import exporter
+
   work = tmp_path_factory.mktemp("evaluation")
-  exporter.export_model(str(make_checkpoint(tiny_bert_dir, work / "ckpt")), work / "models",
-                        log=lambda message: None)
+  exporter.export_model(
+    str(make_checkpoint(tiny_bert_dir, work / "ckpt")), work / "models", log=lambda message: None
+  )
   return work / "models"
 
 
@@ -77,8 +81,18 @@ def test_transports_give_the_same_tags_and_scores(base, server, sample, capsys):
   outputs = {}
   for transport, address in addresses.items():
     flags = ["--server", address] if address else []
-    status, lines, err = evaluate(capsys, "--data", sample, "--transport", transport,
-                                  "--model_base_path", base, "--batch_size", 7, *flags)
+    status, lines, err = evaluate(
+      capsys,
+      "--data",
+      sample,
+      "--transport",
+      transport,
+      "--model_base_path",
+      base,
+      "--batch_size",
+      7,
+      *flags,
+    )
     assert status == 0, err
     assert OVERALL.match(lines[-1]), lines
     assert re.search(r"60 sentences via .* sentences/s", err)
@@ -101,13 +115,18 @@ def test_one_two_and_four_columns(base, tmp_path, capsys):
   two.write_text(columns(FOUR_COLUMNS, (0, 3)))
   one.write_text(columns(FOUR_COLUMNS, (0,)))
   sentences = [s for d in evaluation.read_documents(four) for s in d]
-  assert [s.words for s in sentences] == [["EU", "rejects", "German", "call", "."],
-                                          ["Peter", "Blackburn"], ["BRUSSELS", "1996-08-22"]]
+  assert [s.words for s in sentences] == [
+    ["EU", "rejects", "German", "call", "."],
+    ["Peter", "Blackburn"],
+    ["BRUSSELS", "1996-08-22"],
+  ]
   assert sentences[2].tags == ["B-LOC", "O"]  # IOB1 -> IOB2
   assert [s for d in evaluation.read_documents(two) for s in d] == sentences
   assert [s.words for s in conll.read_conll(one)] == [s.words for s in sentences]
-  results = [evaluate(capsys, "--data", path, "--transport", "local", "--model_base_path", base)
-             for path in (four, two)]
+  results = [
+    evaluate(capsys, "--data", path, "--transport", "local", "--model_base_path", base)
+    for path in (four, two)
+  ]
   assert results[0][0] == 0 and results[0][1] == results[1][1]
   assert OVERALL.match(results[0][1][-1])
   status, lines, err = evaluate(capsys, "--data", one, "--transport", "local")
@@ -119,8 +138,9 @@ def test_one_two_and_four_columns(base, tmp_path, capsys):
 def test_document_mode_tags_each_document_as_one_text(base, tmp_path, capsys):
   four = tmp_path / "four.txt"
   four.write_text(FOUR_COLUMNS)
-  status, lines, err = evaluate(capsys, "--data", four, "--transport", "local",
-                                "--model_base_path", base, "--document")
+  status, lines, err = evaluate(
+    capsys, "--data", four, "--transport", "local", "--model_base_path", base, "--document"
+  )
   assert status == 0 and OVERALL.match(lines[-1]), err
   assert re.search(r"3 sentences in 2 documents via .* sentences/s", err)
   documents = evaluation.read_documents(four)
@@ -137,22 +157,41 @@ def test_document_mode_tags_each_document_as_one_text(base, tmp_path, capsys):
   assert len(rows) == 2  # one row per document: "EU rejects ... Blackburn" and "BRUSSELS ..."
 
 
-@pytest.mark.parametrize("case,pattern", [
+@pytest.mark.parametrize(
+  "case,pattern",
+  [
     ("missing", r"data file not found: .*absent\.txt"),
     ("unreachable", r"server unreachable at 127\.0\.0\.1:1"),
     ("no model", r"no SavedModel version under .*empty"),
     ("malformed", r"cannot read .*bad\.txt: .*bad\.txt:1: last column 'Z' is not an IOB tag"),
-])
+  ],
+)
 @pytest.mark.slow  # exports a model (the base fixture)
 def test_errors_are_one_line_and_exit_2(base, tmp_path, capsys, case, pattern):
   (tmp_path / "bad.txt").write_text("EU Z\n")
   (tmp_path / "empty").mkdir()
-  args = {"missing": ["--data", tmp_path / "absent.txt", "--transport", "local"],
-          "unreachable": ["--data", tmp_path / "ok.txt", "--transport", "grpc", "--server",
-                          "127.0.0.1:1", "--model_base_path", base],
-          "no model": ["--data", tmp_path / "ok.txt", "--transport", "local",
-                       "--model_base_path", tmp_path / "empty"],
-          "malformed": ["--data", tmp_path / "bad.txt", "--transport", "rest"]}[case]
+  args = {
+    "missing": ["--data", tmp_path / "absent.txt", "--transport", "local"],
+    "unreachable": [
+      "--data",
+      tmp_path / "ok.txt",
+      "--transport",
+      "grpc",
+      "--server",
+      "127.0.0.1:1",
+      "--model_base_path",
+      base,
+    ],
+    "no model": [
+      "--data",
+      tmp_path / "ok.txt",
+      "--transport",
+      "local",
+      "--model_base_path",
+      tmp_path / "empty",
+    ],
+    "malformed": ["--data", tmp_path / "bad.txt", "--transport", "rest"],
+  }[case]
   (tmp_path / "ok.txt").write_text("EU B-ORG\n")
   status, lines, err = evaluate(capsys, *args)
   assert (status, lines) == (2, [])
@@ -169,20 +208,47 @@ def test_assets_of_another_version_are_refused(base, server, tmp_path, capsys, t
   config["fingerprint"] = "f" * 16
   (skewed / "ner_config.json").write_text(json.dumps(config))
   (tmp_path / "data.txt").write_text(FOUR_COLUMNS)
-  status, lines, err = evaluate(capsys, "--data", tmp_path / "data.txt", "--transport", transport,
-                                "--server", getattr(server, transport), "--assets", skewed)
+  status, lines, err = evaluate(
+    capsys,
+    "--data",
+    tmp_path / "data.txt",
+    "--transport",
+    transport,
+    "--server",
+    getattr(server, transport),
+    "--assets",
+    skewed,
+  )
   assert (status, lines) == (2, [])
   assert err.startswith("error: fingerprint mismatch (version skew): server has ") and (
-      f"assets {skewed} have ffffffffffffffff" in err), err
+    f"assets {skewed} have ffffffffffffffff" in err
+  ), err
 
 
 @pytest.mark.slow  # exports and starts the server
 def test_cli_over_grpc_does_not_import_tensorflow(base, server, sample):
-  code = ("import sys; from evaluation.__main__ import main; status = main(sys.argv[1:]); "
-          "print('tensorflow' in sys.modules); sys.exit(status)")
+  code = (
+    "import sys; from evaluation.__main__ import main; status = main(sys.argv[1:]); "
+    "print('tensorflow' in sys.modules); sys.exit(status)"
+  )
   result = subprocess.run(
-      [sys.executable, "-c", code, "--data", sample, "--transport", "grpc", "--server",
-       server.grpc, "--model_base_path", base], capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-c",
+      code,
+      "--data",
+      sample,
+      "--transport",
+      "grpc",
+      "--server",
+      server.grpc,
+      "--model_base_path",
+      base,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   *report, imported = result.stdout.splitlines()
   assert OVERALL.match(report[-1]) and imported == "False"

@@ -29,33 +29,48 @@ def make_checkpoint(tiny_bert_dir, out_dir, seed=0):
   from bert_ner.head import build_inference_graph
 
   id2label = labels.make_label_list(["LOC", "MISC", "ORG", "PER"])
-  ner_config = checkpoint.NerConfig(lstm_size=8, hidden_size=8, feature_layers=[-2, -1],
-                                    max_seq_length=32)
-  model_dir = checkpoint.ModelDir(str(tiny_bert_dir / "bert_config.json"),
-                                  str(tiny_bert_dir / "vocab.txt"), ner_config, id2label,
-                                  [str(tiny_bert_dir / "bert_model.ckpt")])
+  ner_config = checkpoint.NerConfig(
+    lstm_size=8, hidden_size=8, feature_layers=[-2, -1], max_seq_length=32
+  )
+  model_dir = checkpoint.ModelDir(
+    str(tiny_bert_dir / "bert_config.json"),
+    str(tiny_bert_dir / "vocab.txt"),
+    ner_config,
+    id2label,
+    [str(tiny_bert_dir / "bert_model.ckpt")],
+  )
   with tf.Graph().as_default():
     tf.set_random_seed(seed)
     input_ids = tf.placeholder(tf.int32, [None, None])
     build_inference_graph(model_dir, input_ids, tf.ones_like(input_ids))
     with tf.Session() as sess:
       sess.run(tf.global_variables_initializer())
-      checkpoint.restore(sess, model_dir.init_checkpoints,
-                         [v for v in tf.global_variables() if v.op.name.startswith("bert/")])
-      checkpoint.save_checkpoint_dir(sess, out_dir, 1, model_dir.bert_config_path,
-                                     model_dir.vocab_path, id2label, ner_config)
+      checkpoint.restore(
+        sess,
+        model_dir.init_checkpoints,
+        [v for v in tf.global_variables() if v.op.name.startswith("bert/")],
+      )
+      checkpoint.save_checkpoint_dir(
+        sess, out_dir, 1, model_dir.bert_config_path, model_dir.vocab_path, id2label, ner_config
+      )
   return Path(out_dir)
 
 
 def run_cli(*args):
   """`python -m export ARGS` in a subprocess from the repo root."""
-  return subprocess.run([sys.executable, "-m", "export", *map(str, args)], cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "export", *map(str, args)],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def export_main(capsys, *args):
   """`export.__main__.main(ARGS)` in-process: (exit status, stdout, stderr)."""
   from export.__main__ import main
+
   status = main([str(a) for a in args])
   out, err = capsys.readouterr()
   return status, out, err
@@ -63,13 +78,16 @@ def export_main(capsys, *args):
 
 def listing(base):
   """{relative path: (size, mtime_ns)} of everything under `base`."""
-  return {str(p.relative_to(base)): (p.stat().st_size, p.stat().st_mtime_ns)
-          for p in sorted(Path(base).rglob("*"))}
+  return {
+    str(p.relative_to(base)): (p.stat().st_size, p.stat().st_mtime_ns)
+    for p in sorted(Path(base).rglob("*"))
+  }
 
 
 def load_saved_model(path):
   """(session, serving_default SignatureDef) of a SavedModel loaded in a fresh graph."""
   import tensorflow as tf
+
   sess = tf.compat.v1.Session(graph=tf.Graph())
   meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
   return sess, meta.signature_def["serving_default"]
@@ -86,13 +104,27 @@ def exported(ckpt, tmp_path_factory):
   """A model base exported twice: version 1 by the CLI subprocess (--verbose: signatures shown),
   version 2 in-process."""
   from export.__main__ import main
+
   base = tmp_path_factory.mktemp("models") / "bert_ner"
   first = run_cli("--checkpoint", ckpt, "--model_base_path", base, "--verbose")
   assert first.returncode == 0, first.stderr
   conll = base.parent / "verify.conll"
   conll.write_text(CONLL)
-  assert main(["--checkpoint", str(ckpt), "--model_base_path", str(base), "--verify_file",
-               str(conll), "--verify_sentences", "0"]) == 0
+  assert (
+    main(
+      [
+        "--checkpoint",
+        str(ckpt),
+        "--model_base_path",
+        str(base),
+        "--verify_file",
+        str(conll),
+        "--verify_sentences",
+        "0",
+      ]
+    )
+    == 0
+  )
   return base, first.stdout
 
 
@@ -106,26 +138,36 @@ def fingerprint(exported):
 def test_help_needs_no_checkpoint():
   result = run_cli("--help")
   assert result.returncode == 0
-  for flag in ("--checkpoint", "--model_base_path", "--version", "--verify_sentences",
-               "--verify_file"):
+  for flag in (
+    "--checkpoint",
+    "--model_base_path",
+    "--version",
+    "--verify_sentences",
+    "--verify_file",
+  ):
     assert flag in result.stdout
 
 
 def test_versions_and_report(exported, fingerprint):
   from bert_ner import model_base
+
   base, stdout = exported
   assert model_base.versions(base) == [1, 2]
   assert [p.name for p in base.iterdir() if not p.name.isdigit()] == []
   assert "signature_def['serving_default']:" in stdout
   assert "Method name is: tensorflow/serving/predict" in stdout
-  assert re.search(rf"-> {re.escape(str(base / '1'))} \(fingerprint {fingerprint}\) in "
-                   r"[0-9.]+s", stdout)
+  assert re.search(
+    rf"-> {re.escape(str(base / '1'))} \(fingerprint {fingerprint}\) in "
+    r"[0-9.]+s",
+    stdout,
+  )
   assert "SavedModel == checkpoint graph" in stdout
 
 
 def test_signature_contract_in_saved_model_pb(exported, fingerprint):
   from tensorflow.core.framework import types_pb2
   from tensorflow.core.protobuf import saved_model_pb2
+
   base, _ = exported
   saved = saved_model_pb2.SavedModel.FromString((base / "1/saved_model.pb").read_bytes())
   assert len(saved.meta_graphs) == 1
@@ -138,7 +180,8 @@ def test_signature_contract_in_saved_model_pb(exported, fingerprint):
     assert sig.method_name == "tensorflow/serving/predict"
     assert {k: v.name for k, v in sig.inputs.items()} == expected
     assert {k: v.name for k, v in sig.outputs.items()} == {
-        "pred_label": f"ner_{fingerprint}/pred_label:0"}
+      "pred_label": f"ner_{fingerprint}/pred_label:0"
+    }
     for info in [*sig.inputs.values(), *sig.outputs.values()]:
       assert info.dtype == types_pb2.DT_INT32
       assert [d.size for d in info.tensor_shape.dim] == [-1, -1]
@@ -153,23 +196,33 @@ def test_signature_contract_via_saved_model_cli(exported, fingerprint):
   if not SAVED_MODEL_CLI.exists():
     pytest.skip(f"saved_model_cli not found at {SAVED_MODEL_CLI}")
   base, _ = exported
-  result = subprocess.run([str(SAVED_MODEL_CLI), "show", "--dir", str(base / "1"), "--all"],
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [str(SAVED_MODEL_CLI), "show", "--dir", str(base / "1"), "--all"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   blocks = re.split(r"\n(?=signature_def\[')", result.stdout)
   for name in SIGNATURES:
     block = next(b for b in blocks if b.startswith(f"signature_def['{name}']"))
-    for key, tensor in (("inputs['input_ids']", "input_ids:0"),
-                        ("inputs['input_mask']", "input_mask:0"),
-                        ("outputs['pred_label']", f"ner_{fingerprint}/pred_label:0")):
-      assert re.search(re.escape(key) + r" tensor_info:\s+dtype: DT_INT32\s+shape: \(-1, -1\)\s+"
-                       r"name: " + re.escape(tensor), block), block
+    for key, tensor in (
+      ("inputs['input_ids']", "input_ids:0"),
+      ("inputs['input_mask']", "input_mask:0"),
+      ("outputs['pred_label']", f"ner_{fingerprint}/pred_label:0"),
+    ):
+      assert re.search(
+        re.escape(key) + r" tensor_info:\s+dtype: DT_INT32\s+shape: \(-1, -1\)\s+"
+        r"name: " + re.escape(tensor),
+        block,
+      ), block
     assert "Method name is: tensorflow/serving/predict" in block
 
 
 def test_assets(exported, ckpt, fingerprint):
   from bert_ner import checkpoint, labels
   from bert_ner.featurizer import Featurizer
+
   base, _ = exported
   assets = base / "1/assets.extra"
   assert (assets / "vocab.txt").read_bytes() == (ckpt / "vocab.txt").read_bytes()
@@ -179,7 +232,8 @@ def test_assets(exported, ckpt, fingerprint):
   assert config["labels"] == labels.load_label_map(str(ckpt))
   assert (config["vocab_size"], config["max_position_embeddings"]) == (30522, 64)
   assert checkpoint.NerConfig.from_dict(config) == checkpoint.NerConfig.from_json_file(
-      ckpt / "ner_config.json")
+    ckpt / "ner_config.json"
+  )
   assert config["do_lower_case"] is True and config["max_seq_length"] == 32
   assert Featurizer.from_dir(str(assets)).encode_words(["EU"])[0].input_ids[0] == 101
 
@@ -216,28 +270,34 @@ def _edit_config(ckpt):
 def test_fingerprint_covers_labels_vocab_and_config(ckpt, fingerprint, tmp_path, capsys):
   # Same weights each time: a client holding the old labels, vocab or config must be refused.
   found = {}
-  for name, edit in (("labels", _edit_labels), ("vocab", _edit_vocab),
-                     ("config", _edit_config)):
+  for name, edit in (("labels", _edit_labels), ("vocab", _edit_vocab), ("config", _edit_config)):
     variant = tmp_path / name
     shutil.copytree(ckpt, variant)
     before = {p.name: p.read_bytes() for p in variant.iterdir()}
     edit(variant)
     assert [n for n, data in before.items() if (variant / n).read_bytes() != data] == [
-        {"labels": "label2id.json", "vocab": "vocab.txt", "config": "ner_config.json"}[name]]
-    status, _, err = export_main(capsys, "--checkpoint", variant, "--model_base_path",
-                                 tmp_path / f"m-{name}")
+      {"labels": "label2id.json", "vocab": "vocab.txt", "config": "ner_config.json"}[name]
+    ]
+    status, _, err = export_main(
+      capsys, "--checkpoint", variant, "--model_base_path", tmp_path / f"m-{name}"
+    )
     assert status == 0, err
-    found[name] = json.loads(
-        (tmp_path / f"m-{name}/1/assets.extra/ner_config.json").read_text())["fingerprint"]
+    found[name] = json.loads((tmp_path / f"m-{name}/1/assets.extra/ner_config.json").read_text())[
+      "fingerprint"
+    ]
   assert fingerprint not in found.values() and len(set(found.values())) == 3, found
 
 
 def test_warmup_requests_parse_and_run(exported):
   import tensorflow as tf
   from tensorflow_serving.apis import prediction_log_pb2
+
   base, _ = exported
-  records = list(tf.data.TFRecordDataset(str(base / "1/assets.extra/tf_serving_warmup_requests"))
-                 .as_numpy_iterator())
+  records = list(
+    tf.data.TFRecordDataset(
+      str(base / "1/assets.extra/tf_serving_warmup_requests")
+    ).as_numpy_iterator()
+  )
   assert len(records) >= 2
   sess, sig = load_saved_model(base / "1")
   with sess:
@@ -257,10 +317,12 @@ def test_saved_model_matches_checkpoint_graph(exported, ckpt):
   from bert_ner.featurizer import Featurizer
   from bert_ner.head import build_inference_graph
   from export.exporter import SAMPLES
+
   base, _ = exported
   featurizer = Featurizer.from_dir(str(ckpt))
   input_ids, input_mask = featurizer.pad_batch(
-      [w for words in SAMPLES for w in featurizer.encode_words(words)])
+    [w for words in SAMPLES for w in featurizer.encode_words(words)]
+  )
   model_dir = checkpoint.resolve(ckpt)
   with tf.Graph().as_default(), tf.Session() as sess:
     ids = tf.placeholder(tf.int32, [None, None])
@@ -299,16 +361,23 @@ def test_mismatch_is_refused(ckpt, tmp_path, capsys, monkeypatch):
 
 def test_crash_mid_export_leaves_no_partial_version(ckpt, tmp_path, capsys):
   from bert_ner import model_base
+
   base = tmp_path / "bert_ner"
   assert export_main(capsys, "--checkpoint", ckpt, "--model_base_path", base)[0] == 0
   before = listing(base)
   # The export dies (SIGKILL, no cleanup possible) right before publishing its complete version.
-  crash = ("import os, signal, sys; from export import layout, __main__ as cli; "
-           "layout.publish = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
-           "sys.exit(cli.main(sys.argv[1:]))")
+  crash = (
+    "import os, signal, sys; from export import layout, __main__ as cli; "
+    "layout.publish = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+    "sys.exit(cli.main(sys.argv[1:]))"
+  )
   args = ["--checkpoint", str(ckpt), "--model_base_path", str(base), "--verify_sentences", "4"]
-  proc = subprocess.Popen([sys.executable, "-c", crash, *args], cwd=REPO_ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    [sys.executable, "-c", crash, *args],
+    cwd=REPO_ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   while proc.poll() is None:  # a server polling the base only ever sees complete versions
     for version in model_base.versions(base):
       assert (base / str(version) / "assets.extra/tf_serving_warmup_requests").exists()
@@ -359,42 +428,51 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def test_a_version_appears_whole_or_not_at_all(ckpt, tmp_path, capsys):
   from bert_ner import model_base
+
   base = tmp_path / "bert_ner"
   assert export_main(capsys, "--checkpoint", ckpt, "--model_base_path", base)[0] == 0
   sizes = lambda version: {k: v[0] for k, v in listing(base / str(version)).items()}
   # The server's version discovery (server/manager.py lists the base with it), newest first.
   discover = lambda: sorted(model_base.version_names(os.listdir(base)), reverse=True)
   args = ["--checkpoint", str(ckpt), "--model_base_path", str(base), "--verify_sentences", "4"]
-  proc = subprocess.Popen([sys.executable, "-c", KILL_WHILE_PUBLISHING, *args], cwd=REPO_ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    [sys.executable, "-c", KILL_WHILE_PUBLISHING, *args],
+    cwd=REPO_ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   seen = []
   while proc.poll() is None:
     seen += [sizes(version) for version in discover() if version != 1]
     time.sleep(0.005)
   partial = sizes(2) if 2 in discover() else {}
   assert proc.returncode == 0, (
-      f"export killed while publishing (exit {proc.returncode}): version 2 was visible with "
-      f"{len(partial)} of {len(sizes(1))} files")
+    f"export killed while publishing (exit {proc.returncode}): version 2 was visible with "
+    f"{len(partial)} of {len(sizes(1))} files"
+  )
   assert discover() == [2, 1] and sizes(2).keys() == sizes(1).keys()
   assert all(files == sizes(2) for files in seen), "a poller saw a partial version"
   assert [p.name for p in base.iterdir() if not p.name.isdigit()] == []
 
 
-@pytest.mark.parametrize("case", ["missing_dir", "no_checkpoint", "unwritable_base",
-                                  "existing_version"])
-def test_bad_input_exits_2_and_touches_nothing(case, exported, tiny_bert_dir, ckpt, tmp_path,
-                                               capsys):
+@pytest.mark.parametrize(
+  "case", ["missing_dir", "no_checkpoint", "unwritable_base", "existing_version"]
+)
+def test_bad_input_exits_2_and_touches_nothing(
+  case, exported, tiny_bert_dir, ckpt, tmp_path, capsys
+):
   base, _ = exported
   before = listing(base)
   checkpoint_dir, model_base, extra, message = {
-      "missing_dir": (tmp_path / "nope", base, [], "checkpoint dir not found"),
-      "no_checkpoint": (tiny_bert_dir, base, [], "no checkpoint in"),
-      "unwritable_base": (ckpt, tmp_path / "file/bert_ner", [], "is not writable"),
-      "existing_version": (ckpt, base, ["--version", "1"], "version 1 already exists"),
+    "missing_dir": (tmp_path / "nope", base, [], "checkpoint dir not found"),
+    "no_checkpoint": (tiny_bert_dir, base, [], "no checkpoint in"),
+    "unwritable_base": (ckpt, tmp_path / "file/bert_ner", [], "is not writable"),
+    "existing_version": (ckpt, base, ["--version", "1"], "version 1 already exists"),
   }[case]
   (tmp_path / "file").write_text("a file, not a directory")
-  status, _, err = export_main(capsys, "--checkpoint", checkpoint_dir, "--model_base_path",
-                               model_base, *extra)
+  status, _, err = export_main(
+    capsys, "--checkpoint", checkpoint_dir, "--model_base_path", model_base, *extra
+  )
   assert status == 2
   assert len(err.strip().splitlines()) == 1 and message in err, err
   assert err.startswith("export: error: ")

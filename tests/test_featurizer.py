@@ -19,27 +19,39 @@ from bert_ner.featurizer import Entity, Featurizer, Word, entities, pad_batch
 from bert_ner.labels import load_label_map
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER",
-          "X", "[CLS]", "[SEP]"]
+LABELS = [
+  "O",
+  "B-LOC",
+  "I-LOC",
+  "B-MISC",
+  "I-MISC",
+  "B-ORG",
+  "I-ORG",
+  "B-PER",
+  "I-PER",
+  "X",
+  "[CLS]",
+  "[SEP]",
+]
 # Long enough that no test sentence or text needs a second window.
 ONE_WINDOW = 4096
 
 TRICKY_TEXTS = [
-    "Müller café naïve Ångström Zürich São Paulo Dvořák Łódź Øresund Straße",
-    "cafe\u0301 nai\u0308ve A\u030angstro\u0308m",  # decomposed accents
-    "東京 中文字 日本語のテキスト 한국어 東京タワー",
-    "Wait...!!! ??? (a)[b]{c} --- a--b 'q' \"dq\" ¿qué? «g» — – … ‘s’ “d” #tag @u $5 1% a/b\\c",
-    "a\x00b c\x07d e\u200bf g\th h\r\ni j\x0bk l\x0cm n\x85o p\u2028q r\u00a0s t\u3000u",
-    "\ufeffbom v\ufffdw \x1b[31mred\x1b[0m \u200e\u200f \u2066iso\u2069 soft\u00adhyphen",
-    "I ❤️ NY 😀👍🏽 🇺🇸 👨‍👩‍👧 ★☆ ™ ©",
-    "العربية עברית שָׁלוֹם مرحبا بالعالم",
-    "Z\u0324\u0354\u0367\u0311\u0313a\u0356\u032d\u0308\u0307l\u036e\u0312\u036bo",
-    "\u0301lead trail\u0301 Me\u0301xico",
-    " ".join(["a" * 150, "x" * 250, "supercalifragilistic" * 8, "b" * 201, "c" * 200]),
-    "1996-08-30 3.14 $1,000.50 U.S. e-mail O'Neill 5:30pm",
-    "Москва Ελλάδα αθήνα İstanbul ﬁne ㎏ Ⅻ ½ ª",
-    "",
-    "   \t\n ",
+  "Müller café naïve Ångström Zürich São Paulo Dvořák Łódź Øresund Straße",
+  "cafe\u0301 nai\u0308ve A\u030angstro\u0308m",  # decomposed accents
+  "東京 中文字 日本語のテキスト 한국어 東京タワー",
+  "Wait...!!! ??? (a)[b]{c} --- a--b 'q' \"dq\" ¿qué? «g» — – … ‘s’ “d” #tag @u $5 1% a/b\\c",
+  "a\x00b c\x07d e\u200bf g\th h\r\ni j\x0bk l\x0cm n\x85o p\u2028q r\u00a0s t\u3000u",
+  "\ufeffbom v\ufffdw \x1b[31mred\x1b[0m \u200e\u200f \u2066iso\u2069 soft\u00adhyphen",
+  "I ❤️ NY 😀👍🏽 🇺🇸 👨‍👩‍👧 ★☆ ™ ©",
+  "العربية עברית שָׁלוֹם مرحبا بالعالم",
+  "Z\u0324\u0354\u0367\u0311\u0313a\u0356\u032d\u0308\u0307l\u036e\u0312\u036bo",
+  "\u0301lead trail\u0301 Me\u0301xico",
+  " ".join(["a" * 150, "x" * 250, "supercalifragilistic" * 8, "b" * 201, "c" * 200]),
+  "1996-08-30 3.14 $1,000.50 U.S. e-mail O'Neill 5:30pm",
+  "Москва Ελλάδα αθήνα İstanbul ﬁne ㎏ Ⅻ ½ ª",
+  "",
+  "   \t\n ",
 ]
 
 
@@ -63,8 +75,9 @@ def _load_google_tokenization():
   path = Path(importlib.util.find_spec("bert").submodule_search_locations[0]) / "tokenization.py"
   spec = importlib.util.spec_from_file_location("bert.tokenization", path)
   module = importlib.util.module_from_spec(spec)
-  with mock.patch.dict(sys.modules, {"tensorflow": tf, "tensorflow.compat": compat,
-                                     "tensorflow.compat.v1": v1}):
+  with mock.patch.dict(
+    sys.modules, {"tensorflow": tf, "tensorflow.compat": compat, "tensorflow.compat.v1": v1}
+  ):
     spec.loader.exec_module(module)
   # Its absl flag is never parsed in tests; the flag's default is False.
   module.FLAGS = types.SimpleNamespace(preserve_unused_tokens=False)
@@ -142,8 +155,10 @@ def test_conll_words_agree_with_google(google, dev, conll_train_path, cased_voca
       compared += len(expected)
       if pieces != expected:
         mismatches.append((word, pieces, expected))
-  print(f"\nCoNLL words ({'cased' if cased else 'uncased'}): {len(sentences)} sentences, "
-        f"{words} words, {compared} sub-tokens compared, {len(mismatches)} mismatches")
+  print(
+    f"\nCoNLL words ({'cased' if cased else 'uncased'}): {len(sentences)} sentences, "
+    f"{words} words, {compared} sub-tokens compared, {len(mismatches)} mismatches"
+  )
   assert words > 90_000
   assert not mismatches, mismatches[:20]
 
@@ -161,8 +176,10 @@ def test_free_text_agrees_with_google(google, dev, cased_vocab, cased):
     compared += len(expected)
     if _text_tokens(ours, text) != expected:
       mismatches.append((text, _text_tokens(ours, text), expected))
-  print(f"\nfree text ({'cased' if cased else 'uncased'}): {len(texts)} texts, "
-        f"{compared} sub-tokens compared, {len(mismatches)} mismatches")
+  print(
+    f"\nfree text ({'cased' if cased else 'uncased'}): {len(texts)} texts, "
+    f"{compared} sub-tokens compared, {len(mismatches)} mismatches"
+  )
   assert not mismatches, mismatches[:5]
 
 
@@ -183,7 +200,7 @@ def test_word_offsets_point_into_the_original_text(google):
   basic = google.BasicTokenizer(do_lower_case=True)
   for text in TRICKY_TEXTS + ["  EU  rejects\tGerman call .  "]:
     words = ours.split_words(text)
-    assert all(text[w.start:w.end] == w.text for w in words)
+    assert all(text[w.start : w.end] == w.text for w in words)
     assert all(a.end <= b.start for a, b in zip(words, words[1:]))
     # Each word is exactly one of google's basic tokens, in order.
     assert [basic.tokenize(w.text) for w in words] == [[t] for t in basic.tokenize(text)]
@@ -191,9 +208,15 @@ def test_word_offsets_point_into_the_original_text(google):
 
 def test_words_keep_dropped_accents_and_control_characters():
   words = Featurizer(VOCAB, True).split_words("Müller's cafe\u0301 a\x00b 東京")
-  assert words == [Word("Müller", 0, 6), Word("'", 6, 7), Word("s", 7, 8),
-                   Word("cafe\u0301", 9, 14), Word("a\x00b", 15, 18), Word("東", 19, 20),
-                   Word("京", 20, 21)]
+  assert words == [
+    Word("Müller", 0, 6),
+    Word("'", 6, 7),
+    Word("s", 7, 8),
+    Word("cafe\u0301", 9, 14),
+    Word("a\x00b", 15, 18),
+    Word("東", 19, 20),
+    Word("京", 20, 21),
+  ]
 
 
 def test_dev_sentences_have_exact_word_offsets(dev):
@@ -215,9 +238,31 @@ def test_label_ids_tag_first_sub_tokens(featurizer):
   words = ["EU", "all-rounder", "Müller", "\x07", "Hewlett"]
   [(window, label_ids)] = featurizer.label_ids(words, ["B-ORG", "O", "B-PER", "O", "B-ORG"])
   assert _tokens(featurizer, window.input_ids) == [
-      "[CLS]", "eu", "all", "-", "round", "##er", "muller", "he", "##wl", "##ett", "[SEP]"]
+    "[CLS]",
+    "eu",
+    "all",
+    "-",
+    "round",
+    "##er",
+    "muller",
+    "he",
+    "##wl",
+    "##ett",
+    "[SEP]",
+  ]
   assert [LABELS[i] for i in label_ids] == [
-      "[CLS]", "B-ORG", "O", "X", "X", "X", "B-PER", "B-ORG", "X", "X", "[SEP]"]
+    "[CLS]",
+    "B-ORG",
+    "O",
+    "X",
+    "X",
+    "X",
+    "B-PER",
+    "B-ORG",
+    "X",
+    "X",
+    "[SEP]",
+  ]
   assert window.word_ids == [-1, 0, 1, -1, -1, -1, 2, 4, -1, -1, -1]
   assert (window.first_word, window.last_word, window.num_words) == (0, 4, 5)
 
@@ -253,8 +298,9 @@ def test_predict_words_batches_and_restores_dev(featurizer, dev):
   answers = {}
   for window, ids in zip(sum(windows, []), sum(preds, [])):
     answers.setdefault(tuple(window.input_ids), set()).add(tuple(ids))
-  gold = {key: list(ids) for key, (ids,) in
-          ((key, ids) for key, ids in answers.items() if len(ids) == 1)}
+  gold = {
+    key: list(ids) for key, (ids,) in ((key, ids) for key, ids in answers.items() if len(ids) == 1)
+  }
   keep = [all(tuple(w.input_ids) in gold for w in ws) for ws in windows]
   assert sum(keep) > 0.99 * len(dev)
   sentences = [s for s, k in zip(dev, keep) if k]
@@ -271,7 +317,8 @@ def test_predict_words_batches_and_restores_dev(featurizer, dev):
     return out
 
   assert featurizer.predict_words([s.words for s in sentences], run_fn) == [
-      s.tags for s in sentences]
+    s.tags for s in sentences
+  ]
   rows = sum(len(ws) for ws, k in zip(windows, keep) if k)
   assert len(calls) == math.ceil(rows / 64)
   assert [shape[1] for shape in calls] == sorted(shape[1] for shape in calls)
@@ -280,25 +327,33 @@ def test_predict_words_batches_and_restores_dev(featurizer, dev):
 def test_words_without_sub_tokens_are_tagged_o(featurizer):
   run_fn = lambda input_ids, input_mask: np.full_like(input_ids, LABELS.index("B-ORG"))
   assert featurizer.predict_words([["\x07", "EU", "\u200b"], ["\x00"], []], run_fn) == [
-      ["O", "B-ORG", "O"], ["O"], []]
+    ["O", "B-ORG", "O"],
+    ["O"],
+    [],
+  ]
 
 
 def test_wider_results_are_read_at_the_request_positions(featurizer):
   # TF Serving's batching answers with the merged batch's width: extra columns are ignored.
   def run_fn(input_ids, input_mask):
     wide = np.full((len(input_ids), input_ids.shape[1] + 7), LABELS.index("B-PER"), np.int32)
-    wide[:, :input_ids.shape[1]] = np.where(input_mask > 0, LABELS.index("B-ORG"), 0)
+    wide[:, : input_ids.shape[1]] = np.where(input_mask > 0, LABELS.index("B-ORG"), 0)
     return wide
 
   assert featurizer.predict_words([["EU"], ["EU", "rejects"]], run_fn) == [
-      ["B-ORG"], ["B-ORG", "B-ORG"]]
+    ["B-ORG"],
+    ["B-ORG", "B-ORG"],
+  ]
 
 
-@pytest.mark.parametrize("shape_of", [
+@pytest.mark.parametrize(
+  "shape_of",
+  [
     lambda ids: (ids.shape[0], ids.shape[1] - 1),  # narrower than the request
     lambda ids: (ids.shape[0] + 1, ids.shape[1]),  # another request's rows
     lambda ids: (ids.size,),  # flat
-])
+  ],
+)
 def test_narrower_or_misshaped_results_are_one_line_errors(featurizer, shape_of):
   run_fn = lambda input_ids, input_mask: np.zeros(shape_of(input_ids), np.int32)
   with pytest.raises(ValueError, match=r"^run_fn returned shape \(.*\) for input shape"):
@@ -309,7 +364,9 @@ def test_entities_with_character_offsets():
   text = "EU rejects German call"
   words = Featurizer(VOCAB, True).split_words(text)
   assert entities(text, words, ["B-ORG", "O", "B-MISC", "O"]) == [
-      Entity("ORG", "EU", 0, 2), Entity("MISC", "German", 11, 17)]
+    Entity("ORG", "EU", 0, 2),
+    Entity("MISC", "German", 11, 17),
+  ]
 
 
 def test_entities_accept_iob1_iob2_and_x():
@@ -317,30 +374,55 @@ def test_entities_accept_iob1_iob2_and_x():
   words = Featurizer(VOCAB, True).split_words(text)
   tags = ["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "B-ORG", "X", "I-MISC"]
   assert [(e.type, e.text) for e in entities(text, words, tags)] == [
-      ("PER", "a b"), ("LOC", "d"), ("LOC", "e"), ("ORG", "f g"), ("MISC", "h")]
+    ("PER", "a b"),
+    ("LOC", "d"),
+    ("LOC", "e"),
+    ("ORG", "f g"),
+    ("MISC", "h"),
+  ]
   assert entities(text, words[:2], ["X", "O"]) == []
 
 
 def test_predict_texts_continues_entities_over_x(featurizer):
   # "Hewlett-Packard" is the basic tokens he ##wl ##ett / - / packard: the model reads one word.
-  labels = {"[CLS]": "[CLS]", "[SEP]": "[SEP]", "he": "B-ORG", "##wl": "X", "##ett": "X",
-            "-": "X", "packard": "X"}
+  labels = {
+    "[CLS]": "[CLS]",
+    "[SEP]": "[SEP]",
+    "he": "B-ORG",
+    "##wl": "X",
+    "##ett": "X",
+    "-": "X",
+    "packard": "X",
+  }
 
   def run_fn(input_ids, input_mask):
-    return np.array([[LABELS.index(labels.get(t, "O")) for t in _tokens(featurizer, row)]
-                     for row in input_ids.tolist()], np.int32)
+    return np.array(
+      [
+        [LABELS.index(labels.get(t, "O")) for t in _tokens(featurizer, row)]
+        for row in input_ids.tolist()
+      ],
+      np.int32,
+    )
 
   texts = ["Shares of Hewlett-Packard rose.", "", "  \t\n "]
   assert featurizer.predict_texts(texts, run_fn) == [
-      [Entity("ORG", "Hewlett-Packard", 10, 25)], [], []]
+    [Entity("ORG", "Hewlett-Packard", 10, 25)],
+    [],
+    [],
+  ]
 
 
 def _tagger_of(featurizer, tags_by_token):
   """A stub model: each sub-token gets the tag its vocab string maps to ("O" otherwise)."""
 
   def run_fn(input_ids, input_mask):
-    return np.array([[LABELS.index(tags_by_token.get(t, "O")) for t in _tokens(featurizer, row)]
-                     for row in input_ids.tolist()], np.int32)
+    return np.array(
+      [
+        [LABELS.index(tags_by_token.get(t, "O")) for t in _tokens(featurizer, row)]
+        for row in input_ids.tolist()
+      ],
+      np.int32,
+    )
 
   return run_fn
 
@@ -348,9 +430,18 @@ def _tagger_of(featurizer, tags_by_token):
 def test_the_last_word_keeps_its_tag(featurizer):
   # No CoNLL data needed: a sentence ending in an entity, in one window and cut into several.
   # Merkel is the pieces mer ##kel: the last word's tag is on its first piece.
-  run_fn = _tagger_of(featurizer, {"peter": "B-PER", "angela": "B-PER", "mer": "I-PER",
-                                   "##kel": "X", "eu": "B-ORG", "[CLS]": "[CLS]",
-                                   "[SEP]": "[SEP]"})
+  run_fn = _tagger_of(
+    featurizer,
+    {
+      "peter": "B-PER",
+      "angela": "B-PER",
+      "mer": "I-PER",
+      "##kel": "X",
+      "eu": "B-ORG",
+      "[CLS]": "[CLS]",
+      "[SEP]": "[SEP]",
+    },
+  )
   sentence = ["Peter", "met", "Angela", "Merkel"]
   long_sentence = ["met"] * 100 + sentence
   windowed = Featurizer(VOCAB, True, max_seq_length=32, id2label=LABELS)
@@ -360,8 +451,12 @@ def test_the_last_word_keeps_its_tag(featurizer):
   assert windowed.predict_words([long_sentence], run_fn) == [["O"] * 100 + want]
   text = " ".join(long_sentence)
   assert windowed.predict_texts([text, "EU"], run_fn) == [
-      [Entity("PER", "Peter", len(text) - 23, len(text) - 18),
-       Entity("PER", "Angela Merkel", len(text) - 13, len(text))], [Entity("ORG", "EU", 0, 2)]]
+    [
+      Entity("PER", "Peter", len(text) - 23, len(text) - 18),
+      Entity("PER", "Angela Merkel", len(text) - 13, len(text)),
+    ],
+    [Entity("ORG", "EU", 0, 2)],
+  ]
 
 
 def test_a_long_text_keeps_every_entity_of_every_window(featurizer):
@@ -371,8 +466,10 @@ def test_a_long_text_keeps_every_entity_of_every_window(featurizer):
   run_fn = _tagger_of(featurizer, {"eu": "B-ORG", "german": "B-MISC", "british": "B-MISC"})
   _, windows = featurizer.encode_text(text)
   assert len(windows) > 200
-  want = [Entity({"EU": "ORG"}.get(m.group(), "MISC"), m.group(), m.start(), m.end())
-          for m in re.finditer(r"\b(EU|German|British)\b", text)]
+  want = [
+    Entity({"EU": "ORG"}.get(m.group(), "MISC"), m.group(), m.start(), m.end())
+    for m in re.finditer(r"\b(EU|German|British)\b", text)
+  ]
   assert len(want) > 4000
   assert featurizer.predict_texts([text], run_fn) == [want]
 
@@ -380,15 +477,28 @@ def test_a_long_text_keeps_every_entity_of_every_window(featurizer):
 @pytest.mark.parametrize("unk_label", ["X", "I-PER"])
 def test_unknown_pieces_never_extend_an_entity(featurizer, unk_label):
   # The emoji are [UNK] words; a model reading them as continuations must not glue them on.
-  run_fn = _tagger_of(featurizer, {
-      "[CLS]": "[CLS]", "[SEP]": "[SEP]", "angela": "B-PER", "mer": "I-PER", "##kel": "X",
-      "[UNK]": unk_label, "macro": "B-PER", "##n": "X"})
+  run_fn = _tagger_of(
+    featurizer,
+    {
+      "[CLS]": "[CLS]",
+      "[SEP]": "[SEP]",
+      "angela": "B-PER",
+      "mer": "I-PER",
+      "##kel": "X",
+      "[UNK]": unk_label,
+      "macro": "B-PER",
+      "##n": "X",
+    },
+  )
 
-  text = "Angela Merkel \U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 met " \
-         "Macron \U0001f1eb\U0001f1f7"
+  text = (
+    "Angela Merkel \U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 met "
+    "Macron \U0001f1eb\U0001f1f7"
+  )
   assert _tokens(featurizer, featurizer.encode_text(text)[1][0].input_ids).count("[UNK]") == 2
   assert featurizer.predict_texts([text], run_fn) == [
-      [Entity("PER", "Angela Merkel", 0, 13), Entity("PER", "Macron", 26, 32)]]
+    [Entity("PER", "Angela Merkel", 0, 13), Entity("PER", "Macron", 26, 32)]
+  ]
 
 
 def test_empty_text_has_no_words_and_no_rows(featurizer):
@@ -433,8 +543,9 @@ def test_merge_reads_each_word_far_from_window_cuts(dev):
     n = len(ids) - 2
     # Predictions with little context at a cut are wrong; the merge must not pick them.
     margin = ours.stride // 2
-    near_cut = [(k > 0 and i - 1 < margin) or (k < len(rows) - 1 and n - i < margin)
-                for i in range(len(ids))]
+    near_cut = [
+      (k > 0 and i - 1 < margin) or (k < len(rows) - 1 and n - i < margin) for i in range(len(ids))
+    ]
     preds.append([garbage if bad else label for bad, label in zip(near_cut, ids)])
   assert ours.word_tags([w for w, _ in rows], preds) == tags[2:]
 
@@ -447,8 +558,10 @@ def test_long_text_is_windowed_in_linear_size(dev):
   assert len(words) > 20_000
   windowed = sum(len(w.input_ids) - 2 for w in windows)
   unique = len(_text_tokens(Featurizer(VOCAB, True, ONE_WINDOW * 64), text))
-  print(f"\n{len(words)} words, {unique} sub-tokens, {len(windows)} windows, "
-        f"{windowed / unique:.2f}x sub-tokens")
+  print(
+    f"\n{len(words)} words, {unique} sub-tokens, {len(windows)} windows, "
+    f"{windowed / unique:.2f}x sub-tokens"
+  )
   assert windowed < 2.5 * unique  # windows overlap by about half: linear in the text
   assert {i for w in windows for i in w.word_ids if i >= 0} == set(range(len(words)))
   assert all(len(w.input_ids) <= 128 for w in windows)
@@ -466,8 +579,9 @@ def test_pad_batch_pads_to_the_longest_row(featurizer):
 
 def test_from_dir_reads_vocab_config_and_labels(tmp_path):
   (tmp_path / "vocab.txt").write_bytes(VOCAB.read_bytes())
-  (tmp_path / "ner_config.json").write_text('{"head": "bilstm", "do_lower_case": true, '
-                                            '"max_seq_length": 64}')
+  (tmp_path / "ner_config.json").write_text(
+    '{"head": "bilstm", "do_lower_case": true, "max_seq_length": 64}'
+  )
   (tmp_path / "label2id.json").write_text('{"O": 0, "B-PER": 2, "X": 3, "[CLS]": 4, "[SEP]": 5}')
   ours = Featurizer.from_dir(tmp_path)
   assert (ours.do_lower_case, ours.max_seq_length, ours.stride) == (True, 64, 16)
@@ -488,10 +602,13 @@ def test_bad_settings_fail_clearly():
 
 @pytest.mark.slow  # runs a subprocess
 def test_import_does_not_load_tensorflow():
-  code = ("import sys, time; t = time.perf_counter(); import bert_ner.featurizer; "
-          "print(time.perf_counter() - t); "
-          "assert not any(m.split('.')[0] == 'tensorflow' for m in sys.modules), 'tensorflow'")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, check=False)
+  code = (
+    "import sys, time; t = time.perf_counter(); import bert_ner.featurizer; "
+    "print(time.perf_counter() - t); "
+    "assert not any(m.split('.')[0] == 'tensorflow' for m in sys.modules), 'tensorflow'"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+  )
   assert result.returncode == 0, result.stderr
   print(f"\nimport bert_ner.featurizer: {float(result.stdout):.3f} s")

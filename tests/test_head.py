@@ -9,20 +9,20 @@ from bert_ner.checkpoint import NerConfig
 
 FEATURES, LSTM, HIDDEN, LABELS = 6, 5, 4, 3
 BILSTM_SHAPES = {
-    "rnn_layer/bidirectional_rnn/fw/lstm_cell/kernel": [FEATURES + LSTM, 4 * LSTM],
-    "rnn_layer/bidirectional_rnn/fw/lstm_cell/bias": [4 * LSTM],
-    "rnn_layer/bidirectional_rnn/bw/lstm_cell/kernel": [FEATURES + LSTM, 4 * LSTM],
-    "rnn_layer/bidirectional_rnn/bw/lstm_cell/bias": [4 * LSTM],
-    "project/hidden/W": [2 * LSTM, HIDDEN],
-    "project/hidden/b": [HIDDEN],
-    "project/logits/W": [HIDDEN, LABELS],
-    "project/logits/b": [LABELS],
-    "crf_loss/transitions": [LABELS, LABELS],
+  "rnn_layer/bidirectional_rnn/fw/lstm_cell/kernel": [FEATURES + LSTM, 4 * LSTM],
+  "rnn_layer/bidirectional_rnn/fw/lstm_cell/bias": [4 * LSTM],
+  "rnn_layer/bidirectional_rnn/bw/lstm_cell/kernel": [FEATURES + LSTM, 4 * LSTM],
+  "rnn_layer/bidirectional_rnn/bw/lstm_cell/bias": [4 * LSTM],
+  "project/hidden/W": [2 * LSTM, HIDDEN],
+  "project/hidden/b": [HIDDEN],
+  "project/logits/W": [HIDDEN, LABELS],
+  "project/logits/b": [LABELS],
+  "crf_loss/transitions": [LABELS, LABELS],
 }
 DENSE_SHAPES = {
-    "project/logits/W": [FEATURES, LABELS],
-    "project/logits/b": [LABELS],
-    "crf_loss/transitions": [LABELS, LABELS],
+  "project/logits/W": [FEATURES, LABELS],
+  "project/logits/b": [LABELS],
+  "crf_loss/transitions": [LABELS, LABELS],
 }
 
 
@@ -60,8 +60,10 @@ def test_forward_pass_and_variable_names(head_name, shapes):
     sess.run(tf.global_variables_initializer())
     for batch, steps in [(3, 7), (1, 1)]:
       row_lengths = np.minimum(np.arange(batch) + 1, steps).astype(np.int32)
-      logits, pred = sess.run((ner_head.logits, ner_head.pred_label), {
-          features: rng.standard_normal((batch, steps, FEATURES)), lengths: row_lengths})
+      logits, pred = sess.run(
+        (ner_head.logits, ner_head.pred_label),
+        {features: rng.standard_normal((batch, steps, FEATURES)), lengths: row_lengths},
+      )
       assert logits.shape == (batch, steps, LABELS) and logits.dtype == np.float32
       assert pred.shape == (batch, steps) and pred.dtype == np.int32
       assert ((pred >= 0) & (pred < LABELS)).all()
@@ -76,16 +78,19 @@ def test_bidirectional_lstm_matches_lstm_cell_math():
   with tf.Graph().as_default(), tf.Session() as sess:
     with tf.variable_scope("rnn_layer"):
       outputs = head.bidirectional_lstm(tf.constant(inputs), tf.constant(row_lengths), LSTM)
-    sess.run([v.assign(rng.standard_normal(v.shape.as_list()) * 0.5)
-              for v in tf.global_variables()])
+    sess.run(
+      [v.assign(rng.standard_normal(v.shape.as_list()) * 0.5) for v in tf.global_variables()]
+    )
     got, values = sess.run((outputs, {v.op.name: v for v in tf.global_variables()}))
   cell = "rnn_layer/bidirectional_rnn/{}/lstm_cell/"
   for b, n in enumerate(row_lengths):
     row = inputs[b, :n]
-    forward = numpy_lstm(row, values[cell.format("fw") + "kernel"],
-                         values[cell.format("fw") + "bias"])
-    backward = numpy_lstm(row[::-1], values[cell.format("bw") + "kernel"],
-                          values[cell.format("bw") + "bias"])[::-1]
+    forward = numpy_lstm(
+      row, values[cell.format("fw") + "kernel"], values[cell.format("fw") + "bias"]
+    )
+    backward = numpy_lstm(
+      row[::-1], values[cell.format("bw") + "kernel"], values[cell.format("bw") + "bias"]
+    )[::-1]
     np.testing.assert_allclose(got[b, :n, :LSTM], forward, atol=1e-5)
     np.testing.assert_allclose(got[b, :n, LSTM:], backward, atol=1e-5)
 
@@ -99,8 +104,14 @@ def test_training_reduces_loss(head_name):
   gold = rng.integers(0, LABELS, (batch, steps)).astype(np.int32)
   with tf.Graph().as_default(), tf.Session() as sess:
     tf.set_random_seed(0)
-    ner_head = head.build_ner_head(tf.constant(inputs), tf.constant(row_lengths),
-                                   config(head_name), LABELS, True, label_ids=tf.constant(gold))
+    ner_head = head.build_ner_head(
+      tf.constant(inputs),
+      tf.constant(row_lengths),
+      config(head_name),
+      LABELS,
+      True,
+      label_ids=tf.constant(gold),
+    )
     gradients = tf.gradients(ner_head.loss, tf.trainable_variables())
     assert all(g is not None for g in gradients)
     train_op = tf.train.AdamOptimizer(0.05).minimize(ner_head.loss)
@@ -120,8 +131,9 @@ def test_concat_features_picks_layers():
 def test_unknown_head_is_rejected():
   with tf.Graph().as_default():
     with pytest.raises(ValueError, match="unknown head 'crf'"):
-      head.build_ner_head(tf.zeros([1, 2, FEATURES]), tf.ones([1], tf.int32),
-                          NerConfig(head="crf"), LABELS, False)
+      head.build_ner_head(
+        tf.zeros([1, 2, FEATURES]), tf.ones([1], tf.int32), NerConfig(head="crf"), LABELS, False
+      )
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +141,14 @@ def tiny_graph(tiny_bert_dir):
   """The inference graph over the tiny random BERT with a random head: a run(ids, mask) fn."""
   from bert_ner import backbone
   from bert_ner.checkpoint import ModelDir
+
   model_dir = ModelDir(
-      bert_config_path=str(tiny_bert_dir / "bert_config.json"),
-      vocab_path=str(tiny_bert_dir / "vocab.txt"), ner_config=config("bilstm"),
-      id2label=[str(i) for i in range(LABELS)],
-      init_checkpoints=[str(tiny_bert_dir / backbone.CHECKPOINT_NAME)])
+    bert_config_path=str(tiny_bert_dir / "bert_config.json"),
+    vocab_path=str(tiny_bert_dir / "vocab.txt"),
+    ner_config=config("bilstm"),
+    id2label=[str(i) for i in range(LABELS)],
+    init_checkpoints=[str(tiny_bert_dir / backbone.CHECKPOINT_NAME)],
+  )
   graph = tf.Graph()
   with graph.as_default():
     tf.set_random_seed(2)
@@ -144,19 +159,23 @@ def tiny_graph(tiny_bert_dir):
     sess.run(tf.global_variables_initializer())
     # Larger head weights than the initializers give, so predictions vary across labels.
     sess.run([v.assign(v * 8.0) for v in tf.global_variables() if not v.name.startswith("bert")])
-  yield lambda ids, mask: sess.run(pred_label, {input_ids: np.asarray(ids, np.int32),
-                                                input_mask: np.asarray(mask, np.int32)})
+  yield lambda ids, mask: sess.run(
+    pred_label, {input_ids: np.asarray(ids, np.int32), input_mask: np.asarray(mask, np.int32)}
+  )
   sess.close()
 
 
 SENTENCE = [101, 7327, 19164, 2446, 2655, 102]  # [CLS] eu rejects german call [SEP]
 
 
-@pytest.mark.parametrize("ids_pad, mask_pad", [
+@pytest.mark.parametrize(
+  "ids_pad, mask_pad",
+  [
     (101, 1),  # TF Serving's batching: the request's first element (batching_util.cc PadTensor)
     (0, 0),  # the clients' own padding
     (0, 1),  # a mask of 1s running past [SEP]
-])
+  ],
+)
 def test_rows_end_at_their_first_sep_whatever_the_padding(tiny_graph, ids_pad, mask_pad):
   alone = tiny_graph([SENTENCE], [[1] * 6])
   assert alone.any()  # the random head tags something, so equality below means something
@@ -171,20 +190,35 @@ def test_a_row_without_sep_keeps_its_leading_mask_length(tiny_graph):
   np.testing.assert_array_equal(truncated[:, :4], tiny_graph([SENTENCE[:4]], [[1] * 4]))
 
 
-@pytest.mark.parametrize("ids, mask, message", [
-    ([SENTENCE], [[1, 2**31 - 1, 2**31 - 1, 1, 1, 1]],
-     r"input_mask must hold only 0 and 1, got 2147483647 \(row 0, position 1\)"),
-    ([SENTENCE, SENTENCE], [[1] * 6, [1, 1, 2, 1, 1, 1]],
-     r"input_mask must hold only 0 and 1, got 2 \(row 1, position 2\)"),
-    ([[101, 99999, 102]], [[1, 1, 1]],
-     r"input_ids contains 99999, outside the vocabulary \[0, 30522\) \(row 0, position 1\)"),
+@pytest.mark.parametrize(
+  "ids, mask, message",
+  [
+    (
+      [SENTENCE],
+      [[1, 2**31 - 1, 2**31 - 1, 1, 1, 1]],
+      r"input_mask must hold only 0 and 1, got 2147483647 \(row 0, position 1\)",
+    ),
+    (
+      [SENTENCE, SENTENCE],
+      [[1] * 6, [1, 1, 2, 1, 1, 1]],
+      r"input_mask must hold only 0 and 1, got 2 \(row 1, position 2\)",
+    ),
+    (
+      [[101, 99999, 102]],
+      [[1, 1, 1]],
+      r"input_ids contains 99999, outside the vocabulary \[0, 30522\) \(row 0, position 1\)",
+    ),
     ([[101, -3, 102]], [[1, 1, 1]], r"input_ids contains -3, outside"),
     ([[101, 102]], [[0, 1]], r"input_mask row 0 has length 0"),
     (np.zeros((1, 0)), np.zeros((1, 0)), r"input_mask row 0 has length 0"),
-    (np.full((1, 65), 101), np.ones((1, 65)),
-     r"input_ids has length 65 but the model has only 64 positions"),
+    (
+      np.full((1, 65), 101),
+      np.ones((1, 65)),
+      r"input_ids has length 65 but the model has only 64 positions",
+    ),
     ([SENTENCE], [[1] * 5], r"input_mask shape \[1,5\] does not match input_ids shape \[1,6\]"),
-])
+  ],
+)
 def test_bad_inputs_fail_the_run_naming_the_input(tiny_graph, ids, mask, message):
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     tiny_graph(ids, mask)

@@ -58,8 +58,9 @@ def kubectl_kustomize(directory):
   kubectl = shutil.which("kubectl")
   if kubectl is None:
     return None
-  result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,
-                          text=True, timeout=120)
+  result = subprocess.run(
+    [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+  )
   if result.returncode != 0:
     raise AssertionError(f"kubectl kustomize {directory} failed: {result.stderr}")
   return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -84,8 +85,13 @@ def test_the_loader_refuses_what_it_does_not_implement(tmp_path):
 def test_every_manifest_fits_the_pinned_kubernetes_schema(directory):
   resources = rendered(directory)
   kinds = {kind for kind, _ in resources}
-  assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-          "ConfigMap"} <= kinds
+  assert {
+    "Deployment",
+    "Service",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "ConfigMap",
+  } <= kinds
   for resource in resources.values():
     assert k8s_support.validate_kubernetes(resource) == "1.33"
 
@@ -110,12 +116,15 @@ def test_the_inference_service_fits_kserve_schema(isvc, kserve_schema):
   assert tensorflow["storageUri"].endswith("/bert_ner")
 
 
-@pytest.mark.parametrize("breakage,message", [
+@pytest.mark.parametrize(
+  "breakage,message",
+  [
     (lambda p: p.update(tensorflw=p.pop("tensorflow")), "'tensorflw' was unexpected"),
     (lambda p: p["tensorflow"].update(runtimeVersion=2.18), "2.18 is not of type 'string'"),
     (lambda p: p["tensorflow"]["resources"]["limits"].update(memory=[2]), "is not valid"),
     (lambda p: p["securityContext"].update(runAsUsr=1), "'runAsUsr' was unexpected"),
-])
+  ],
+)
 def test_the_kserve_schema_refuses_broken_services(isvc, kserve_schema, breakage, message):
   broken = json.loads(json.dumps(isvc))
   breakage(broken["spec"]["predictor"])
@@ -137,8 +146,9 @@ def test_config_files_are_docker_s(base):
   data = base["ConfigMap", "bert-ner-config"]["data"]
   assert sorted(data) == sorted(CONFIG_FILES)
   for name in ("batching_parameters.txt", "monitoring_config.txt"):
-    assert data[name] == (REPO_ROOT / "docker" / name).read_text(), \
-        f"k8s/base/{name} differs from docker/{name}: copy it again"
+    assert data[name] == (REPO_ROOT / "docker" / name).read_text(), (
+      f"k8s/base/{name} differs from docker/{name}: copy it again"
+    )
   if (REPO_ROOT / "docker" / "models.config").exists():
     assert data["models.config"] == (REPO_ROOT / "docker" / "models.config").read_text()
 
@@ -189,8 +199,11 @@ def test_config_paths_agree(base, container):
   monitoring = base["ConfigMap", "bert-ner-config"]["data"]["monitoring_config.txt"]
   metrics_path = re.search(r'path:\s*"([^"]+)"', monitoring).group(1)
   annotations = base["Deployment", "bert-ner"]["spec"]["template"]["metadata"]["annotations"]
-  assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "8501",
-                         "prometheus.io/path": metrics_path}
+  assert annotations == {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": "8501",
+    "prometheus.io/path": metrics_path,
+  }
   assert container["livenessProbe"]["httpGet"] == {"path": metrics_path, "port": "http"}
 
 
@@ -198,8 +211,11 @@ def test_user_and_image_agree(base, container, isvc):
   (user,) = instruction("USER")
   uid, gid = map(int, user.split(":"))
   pod = base["Deployment", "bert-ner"]["spec"]["template"]["spec"]["securityContext"]
-  assert (pod["runAsUser"], pod["runAsGroup"], pod["runAsNonRoot"]) == (uid, gid, True) == \
-      (10001, 10001, True)
+  assert (
+    (pod["runAsUser"], pod["runAsGroup"], pod["runAsNonRoot"])
+    == (uid, gid, True)
+    == (10001, 10001, True)
+  )
   kserve = isvc["spec"]["predictor"]["securityContext"]
   assert (kserve["runAsUser"], kserve["runAsGroup"]) == (uid, gid)
   assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -207,17 +223,22 @@ def test_user_and_image_agree(base, container, isvc):
   compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
   assert container["image"] == compose["services"]["bert_ner"]["image"]
   serving_image = instruction("FROM")[-1]  # the final stage; the first one exports
-  assert serving_image.split(":")[1].split("@")[0] == \
-      isvc["spec"]["predictor"]["tensorflow"]["runtimeVersion"]
+  assert (
+    serving_image.split(":")[1].split("@")[0]
+    == isvc["spec"]["predictor"]["tensorflow"]["runtimeVersion"]
+  )
 
 
 def test_rollout_keeps_every_replica_and_scaling_is_bounded(base):
   spec = base["Deployment", "bert-ner"]["spec"]
-  assert spec["strategy"] == {"type": "RollingUpdate",
-                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+  assert spec["strategy"] == {
+    "type": "RollingUpdate",
+    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+  }
   hpa = base["HorizontalPodAutoscaler", "bert-ner"]["spec"]
-  assert hpa["scaleTargetRef"]["name"] == "bert-ner" and 2 <= hpa["minReplicas"] < \
-      hpa["maxReplicas"]
+  assert (
+    hpa["scaleTargetRef"]["name"] == "bert-ner" and 2 <= hpa["minReplicas"] < hpa["maxReplicas"]
+  )
   pdb = base["PodDisruptionBudget", "bert-ner"]["spec"]
   assert pdb["maxUnavailable"] == 1 and pdb["selector"] == spec["selector"]
 
@@ -229,8 +250,9 @@ def mebibytes(quantity):
 
 def test_resources_cover_the_benchmarked_peak(container, isvc):
   results = (REPO_ROOT / "bench" / "results.md").read_text()
-  peaks = [int(m) for m in re.findall(r"^\| batching (?:on|off) \| [^|]+ \| (\d+) \|$", results,
-                                      re.M)]
+  peaks = [
+    int(m) for m in re.findall(r"^\| batching (?:on|off) \| [^|]+ \| (\d+) \|$", results, re.M)
+  ]
   cores = int(re.search(r"Machine: (\d+) cores usable", results).group(1))
   assert len(peaks) == 2
   for resources in (container["resources"], isvc["spec"]["predictor"]["tensorflow"]["resources"]):
@@ -251,14 +273,25 @@ class StatusServer(http.server.ThreadingHTTPServer):
 
 
 class StatusHandler(http.server.BaseHTTPRequestHandler):
-
   def do_GET(self):
     if self.path != "/v1/models/bert_ner" or self.server.state is None:
       body, code = b'{ "error": "Could not find any versions of model bert_ner" }', 404
     else:
-      body, code = json.dumps({"model_version_status": [{
-          "version": "1", "state": self.server.state,
-          "status": {"error_code": "OK", "error_message": ""}}]}, indent=1).encode(), 200
+      body, code = (
+        json.dumps(
+          {
+            "model_version_status": [
+              {
+                "version": "1",
+                "state": self.server.state,
+                "status": {"error_code": "OK", "error_message": ""},
+              }
+            ]
+          },
+          indent=1,
+        ).encode(),
+        200,
+      )
     self.send_response(code)
     self.send_header("Content-Length", str(len(body)))
     self.end_headers()
@@ -268,15 +301,17 @@ class StatusHandler(http.server.BaseHTTPRequestHandler):
     pass
 
 
-@pytest.mark.parametrize("state,ready", [("AVAILABLE", True), ("LOADING", False),
-                                         ("UNLOADING", False), (None, False)])
+@pytest.mark.parametrize(
+  "state,ready", [("AVAILABLE", True), ("LOADING", False), ("UNLOADING", False), (None, False)]
+)
 @pytest.mark.slow  # runs the probe script
 def test_the_readiness_probe_passes_only_for_an_available_version(container, state, ready):
   probe = container["readinessProbe"]["exec"]["command"]
   assert probe == container["startupProbe"]["exec"]["command"]
   port = free_port()
-  command = [part.replace("/dev/tcp/127.0.0.1/8501", f"/dev/tcp/127.0.0.1/{port}")
-             for part in probe]
+  command = [
+    part.replace("/dev/tcp/127.0.0.1/8501", f"/dev/tcp/127.0.0.1/{port}") for part in probe
+  ]
   assert command != probe
   with StatusServer(port, state) as server:
     threading.Thread(target=server.serve_forever, daemon=True).start()

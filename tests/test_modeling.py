@@ -14,22 +14,24 @@ def google_variables(config):
   """google-research/bert's variable names and shapes for `config`, written out independently."""
   hidden, inner = config.hidden_size, config.intermediate_size
   variables = {
-      "bert/embeddings/word_embeddings": [config.vocab_size, hidden],
-      "bert/embeddings/token_type_embeddings": [config.type_vocab_size, hidden],
-      "bert/embeddings/position_embeddings": [config.max_position_embeddings, hidden],
-      "bert/embeddings/LayerNorm/gamma": [hidden],
-      "bert/embeddings/LayerNorm/beta": [hidden],
-      "bert/pooler/dense/kernel": [hidden, hidden],
-      "bert/pooler/dense/bias": [hidden],
+    "bert/embeddings/word_embeddings": [config.vocab_size, hidden],
+    "bert/embeddings/token_type_embeddings": [config.type_vocab_size, hidden],
+    "bert/embeddings/position_embeddings": [config.max_position_embeddings, hidden],
+    "bert/embeddings/LayerNorm/gamma": [hidden],
+    "bert/embeddings/LayerNorm/beta": [hidden],
+    "bert/pooler/dense/kernel": [hidden, hidden],
+    "bert/pooler/dense/bias": [hidden],
   }
   for layer in range(config.num_hidden_layers):
     prefix = "bert/encoder/layer_%d/" % layer
-    for dense, shape in [("attention/self/query", [hidden, hidden]),
-                         ("attention/self/key", [hidden, hidden]),
-                         ("attention/self/value", [hidden, hidden]),
-                         ("attention/output/dense", [hidden, hidden]),
-                         ("intermediate/dense", [hidden, inner]),
-                         ("output/dense", [inner, hidden])]:
+    for dense, shape in [
+      ("attention/self/query", [hidden, hidden]),
+      ("attention/self/key", [hidden, hidden]),
+      ("attention/self/value", [hidden, hidden]),
+      ("attention/output/dense", [hidden, hidden]),
+      ("intermediate/dense", [hidden, inner]),
+      ("output/dense", [inner, hidden]),
+    ]:
       variables[prefix + dense + "/kernel"] = shape
       variables[prefix + dense + "/bias"] = shape[1:]
     for norm in ("attention/output/LayerNorm", "output/LayerNorm"):
@@ -52,10 +54,15 @@ def run_bert(bert_dir, input_ids, input_mask, token_type_ids=None):
     model = modeling.BertModel(config, False, ids, mask, token_type_ids=types)
     with tf.Session() as sess:
       tf.train.Saver().restore(sess, str(bert_dir / "bert_model.ckpt"))
-      return sess.run({"embedding_output": model.embedding_output,
-                       "all_encoder_layers": model.all_encoder_layers,
-                       "sequence_output": model.sequence_output,
-                       "pooled_output": model.pooled_output}, feed)
+      return sess.run(
+        {
+          "embedding_output": model.embedding_output,
+          "all_encoder_layers": model.all_encoder_layers,
+          "sequence_output": model.sequence_output,
+          "pooled_output": model.pooled_output,
+        },
+        feed,
+      )
 
 
 def random_ids(rng, batch_size, seq_length):
@@ -93,9 +100,14 @@ def test_outputs_have_dynamic_batch_and_time(tiny_bert_dir):
       for batch_size, seq_length in [(1, 3), (3, 11), (2, 64)]:
         input_ids = random_ids(rng, batch_size, seq_length)
         embedding, layers, sequence, pooled = sess.run(
-            [model.embedding_output, model.all_encoder_layers, model.sequence_output,
-             model.pooled_output],
-            {ids: input_ids, mask: np.ones_like(input_ids)})
+          [
+            model.embedding_output,
+            model.all_encoder_layers,
+            model.sequence_output,
+            model.pooled_output,
+          ],
+          {ids: input_ids, mask: np.ones_like(input_ids)},
+        )
         assert embedding.shape == sequence.shape == (batch_size, seq_length, 32)
         assert [layer.shape for layer in layers] == [(batch_size, seq_length, 32)] * 2
         np.testing.assert_array_equal(layers[-1], sequence)
@@ -112,8 +124,9 @@ def test_padding_does_not_change_real_positions(tiny_bert_dir):
   padded = run_bert(tiny_bert_dir, batch_ids, batch_mask)
   for alone_layer, padded_layer in zip(alone["all_encoder_layers"], padded["all_encoder_layers"]):
     np.testing.assert_allclose(padded_layer[:1, :5], alone_layer, atol=1e-5)
-  np.testing.assert_allclose(padded["embedding_output"][:1, :5], alone["embedding_output"],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    padded["embedding_output"][:1, :5], alone["embedding_output"], atol=1e-6
+  )
   np.testing.assert_allclose(padded["pooled_output"][:1], alone["pooled_output"], atol=1e-5)
   # The mask matters: the same row unmasked sees the extra tokens.
   unmasked = run_bert(tiny_bert_dir, batch_ids, np.ones_like(batch_ids))
@@ -142,8 +155,10 @@ def test_dropout_only_when_training(tiny_bert_dir):
     assert len(tf.global_variables()) == len(google_variables(config))
     with tf.Session() as sess:
       tf.train.Saver().restore(sess, str(tiny_bert_dir / "bert_model.ckpt"))
-      outputs = [sess.run([inference.sequence_output, training.sequence_output], {ids: input_ids})
-                 for _ in range(2)]
+      outputs = [
+        sess.run([inference.sequence_output, training.sequence_output], {ids: input_ids})
+        for _ in range(2)
+      ]
   np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
   assert np.abs(outputs[0][1] - outputs[0][0]).max() > 1e-3
   assert np.abs(outputs[0][1] - outputs[1][1]).max() > 1e-3
@@ -158,8 +173,9 @@ def test_sequence_longer_than_max_position_embeddings_fails(tiny_bert_dir):
 def test_gelu_is_the_exact_erf_form():
   points = np.array([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0], dtype=np.float32)
   with tf.Graph().as_default(), tf.Session() as sess:
-    exact, approximate = sess.run([modeling.gelu(tf.constant(points)),
-                                   modeling.gelu_tanh(tf.constant(points))])
+    exact, approximate = sess.run(
+      [modeling.gelu(tf.constant(points)), modeling.gelu_tanh(tf.constant(points))]
+    )
   expected = [0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0))) for x in points]
   np.testing.assert_allclose(exact, expected, atol=1e-6)
   assert np.abs(approximate - expected).max() > 1e-5
@@ -172,9 +188,16 @@ def test_unknown_activation_is_refused():
 
 
 def test_config_reads_google_and_hugging_face_json(tmp_path):
-  hf_json = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
-             "num_hidden_layers": 6, "intermediate_size": 1536, "type_vocab_size": 2,
-             "layer_norm_eps": 1e-12, "_name_or_path": "x"}
+  hf_json = {
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 384,
+    "num_hidden_layers": 6,
+    "intermediate_size": 1536,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "_name_or_path": "x",
+  }
   (tmp_path / "config.json").write_text(json.dumps(hf_json))
   config = modeling.BertConfig.from_json_file(tmp_path / "config.json")
   assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (384, 6, 12)

@@ -25,9 +25,23 @@ def code_blocks(language):
 def served(tmp_path_factory):
   """models/default exported into a temp model base and served on free loopback ports."""
   base = tmp_path_factory.mktemp("readme") / "bert_ner"
-  done = subprocess.run([sys.executable, "-m", "export", "--checkpoint", "models/default",
-                         "--model_base_path", str(base), "--verify_sentences", "4"],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  done = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "export",
+      "--checkpoint",
+      "models/default",
+      "--model_base_path",
+      str(base),
+      "--verify_sentences",
+      "4",
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert done.returncode == 0, done.stderr
   server = ServerProcess(base, base.parent / "server.log").start()
   yield server, base / "1" / "assets.extra"
@@ -36,16 +50,24 @@ def served(tmp_path_factory):
 
 def test_client_commands_print_what_the_readme_shows(served):
   server, assets = served
-  commands = [line for block in code_blocks("bash") for line in block.splitlines()
-              if re.match(r"(\.venv/bin/)?python clients/", line)]
+  commands = [
+    line
+    for block in code_blocks("bash")
+    for line in block.splitlines()
+    if re.match(r"(\.venv/bin/)?python clients/", line)
+  ]
   expected = code_blocks("text")[0]
   assert len(commands) == 2
   for command in commands:
     argv = shlex.split(command)
     address = server.grpc if "grpc_client" in command else server.rest
-    done = subprocess.run([sys.executable, *argv[1:2], "--server", address, "--assets",
-                           str(assets), *argv[2:]], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+      [sys.executable, *argv[1:2], "--server", address, "--assets", str(assets), *argv[2:]],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == expected
 

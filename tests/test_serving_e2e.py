@@ -23,9 +23,23 @@ LOAD_SECONDS = 60  # upper bound on the request loop
 
 def export(checkpoint_dir, base):
   """`python -m export` as a user runs it; returns the completed process."""
-  return subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(checkpoint_dir),
-                         "--model_base_path", str(base), "--verify_sentences", "8"],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "export",
+      "--checkpoint",
+      str(checkpoint_dir),
+      "--model_base_path",
+      str(base),
+      "--verify_sentences",
+      "8",
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +49,20 @@ def served(tiny_bert_dir, tmp_path_factory):
   checkpoint_dir = make_checkpoint(tiny_bert_dir, root / "ckpt")
   first = export(checkpoint_dir, root / "models")
   assert first.returncode == 0, first.stderr
-  server = ServerProcess(root / "models", root / "server.log",
-                         flags=["--file_system_poll_wait_seconds", "0.5"]).start()
+  server = ServerProcess(
+    root / "models", root / "server.log", flags=["--file_system_poll_wait_seconds", "0.5"]
+  ).start()
   yield server, checkpoint_dir, root / "models"
   server.stop()
 
 
 def rest_predict(server):
   """Row-format REST predict of ROW; (pred_label row, HTTP status)."""
-  reply = requests.post(f"http://{server.rest}/v1/models/bert_ner:predict", timeout=10,
-                        json={"signature_name": "result", "instances": [ROW]})
+  reply = requests.post(
+    f"http://{server.rest}/v1/models/bert_ner:predict",
+    timeout=10,
+    json={"signature_name": "result", "instances": [ROW]},
+  )
   return reply.json().get("predictions", [None])[0], reply.status_code
 
 
@@ -57,8 +75,10 @@ def grpc_predict(stub):
   for name, values in ROW.items():
     request.inputs[name].CopyFrom(tf.make_tensor_proto([values], dtype=tf.int32))
   response = stub.Predict(request, timeout=10)
-  return (tf.make_ndarray(response.outputs["pred_label"])[0].tolist(),
-          response.model_spec.version.value)
+  return (
+    tf.make_ndarray(response.outputs["pred_label"])[0].tolist(),
+    response.model_spec.version.value,
+  )
 
 
 def test_same_request_over_rest_and_grpc_gives_the_same_labels(served):

@@ -25,15 +25,22 @@ BATCH_ROWS = 64
 @pytest.fixture(scope="module")
 def tf218():
   """Runs tests/tf218_runtime.py under TF 2.18; `make tf218` first (a no-op once it is built)."""
-  made = subprocess.run(["make", "--no-print-directory", "-s", "tf218"], cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=1200)
+  made = subprocess.run(
+    ["make", "--no-print-directory", "-s", "tf218"],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
   assert made.returncode == 0, made.stdout + made.stderr
 
   def run(*args):
-    done = subprocess.run([str(TF218_PYTHON), str(RUNNER), *map(str, args)], capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+      [str(TF218_PYTHON), str(RUNNER), *map(str, args)], capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
   return run
 
 
@@ -41,9 +48,23 @@ def tf218():
 def shipped_export(tmp_path_factory):
   """models/default exported by the dev venv's TensorFlow, as the image's first stage does."""
   base = tmp_path_factory.mktemp("tf218") / "bert_ner"
-  done = subprocess.run([sys.executable, "-m", "export", "--checkpoint", "models/default",
-                         "--model_base_path", str(base), "--verify_sentences", "4"],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  done = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "export",
+      "--checkpoint",
+      "models/default",
+      "--model_base_path",
+      str(base),
+      "--verify_sentences",
+      "4",
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert done.returncode == 0, done.stderr
   return base / "1"
 
@@ -53,21 +74,31 @@ def dev_batches(export_dir, dev_path):
   and padded per batch: [(input_ids, input_mask)]."""
   from bert_ner import conll
   from bert_ner.featurizer import Featurizer, pad_batch
+
   featurizer = Featurizer.from_dir(str(export_dir / "assets.extra"))
   sentences = conll.read_conll(dev_path)
   windows = [w for s in sentences for w in featurizer.encode_words(s.words)]
   windows.sort(key=lambda w: len(w.input_ids))
-  return len(sentences), [pad_batch(windows[i:i + BATCH_ROWS])
-                          for i in range(0, len(windows), BATCH_ROWS)]
+  return len(sentences), [
+    pad_batch(windows[i : i + BATCH_ROWS]) for i in range(0, len(windows), BATCH_ROWS)
+  ]
 
 
-def test_tf218_loader_tags_the_dev_set_as_the_dev_venv_does(tf218, shipped_export, conll_dev_path,
-                                                           tmp_path, capsys):
+def test_tf218_loader_tags_the_dev_set_as_the_dev_venv_does(
+  tf218, shipped_export, conll_dev_path, tmp_path, capsys
+):
   import tensorflow as tf
+
   sentence_count, batches = dev_batches(shipped_export, conll_dev_path)
   inputs = tmp_path / "batches.npz"
-  np.savez(inputs, **{f"{k}_{i}": a for i, (ids, mask) in enumerate(batches)
-                      for k, a in (("ids", ids), ("mask", mask))})
+  np.savez(
+    inputs,
+    **{
+      f"{k}_{i}": a
+      for i, (ids, mask) in enumerate(batches)
+      for k, a in (("ids", ids), ("mask", mask))
+    },
+  )
   ran = tf218("predict", shipped_export, inputs, tmp_path / "tf218.npz")
   assert ran == {"tensorflow": "2.18.0", "batches": len(batches)}
   theirs = np.load(tmp_path / "tf218.npz")
@@ -83,8 +114,10 @@ def test_tf218_loader_tags_the_dev_set_as_the_dev_venv_does(tf218, shipped_expor
       tokens += int(real.sum())
       differing += int((theirs[f"pred_{i}"] != ours)[real].sum())
   with capsys.disabled():
-    print(f"\nTF 2.18 loader vs TF {tf.__version__}: {differing} of {tokens} "
-          f"dev tokens labelled differently ({sentence_count} sentences, {len(batches)} batches)")
+    print(
+      f"\nTF 2.18 loader vs TF {tf.__version__}: {differing} of {tokens} "
+      f"dev tokens labelled differently ({sentence_count} sentences, {len(batches)} batches)"
+    )
   assert sentence_count > 3000 and tokens > 50000
   assert differing == 0
 
@@ -92,15 +125,20 @@ def test_tf218_loader_tags_the_dev_set_as_the_dev_venv_does(tf218, shipped_expor
 def test_tf_serving_218_schemas_accept_the_image_configs(tf218):
   report = tf218("configs", REPO_ROOT / "docker")
   assert report["models.config"]["schema"] == (
-      "tensorflow-serving-api 2.18.0 "
-      "tensorflow_serving.config.model_server_config_pb2.ModelServerConfig")
+    "tensorflow-serving-api 2.18.0 "
+    "tensorflow_serving.config.model_server_config_pb2.ModelServerConfig"
+  )
   assert report["models.config"]["fields"] == ["model_config_list"]
   for name in ("batching_parameters.txt", "monitoring_config.txt"):
-    assert "declared in tests/tf218_runtime.py (tensorflow-serving-api 2.18.0 lacks" in \
-        report[name]["schema"]
+    assert (
+      "declared in tests/tf218_runtime.py (tensorflow-serving-api 2.18.0 lacks"
+      in report[name]["schema"]
+    )
   assert "max_batch_size" in report["batching_parameters.txt"]["fields"]
-  assert report["monitoring_config.txt"]["text"] == \
-      'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }'
+  assert (
+    report["monitoring_config.txt"]["text"]
+    == 'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }'
+  )
 
 
 def test_a_field_tf_serving_218_lacks_fails_the_strict_parse(tf218, tmp_path):
@@ -108,5 +146,5 @@ def test_a_field_tf_serving_218_lacks_fails_the_strict_parse(tf218, tmp_path):
     (tmp_path / name).write_text((REPO_ROOT / "docker" / name).read_text())
   with open(tmp_path / "batching_parameters.txt", "a", encoding="utf-8") as f:
     f.write("mixed_priority_batching_policy: 1\n")
-  with pytest.raises(AssertionError, match="has no field named \"mixed_priority_batching_policy\""):
+  with pytest.raises(AssertionError, match='has no field named "mixed_priority_batching_policy"'):
     tf218("configs", tmp_path)

@@ -55,7 +55,7 @@ def tfs_merge(tasks, pad="first", allowed_batch_sizes=()):
 def tfs_split(outputs, tasks):
   """Each task's rows of every output (SplitOutputTensors), padding rows dropped."""
   ends = np.cumsum([len(next(iter(task.values()))) for task in tasks])  # then the padding rows
-  split = {name: np.split(value, ends)[:len(tasks)] for name, value in outputs.items()}
+  split = {name: np.split(value, ends)[: len(tasks)] for name, value in outputs.items()}
   return [{name: parts[i] for name, parts in split.items()} for i in range(len(tasks))]
 
 
@@ -64,8 +64,9 @@ def exported(tmp_path_factory):
   """The shipped model exported by `python -m export`'s exporter: (version dir, featurizer)."""
   from export import exporter
 
-  version = exporter.export_model(str(DEFAULT), str(tmp_path_factory.mktemp("base")),
-                                  log=lambda message: None)
+  version = exporter.export_model(
+    str(DEFAULT), str(tmp_path_factory.mktemp("base")), log=lambda message: None
+  )
   return version, Featurizer.from_dir(model_base.assets(version))
 
 
@@ -77,12 +78,15 @@ def session_run(exported):
   graph = tf.Graph()
   session = tf.compat.v1.Session(graph=graph)
   meta_graph = tf.compat.v1.saved_model.loader.load(
-      session, [tf.compat.v1.saved_model.SERVING], str(exported[0]))
+    session, [tf.compat.v1.saved_model.SERVING], str(exported[0])
+  )
   signature = meta_graph.signature_def["serving_default"]
 
   def run(inputs):
-    return session.run({a: t.name for a, t in signature.outputs.items()},
-                       {signature.inputs[a].name: v for a, v in inputs.items()})
+    return session.run(
+      {a: t.name for a, t in signature.outputs.items()},
+      {signature.inputs[a].name: v for a, v in inputs.items()},
+    )
 
   yield run
   session.close()
@@ -97,7 +101,7 @@ def dev_requests(exported, conll_dev_path):
   requests, begin = [], 0
   while begin < len(windows):
     size = rng.randint(1, MAX_REQUEST_ROWS)
-    input_ids, input_mask = pad_batch(windows[begin:begin + size])
+    input_ids, input_mask = pad_batch(windows[begin : begin + size])
     requests.append({"input_ids": input_ids, "input_mask": input_mask})
     begin += size
   return requests
@@ -136,13 +140,15 @@ def test_merged_requests_get_the_tags_they_get_alone(session_run, dev_requests):
       assert got.shape[0] == own.shape[0] and got.shape[1] >= own.shape[1]
       wider += got.shape[1] > own.shape[1]
       mask = dev_requests[i]["input_mask"] > 0
-      changed += int(((got[:, :own.shape[1]] != own) & mask).sum())
-      assert not got[:, own.shape[1]:].any()  # beyond the request: label 0
-      assert not got[:, :own.shape[1]][~mask].any()  # its own padding: label 0
+      changed += int(((got[:, : own.shape[1]] != own) & mask).sum())
+      assert not got[:, own.shape[1] :].any()  # beyond the request: label 0
+      assert not got[:, : own.shape[1]][~mask].any()  # its own padding: label 0
   tokens = sum(int(r["input_mask"].sum()) for r in dev_requests)
   rows = sum(len(r["input_mask"]) for r in dev_requests)
-  print(f"changed tags: {changed} of {tokens} sub-tokens ({rows} windows of every dev sentence, "
-        f"{len(dev_requests)} requests; {wider} answers wider than their request)")
+  print(
+    f"changed tags: {changed} of {tokens} sub-tokens ({rows} windows of every dev sentence, "
+    f"{len(dev_requests)} requests; {wider} answers wider than their request)"
+  )
   assert wider > len(dev_requests) / 2  # most requests were padded into wider batches
   assert changed == 0
 
@@ -159,18 +165,28 @@ def servable(exported):
   from server.metrics import Metrics
   from server.servable import Servable
 
-  options = dataclasses.replace(read_batching_parameters(DEFAULT_PARAMETERS_FILE),
-                                allowed_batch_sizes=ALLOWED_BATCH_SIZES,
-                                max_batch_size=MAX_BATCH_SIZE)
+  options = dataclasses.replace(
+    read_batching_parameters(DEFAULT_PARAMETERS_FILE),
+    allowed_batch_sizes=ALLOWED_BATCH_SIZES,
+    max_batch_size=MAX_BATCH_SIZE,
+  )
   with concurrent.futures.ThreadPoolExecutor(1) as executor:
-    loaded = Servable("bert_ner", 1, str(exported[0]), tf.compat.v1.ConfigProto(), options,
-                      executor, Metrics(options.max_batch_size))
+    loaded = Servable(
+      "bert_ner",
+      1,
+      str(exported[0]),
+      tf.compat.v1.ConfigProto(),
+      options,
+      executor,
+      Metrics(options.max_batch_size),
+    )
     yield loaded
     loaded._session.close()
 
 
 def test_embedded_length_groups_return_the_bytes_of_one_merged_run(
-    servable, session_run, dev_requests):
+  servable, session_run, dev_requests
+):
   from server import servable as servable_module
 
   signature = servable.signature("serving_default")

@@ -25,16 +25,29 @@ def _sample(path, out, count):
 def sample_files(tmp_path_factory, conll_train_path, conll_dev_path):
   """Small train/dev CoNLL files (40 and 20 sentences)."""
   root = tmp_path_factory.mktemp("conll_sample")
-  return (_sample(conll_train_path, root / "train.txt", 40),
-          _sample(conll_dev_path, root / "dev.txt", 20))
+  return (
+    _sample(conll_train_path, root / "train.txt", 40),
+    _sample(conll_dev_path, root / "dev.txt", 20),
+  )
 
 
 def _config(tiny_bert_dir, sample_files, out, **overrides):
   """A quick TrainConfig on the tiny BERT (its position table holds 64)."""
   train_path, dev_path = sample_files
-  values = dict(train=train_path, dev=dev_path, out=str(out), backbone=str(tiny_bert_dir),
-                max_seq_length=64, epochs=2, batch_size=8, lstm_size=8, hidden_size=8,
-                feature_layers=[-2, -1], cache_dir=str(out) + ".cache", logdir=str(out) + ".tb")
+  values = dict(
+    train=train_path,
+    dev=dev_path,
+    out=str(out),
+    backbone=str(tiny_bert_dir),
+    max_seq_length=64,
+    epochs=2,
+    batch_size=8,
+    lstm_size=8,
+    hidden_size=8,
+    feature_layers=[-2, -1],
+    cache_dir=str(out) + ".cache",
+    logdir=str(out) + ".tb",
+  )
   values.update(overrides)
   return trainer.TrainConfig(**values)
 
@@ -47,8 +60,12 @@ def _predict(model_path, words):
   from bert_ner.featurizer import Featurizer
 
   model_dir = checkpoint.resolve(model_path)
-  featurizer = Featurizer(model_dir.vocab_path, model_dir.ner_config.do_lower_case,
-                          model_dir.ner_config.max_seq_length, model_dir.id2label)
+  featurizer = Featurizer(
+    model_dir.vocab_path,
+    model_dir.ner_config.do_lower_case,
+    model_dir.ner_config.max_seq_length,
+    model_dir.id2label,
+  )
   with tf.Graph().as_default(), tf.Session() as sess:
     ids = tf.placeholder(tf.int32, [None, None])
     mask = tf.placeholder(tf.int32, [None, None])
@@ -57,14 +74,21 @@ def _predict(model_path, words):
     return featurizer.predict_words([words], lambda i, m: sess.run(pred, {ids: i, mask: m}))[0]
 
 
-def test_frozen_training_writes_macanv_layout_and_selects_on_dev(tiny_bert_dir, sample_files,
-                                                                   tmp_path):
+def test_frozen_training_writes_macanv_layout_and_selects_on_dev(
+  tiny_bert_dir, sample_files, tmp_path
+):
   out = tmp_path / "model"
   report = trainer.run(_config(tiny_bert_dir, sample_files, out, epochs=3))
   names = {p.name for p in out.iterdir()}
   step = report["history"][report["best_epoch"] - 1]
-  assert {"checkpoint", "bert_config.json", "vocab.txt", "label2id.json", "ner_config.json",
-          "train_report.json"} <= names
+  assert {
+    "checkpoint",
+    "bert_config.json",
+    "vocab.txt",
+    "label2id.json",
+    "ner_config.json",
+    "train_report.json",
+  } <= names
   assert any(n.startswith("model.ckpt-") and n.endswith(".index") for n in names)
   assert report["best_epoch"] == max(report["history"], key=lambda h: h["dev_f1"])["epoch"]
   assert step["epoch"] == report["best_epoch"]
@@ -88,8 +112,11 @@ def test_second_run_reads_the_feature_cache(tiny_bert_dir, sample_files, tmp_pat
     raise AssertionError("the encoder ran although its features are cached")
 
   monkeypatch.setattr(trainer.FeatureCache, "_encode", no_encoder)
-  again = trainer.run(_config(tiny_bert_dir, sample_files, tmp_path / "b", epochs=1,
-                              cache_dir=str(tmp_path / "a.cache")))
+  again = trainer.run(
+    _config(
+      tiny_bert_dir, sample_files, tmp_path / "b", epochs=1, cache_dir=str(tmp_path / "a.cache")
+    )
+  )
   assert sorted(p.name for p in (tmp_path / "a.cache").iterdir()) == cached
   assert again["history"][0]["dev_f1"] == first["history"][0]["dev_f1"]
 
@@ -102,8 +129,15 @@ def learnable(tiny_bert_dir, sample_files, tmp_path_factory):
   """
   _, dev_path = sample_files
   out = tmp_path_factory.mktemp("learnable") / "model"
-  config = _config(tiny_bert_dir, (dev_path, dev_path), out, epochs=6, learning_rate=2e-2,
-                   dropout=0.0, batch_size=4)
+  config = _config(
+    tiny_bert_dir,
+    (dev_path, dev_path),
+    out,
+    epochs=6,
+    learning_rate=2e-2,
+    dropout=0.0,
+    batch_size=4,
+  )
   return config
 
 
@@ -129,8 +163,9 @@ def test_fine_tune_changes_bert_weights(tiny_bert_dir, sample_files, tmp_path):
   import tensorflow.compat.v1 as tf
 
   out = tmp_path / "ft"
-  trainer.run(_config(tiny_bert_dir, sample_files, out, epochs=1, fine_tune=True,
-                      bert_learning_rate=1e-3))
+  trainer.run(
+    _config(tiny_bert_dir, sample_files, out, epochs=1, fine_tune=True, bert_learning_rate=1e-3)
+  )
   name = "bert/encoder/layer_0/attention/self/query/kernel"
   saved = tf.train.load_variable(str(out), name)
   original = tf.train.load_variable(str(tiny_bert_dir / "bert_model.ckpt"), name)
@@ -149,13 +184,13 @@ def test_seqeval_scores_match_conlleval_counts():
   # 2 of 3 predicted entities right, 2 of 3 gold entities found.
   assert scores["precision"] == pytest.approx(200 / 3)
   assert scores["recall"] == pytest.approx(200 / 3)
-  assert format_scores(scores).splitlines()[-1] == \
-      "overall precision 66.67 recall 66.67 f1 66.67"
+  assert format_scores(scores).splitlines()[-1] == "overall precision 66.67 recall 66.67 f1 66.67"
 
 
 def test_cli_help_and_bad_input(tmp_path, capsys):
-  help_run = subprocess.run([sys.executable, "-m", "train", "--help"], capture_output=True,
-                            text=True, timeout=60)
+  help_run = subprocess.run(
+    [sys.executable, "-m", "train", "--help"], capture_output=True, text=True, timeout=60
+  )
   assert help_run.returncode == 0 and "--fine_tune" in help_run.stdout
   with pytest.raises(SystemExit):
     parse_args(["--out", str(tmp_path / "x"), "--feature_layers", "a,b"])

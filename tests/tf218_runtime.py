@@ -29,22 +29,24 @@ from google.protobuf import (
 # against those .proto files compiled with protoc at tag 2.18.0): a field that 2.18 lacks fails
 # the strict parse.
 BATCHING_PARAMETERS_2_18 = [
-    ("max_batch_size", 1, "Int64Value"),
-    ("batch_timeout_micros", 2, "Int64Value"),
-    ("max_enqueued_batches", 3, "Int64Value"),
-    ("num_batch_threads", 4, "Int64Value"),
-    ("thread_pool_name", 5, "StringValue"),
-    ("allowed_batch_sizes", 6, "repeated int64"),
-    ("pad_variable_length_inputs", 7, "bool"),
-    ("enable_large_batch_splitting", 8, "BoolValue"),
-    ("max_execution_batch_size", 9, "Int64Value"),
+  ("max_batch_size", 1, "Int64Value"),
+  ("batch_timeout_micros", 2, "Int64Value"),
+  ("max_enqueued_batches", 3, "Int64Value"),
+  ("num_batch_threads", 4, "Int64Value"),
+  ("thread_pool_name", 5, "StringValue"),
+  ("allowed_batch_sizes", 6, "repeated int64"),
+  ("pad_variable_length_inputs", 7, "bool"),
+  ("enable_large_batch_splitting", 8, "BoolValue"),
+  ("max_execution_batch_size", 9, "Int64Value"),
 ]
 PROMETHEUS_CONFIG_2_18 = [("enable", 1, "bool"), ("path", 2, "string")]
 MONITORING_CONFIG_2_18 = [("prometheus_config", 1, ".tensorflow.serving.PrometheusConfig")]
 
-_SCALARS = {"bool": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
-            "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-            "int64": descriptor_pb2.FieldDescriptorProto.TYPE_INT64}
+_SCALARS = {
+  "bool": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+  "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+  "int64": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+}
 
 
 def _add_message(file, name, fields):
@@ -59,24 +61,29 @@ def _add_message(file, name, fields):
       message.field.add(name=field, number=number, type=_SCALARS[kind], label=label)
     else:
       type_name = kind if kind.startswith(".") else f".google.protobuf.{kind}"
-      message.field.add(name=field, number=number, type=field_proto.TYPE_MESSAGE,
-                        type_name=type_name, label=label)
+      message.field.add(
+        name=field, number=number, type=field_proto.TYPE_MESSAGE, type_name=type_name, label=label
+      )
 
 
 def declared_classes():
   """{message name: class} for the two TF Serving 2.18 messages the pip package lacks."""
   file = descriptor_pb2.FileDescriptorProto(
-      name="tf218_runtime/serving_2_18.proto", package="tensorflow.serving", syntax="proto3",
-      dependency=["google/protobuf/wrappers.proto"])
+    name="tf218_runtime/serving_2_18.proto",
+    package="tensorflow.serving",
+    syntax="proto3",
+    dependency=["google/protobuf/wrappers.proto"],
+  )
   _add_message(file, "BatchingParameters", BATCHING_PARAMETERS_2_18)
   _add_message(file, "PrometheusConfig", PROMETHEUS_CONFIG_2_18)
   _add_message(file, "MonitoringConfig", MONITORING_CONFIG_2_18)
   pool = descriptor_pool.DescriptorPool()
   pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
   pool.Add(file)
-  return {name: message_factory.GetMessageClass(
-      pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
-      for name in ("BatchingParameters", "MonitoringConfig")}
+  return {
+    name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+    for name in ("BatchingParameters", "MonitoringConfig")
+  }
 
 
 def packaged_schema(module, message):
@@ -90,14 +97,19 @@ def packaged_schema(module, message):
 def configs(docker_dir):
   """Parses the three config files strictly; returns {file: how it was parsed}."""
   from importlib.metadata import version
+
   package = f"tensorflow-serving-api {version('tensorflow-serving-api')}"
   declared = declared_classes()
   schemas = {
-      "models.config": ("tensorflow_serving.config.model_server_config_pb2", "ModelServerConfig"),
-      "batching_parameters.txt": ("tensorflow_serving.servables.tensorflow."
-                                  "session_bundle_config_pb2", "BatchingParameters"),
-      "monitoring_config.txt": ("tensorflow_serving.config.monitoring_config_pb2",
-                                "MonitoringConfig"),
+    "models.config": ("tensorflow_serving.config.model_server_config_pb2", "ModelServerConfig"),
+    "batching_parameters.txt": (
+      "tensorflow_serving.servables.tensorflow.session_bundle_config_pb2",
+      "BatchingParameters",
+    ),
+    "monitoring_config.txt": (
+      "tensorflow_serving.config.monitoring_config_pb2",
+      "MonitoringConfig",
+    ),
   }
   report = {}
   for name, (module, message) in schemas.items():
@@ -108,14 +120,18 @@ def configs(docker_dir):
       source = f"{message} declared in tests/tf218_runtime.py ({package} lacks {module})"
     with open(f"{docker_dir}/{name}", encoding="utf-8") as f:
       parsed = text_format.Parse(f.read(), schema())
-    report[name] = {"schema": source, "fields": sorted(f.name for f, _ in parsed.ListFields()),
-                    "text": text_format.MessageToString(parsed, as_one_line=True)}
+    report[name] = {
+      "schema": source,
+      "fields": sorted(f.name for f, _ in parsed.ListFields()),
+      "text": text_format.MessageToString(parsed, as_one_line=True),
+    }
   return report
 
 
 def predict(export_dir, batches_path, out_path):
   """pred_label of every batch in `batches_path`, from the SavedModel loaded by the TF1 loader."""
   import tensorflow as tf
+
   batches = np.load(batches_path)
   outputs = {}
   with tf.compat.v1.Session(graph=tf.Graph()) as sess:
@@ -124,8 +140,7 @@ def predict(export_dir, batches_path, out_path):
     fetch = signature.outputs["pred_label"].name
     ids, mask = (signature.inputs[k].name for k in ("input_ids", "input_mask"))
     for i in range(len(batches.files) // 2):
-      outputs[f"pred_{i}"] = sess.run(fetch, {ids: batches[f"ids_{i}"],
-                                              mask: batches[f"mask_{i}"]})
+      outputs[f"pred_{i}"] = sess.run(fetch, {ids: batches[f"ids_{i}"], mask: batches[f"mask_{i}"]})
   np.savez(out_path, **outputs)
   print(json.dumps({"tensorflow": tf.__version__, "batches": len(outputs)}))
 

@@ -44,6 +44,7 @@ MODES = ("sentence", "document")  # how dev is tagged: sentence by sentence, or 
 @dataclasses.dataclass
 class Example:
   """One model row: sub-token ids and their training label ids."""
+
   input_ids: list[int]
   label_ids: list[int]
 
@@ -71,14 +72,25 @@ def make_examples(featurizer, documents, context, document_stride=0):
   where it has context on both sides), training does not: at stride 0 the document windows of
   CoNLL-2003 train hold 257k sub-tokens instead of 432k at the default stride.
   """
-  examples = [Example(list(window.input_ids), label_ids)
-              for document in documents for sentence in document
-              for window, label_ids in featurizer.label_ids(sentence.words, sentence.tags)]
+  examples = [
+    Example(list(window.input_ids), label_ids)
+    for document in documents
+    for sentence in document
+    for window, label_ids in featurizer.label_ids(sentence.words, sentence.tags)
+  ]
   if context == "mixed":
-    windowing = Featurizer(featurizer.vocab_path, featurizer.do_lower_case,
-                           featurizer.max_seq_length, featurizer.id2label, document_stride)
-    examples += [Example(list(window.input_ids), label_ids) for document in documents
-                 for window, label_ids in windowing.label_ids(*document_words(document))]
+    windowing = Featurizer(
+      featurizer.vocab_path,
+      featurizer.do_lower_case,
+      featurizer.max_seq_length,
+      featurizer.id2label,
+      document_stride,
+    )
+    examples += [
+      Example(list(window.input_ids), label_ids)
+      for document in documents
+      for window, label_ids in windowing.label_ids(*document_words(document))
+    ]
   return examples
 
 
@@ -88,9 +100,9 @@ def length_batches(lengths, batch_size, shuffle, rng):
   if shuffle:
     # Sort within random chunks only, so batches differ from epoch to epoch.
     order = np.array(rng.sample(range(len(lengths)), len(lengths)))
-    chunks = [order[i:i + batch_size * 50] for i in range(0, len(order), batch_size * 50)]
+    chunks = [order[i : i + batch_size * 50] for i in range(0, len(order), batch_size * 50)]
     order = np.concatenate([c[np.argsort(np.asarray(lengths)[c], kind="stable")] for c in chunks])
-  batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+  batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
   if shuffle:
     rng.shuffle(batches)
   return batches
@@ -100,7 +112,7 @@ def pad(rows):
   """Pads a list of 1-D int sequences to the longest with zeros: [B, T] int32."""
   out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
   for i, row in enumerate(rows):
-    out[i, :len(row)] = row
+    out[i, : len(row)] = row
   return out
 
 
@@ -108,7 +120,7 @@ def pad_features(rows):
   """Pads [T_i, F] feature blocks to [B, max T, F] float32."""
   out = np.zeros((len(rows), max(len(r) for r in rows), rows[0].shape[1]), np.float32)
   for i, row in enumerate(rows):
-    out[i, :len(row)] = row
+    out[i, : len(row)] = row
   return out
 
 
@@ -141,7 +153,7 @@ class FeatureCache:
     if path.is_file():
       with np.load(path) as data:
         flat, offsets = data["flat"], data["offsets"]
-      return [flat[offsets[i]:offsets[i + 1]] for i in range(len(rows))]
+      return [flat[offsets[i] : offsets[i + 1]] for i in range(len(rows))]
     blocks = self._encode(rows, batch_size, desc)
     offsets = np.cumsum([0] + [len(b) for b in blocks])
     self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -156,20 +168,26 @@ class FeatureCache:
     with graph.as_default():
       input_ids = tf.placeholder(tf.int32, [None, None], "input_ids")
       input_mask = tf.placeholder(tf.int32, [None, None], "input_mask")
-      bert = modeling.BertModel(modeling.BertConfig.from_json_file(self.bert_config_path),
-                                is_training=False, input_ids=input_ids, input_mask=input_mask)
-      features = ner_head.concat_features([bert.embedding_output] + bert.all_encoder_layers,
-                                          self.feature_layers)
+      bert = modeling.BertModel(
+        modeling.BertConfig.from_json_file(self.bert_config_path),
+        is_training=False,
+        input_ids=input_ids,
+        input_mask=input_mask,
+      )
+      features = ner_head.concat_features(
+        [bert.embedding_output] + bert.all_encoder_layers, self.feature_layers
+      )
       with tf.Session(graph=graph) as sess:
         ckpt.restore(sess, [self.init_checkpoint])
         blocks = [None] * len(rows)
         lengths = [len(r) for r in rows]
-        for batch in tqdm(length_batches(lengths, batch_size, False, None), desc=desc,
-                          unit="batch"):
+        for batch in tqdm(
+          length_batches(lengths, batch_size, False, None), desc=desc, unit="batch"
+        ):
           ids = pad([rows[i] for i in batch])
           out = sess.run(features, {input_ids: ids, input_mask: (ids > 0).astype(np.int32)})
           for j, i in enumerate(batch):
-            blocks[i] = out[j, :lengths[i]].astype(np.float16)
+            blocks[i] = out[j, : lengths[i]].astype(np.float16)
     return blocks
 
 
@@ -181,6 +199,7 @@ def lengths_mask(ids):
 @dataclasses.dataclass
 class TrainConfig:
   """Trainer settings (the CLI's flags)."""
+
   train: str
   dev: str
   out: str
@@ -213,8 +232,9 @@ def backbone_dir(config):
   """The Google-format BERT dir to start from (default: the pinned MiniLM, converted once)."""
   if config.backbone:
     return Path(config.backbone)
-  return backbone.ensure_converted(backbone.locate_default_backbone(),
-                                   backbone.DEFAULT_BACKBONE["sha256"])
+  return backbone.ensure_converted(
+    backbone.locate_default_backbone(), backbone.DEFAULT_BACKBONE["sha256"]
+  )
 
 
 def load_data(config, featurizer_factory):
@@ -249,8 +269,10 @@ def write_scalars(writer, step, **values):
 def predict_dev(featurizer, documents, run_fn):
   """Predicted tags of every dev sentence per mode: tagged alone, and within its document."""
   words = [[s.words for s in document] for document in documents]
-  return {"sentence": featurizer.predict_words([w for d in words for w in d], run_fn),
-          "document": [t for d in featurizer.predict_documents(words, run_fn) for t in d]}
+  return {
+    "sentence": featurizer.predict_words([w for d in words for w in d], run_fn),
+    "document": [t for d in featurizer.predict_documents(words, run_fn) for t in d],
+  }
 
 
 def score_dev(documents, predicted):
@@ -274,6 +296,7 @@ def minimize(loss, variables, learning_rate, clip_norm=5.0):
 @dataclasses.dataclass
 class BertFiles:
   """The Google-format BERT training starts from."""
+
   config: str
   vocab: str
   checkpoint: str
@@ -282,6 +305,7 @@ class BertFiles:
 @dataclasses.dataclass
 class Context:
   """What every training mode needs: settings, data, label map, featurizer, summary writer."""
+
   config: TrainConfig
   ner_config: ckpt.NerConfig
   bert: BertFiles
@@ -293,8 +317,13 @@ class Context:
 
   def model_dir(self, init_checkpoints=None):
     """ModelDir of the model being trained, restored from the backbone unless told otherwise."""
-    return ckpt.ModelDir(self.bert.config, self.bert.vocab, self.ner_config, self.id2label,
-                         init_checkpoints or [self.bert.checkpoint])
+    return ckpt.ModelDir(
+      self.bert.config,
+      self.bert.vocab,
+      self.ner_config,
+      self.id2label,
+      init_checkpoints or [self.bert.checkpoint],
+    )
 
 
 def fit_epochs(ctx, examples, train_step, run_dev, snapshot):
@@ -317,27 +346,43 @@ def fit_epochs(ctx, examples, train_step, run_dev, snapshot):
     predicted = predict_dev(ctx.featurizer, ctx.dev, run_dev)
     scores = score_dev(ctx.dev, predicted)
     for mode in MODES:
-      write_scalars(ctx.writer, step, **{f"dev_{mode}/{k}": scores[mode][k]
-                                          for k in ("precision", "recall", "f1")})
-    history.append({"epoch": epoch, "loss": float(np.mean(losses)),
-                    "dev_f1": selection_f1(scores),
-                    **{f"dev_f1_{mode}": scores[mode]["f1"] for mode in MODES},
-                    "seconds": round(time.time() - started, 1)})
-    logging.info("epoch %d: loss %.4f dev F1 sentence %.2f document %.2f (%.0f s)", epoch,
-                 np.mean(losses), scores["sentence"]["f1"], scores["document"]["f1"],
-                 time.time() - started)
+      write_scalars(
+        ctx.writer,
+        step,
+        **{f"dev_{mode}/{k}": scores[mode][k] for k in ("precision", "recall", "f1")},
+      )
+    history.append(
+      {
+        "epoch": epoch,
+        "loss": float(np.mean(losses)),
+        "dev_f1": selection_f1(scores),
+        **{f"dev_f1_{mode}": scores[mode]["f1"] for mode in MODES},
+        "seconds": round(time.time() - started, 1),
+      }
+    )
+    logging.info(
+      "epoch %d: loss %.4f dev F1 sentence %.2f document %.2f (%.0f s)",
+      epoch,
+      np.mean(losses),
+      scores["sentence"]["f1"],
+      scores["document"]["f1"],
+      time.time() - started,
+    )
     if best is None or history[-1]["dev_f1"] > best["dev_f1"]:
-      best = {"epoch": epoch, "dev_f1": history[-1]["dev_f1"], "step": step,
-              "weights": snapshot()}
+      best = {"epoch": epoch, "dev_f1": history[-1]["dev_f1"], "step": step, "weights": snapshot()}
   return best, history
 
 
 def dev_windows(featurizer, documents):
   """Every distinct dev row of both modes (sentence windows and document windows)."""
-  rows = {tuple(w.input_ids) for d in documents for s in d
-          for w in featurizer.encode_words(s.words)}
-  rows |= {tuple(w.input_ids) for d in documents
-           for w in featurizer.encode_words([word for s in d for word in s.words])}
+  rows = {
+    tuple(w.input_ids) for d in documents for s in d for w in featurizer.encode_words(s.words)
+  }
+  rows |= {
+    tuple(w.input_ids)
+    for d in documents
+    for w in featurizer.encode_words([word for s in d for word in s.words])
+  }
   return sorted(rows)
 
 
@@ -345,12 +390,12 @@ def train_frozen(ctx):
   """Trains only the head on cached encoder features; returns (best head weights, history)."""
   config, featurizer = ctx.config, ctx.featurizer
   examples = make_examples(featurizer, ctx.train, config.context, config.document_stride)
-  cache = FeatureCache(config.cache_dir, ctx.bert.config, ctx.bert.checkpoint,
-                       ctx.ner_config.feature_layers)
+  cache = FeatureCache(
+    config.cache_dir, ctx.bert.config, ctx.bert.checkpoint, ctx.ner_config.feature_layers
+  )
   train_features = cache.features([e.input_ids for e in examples], 64, "encode train")
   dev_rows = dev_windows(featurizer, ctx.dev)
-  dev_features = dict(zip(dev_rows, cache.features([list(r) for r in dev_rows], 64,
-                                                   "encode dev")))
+  dev_features = dict(zip(dev_rows, cache.features([list(r) for r in dev_rows], 64, "encode dev")))
   feature_size = train_features[0].shape[1]
 
   graph = tf.Graph()
@@ -359,11 +404,13 @@ def train_frozen(ctx):
     features = tf.placeholder(tf.float32, [None, None, feature_size], "features")
     lengths = tf.placeholder(tf.int32, [None], "lengths")
     label_ids = tf.placeholder(tf.int32, [None, None], "label_ids")
-    trained = ner_head.build_ner_head(features, lengths, ctx.ner_config, len(ctx.id2label), True,
-                                      label_ids)
+    trained = ner_head.build_ner_head(
+      features, lengths, ctx.ner_config, len(ctx.id2label), True, label_ids
+    )
     with tf.variable_scope(tf.get_variable_scope(), reuse=True):
-      inferred = ner_head.build_ner_head(features, lengths, ctx.ner_config, len(ctx.id2label),
-                                         False)
+      inferred = ner_head.build_ner_head(
+        features, lengths, ctx.ner_config, len(ctx.id2label), False
+      )
     head_variables = tf.trainable_variables()
     train_op = minimize(trained.loss, head_variables, config.learning_rate)
     sess = tf.Session(graph=graph)
@@ -371,17 +418,23 @@ def train_frozen(ctx):
 
   def train_step(batch):
     """One head update on cached features."""
-    loss, _ = sess.run([trained.loss, train_op], {
+    loss, _ = sess.run(
+      [trained.loss, train_op],
+      {
         features: pad_features([train_features[i] for i in batch]),
         lengths: [len(examples[i].input_ids) for i in batch],
-        label_ids: pad([examples[i].label_ids for i in batch])})
+        label_ids: pad([examples[i].label_ids for i in batch]),
+      },
+    )
     return loss
 
   def run_dev(input_ids, input_mask):
     """pred_label for dev rows, looked up by their ids in the feature cache."""
     rows = [tuple(ids[:n]) for ids, n in zip(input_ids.tolist(), input_mask.sum(1))]
-    return sess.run(inferred.pred_label, {features: pad_features([dev_features[r] for r in rows]),
-                                          lengths: [len(r) for r in rows]})
+    return sess.run(
+      inferred.pred_label,
+      {features: pad_features([dev_features[r] for r in rows]), lengths: [len(r) for r in rows]},
+    )
 
   def snapshot():
     """Current head weights by variable name."""
@@ -404,11 +457,20 @@ def train_fine_tuned(ctx):
     input_ids = tf.placeholder(tf.int32, [None, None], "input_ids")
     input_mask = tf.placeholder(tf.int32, [None, None], "input_mask")
     label_ids = tf.placeholder(tf.int32, [None, None], "label_ids")
-    bert = modeling.BertModel(modeling.BertConfig.from_json_file(ctx.bert.config),
-                              is_training=True, input_ids=input_ids, input_mask=input_mask)
+    bert = modeling.BertModel(
+      modeling.BertConfig.from_json_file(ctx.bert.config),
+      is_training=True,
+      input_ids=input_ids,
+      input_mask=input_mask,
+    )
     trained = ner_head.build_ner_head(
-        ner_head.concat_features(bert.all_encoder_layers, ctx.ner_config.feature_layers),
-        tf.reduce_sum(input_mask, 1), ctx.ner_config, len(ctx.id2label), True, label_ids)
+      ner_head.concat_features(bert.all_encoder_layers, ctx.ner_config.feature_layers),
+      tf.reduce_sum(input_mask, 1),
+      ctx.ner_config,
+      len(ctx.id2label),
+      True,
+      label_ids,
+    )
     with tf.variable_scope(tf.get_variable_scope(), reuse=True):
       inferred = ner_head.build_inference_graph(ctx.model_dir(), input_ids, input_mask)
     variables = tf.trainable_variables()
@@ -416,11 +478,14 @@ def train_fine_tuned(ctx):
     head_variables = [v for v in variables if is_head_variable(v)]
     global_step = tf.train.get_or_create_global_step()
     # Linear decay of BERT's rate to zero over training, as google-research/bert does.
-    bert_rate = tf.train.polynomial_decay(config.bert_learning_rate, global_step,
-                                          steps_per_epoch * config.epochs, 0.0)
-    train_op = tf.group(minimize(trained.loss, bert_variables, bert_rate, clip_norm=1.0),
-                        minimize(trained.loss, head_variables, config.learning_rate),
-                        global_step.assign_add(1))
+    bert_rate = tf.train.polynomial_decay(
+      config.bert_learning_rate, global_step, steps_per_epoch * config.epochs, 0.0
+    )
+    train_op = tf.group(
+      minimize(trained.loss, bert_variables, bert_rate, clip_norm=1.0),
+      minimize(trained.loss, head_variables, config.learning_rate),
+      global_step.assign_add(1),
+    )
     sess = tf.Session(graph=graph)
     sess.run(tf.global_variables_initializer())
     ckpt.restore(sess, [ctx.bert.checkpoint], var_list=bert_variables)
@@ -428,9 +493,14 @@ def train_fine_tuned(ctx):
   def train_step(batch):
     """One update of BERT and the head."""
     ids = pad([examples[i].input_ids for i in batch])
-    loss, _ = sess.run([trained.loss, train_op], {
-        input_ids: ids, input_mask: lengths_mask(ids),
-        label_ids: pad([examples[i].label_ids for i in batch])})
+    loss, _ = sess.run(
+      [trained.loss, train_op],
+      {
+        input_ids: ids,
+        input_mask: lengths_mask(ids),
+        label_ids: pad([examples[i].label_ids for i in batch]),
+      },
+    )
     return loss
 
   def run_dev(ids, mask):
@@ -455,14 +525,21 @@ def adapted_top(ctx, bert_config, states, lengths, is_training, label_ids=None):
   mask = tf.sequence_mask(lengths, tf.shape(states)[1], tf.int32)  # [B, T]
   with tf.variable_scope("bert/encoder"):
     outputs = modeling.transformer_model(
-        bert_config, states, mask,
-        bert_config.hidden_dropout_prob if is_training else 0.0,
-        bert_config.attention_probs_dropout_prob if is_training else 0.0, adapters, first)
+      bert_config,
+      states,
+      mask,
+      bert_config.hidden_dropout_prob if is_training else 0.0,
+      bert_config.attention_probs_dropout_prob if is_training else 0.0,
+      adapters,
+      first,
+    )
   by_layer = {first - 1: states, **{first + i: out for i, out in enumerate(outputs)}}
-  features = tf.concat([by_layer[layer % num_layers]
-                        for layer in ctx.ner_config.feature_layers], axis=-1)
-  return ner_head.build_ner_head(features, lengths, ctx.ner_config, len(ctx.id2label),
-                                 is_training, label_ids)
+  features = tf.concat(
+    [by_layer[layer % num_layers] for layer in ctx.ner_config.feature_layers], axis=-1
+  )
+  return ner_head.build_ner_head(
+    features, lengths, ctx.ner_config, len(ctx.id2label), is_training, label_ids
+  )
 
 
 def train_adapters(ctx):
@@ -478,15 +555,20 @@ def train_adapters(ctx):
   first, num_layers = config.adapter_first_layer, bert_config.num_hidden_layers
   if not 0 <= first < num_layers:
     raise ValueError(f"--adapter_first_layer must be in 0..{num_layers - 1}, got {first}")
-  below = sorted({layer % num_layers for layer in ctx.ner_config.feature_layers}
-                 - set(range(first - 1, num_layers)))
+  below = sorted(
+    {layer % num_layers for layer in ctx.ner_config.feature_layers}
+    - set(range(first - 1, num_layers))
+  )
   if below:
-    raise ValueError(f"feature layers {below} lie below the adapted layers' input (layer "
-                     f"{first - 1}): raise them or lower --adapter_first_layer")
+    raise ValueError(
+      f"feature layers {below} lie below the adapted layers' input (layer "
+      f"{first - 1}): raise them or lower --adapter_first_layer"
+    )
   examples = make_examples(featurizer, ctx.train, config.context, config.document_stride)
   # Hidden state `first` of [embeddings, layer 0, ...], counted from the top.
-  cache = FeatureCache(config.cache_dir, ctx.bert.config, ctx.bert.checkpoint,
-                       [first - num_layers - 1])
+  cache = FeatureCache(
+    config.cache_dir, ctx.bert.config, ctx.bert.checkpoint, [first - num_layers - 1]
+  )
   train_states = cache.features([e.input_ids for e in examples], 64, "encode train")
   dev_rows = dev_windows(featurizer, ctx.dev)
   dev_states = dict(zip(dev_rows, cache.features([list(r) for r in dev_rows], 64, "encode dev")))
@@ -506,28 +588,37 @@ def train_adapters(ctx):
     head_variables = [v for v in variables if is_head_variable(v)]
     base_variables = [v for v in variables if v not in adapter_variables + head_variables]
     global_step = tf.train.get_or_create_global_step()
-    adapter_rate = tf.train.polynomial_decay(config.adapter_learning_rate, global_step,
-                                             steps_per_epoch * config.epochs, 0.0)
-    train_op = tf.group(minimize(trained.loss, adapter_variables, adapter_rate, clip_norm=1.0),
-                        minimize(trained.loss, head_variables, config.learning_rate),
-                        global_step.assign_add(1))
+    adapter_rate = tf.train.polynomial_decay(
+      config.adapter_learning_rate, global_step, steps_per_epoch * config.epochs, 0.0
+    )
+    train_op = tf.group(
+      minimize(trained.loss, adapter_variables, adapter_rate, clip_norm=1.0),
+      minimize(trained.loss, head_variables, config.learning_rate),
+      global_step.assign_add(1),
+    )
     sess = tf.Session(graph=graph)
     sess.run(tf.global_variables_initializer())
     ckpt.restore(sess, [ctx.bert.checkpoint], var_list=base_variables)
 
   def train_step(batch):
     """One update of the adapters and the head on cached states."""
-    loss, _ = sess.run([trained.loss, train_op], {
+    loss, _ = sess.run(
+      [trained.loss, train_op],
+      {
         states: pad_features([train_states[i] for i in batch]),
         lengths: [len(examples[i].input_ids) for i in batch],
-        label_ids: pad([examples[i].label_ids for i in batch])})
+        label_ids: pad([examples[i].label_ids for i in batch]),
+      },
+    )
     return loss
 
   def run_dev(input_ids, input_mask):
     """pred_label for dev rows, their states looked up in the cache."""
     rows = [tuple(ids[:n]) for ids, n in zip(input_ids.tolist(), input_mask.sum(1))]
-    return sess.run(inferred.pred_label, {states: pad_features([dev_states[r] for r in rows]),
-                                          lengths: [len(r) for r in rows]})
+    return sess.run(
+      inferred.pred_label,
+      {states: pad_features([dev_states[r] for r in rows]), lengths: [len(r) for r in rows]},
+    )
 
   trained_variables = adapter_variables + head_variables
 
@@ -552,8 +643,9 @@ def save_best(ctx, best):
   with graph.as_default():
     input_ids = tf.placeholder(tf.int32, [None, None], "input_ids")
     input_mask = tf.placeholder(tf.int32, [None, None], "input_mask")
-    pred_label = ner_head.build_inference_graph(ctx.model_dir(), input_ids, input_mask,
-                                                with_adapters=True)
+    pred_label = ner_head.build_inference_graph(
+      ctx.model_dir(), input_ids, input_mask, with_adapters=True
+    )
     variables = tf.global_variables()
     with tf.Session(graph=graph) as sess:
       from_checkpoint = [v for v in variables if v.op.name not in best["weights"]]
@@ -565,14 +657,22 @@ def save_best(ctx, best):
       adapter_tags = None
       if config.adapter_rank:
         adapter_tags = ctx.featurizer.predict_words(
-            [s.words for d in ctx.dev for s in d],
-            lambda ids, mask: sess.run(pred_label, {input_ids: ids, input_mask: mask}))
+          [s.words for d in ctx.dev for s in d],
+          lambda ids, mask: sess.run(pred_label, {input_ids: ids, input_mask: mask}),
+        )
       saved = variables
       if config.head_only:
         saved = [v for v in variables if is_head_variable(v) or is_adapter_variable(v)]
-      prefix = ckpt.save_checkpoint_dir(sess, config.out, best["step"], ctx.bert.config,
-                                        ctx.bert.vocab, ctx.id2label, ctx.ner_config,
-                                        var_list=saved)
+      prefix = ckpt.save_checkpoint_dir(
+        sess,
+        config.out,
+        best["step"],
+        ctx.bert.config,
+        ctx.bert.vocab,
+        ctx.id2label,
+        ctx.ner_config,
+        var_list=saved,
+      )
   return prefix, adapter_tags
 
 
@@ -587,8 +687,11 @@ def score_saved(ctx, prefix):
     pred_label = ner_head.build_inference_graph(model_dir, input_ids, input_mask)
     with tf.Session(graph=graph) as sess:
       ckpt.restore_model(sess, model_dir)
-      return predict_dev(ctx.featurizer, ctx.dev, lambda ids, mask: sess.run(
-          pred_label, {input_ids: ids, input_mask: mask}))
+      return predict_dev(
+        ctx.featurizer,
+        ctx.dev,
+        lambda ids, mask: sess.run(pred_label, {input_ids: ids, input_mask: mask}),
+      )
 
 
 def merge_agreement(adapter_tags, merged_tags):
@@ -608,9 +711,13 @@ def bert_files(config):
   """The config, vocab and checkpoint of the BERT to start from."""
   bert_dir = backbone_dir(config)
   state_file = bert_dir / ckpt.CHECKPOINT_STATE
-  return BertFiles(str(bert_dir / ckpt.BERT_CONFIG), str(bert_dir / ckpt.VOCAB),
-                   ckpt.latest_checkpoint(str(bert_dir)) if state_file.is_file()
-                   else str(bert_dir / backbone.CHECKPOINT_NAME))
+  return BertFiles(
+    str(bert_dir / ckpt.BERT_CONFIG),
+    str(bert_dir / ckpt.VOCAB),
+    ckpt.latest_checkpoint(str(bert_dir))
+    if state_file.is_file()
+    else str(bert_dir / backbone.CHECKPOINT_NAME),
+  )
 
 
 def mode_name(config):
@@ -625,8 +732,10 @@ def check_config(config):
   if config.head_only and config.fine_tune:
     raise ValueError("--head_only cannot hold a fine-tuned BERT: drop one of the two flags")
   if config.fine_tune and config.adapter_rank:
-    raise ValueError("--adapter_rank trains adapters on a frozen BERT; --fine_tune trains all "
-                     "of it: drop one of the two flags")
+    raise ValueError(
+      "--adapter_rank trains adapters on a frozen BERT; --fine_tune trains all "
+      "of it: drop one of the two flags"
+    )
   if config.adapter_rank < 0:
     raise ValueError(f"--adapter_rank must be >= 0, got {config.adapter_rank}")
   if config.context not in CONTEXTS:
@@ -639,18 +748,27 @@ def run(config, command=""):
   started = time.time()
   bert = bert_files(config)
   ner_config = ckpt.NerConfig(
-      head=config.head, lstm_size=config.lstm_size, hidden_size=config.hidden_size,
-      feature_layers=list(config.feature_layers),
-      do_lower_case=not ckpt.vocab_is_cased(bert.vocab),
-      max_seq_length=config.max_seq_length, dropout=config.dropout,
-      adapter_rank=config.adapter_rank,
-      adapter_alpha=config.adapter_alpha if config.adapter_rank else 0.0,
-      adapter_first_layer=config.adapter_first_layer if config.adapter_rank else 0)
-  train, dev, id2label, featurizer = load_data(config, lambda id2label: Featurizer(
-      bert.vocab, ner_config.do_lower_case, ner_config.max_seq_length, id2label))
+    head=config.head,
+    lstm_size=config.lstm_size,
+    hidden_size=config.hidden_size,
+    feature_layers=list(config.feature_layers),
+    do_lower_case=not ckpt.vocab_is_cased(bert.vocab),
+    max_seq_length=config.max_seq_length,
+    dropout=config.dropout,
+    adapter_rank=config.adapter_rank,
+    adapter_alpha=config.adapter_alpha if config.adapter_rank else 0.0,
+    adapter_first_layer=config.adapter_first_layer if config.adapter_rank else 0,
+  )
+  train, dev, id2label, featurizer = load_data(
+    config,
+    lambda id2label: Featurizer(
+      bert.vocab, ner_config.do_lower_case, ner_config.max_seq_length, id2label
+    ),
+  )
   logging.info("train %d documents, dev %d, labels %s", len(train), len(dev), id2label)
-  ctx = Context(config, ner_config, bert, featurizer, train, dev, id2label,
-                summary_writer(config.logdir))
+  ctx = Context(
+    config, ner_config, bert, featurizer, train, dev, id2label, summary_writer(config.logdir)
+  )
   fit = {"frozen": train_frozen, "adapters": train_adapters, "fine-tune": train_fine_tuned}
   best, history = fit[mode_name(config)](ctx)
   train_seconds = round(time.time() - started, 1)
@@ -658,24 +776,43 @@ def run(config, command=""):
   predicted = score_saved(ctx, prefix)
   scores = score_dev(dev, predicted)
   report = {
-      "command": command, "mode": mode_name(config), "context": config.context,
-      "best_epoch": best["epoch"], "dev": scores["sentence"],
-      "dev_document": scores["document"], "history": history,
-      "train_sentences": sum(len(d) for d in train), "train_documents": len(train),
-      "dev_sentences": sum(len(d) for d in dev), "dev_documents": len(dev),
-      "train_seconds": train_seconds,
-      "total_seconds": round(time.time() - started, 1), "config": dataclasses.asdict(config)}
+    "command": command,
+    "mode": mode_name(config),
+    "context": config.context,
+    "best_epoch": best["epoch"],
+    "dev": scores["sentence"],
+    "dev_document": scores["document"],
+    "history": history,
+    "train_sentences": sum(len(d) for d in train),
+    "train_documents": len(train),
+    "dev_sentences": sum(len(d) for d in dev),
+    "dev_documents": len(dev),
+    "train_seconds": train_seconds,
+    "total_seconds": round(time.time() - started, 1),
+    "config": dataclasses.asdict(config),
+  }
   if config.adapter_rank:
     report["merge_check"] = merge_agreement(adapter_tags, predicted["sentence"])
-    logging.info("dev words tagged differently by the adapter graph and the merged graph: "
-                 "%(differing)d of %(words)d", report["merge_check"])
+    logging.info(
+      "dev words tagged differently by the adapter graph and the merged graph: "
+      "%(differing)d of %(words)d",
+      report["merge_check"],
+    )
   write_json_atomic(Path(config.out) / "train_report.json", report)
   if config.head_only:
-    write_json_atomic(Path(config.out) / ckpt.MANIFEST, {
-        "backbone": backbone.DEFAULT_BACKBONE, "train_command": command,
-        "mode": report["mode"], "context": config.context,
+    write_json_atomic(
+      Path(config.out) / ckpt.MANIFEST,
+      {
+        "backbone": backbone.DEFAULT_BACKBONE,
+        "train_command": command,
+        "mode": report["mode"],
+        "context": config.context,
         "dev": {k: scores["sentence"][k] for k in ("precision", "recall", "f1", "per_type")},
-        "dev_document": {k: scores["document"][k]
-                         for k in ("precision", "recall", "f1", "per_type")},
-        "best_epoch": best["epoch"], "train_seconds": train_seconds})
+        "dev_document": {
+          k: scores["document"][k] for k in ("precision", "recall", "f1", "per_type")
+        },
+        "best_epoch": best["epoch"],
+        "train_seconds": train_seconds,
+      },
+    )
   return report

@@ -24,16 +24,16 @@ DOC = REPO_ROOT / "docs" / "RELIABILITY.md"
 PARTIAL_DOC = REPO_ROOT / "build" / "RELIABILITY.md"  # build/ is not tracked
 SECTIONS = ("bad requests", "bad texts", "load", "faults", "security")
 NOTES = [
-    "REST ignores Content-Type, as TF Serving does (`curl -d` sends "
-    "application/x-www-form-urlencoded): a JSON body is served whatever the header says, any "
-    "other body is refused 400 'JSON Parse error'.",
-    "gRPC binds dual-stack sockets: the default 127.0.0.1 shows as ::ffff:127.0.0.1 and "
-    "--host 0.0.0.0 as :: (every IPv4 and IPv6 interface).",
-    "Found by this suite and fixed: an undecodable gRPC request was answered UNKNOWN "
-    "'Unexpected <class DecodeError>' with a server-side traceback (now INVALID_ARGUMENT); a "
-    "long-lived gRPC client stayed UNAVAILABLE for seconds to minutes after the server came back, "
-    "because gRPC's reconnect backoff grows to 120 s (now capped at 2 s); the clients failed to "
-    "import after the featurizer dropped LABEL2ID_FILE.",
+  "REST ignores Content-Type, as TF Serving does (`curl -d` sends "
+  "application/x-www-form-urlencoded): a JSON body is served whatever the header says, any "
+  "other body is refused 400 'JSON Parse error'.",
+  "gRPC binds dual-stack sockets: the default 127.0.0.1 shows as ::ffff:127.0.0.1 and "
+  "--host 0.0.0.0 as :: (every IPv4 and IPv6 interface).",
+  "Found by this suite and fixed: an undecodable gRPC request was answered UNKNOWN "
+  "'Unexpected <class DecodeError>' with a server-side traceback (now INVALID_ARGUMENT); a "
+  "long-lived gRPC client stayed UNAVAILABLE for seconds to minutes after the server came back, "
+  "because gRPC's reconnect backoff grows to 120 s (now capped at 2 s); the clients failed to "
+  "import after the featurizer dropped LABEL2ID_FILE.",
 ]
 
 
@@ -71,32 +71,39 @@ class Report:
     cell = lambda text: " ".join(str(text).split()).replace("|", "\\|")
     failed = [r for r in self.rows if not r.ok]
     lines = [
-        "# Reliability report",
-        "",
-        "Written by `tests/reliability/` (`make test`, or "
-        "`.venv/bin/python -m pytest -q tests/reliability`) from what the run observed; "
-        "do not edit by hand. A tiny random BERT-NER export (2 layers, hidden 32, vocabulary "
-        f"{VOCAB_SIZE}, {POSITIONS} positions, max_seq_length 32) is served by "
-        "`python -m server` with its default flags on free 127.0.0.1 ports; nothing is sent to "
-        "any other address.",
-        "",
-        "## Counts",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| cases tried | {len(self.rows)} ({len(self.rows) - len(failed)} as expected, "
-        f"{len(failed)} not) |",
+      "# Reliability report",
+      "",
+      "Written by `tests/reliability/` (`make test`, or "
+      "`.venv/bin/python -m pytest -q tests/reliability`) from what the run observed; "
+      "do not edit by hand. A tiny random BERT-NER export (2 layers, hidden 32, vocabulary "
+      f"{VOCAB_SIZE}, {POSITIONS} positions, max_seq_length 32) is served by "
+      "`python -m server` with its default flags on free 127.0.0.1 ports; nothing is sent to "
+      "any other address.",
+      "",
+      "## Counts",
+      "",
+      "| | |",
+      "|---|---|",
+      f"| cases tried | {len(self.rows)} ({len(self.rows) - len(failed)} as expected, "
+      f"{len(failed)} not) |",
     ]
     lines += [f"| {cell(k)} | {cell(v)} |" for k, v in self.counts.items()]
     lines += [f"| machine | {os.cpu_count()} CPU cores, shared |", ""]
     if self.notes:
       lines += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
     for section in SECTIONS:
-      lines += [f"## {section.capitalize()}", "",
-                "| case | transport | expected | observed | |", "|---|---|---|---|---|"]
-      lines += [f"| {cell(r.case)} | {cell(r.transport)} | {cell(r.expected)} | "
-                f"{cell(r.observed)} | {'ok' if r.ok else '**FAILED**'} |"
-                for r in self.rows if r.section == section]
+      lines += [
+        f"## {section.capitalize()}",
+        "",
+        "| case | transport | expected | observed | |",
+        "|---|---|---|---|---|",
+      ]
+      lines += [
+        f"| {cell(r.case)} | {cell(r.transport)} | {cell(r.expected)} | "
+        f"{cell(r.observed)} | {'ok' if r.ok else '**FAILED**'} |"
+        for r in self.rows
+        if r.section == section
+      ]
       lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
 
@@ -137,9 +144,20 @@ class Deployment:
     return rest_client.RestNerClient(self.rest, timeout=timeout, assets=self.assets)
 
   def export_command(self, *extra):
-    return [sys.executable, "-m", "export", "--checkpoint", str(self.ckpt), "--model_base_path",
-            str(self.base), "--verify_file", str(self.verify_file), "--verify_sentences", "2",
-            *extra]
+    return [
+      sys.executable,
+      "-m",
+      "export",
+      "--checkpoint",
+      str(self.ckpt),
+      "--model_base_path",
+      str(self.base),
+      "--verify_file",
+      str(self.verify_file),
+      "--verify_sentences",
+      "2",
+      *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -152,8 +170,9 @@ def env(tiny_bert_dir, tmp_path_factory, report):
   verify_file = work / "verify.txt"
   verify_file.write_text("\n\n".join("\n".join(s.split()) for s in SENTENCES[:2]) + "\n")
   base = work / "models" / MODEL
-  exporter.export_model(str(ckpt), str(base), None, [s.split() for s in SENTENCES[:2]],
-                        log=lambda *_: None)
+  exporter.export_model(
+    str(ckpt), str(base), None, [s.split() for s in SENTENCES[:2]], log=lambda *_: None
+  )
   deployment = Deployment(work, ckpt, base, verify_file)
   started = time.monotonic()
   deployment.server.start()
@@ -164,11 +183,18 @@ def env(tiny_bert_dir, tmp_path_factory, report):
     # Headline counts, written whatever order the case modules ran in.
     report.counts["server restarts survived"] = deployment.restarts
     report.counts["versions served in turn"] = " -> ".join(map(str, deployment.versions_served))
-    report.counts["run time"] = (f"{time.monotonic() - report.started:.0f} s (export, "
-                                 "server start-ups and every case)")
+    report.counts["run time"] = (
+      f"{time.monotonic() - report.started:.0f} s (export, server start-ups and every case)"
+    )
     alive = deployment.server.proc.poll() is None
-    report.add("faults", "the server process at the end of the suite", "server", "still running",
-               "running" if alive else f"exited {deployment.server.proc.poll()}", alive)
+    report.add(
+      "faults",
+      "the server process at the end of the suite",
+      "server",
+      "still running",
+      "running" if alive else f"exited {deployment.server.proc.poll()}",
+      alive,
+    )
     for child in deployment.children:
       if child.poll() is None:
         child.kill()

@@ -39,14 +39,18 @@ RECONNECT_LIMIT_S = 3.0  # a restarted server is usable by existing clients this
 OUTAGE_S = 17.0
 EXPORT_TIMEOUT_S = 300
 VERSION_SWAP_LIMIT_S = 120
-SENTENCES = ["EU rejects German call to boycott British lamb .", "Peter Blackburn",
-             "BRUSSELS 1996-08-22", "Japan began the defence of their Asian Cup title ."]
+SENTENCES = [
+  "EU rejects German call to boycott British lamb .",
+  "Peter Blackburn",
+  "BRUSSELS 1996-08-22",
+  "Japan began the defence of their Asian Cup title .",
+]
 
 
 def excerpt(text, limit=110):
   """One line of at most limit characters; pytest's temp dirs read <tmp>."""
   text = re.sub(r"/\S*?/pytest-\d+/", "<tmp>/", " ".join(str(text).split()))
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- raw requests
@@ -66,8 +70,9 @@ def rest_send(env, body, path=PREDICT_PATH, headers=None, method="POST"):
   headers = headers or {"Content-Type": "application/json"}
   started = time.monotonic()
   try:
-    response = requests.request(method, f"http://{env.rest}{path}", data=data, headers=headers,
-                                timeout=HTTP_TIMEOUT_S)
+    response = requests.request(
+      method, f"http://{env.rest}{path}", data=data, headers=headers, timeout=HTTP_TIMEOUT_S
+    )
   except requests.RequestException as e:
     return Observed(f"no HTTP answer ({type(e).__name__})", str(e), time.monotonic() - started)
   seconds = time.monotonic() - started
@@ -98,8 +103,11 @@ def int_tensor(values):
 
 
 def tensor(dtype, shape, **values):
-  return lite.TensorProto(dtype=dtype, tensor_shape=lite.TensorShapeProto(
-      dim=[lite.TensorShapeProto.Dim(size=n) for n in shape]), **values)
+  return lite.TensorProto(
+    dtype=dtype,
+    tensor_shape=lite.TensorShapeProto(dim=[lite.TensorShapeProto.Dim(size=n) for n in shape]),
+    **values,
+  )
 
 
 def mask_of(ids):
@@ -124,8 +132,10 @@ def good(env, transport):
   """A good one-row request on a transport; returns Observed (code 200 / OK on success)."""
   if transport == "rest":
     return rest_send(env, rest_columnar(GOOD_IDS))
-  return grpc_send(env, grpc_request({"input_ids": int_tensor(GOOD_IDS),
-                                      "input_mask": int_tensor(mask_of(GOOD_IDS))}))
+  return grpc_send(
+    env,
+    grpc_request({"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))}),
+  )
 
 
 def served_version(env):
@@ -137,8 +147,11 @@ def served_version(env):
 def entities_sensible(text, entities):
   """Entities lie inside the text, name their own span and carry one of the label types."""
   return isinstance(entities, list) and all(
-      0 <= e.start < e.end <= len(text) and text[e.start:e.end] == e.text and
-      e.type in {"LOC", "MISC", "ORG", "PER"} for e in entities)
+    0 <= e.start < e.end <= len(text)
+    and text[e.start : e.end] == e.text
+    and e.type in {"LOC", "MISC", "ORG", "PER"}
+    for e in entities
+  )
 
 
 def oversize_rest():
@@ -149,5 +162,6 @@ def oversize_rest():
 
 def oversize_grpc():
   ids = np.full((OVERSIZE_BYTES // 4 // 1000 + 1, 1000), 1000, np.int32)
-  return grpc_request({"input_ids": grpc_client.make_tensor(ids),
-                       "input_mask": grpc_client.make_tensor([[1]])})
+  return grpc_request(
+    {"input_ids": grpc_client.make_tensor(ids), "input_mask": grpc_client.make_tensor([[1]])}
+  )

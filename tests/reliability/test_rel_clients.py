@@ -30,11 +30,16 @@ TIMEOUT_SLACK_S = 4.0  # interpreter start-up on a loaded machine and the last s
 def one_line_error(result):
   """(ok, what happened) for a script run that must fail with one stderr line."""
   lines = result.stderr.splitlines()
-  ok = result.returncode != 0 and result.stdout == "" and len(lines) == 1 and \
-      lines[0].startswith("error: ")
+  ok = (
+    result.returncode != 0
+    and result.stdout == ""
+    and len(lines) == 1
+    and lines[0].startswith("error: ")
+  )
   shown = lines[-1] if lines else "(no stderr)"
   return ok, f"exit {result.returncode}: {excerpt(shown, 120)}" + (
-      "" if len(lines) <= 1 else f" (+{len(lines) - 1} more stderr lines)")
+    "" if len(lines) <= 1 else f" (+{len(lines) - 1} more stderr lines)"
+  )
 
 
 def record(report, section, case, transport, result, seconds=None):
@@ -48,41 +53,42 @@ def record(report, section, case, transport, result, seconds=None):
 def test_bad_arguments_and_input(env, report):
   assets = str(env.assets)
   cases = [
-      ("--server 127.0.0.1:99999", ["--server", "127.0.0.1:99999", SENTENCE], b""),
-      ('--server ""', ["--server", "", SENTENCE], b""),
-      ("--server ftp://example.org:21", ["--server", "ftp://example.org:21", SENTENCE], b""),
-      ("--timeout nan", ["--timeout", "nan", SENTENCE], b""),
-      ("--timeout inf", ["--timeout", "inf", SENTENCE], b""),
-      ("--timeout -3", ["--timeout", "-3", SENTENCE], b""),
-      ("invalid UTF-8 in argv (b'caf\\xe9')", [b"caf\xe9 Berlin"], b""),
-      ("invalid UTF-8 on stdin (b'\\xff\\xfe')", ["--file", "-"], b"EU rejects\n\xff\xfe\n"),
+    ("--server 127.0.0.1:99999", ["--server", "127.0.0.1:99999", SENTENCE], b""),
+    ('--server ""', ["--server", "", SENTENCE], b""),
+    ("--server ftp://example.org:21", ["--server", "ftp://example.org:21", SENTENCE], b""),
+    ("--timeout nan", ["--timeout", "nan", SENTENCE], b""),
+    ("--timeout inf", ["--timeout", "inf", SENTENCE], b""),
+    ("--timeout -3", ["--timeout", "-3", SENTENCE], b""),
+    ("invalid UTF-8 in argv (b'caf\\xe9')", [b"caf\xe9 Berlin"], b""),
+    ("invalid UTF-8 on stdin (b'\\xff\\xfe')", ["--file", "-"], b"EU rejects\n\xff\xfe\n"),
   ]
   failed = []
   for transport in ("grpc", "rest"):
     server = ["--server", env.grpc if transport == "grpc" else env.rest]
     for name, args, stdin in cases:
       argv = ["--assets", assets] + (server if "--server" not in args else []) + args
-      if not record(report, "bad texts", f"client {name}", transport,
-                    run_bytes(transport, argv, stdin)):
+      if not record(
+        report, "bad texts", f"client {name}", transport, run_bytes(transport, argv, stdin)
+      ):
         failed.append((transport, name))
   assert not failed
 
 
 REST_ANSWERS = [
-    ("{}", {}),
-    ("[]", []),
-    ("wrong shape [1, 5]", {"outputs": [[0] * 5]}),
-    ("wrong row count (2 rows for 1)", {"outputs": [[0] * 6, [0] * 6]}),
-    ("label -3", {"outputs": [[10, -3, 0, 0, 0, 11]]}),
-    ("label 99", {"outputs": [[10, 99, 0, 0, 0, 11]]}),
-    ("label 1.7", {"outputs": [[10, 1.7, 0, 0, 0, 11]]}),
+  ("{}", {}),
+  ("[]", []),
+  ("wrong shape [1, 5]", {"outputs": [[0] * 5]}),
+  ("wrong row count (2 rows for 1)", {"outputs": [[0] * 6, [0] * 6]}),
+  ("label -3", {"outputs": [[10, -3, 0, 0, 0, 11]]}),
+  ("label 99", {"outputs": [[10, 99, 0, 0, 0, 11]]}),
+  ("label 1.7", {"outputs": [[10, 1.7, 0, 0, 0, 11]]}),
 ]
 GRPC_ANSWERS = [
-    ("wrong shape [1, 5]", int_tensor([1, 5], [0] * 5)),
-    ("wrong row count (2 rows for 1)", int_tensor([2, 6], [0] * 12)),
-    ("label -3", int_tensor([1, 6], [10, -3, 0, 0, 0, 11])),
-    ("label 99", int_tensor([1, 6], [10, 99, 0, 0, 0, 11])),
-    ("shape [1, 6] holding 5 values", int_tensor([1, 6], [0] * 5)),
+  ("wrong shape [1, 5]", int_tensor([1, 5], [0] * 5)),
+  ("wrong row count (2 rows for 1)", int_tensor([2, 6], [0] * 12)),
+  ("label -3", int_tensor([1, 6], [10, -3, 0, 0, 0, 11])),
+  ("label 99", int_tensor([1, 6], [10, 99, 0, 0, 0, 11])),
+  ("shape [1, 6] holding 5 values", int_tensor([1, 6], [0] * 5)),
 ]
 
 
@@ -98,8 +104,7 @@ def test_bad_server_answers(report, tmp_path):
         else:
           server.grpc_answer, address = answer, server.grpc_address
         result = run_bytes(transport, ["--assets", assets, "--server", address, SENTENCE])
-        if not record(report, "faults", f"server answers predict with {name}", transport,
-                      result):
+        if not record(report, "faults", f"server answers predict with {name}", transport, result):
           failed.append((transport, name))
   finally:
     server.close()
@@ -110,37 +115,60 @@ def test_rest_timeout_bounds_a_trickling_server(env, report):
   server = TrickleServer(HEADERS + b"{" + b" " * 38 + b"}", interval=TRICKLE_INTERVAL_S)
   try:
     started = time.monotonic()
-    result = run_bytes("rest", ["--assets", str(env.assets), "--server", server.address,
-                                "--timeout", str(TRICKLE_TIMEOUT_S), SENTENCE])
+    result = run_bytes(
+      "rest",
+      [
+        "--assets",
+        str(env.assets),
+        "--server",
+        server.address,
+        "--timeout",
+        str(TRICKLE_TIMEOUT_S),
+        SENTENCE,
+      ],
+    )
     seconds = time.monotonic() - started
   finally:
     server.close()
   ok, observed = one_line_error(result)
   ok = ok and seconds <= TRICKLE_TIMEOUT_S + TIMEOUT_SLACK_S
-  report.add("faults", f"REST --timeout {TRICKLE_TIMEOUT_S} vs a server sending one byte every "
-             f"{TRICKLE_INTERVAL_S:g} s", "rest",
-             f"gives up after ~{TRICKLE_TIMEOUT_S} s with one line on stderr",
-             f"{observed}; {seconds:.1f} s", ok)
+  report.add(
+    "faults",
+    f"REST --timeout {TRICKLE_TIMEOUT_S} vs a server sending one byte every "
+    f"{TRICKLE_INTERVAL_S:g} s",
+    "rest",
+    f"gives up after ~{TRICKLE_TIMEOUT_S} s with one line on stderr",
+    f"{observed}; {seconds:.1f} s",
+    ok,
+  )
   assert ok
 
 
 def test_unknown_pieces_never_extend_an_entity(env, report):
   featurizer = Featurizer.from_dir(str(env.assets))
-  text = "Angela Merkel \U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 met Macron " \
-         "\U0001f1eb\U0001f1f7"
+  text = (
+    "Angela Merkel \U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 met Macron "
+    "\U0001f1eb\U0001f1f7"
+  )
   inverse = {i: token for token, i in featurizer.vocab.items()}
   # A model that reads names as PER and every other piece, [UNK] included, as a continuation.
-  tags = {"angela": "B-PER", "mer": "I-PER", "macro": "B-PER", "[CLS]": "[CLS]",
-          "[SEP]": "[SEP]"}
+  tags = {"angela": "B-PER", "mer": "I-PER", "macro": "B-PER", "[CLS]": "[CLS]", "[SEP]": "[SEP]"}
 
   def run_fn(input_ids, input_mask):
-    return np.array([[LABELS.index(tags.get(inverse[i], "X")) for i in row]
-                     for row in input_ids.tolist()], np.int32)
+    return np.array(
+      [[LABELS.index(tags.get(inverse[i], "X")) for i in row] for row in input_ids.tolist()],
+      np.int32,
+    )
 
   found = [(e.type, e.text) for e in featurizer.predict_texts([text], run_fn)[0]]
   expected = [("PER", "Angela Merkel"), ("PER", "Macron")]
-  report.add("bad texts", "'Angela Merkel <family emoji> met Macron <flag>', the emoji [UNK] "
-             "pieces predicted X (continuation)", "featurizer",
-             "PER Angela Merkel, PER Macron: [UNK] pieces never extend an entity",
-             ", ".join(f"{t} {excerpt(s)}" for t, s in found), found == expected)
+  report.add(
+    "bad texts",
+    "'Angela Merkel <family emoji> met Macron <flag>', the emoji [UNK] "
+    "pieces predicted X (continuation)",
+    "featurizer",
+    "PER Angela Merkel, PER Macron: [UNK] pieces never extend an entity",
+    ", ".join(f"{t} {excerpt(s)}" for t, s in found),
+    found == expected,
+  )
   assert found == expected

@@ -78,8 +78,15 @@ class Private:
     for name in ("99999999999999999999", "\u00b2"):
       shutil.copytree(env.base / "1", self.base / name)
     self.server = ServerProcess(
-        self.base, work / "server.log", flags=["--file_system_poll_wait_seconds", str(POLL_S),
-                                               "--monitoring_config_file", str(MONITORING), *flags]
+      self.base,
+      work / "server.log",
+      flags=[
+        "--file_system_poll_wait_seconds",
+        str(POLL_S),
+        "--monitoring_config_file",
+        str(MONITORING),
+        *flags,
+      ],
     ).start()
     self.grpc, self.rest = self.server.grpc, self.server.rest
 
@@ -88,8 +95,12 @@ class Private:
     return {int(s["version"]): s["state"] for s in response.json()["model_version_status"]}
 
   def version(self):
-    observed = grpc_send(self, grpc_request({"input_ids": int_tensor(GOOD_IDS),
-                                             "input_mask": int_tensor(mask_of(GOOD_IDS))}))
+    observed = grpc_send(
+      self,
+      grpc_request(
+        {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))}
+      ),
+    )
     return observed.body.model_spec.version.value if observed.code == "OK" else observed.code
 
 
@@ -103,8 +114,9 @@ def private(env, tmp_path_factory):
 def test_odd_version_folders_are_ignored_and_new_versions_still_load(private, report, env):
   """Rows 3 and 5: '99999999999999999999' (over int64) and '²' (a non-ASCII digit)."""
   log = private.server.log()
-  warnings = [n for n in ("99999999999999999999", "\u00b2")
-              if len(re.findall(rf"Ignoring '{n}'", log)) == 1]
+  warnings = [
+    n for n in ("99999999999999999999", "\u00b2") if len(re.findall(rf"Ignoring '{n}'", log)) == 1
+  ]
   before = rss_mb(private.server.pid)
   started = time.monotonic()
   predicted = private.version()
@@ -113,15 +125,25 @@ def test_odd_version_folders_are_ignored_and_new_versions_still_load(private, re
   seconds = time.monotonic() - started
   shutil.copytree(private.base / "1", private.base / "2")
   swapped = wait_for(lambda: private.version() == 2)
-  ok = (predicted == 1 and metadata == "OK" and rest_meta.status_code == 200 and
-        swapped is not None and len(warnings) == 2 and "Traceback" not in private.server.log())
-  report.add("faults", "version folders '99999999999999999999' and '²' next to 1 (rows 3, 5)",
-             "server", "ignored with one warning each; Predict/metadata fine; a new version 2 "
-             "still loads",
-             f"started; Predict from version {predicted}, gRPC metadata {metadata}, REST "
-             f"metadata {rest_meta.status_code} in {seconds * 1000:.0f} ms; one warning each: "
-             f"{len(warnings) == 2}; version 2 served after {swapped or 0:.1f} s; "
-             f"RSS {before} -> {rss_mb(private.server.pid)} MB", ok)
+  ok = (
+    predicted == 1
+    and metadata == "OK"
+    and rest_meta.status_code == 200
+    and swapped is not None
+    and len(warnings) == 2
+    and "Traceback" not in private.server.log()
+  )
+  report.add(
+    "faults",
+    "version folders '99999999999999999999' and '²' next to 1 (rows 3, 5)",
+    "server",
+    "ignored with one warning each; Predict/metadata fine; a new version 2 still loads",
+    f"started; Predict from version {predicted}, gRPC metadata {metadata}, REST "
+    f"metadata {rest_meta.status_code} in {seconds * 1000:.0f} ms; one warning each: "
+    f"{len(warnings) == 2}; version 2 served after {swapped or 0:.1f} s; "
+    f"RSS {before} -> {rss_mb(private.server.pid)} MB",
+    ok,
+  )
   assert ok, private.server.log()[-3000:]
 
 
@@ -129,8 +151,9 @@ def grpc_metadata(target):
   """The code of a GetModelMetadata call."""
   with grpc.insecure_channel(target.grpc) as channel:
     call = channel.unary_unary("/tensorflow.serving.PredictionService/GetModelMetadata")
-    request = lite.GetModelMetadataRequest(model_spec=lite.ModelSpec(name=MODEL),
-                                           metadata_field=["signature_def"])
+    request = lite.GetModelMetadataRequest(
+      model_spec=lite.ModelSpec(name=MODEL), metadata_field=["signature_def"]
+    )
     try:
       call(request.SerializeToString(), timeout=10)
       return "OK"
@@ -149,10 +172,15 @@ def test_deleted_served_version_falls_back(private, report):
   ended = wait_for(lambda: private.status().get(2) == "END")
   status = private.status()
   ok = seconds is not None and ended is not None and status.get(1) == "AVAILABLE"
-  report.add("faults", "delete the served version 2 while 1 remains (row 13)", "server",
-             "falls back to 1 (availability-preserving), status 2 END, 1 AVAILABLE",
-             f"served by 1 after {seconds or 0:.1f} s; status {status}; "
-             f"RSS {before} -> {rss_mb(private.server.pid)} MB", ok)
+  report.add(
+    "faults",
+    "delete the served version 2 while 1 remains (row 13)",
+    "server",
+    "falls back to 1 (availability-preserving), status 2 END, 1 AVAILABLE",
+    f"served by 1 after {seconds or 0:.1f} s; status {status}; "
+    f"RSS {before} -> {rss_mb(private.server.pid)} MB",
+    ok,
+  )
   assert ok, (status, private.server.log()[-3000:])
 
 
@@ -166,8 +194,9 @@ def test_unknown_model_flood_keeps_metrics_small(private, report):
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     body = json.dumps(rest_columnar(GOOD_IDS))
     for i in range(start, FLOOD_REQUESTS, FLOOD_THREADS):
-      connection.request("POST", f"/v1/models/nope{i}:predict", body,
-                         {"Content-Type": "application/json"})
+      connection.request(
+        "POST", f"/v1/models/nope{i}:predict", body, {"Content-Type": "application/json"}
+      )
       status = connection.getresponse()
       status.read()
       with lock:
@@ -185,52 +214,153 @@ def test_unknown_model_flood_keeps_metrics_small(private, report):
   page = requests.get(f"http://{private.rest}{METRICS_PATH}", timeout=30)
   page_s = time.monotonic() - started
   series = len(re.findall(r'model_name="nope', page.text))
-  ok = (codes == {404: FLOOD_REQUESTS} and len(page.content) < METRICS_PAGE_LIMIT and
-        series == 0 and '<unknown model>' in page.text and page_s < 1)
-  report.add("load", f"{FLOOD_REQUESTS:,} REST predicts naming distinct unknown models (row 4)",
-             "rest", f"404 each; metrics page < {METRICS_PAGE_LIMIT >> 10} KiB, one shared "
-             "series for unknown names, built in < 1 s",
-             f"{codes} in {flood_s:.0f} s; page {len(page.content):,} bytes in "
-             f"{page_s * 1000:.0f} ms, {series} per-name series; RSS {before} -> "
-             f"{rss_mb(private.server.pid)} MB", ok)
+  ok = (
+    codes == {404: FLOOD_REQUESTS}
+    and len(page.content) < METRICS_PAGE_LIMIT
+    and series == 0
+    and "<unknown model>" in page.text
+    and page_s < 1
+  )
+  report.add(
+    "load",
+    f"{FLOOD_REQUESTS:,} REST predicts naming distinct unknown models (row 4)",
+    "rest",
+    f"404 each; metrics page < {METRICS_PAGE_LIMIT >> 10} KiB, one shared "
+    "series for unknown names, built in < 1 s",
+    f"{codes} in {flood_s:.0f} s; page {len(page.content):,} bytes in "
+    f"{page_s * 1000:.0f} ms, {series} per-name series; RSS {before} -> "
+    f"{rss_mb(private.server.pid)} MB",
+    ok,
+  )
   assert ok, (codes, len(page.content), series, page_s)
 
 
 GOOD_BODY = json.dumps(rest_columnar(GOOD_IDS)).encode()
-DUPLICATE_KEYS = (b'{"signature_name": "serving_default", "inputs": {"input_ids": [[101, 7327, '
-                  b'19164, 2446, 2655, 102]], "input_mask": [[1, 1, 1, 1, 1, 1]], "input_ids": '
-                  b'[[101, 102]]}, "inputs": {"input_ids": [[1]]}}')
+DUPLICATE_KEYS = (
+  b'{"signature_name": "serving_default", "inputs": {"input_ids": [[101, 7327, '
+  b'19164, 2446, 2655, 102]], "input_mask": [[1, 1, 1, 1, 1, 1]], "input_ids": '
+  b'[[101, 102]]}, "inputs": {"input_ids": [[1]]}}'
+)
 REST_CASES = [
-    # name, method, path, body, headers, expected status, message regex
-    ("gzip Content-Encoding, body not gzip (row 9)", "POST", PREDICT_PATH, GOOD_BODY,
-     {"Content-Encoding": "gzip"}, 400, r"^JSON Parse error: The document is empty$"),
-    ("gzip Content-Encoding, gzip body", "POST", PREDICT_PATH, gzip.compress(GOOD_BODY),
-     {"Content-Encoding": "gzip"}, 200, r"^$"),
-    ("JSON boolean in an int tensor [101, true, 102] (row 12)", "POST", PREDICT_PATH,
-     b'{"inputs": {"input_ids": [[101, true, 102]], "input_mask": [[1, 1, 1]]}}', {}, 400,
-     r"^JSON Value: true Type: True is not of expected type: int32$"),
-    ("id 2**63 (row 12)", "POST", PREDICT_PATH,
-     b'{"inputs": {"input_ids": [[101, 9223372036854775808]], "input_mask": [[1, 1]]}}', {}, 400,
-     r"^JSON Value: 9223372036854775808 Type: Number is not of expected type: int32$"),
-    ("UTF-16 body (row 12)", "POST", PREDICT_PATH, GOOD_BODY.decode().encode("utf-16"), {}, 400,
-     r"^JSON Parse error"),
-    ("duplicated keys: the first wins (row 12)", "POST", PREDICT_PATH, DUPLICATE_KEYS, {}, 200,
-     r"^$"),
-    ("GET on :predict (issue 9)", "GET", PREDICT_PATH, b"", {}, 400,
-     rf"^Malformed request: GET {re.escape(PREDICT_PATH)}$"),
-    ("unmatched /v1 path (issue 9)", "GET", "/v1/nothing/here", b"", {}, 400,
-     r"^Malformed request: GET /v1/nothing/here$"),
-    ("upper-case path /V1/MODELS/bert_ner (issue 9)", "GET", f"/V1/MODELS/{MODEL}", b"", {}, 200,
-     r"^$"),
-    ("upper-case predict path /V1/Models/bert_ner:predict", "POST", f"/V1/Models/{MODEL}:predict",
-     GOOD_BODY, {}, 200, r"^$"),
-    (":classify on a predict signature (issue 9)", "POST", f"/v1/models/{MODEL}:classify",
-     b'{"examples": [{"x": 1}]}', {}, 400, r"^Expected one input Tensor\.$"),
-    (":regress on a predict signature (issue 9)", "POST", f"/v1/models/{MODEL}:regress",
-     b'{"examples": [{"x": 1}]}', {}, 400, r"^Expected one input Tensor\.$"),
-    ("path outside /v1 (libevent 404)", "GET", "/v2/models", b"", {}, 404, r"404 Not Found"),
-    ("URL of 9,000 bytes (row 16)", "POST", "/v1/models/" + "a" * 9000 + ":predict", GOOD_BODY,
-     {}, 404, r"^Servable not found for request: Latest\(a{9000}\)$"),
+  # name, method, path, body, headers, expected status, message regex
+  (
+    "gzip Content-Encoding, body not gzip (row 9)",
+    "POST",
+    PREDICT_PATH,
+    GOOD_BODY,
+    {"Content-Encoding": "gzip"},
+    400,
+    r"^JSON Parse error: The document is empty$",
+  ),
+  (
+    "gzip Content-Encoding, gzip body",
+    "POST",
+    PREDICT_PATH,
+    gzip.compress(GOOD_BODY),
+    {"Content-Encoding": "gzip"},
+    200,
+    r"^$",
+  ),
+  (
+    "JSON boolean in an int tensor [101, true, 102] (row 12)",
+    "POST",
+    PREDICT_PATH,
+    b'{"inputs": {"input_ids": [[101, true, 102]], "input_mask": [[1, 1, 1]]}}',
+    {},
+    400,
+    r"^JSON Value: true Type: True is not of expected type: int32$",
+  ),
+  (
+    "id 2**63 (row 12)",
+    "POST",
+    PREDICT_PATH,
+    b'{"inputs": {"input_ids": [[101, 9223372036854775808]], "input_mask": [[1, 1]]}}',
+    {},
+    400,
+    r"^JSON Value: 9223372036854775808 Type: Number is not of expected type: int32$",
+  ),
+  (
+    "UTF-16 body (row 12)",
+    "POST",
+    PREDICT_PATH,
+    GOOD_BODY.decode().encode("utf-16"),
+    {},
+    400,
+    r"^JSON Parse error",
+  ),
+  (
+    "duplicated keys: the first wins (row 12)",
+    "POST",
+    PREDICT_PATH,
+    DUPLICATE_KEYS,
+    {},
+    200,
+    r"^$",
+  ),
+  (
+    "GET on :predict (issue 9)",
+    "GET",
+    PREDICT_PATH,
+    b"",
+    {},
+    400,
+    rf"^Malformed request: GET {re.escape(PREDICT_PATH)}$",
+  ),
+  (
+    "unmatched /v1 path (issue 9)",
+    "GET",
+    "/v1/nothing/here",
+    b"",
+    {},
+    400,
+    r"^Malformed request: GET /v1/nothing/here$",
+  ),
+  (
+    "upper-case path /V1/MODELS/bert_ner (issue 9)",
+    "GET",
+    f"/V1/MODELS/{MODEL}",
+    b"",
+    {},
+    200,
+    r"^$",
+  ),
+  (
+    "upper-case predict path /V1/Models/bert_ner:predict",
+    "POST",
+    f"/V1/Models/{MODEL}:predict",
+    GOOD_BODY,
+    {},
+    200,
+    r"^$",
+  ),
+  (
+    ":classify on a predict signature (issue 9)",
+    "POST",
+    f"/v1/models/{MODEL}:classify",
+    b'{"examples": [{"x": 1}]}',
+    {},
+    400,
+    r"^Expected one input Tensor\.$",
+  ),
+  (
+    ":regress on a predict signature (issue 9)",
+    "POST",
+    f"/v1/models/{MODEL}:regress",
+    b'{"examples": [{"x": 1}]}',
+    {},
+    400,
+    r"^Expected one input Tensor\.$",
+  ),
+  ("path outside /v1 (libevent 404)", "GET", "/v2/models", b"", {}, 404, r"404 Not Found"),
+  (
+    "URL of 9,000 bytes (row 16)",
+    "POST",
+    "/v1/models/" + "a" * 9000 + ":predict",
+    GOOD_BODY,
+    {},
+    404,
+    r"^Servable not found for request: Latest\(a{9000}\)$",
+  ),
 ]
 
 
@@ -238,8 +368,13 @@ REST_CASES = [
 def test_rest_contract(private, report, case):
   name, method, path, body, headers, status, message = case
   started = time.monotonic()
-  response = requests.request(method, f"http://{private.rest}{path}", data=body,
-                              headers={"Content-Type": "application/json", **headers}, timeout=30)
+  response = requests.request(
+    method,
+    f"http://{private.rest}{path}",
+    data=body,
+    headers={"Content-Type": "application/json", **headers},
+    timeout=30,
+  )
   seconds = time.monotonic() - started
   try:
     error = response.json().get("error", "")
@@ -250,19 +385,31 @@ def test_rest_contract(private, report, case):
     same = response.status_code == 200 and response.json() == first.json()
   else:
     same = True
-  ok = (response.status_code == status and re.search(message, error) is not None and same and
-        "Traceback" not in private.server.log())
-  report.add("bad requests", name, "rest", f"{status}, message ~ /{excerpt(message, 60)}/",
-             f"{response.status_code}: {excerpt(error, 90) or '(answer)'}; "
-             f"{seconds * 1000:.0f} ms", ok)
+  ok = (
+    response.status_code == status
+    and re.search(message, error) is not None
+    and same
+    and "Traceback" not in private.server.log()
+  )
+  report.add(
+    "bad requests",
+    name,
+    "rest",
+    f"{status}, message ~ /{excerpt(message, 60)}/",
+    f"{response.status_code}: {excerpt(error, 90) or '(answer)'}; {seconds * 1000:.0f} ms",
+    ok,
+  )
   assert ok, (response.status_code, error)
 
 
 def _unary(target, method, request, response_class):
   """(code name, details, response) of one gRPC call by its full method name."""
   with grpc.insecure_channel(target.grpc) as channel:
-    call = channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString(),
-                               response_deserializer=response_class.FromString)
+    call = channel.unary_unary(
+      method,
+      request_serializer=lambda m: m.SerializeToString(),
+      response_deserializer=response_class.FromString,
+    )
     try:
       return "OK", "", call(request, timeout=60)
     except grpc.RpcError as e:
@@ -271,38 +418,83 @@ def _unary(target, method, request, response_class):
 
 SPEC = {"name": MODEL}
 GRPC_CASES = [
-    ("gRPC tensor dtype 9999 (row 11)", "/tensorflow.serving.PredictionService/Predict",
-     grpc_request({"input_ids": tensor(9999, [1, 2], int_val=[101, 102]),
-                   "input_mask": int_tensor([[1, 1]])}),
-     lite.PredictResponse, "INVALID_ARGUMENT", r"^tensor parsing error: input_ids$"),
-    ("fewer int_val than the shape: filled as Tensor::FromProto",
-     "/tensorflow.serving.PredictionService/Predict",
-     grpc_request({"input_ids": tensor(lite.DT_INT32, [1, 3], int_val=[101, 102]),
-                   "input_mask": int_tensor([[1, 1, 1]])}),
-     lite.PredictResponse, "OK", r"^$"),
-    ("unknown signature (issue 9)", "/tensorflow.serving.PredictionService/Predict",
-     grpc_request({"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
-                  signature="nope"),
-     lite.PredictResponse, "FAILED_PRECONDITION", r'^Serving signature key "nope" not found\.$'),
-    ("unknown version label (issue 9)", "/tensorflow.serving.PredictionService/Predict",
-     grpc_request({"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
-                  label="canary"),
-     lite.PredictResponse, "INVALID_ARGUMENT", r"^Unrecognized servable version label: canary$"),
-    ("Classify on a predict signature (row 16)", "/tensorflow.serving.PredictionService/Classify",
-     classification_pb2.ClassificationRequest(model_spec=SPEC),
-     classification_pb2.ClassificationResponse, "INVALID_ARGUMENT",
-     r"^Expected one input Tensor\.$"),
-    ("Regress on a predict signature (row 16)", "/tensorflow.serving.PredictionService/Regress",
-     regression_pb2.RegressionRequest(model_spec=SPEC), regression_pb2.RegressionResponse,
-     "INVALID_ARGUMENT", r"^Expected one input Tensor\.$"),
-    ("MultiInference without tasks (row 16)",
-     "/tensorflow.serving.PredictionService/MultiInference",
-     inference_pb2.MultiInferenceRequest(), inference_pb2.MultiInferenceResponse,
-     "INVALID_ARGUMENT", r"^ModelSpec has no name specified\.$"),
-    ("HandleReloadConfigRequest without a model_config_list (row 16)",
-     "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
-     model_management_pb2.ReloadConfigRequest(), model_management_pb2.ReloadConfigResponse,
-     "INVALID_ARGUMENT", r"Only ModelConfigList is currently supported"),
+  (
+    "gRPC tensor dtype 9999 (row 11)",
+    "/tensorflow.serving.PredictionService/Predict",
+    grpc_request(
+      {"input_ids": tensor(9999, [1, 2], int_val=[101, 102]), "input_mask": int_tensor([[1, 1]])}
+    ),
+    lite.PredictResponse,
+    "INVALID_ARGUMENT",
+    r"^tensor parsing error: input_ids$",
+  ),
+  (
+    "fewer int_val than the shape: filled as Tensor::FromProto",
+    "/tensorflow.serving.PredictionService/Predict",
+    grpc_request(
+      {
+        "input_ids": tensor(lite.DT_INT32, [1, 3], int_val=[101, 102]),
+        "input_mask": int_tensor([[1, 1, 1]]),
+      }
+    ),
+    lite.PredictResponse,
+    "OK",
+    r"^$",
+  ),
+  (
+    "unknown signature (issue 9)",
+    "/tensorflow.serving.PredictionService/Predict",
+    grpc_request(
+      {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+      signature="nope",
+    ),
+    lite.PredictResponse,
+    "FAILED_PRECONDITION",
+    r'^Serving signature key "nope" not found\.$',
+  ),
+  (
+    "unknown version label (issue 9)",
+    "/tensorflow.serving.PredictionService/Predict",
+    grpc_request(
+      {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+      label="canary",
+    ),
+    lite.PredictResponse,
+    "INVALID_ARGUMENT",
+    r"^Unrecognized servable version label: canary$",
+  ),
+  (
+    "Classify on a predict signature (row 16)",
+    "/tensorflow.serving.PredictionService/Classify",
+    classification_pb2.ClassificationRequest(model_spec=SPEC),
+    classification_pb2.ClassificationResponse,
+    "INVALID_ARGUMENT",
+    r"^Expected one input Tensor\.$",
+  ),
+  (
+    "Regress on a predict signature (row 16)",
+    "/tensorflow.serving.PredictionService/Regress",
+    regression_pb2.RegressionRequest(model_spec=SPEC),
+    regression_pb2.RegressionResponse,
+    "INVALID_ARGUMENT",
+    r"^Expected one input Tensor\.$",
+  ),
+  (
+    "MultiInference without tasks (row 16)",
+    "/tensorflow.serving.PredictionService/MultiInference",
+    inference_pb2.MultiInferenceRequest(),
+    inference_pb2.MultiInferenceResponse,
+    "INVALID_ARGUMENT",
+    r"^ModelSpec has no name specified\.$",
+  ),
+  (
+    "HandleReloadConfigRequest without a model_config_list (row 16)",
+    "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+    model_management_pb2.ReloadConfigRequest(),
+    model_management_pb2.ReloadConfigResponse,
+    "INVALID_ARGUMENT",
+    r"Only ModelConfigList is currently supported",
+  ),
 ]
 
 
@@ -314,11 +506,21 @@ def test_grpc_contract(private, report, case):
   got, details, _ = _unary(private, method, request, response_class)
   seconds = time.monotonic() - started
   after = rss_mb(private.server.pid)
-  ok = (got == code and re.search(message, details) is not None and after - before < 100 and
-        "Traceback" not in private.server.log())
-  report.add("bad requests", name, "grpc", f"{code}, message ~ /{excerpt(message, 60)}/",
-             f"{got}: {excerpt(details, 90) or '(answer)'}; {seconds * 1000:.0f} ms; "
-             f"RSS {before} -> {after} MB", ok)
+  ok = (
+    got == code
+    and re.search(message, details) is not None
+    and after - before < 100
+    and "Traceback" not in private.server.log()
+  )
+  report.add(
+    "bad requests",
+    name,
+    "grpc",
+    f"{code}, message ~ /{excerpt(message, 60)}/",
+    f"{got}: {excerpt(details, 90) or '(answer)'}; {seconds * 1000:.0f} ms; "
+    f"RSS {before} -> {after} MB",
+    ok,
+  )
   assert ok, (got, details, before, after)
 
 
@@ -328,31 +530,53 @@ def test_reload_config_over_grpc_applies_labels(private, report):
     shutil.copytree(private.base / "1", private.base / "2", dirs_exist_ok=True)
   config = model_management_pb2.ReloadConfigRequest()
   model = config.config.model_config_list.config.add(
-      name=MODEL, base_path=str(private.base), model_platform="tensorflow")
+    name=MODEL, base_path=str(private.base), model_platform="tensorflow"
+  )
   model.model_version_policy.all.SetInParent()
   wait_for(lambda: private.status().get(2) == "AVAILABLE")
   started = time.monotonic()
-  got, details, _ = _unary(private, "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
-                           config, model_management_pb2.ReloadConfigResponse)
+  got, details, _ = _unary(
+    private,
+    "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+    config,
+    model_management_pb2.ReloadConfigResponse,
+  )
   both = wait_for(lambda: {1, 2} <= {v for v, s in private.status().items() if s == "AVAILABLE"})
   model.version_labels["stable"] = 1
   model.version_labels["canary"] = 2
-  labelled, _, _ = _unary(private, "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
-                          config, model_management_pb2.ReloadConfigResponse)
+  labelled, _, _ = _unary(
+    private,
+    "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+    config,
+    model_management_pb2.ReloadConfigResponse,
+  )
   seconds = time.monotonic() - started
   canary = rest_send(private, rest_columnar(GOOD_IDS), f"/v1/models/{MODEL}/labels/canary:predict")
-  stable = grpc_send(private, grpc_request({"input_ids": int_tensor(GOOD_IDS),
-                                            "input_mask": int_tensor(mask_of(GOOD_IDS))},
-                                           label="stable"))
-  ok = (got == "OK" and both is not None and labelled == "OK" and canary.code == 200 and
-        stable.code == "OK" and stable.body.model_spec.version.value == 1)
-  report.add("bad requests", "HandleReloadConfigRequest: policy all, labels stable=1 canary=2",
-             "grpc", "OK; both versions AVAILABLE; /labels/canary (REST) and version_label "
-             "stable (gRPC) served",
-             f"{got} {details}; labels {labelled}; canary REST {canary.code}, stable gRPC "
-             f"{stable.code} from version "
-             f"{stable.body.model_spec.version.value if stable.body else '-'}; {seconds:.1f} s",
-             ok)
+  stable = grpc_send(
+    private,
+    grpc_request(
+      {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+      label="stable",
+    ),
+  )
+  ok = (
+    got == "OK"
+    and both is not None
+    and labelled == "OK"
+    and canary.code == 200
+    and stable.code == "OK"
+    and stable.body.model_spec.version.value == 1
+  )
+  report.add(
+    "bad requests",
+    "HandleReloadConfigRequest: policy all, labels stable=1 canary=2",
+    "grpc",
+    "OK; both versions AVAILABLE; /labels/canary (REST) and version_label stable (gRPC) served",
+    f"{got} {details}; labels {labelled}; canary REST {canary.code}, stable gRPC "
+    f"{stable.code} from version "
+    f"{stable.body.model_spec.version.value if stable.body else '-'}; {seconds:.1f} s",
+    ok,
+  )
   assert ok, (got, details, labelled, canary, stable)
 
 
@@ -378,35 +602,81 @@ def test_model_config_file_two_models_labels_and_polling(env, report, tmp_path):
   config = tmp_path / "models.config"
   config.write_text(MODELS_CONFIG.format(name=MODEL, base=base, canary=2))
   refused = subprocess.run(
-      [sys.executable, "-m", "server", "--port", "0", "--rest_api_port", "0",
-       "--model_config_file", str(config)], cwd=REPO_ROOT, capture_output=True, text=True,
-      timeout=120)
-  server = ServerProcess(base, tmp_path / "server.log", flags=[
-      "--model_config_file", str(config), "--model_config_file_poll_wait_seconds", "1",
-      "--allow_version_labels_for_unavailable_models"]).start()
+    [
+      sys.executable,
+      "-m",
+      "server",
+      "--port",
+      "0",
+      "--rest_api_port",
+      "0",
+      "--model_config_file",
+      str(config),
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  server = ServerProcess(
+    base,
+    tmp_path / "server.log",
+    flags=[
+      "--model_config_file",
+      str(config),
+      "--model_config_file_poll_wait_seconds",
+      "1",
+      "--allow_version_labels_for_unavailable_models",
+    ],
+  ).start()
   try:
     target = type("Target", (), {"grpc": server.grpc, "rest": server.rest})()
     canary = rest_send(target, rest_columnar(GOOD_IDS), f"/v1/models/{MODEL}/labels/canary:predict")
     second = rest_send(target, rest_columnar(GOOD_IDS), "/v1/models/second/versions/2:predict")
     config.write_text(MODELS_CONFIG.format(name=MODEL, base=base, canary=1))
     started = time.monotonic()
-    moved = wait_for(lambda: grpc_send(target, grpc_request(
-        {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
-        label="canary")).body is not None and grpc_send(target, grpc_request(
-        {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
-        label="canary")).body.model_spec.version.value == 1)
+    moved = wait_for(
+      lambda: (
+        grpc_send(
+          target,
+          grpc_request(
+            {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+            label="canary",
+          ),
+        ).body
+        is not None
+        and grpc_send(
+          target,
+          grpc_request(
+            {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+            label="canary",
+          ),
+        ).body.model_spec.version.value
+        == 1
+      )
+    )
     refused_line = refused.stderr.strip().splitlines()[-1] if refused.stderr.strip() else ""
-    ok = (refused.returncode != 0 and "FAILED_PRECONDITION" in refused_line and
-          "Traceback" not in refused.stderr and canary.code == 200 and second.code == 200 and
-          moved is not None)
-    report.add("faults", "--model_config_file: 2 models, specific {1,2}, stable=1 canary=2, "
-               "then canary moved to 1 in the file", "server",
-               "without --allow_version_labels_for_unavailable_models: refused at start "
-               "(FAILED_PRECONDITION); with it: labels and both models served, the edit applied "
-               "by the poll",
-               f"without: exit {refused.returncode} '{excerpt(refused_line, 100)}'; with: canary "
-               f"{canary.code}, second v2 {second.code}; canary on 1 after "
-               f"{moved or 0:.1f} s ({time.monotonic() - started:.1f} s)", ok)
+    ok = (
+      refused.returncode != 0
+      and "FAILED_PRECONDITION" in refused_line
+      and "Traceback" not in refused.stderr
+      and canary.code == 200
+      and second.code == 200
+      and moved is not None
+    )
+    report.add(
+      "faults",
+      "--model_config_file: 2 models, specific {1,2}, stable=1 canary=2, "
+      "then canary moved to 1 in the file",
+      "server",
+      "without --allow_version_labels_for_unavailable_models: refused at start "
+      "(FAILED_PRECONDITION); with it: labels and both models served, the edit applied "
+      "by the poll",
+      f"without: exit {refused.returncode} '{excerpt(refused_line, 100)}'; with: canary "
+      f"{canary.code}, second v2 {second.code}; canary on 1 after "
+      f"{moved or 0:.1f} s ({time.monotonic() - started:.1f} s)",
+      ok,
+    )
     assert ok, (refused.stderr[-2000:], canary, second, moved, server.log()[-2000:])
   finally:
     server.stop()
@@ -415,12 +685,16 @@ def test_model_config_file_two_models_labels_and_polling(env, report, tmp_path):
 def _flag_cases(tmp_path):
   not_a_dir = tmp_path / "file"
   not_a_dir.write_text("x")
-  return [("--port 99999", ["--port", "99999"]),
-          ("--rest_api_port 99999", ["--rest_api_port", "99999"]),
-          ("--num_batch_threads 0", ["--num_batch_threads", "0"]),
-          ("--model_base_path is a file", ["--model_base_path", str(not_a_dir)]),
-          ("--monitoring_config_file unreadable", ["--monitoring_config_file",
-                                                   str(tmp_path / "missing.txt")])]
+  return [
+    ("--port 99999", ["--port", "99999"]),
+    ("--rest_api_port 99999", ["--rest_api_port", "99999"]),
+    ("--num_batch_threads 0", ["--num_batch_threads", "0"]),
+    ("--model_base_path is a file", ["--model_base_path", str(not_a_dir)]),
+    (
+      "--monitoring_config_file unreadable",
+      ["--monitoring_config_file", str(tmp_path / "missing.txt")],
+    ),
+  ]
 
 
 def test_bad_flags_are_one_line_errors(env, report, tmp_path):
@@ -428,15 +702,32 @@ def test_bad_flags_are_one_line_errors(env, report, tmp_path):
   for name, flags in _flag_cases(tmp_path):
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "server", "--model_base_path", str(env.base), *flags],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=FLAG_EXIT_LIMIT_S * 4)
+      [sys.executable, "-m", "server", "--model_base_path", str(env.base), *flags],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=FLAG_EXIT_LIMIT_S * 4,
+    )
     seconds = time.monotonic() - started
-    lines = [line for line in result.stderr.splitlines() if line.strip()
-             and not re.match(r"^(WARNING|I0000|W0000|E0000|To enable|.*cuda|.*oneDNN)", line)]
-    ok = (result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr and
-          seconds < FLAG_EXIT_LIMIT_S)
-    report.add("faults", f"python -m server {name} (row 15)", "server",
-               "one clear line on stderr, non-zero exit, no traceback",
-               f"exit {result.returncode} in {seconds:.1f} s: "
-               f"{excerpt(lines[-1] if lines else '(nothing)', 110)}", ok)
+    lines = [
+      line
+      for line in result.stderr.splitlines()
+      if line.strip()
+      and not re.match(r"^(WARNING|I0000|W0000|E0000|To enable|.*cuda|.*oneDNN)", line)
+    ]
+    ok = (
+      result.returncode != 0
+      and len(lines) == 1
+      and "Traceback" not in result.stderr
+      and seconds < FLAG_EXIT_LIMIT_S
+    )
+    report.add(
+      "faults",
+      f"python -m server {name} (row 15)",
+      "server",
+      "one clear line on stderr, non-zero exit, no traceback",
+      f"exit {result.returncode} in {seconds:.1f} s: "
+      f"{excerpt(lines[-1] if lines else '(nothing)', 110)}",
+      ok,
+    )
     assert ok, (name, result.returncode, result.stderr[-2000:])

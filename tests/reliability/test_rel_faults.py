@@ -79,15 +79,23 @@ def test_server_sigkill_during_load_then_restart_on_the_same_ports(env, report):
     slowest = max((s for s, _ in fails), default=0.0)
     kinds = sorted({k for _, (k, _) in fails})
     messages = sorted({re.sub(r"\d+", "N", m) for _, (_, m) in fails})
-    one_line = all(k == "ClientError" and "\n" not in m and
-                   re.search(r"server unreachable at 127\.0\.0\.1:\d+", m) for _, (k, m) in fails)
+    one_line = all(
+      k == "ClientError"
+      and "\n" not in m
+      and re.search(r"server unreachable at 127\.0\.0\.1:\d+", m)
+      for _, (k, m) in fails
+    )
     ok = bool(fails) and one_line and slowest < CLIENT_TIMEOUT_S + 1
-    report.add("faults", "server SIGKILLed under load (8 threads, client timeout "
-               f"{CLIENT_TIMEOUT_S:g} s)", transport,
-               f"every call fails in < {CLIENT_TIMEOUT_S + 1:g} s with a one-line "
-               "ClientError 'server unreachable at ...'",
-               f"{len(fails)} failed calls, slowest {slowest * 1000:.0f} ms, {', '.join(kinds)}: "
-               + " / ".join(excerpt(m, 90) for m in messages[:3]), ok)
+    report.add(
+      "faults",
+      f"server SIGKILLed under load (8 threads, client timeout {CLIENT_TIMEOUT_S:g} s)",
+      transport,
+      f"every call fails in < {CLIENT_TIMEOUT_S + 1:g} s with a one-line "
+      "ClientError 'server unreachable at ...'",
+      f"{len(fails)} failed calls, slowest {slowest * 1000:.0f} ms, {', '.join(kinds)}: "
+      + " / ".join(excerpt(m, 90) for m in messages[:3]),
+      ok,
+    )
     assert fails, f"no {transport} call failed after the kill"
     assert one_line, messages
     assert slowest < CLIENT_TIMEOUT_S + 1
@@ -113,11 +121,16 @@ def test_server_sigkill_during_load_then_restart_on_the_same_ports(env, report):
   for transport in ("grpc", "rest"):
     times = [r for (t, _), r in zip(clients, recovered) if t == transport]
     ok = None not in times and max(times) < RECONNECT_LIMIT_S
-    report.add("faults", "the same client objects after a restart on the same ports", transport,
-               f"succeed again within {RECONNECT_LIMIT_S:g} s of the server being ready",
-               f"server ready {restart_s:.1f} s after its restart ({restart_s + kill_to_start:.1f} "
-               f"s outage); the {len(times)} clients succeeded after " + ", ".join(
-                   "never" if r is None else f"{r * 1000:.0f} ms" for r in times), ok)
+    report.add(
+      "faults",
+      "the same client objects after a restart on the same ports",
+      transport,
+      f"succeed again within {RECONNECT_LIMIT_S:g} s of the server being ready",
+      f"server ready {restart_s:.1f} s after its restart ({restart_s + kill_to_start:.1f} "
+      f"s outage); the {len(times)} clients succeeded after "
+      + ", ".join("never" if r is None else f"{r * 1000:.0f} ms" for r in times),
+      ok,
+    )
     assert ok, times
   report.counts["requests before the kill"] = before
 
@@ -134,8 +147,9 @@ def rest_status(env):
 def test_export_sigkilled_midway_then_next_export_is_served(env, report):
   log_path = env.work / "export-killed.log"
   with open(log_path, "w") as log:
-    export = subprocess.Popen(env.export_command(), cwd=REPO_ROOT, stdout=log,
-                              stderr=subprocess.STDOUT)
+    export = subprocess.Popen(
+      env.export_command(), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
   env.children.append(export)
   deadline = time.monotonic() + EXPORT_TIMEOUT_S
   partial = []
@@ -155,17 +169,23 @@ def test_export_sigkilled_midway_then_next_export_is_served(env, report):
   version = served_version(env)
   clients_ok = all(env.client(t).predict([SENTENCES[0]]) is not None for t in ("grpc", "rest"))
   ok = versions_now == ["1"] and version == 1 and set(statuses) == {1} and clients_ok
-  report.add("faults", "export SIGKILLed while writing its temp dir", "export + gRPC/REST",
-             "server keeps serving version 1, no partial version dir, clients keep working",
-             f"killed with {len(partial)} files in its temp dir ({', '.join(sorted(partial)[:4])}"
-             f"{', ...' if len(partial) > 4 else ''}); base holds {left}; served version "
-             f"{version}; versions known to the server {sorted(statuses)}; clients ok: "
-             f"{clients_ok}", ok)
+  report.add(
+    "faults",
+    "export SIGKILLed while writing its temp dir",
+    "export + gRPC/REST",
+    "server keeps serving version 1, no partial version dir, clients keep working",
+    f"killed with {len(partial)} files in its temp dir ({', '.join(sorted(partial)[:4])}"
+    f"{', ...' if len(partial) > 4 else ''}); base holds {left}; served version "
+    f"{version}; versions known to the server {sorted(statuses)}; clients ok: "
+    f"{clients_ok}",
+    ok,
+  )
   assert ok, (left, statuses, version)
 
   started = time.monotonic()
-  result = subprocess.run(env.export_command(), cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=EXPORT_TIMEOUT_S)
+  result = subprocess.run(
+    env.export_command(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S
+  )
   export_s = time.monotonic() - started
   assert result.returncode == 0, result.stderr[-3000:]
   deadline = time.monotonic() + VERSION_SWAP_LIMIT_S
@@ -177,11 +197,16 @@ def test_export_sigkilled_midway_then_next_export_is_served(env, report):
   cleaned = "removed stale temp dirs" in result.stdout
   ok = version == 2 and leftovers == ["1", "2"] and clients_ok
   env.versions_served.append(version)
-  report.add("faults", "next export after the killed one", "export + gRPC/REST",
-             "exit 0, publishes version 2, removes the dead temp dir, server swaps to 2",
-             f"exit {result.returncode} in {export_s:.1f} s; stale temp dir removed: {cleaned}; "
-             f"base holds {leftovers}; server answers from version {version} "
-             f"{swap_s:.1f} s after the export finished; clients ok: {clients_ok}", ok)
+  report.add(
+    "faults",
+    "next export after the killed one",
+    "export + gRPC/REST",
+    "exit 0, publishes version 2, removes the dead temp dir, server swaps to 2",
+    f"exit {result.returncode} in {export_s:.1f} s; stale temp dir removed: {cleaned}; "
+    f"base holds {leftovers}; server answers from version {version} "
+    f"{swap_s:.1f} s after the export finished; clients ok: {clients_ok}",
+    ok,
+  )
   assert ok, (version, leftovers, result.stdout[-2000:])
 
 
@@ -200,16 +225,22 @@ def test_corrupt_version_is_reported_and_skipped(env, report):
     logged = [line for line in env.server.log().splitlines() if "version 7" in line]
     version = served_version(env)
     status = statuses.get(7, {}).get("status", {})
-    ok = (statuses.get(7, {}).get("state") == "END" and status.get("error_message") and
-          any("Skipping" in line for line in logged) and version == current)
-    report.add("faults", "corrupt version dir 7 (garbage saved_model.pb)", "server",
-               f"logged and reported (status END + error), not served; version {current} "
-               "keeps serving",
-               f"log: {excerpt(re.sub(r'^[-0-9 :,]+', '', logged[0]) if logged else '-', 130)}"
-               f"; GetModelStatus of 7: {statuses.get(7, {}).get('state')} "
-               f"{status.get('error_code')}; served version {version}", ok)
+    ok = (
+      statuses.get(7, {}).get("state") == "END"
+      and status.get("error_message")
+      and any("Skipping" in line for line in logged)
+      and version == current
+    )
+    report.add(
+      "faults",
+      "corrupt version dir 7 (garbage saved_model.pb)",
+      "server",
+      f"logged and reported (status END + error), not served; version {current} keeps serving",
+      f"log: {excerpt(re.sub(r'^[-0-9 :,]+', '', logged[0]) if logged else '-', 130)}"
+      f"; GetModelStatus of 7: {statuses.get(7, {}).get('state')} "
+      f"{status.get('error_code')}; served version {version}",
+      ok,
+    )
     assert ok, (statuses, logged, version)
   finally:
     shutil.rmtree(corrupt)
-
-

@@ -13,8 +13,6 @@ import pytest
 import requests
 
 from clients.tfs_protos import tfs_lite_pb2 as lite
-from server.process import REPO_ROOT, ServerProcess
-
 from rel_support import (
   CLS,
   GOOD_IDS,
@@ -30,6 +28,7 @@ from rel_support import (
   rest_send,
   tensor,
 )
+from server.process import REPO_ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow  # starts the server
 
@@ -57,17 +56,24 @@ def attack_rss(env, report):
   after = rss_mb(env)
   ok = after - before <= ATTACK_RSS_LIMIT_MB
   report.counts["server RSS around the size-limit attacks"] = (
-      f"{before:.0f} MB before, {after:.0f} MB after (limit +{ATTACK_RSS_LIMIT_MB} MB)")
-  report.add("load", "server memory after the size-limit attacks (rows 1, 2, 10)", "server",
-             f"RSS within {ATTACK_RSS_LIMIT_MB} MB of before",
-             f"{before:.0f} MB -> {after:.0f} MB", ok)
+    f"{before:.0f} MB before, {after:.0f} MB after (limit +{ATTACK_RSS_LIMIT_MB} MB)"
+  )
+  report.add(
+    "load",
+    "server memory after the size-limit attacks (rows 1, 2, 10)",
+    "server",
+    f"RSS within {ATTACK_RSS_LIMIT_MB} MB of before",
+    f"{before:.0f} MB -> {after:.0f} MB",
+    ok,
+  )
   assert ok, (before, after)
 
 
 def shape_only_request(rows):
   """A Predict request declaring [rows, 0] for both inputs and carrying no values."""
-  return grpc_request({"input_ids": tensor(lite.DT_INT32, [rows, 0]),
-                       "input_mask": tensor(lite.DT_INT32, [rows, 0])})
+  return grpc_request(
+    {"input_ids": tensor(lite.DT_INT32, [rows, 0]), "input_mask": tensor(lite.DT_INT32, [rows, 0])}
+  )
 
 
 def rows_of(count, width):
@@ -81,60 +87,117 @@ def task_size_message(rows):
 
 
 ATTACKS = [
-    # (issue row, case, transport, send(env) -> Observed, codes, message regex)
-    (1, f"shape [2**31, 0] without values ({len(shape_only_request(2**31).SerializeToString())}"
-        " bytes)", "grpc", lambda env: grpc_send(env, shape_only_request(2**31)),
-     ("INVALID_ARGUMENT",), task_size_message(2**31)),
-    (2, "2,000 rows x 128 (under the 8 MiB body limit)", "rest",
-     lambda env: rest_send(env, rest_columnar(rows_of(2000, 128))), (400,),
-     task_size_message(2000)),
-    (2, "5,000 rows x 128 (under the 8 MiB body limit)", "rest",
-     lambda env: rest_send(env, rest_columnar(rows_of(5000, 128))), (400,),
-     task_size_message(5000)),
-    (2, "5,000 rows x 128", "grpc", lambda env: grpc_send(env, grpc_request(
-        {"input_ids": int_tensor(rows_of(5000, 128)),
-         "input_mask": int_tensor(np.ones((5000, 128)))})),
-     ("INVALID_ARGUMENT",), task_size_message(5000)),
-    (2, f"{MAX_BATCH_SIZE + 1} rows, one over max_batch_size", "rest",
-     lambda env: rest_send(env, rest_columnar(rows_of(MAX_BATCH_SIZE + 1, 8))), (400,),
-     task_size_message(MAX_BATCH_SIZE + 1)),
+  # (issue row, case, transport, send(env) -> Observed, codes, message regex)
+  (
+    1,
+    f"shape [2**31, 0] without values ({len(shape_only_request(2**31).SerializeToString())} bytes)",
+    "grpc",
+    lambda env: grpc_send(env, shape_only_request(2**31)),
+    ("INVALID_ARGUMENT",),
+    task_size_message(2**31),
+  ),
+  (
+    2,
+    "2,000 rows x 128 (under the 8 MiB body limit)",
+    "rest",
+    lambda env: rest_send(env, rest_columnar(rows_of(2000, 128))),
+    (400,),
+    task_size_message(2000),
+  ),
+  (
+    2,
+    "5,000 rows x 128 (under the 8 MiB body limit)",
+    "rest",
+    lambda env: rest_send(env, rest_columnar(rows_of(5000, 128))),
+    (400,),
+    task_size_message(5000),
+  ),
+  (
+    2,
+    "5,000 rows x 128",
+    "grpc",
+    lambda env: grpc_send(
+      env,
+      grpc_request(
+        {
+          "input_ids": int_tensor(rows_of(5000, 128)),
+          "input_mask": int_tensor(np.ones((5000, 128))),
+        }
+      ),
+    ),
+    ("INVALID_ARGUMENT",),
+    task_size_message(5000),
+  ),
+  (
+    2,
+    f"{MAX_BATCH_SIZE + 1} rows, one over max_batch_size",
+    "rest",
+    lambda env: rest_send(env, rest_columnar(rows_of(MAX_BATCH_SIZE + 1, 8))),
+    (400,),
+    task_size_message(MAX_BATCH_SIZE + 1),
+  ),
 ]
 for transport in ("rest", "grpc"):
   for name, ids, mask, message in [
-      ("input_mask [1, 2**31-1, 2**31-1] (int32 overflow in its sum)", [[CLS, 7327, SEP]],
-       [[1, 2**31 - 1, 2**31 - 1]], r"input_mask must hold only 0 and 1, got 2147483647"),
-      ("input_mask value 2", GOOD_IDS, [[1, 1, 2, 1, 1, 1]],
-       r"input_mask must hold only 0 and 1, got 2 \(row 0, position 2\)"),
-      ("zero-length row (shape [1,0])", [[]], [[]], r"input_mask row 0 has length 0"),
-      ("row whose mask starts with 0", GOOD_IDS, [[0, 1, 1, 1, 1, 1]],
-       r"input_mask row 0 has length 0")]:
+    (
+      "input_mask [1, 2**31-1, 2**31-1] (int32 overflow in its sum)",
+      [[CLS, 7327, SEP]],
+      [[1, 2**31 - 1, 2**31 - 1]],
+      r"input_mask must hold only 0 and 1, got 2147483647",
+    ),
+    (
+      "input_mask value 2",
+      GOOD_IDS,
+      [[1, 1, 2, 1, 1, 1]],
+      r"input_mask must hold only 0 and 1, got 2 \(row 0, position 2\)",
+    ),
+    ("zero-length row (shape [1,0])", [[]], [[]], r"input_mask row 0 has length 0"),
+    (
+      "row whose mask starts with 0",
+      GOOD_IDS,
+      [[0, 1, 1, 1, 1, 1]],
+      r"input_mask row 0 has length 0",
+    ),
+  ]:
     if transport == "rest":
       send = lambda env, ids=ids, mask=mask: rest_send(env, rest_columnar(ids, mask))
     elif np.size(ids):
-      send = lambda env, ids=ids, mask=mask: grpc_send(env, grpc_request(
-          {"input_ids": int_tensor(ids), "input_mask": int_tensor(mask)}))
+      send = lambda env, ids=ids, mask=mask: grpc_send(
+        env, grpc_request({"input_ids": int_tensor(ids), "input_mask": int_tensor(mask)})
+      )
     else:
       send = lambda env: grpc_send(env, shape_only_request(1))
-    ATTACKS.append((10, name, transport, send,
-                    (400,) if transport == "rest" else ("INVALID_ARGUMENT",), message))
+    ATTACKS.append(
+      (10, name, transport, send, (400,) if transport == "rest" else ("INVALID_ARGUMENT",), message)
+    )
 
 
-@pytest.mark.parametrize("row, name, transport, send, codes, message", ATTACKS,
-                         ids=[f"row{a[0]}-{a[2]}-{re.sub(r'[^a-z0-9]+', '_', a[1].lower())}"
-                              for a in ATTACKS])
-def test_size_and_mask_attacks(env, report, attack_rss, row, name, transport, send, codes,
-                               message):
+@pytest.mark.parametrize(
+  "row, name, transport, send, codes, message",
+  ATTACKS,
+  ids=[f"row{a[0]}-{a[2]}-{re.sub(r'[^a-z0-9]+', '_', a[1].lower())}" for a in ATTACKS],
+)
+def test_size_and_mask_attacks(env, report, attack_rss, row, name, transport, send, codes, message):
   before = rss_mb(env)
   observed = send(env)
   after_rss = rss_mb(env)
   after = good(env, transport)
-  ok = (observed.code in codes and re.search(message, observed.message) is not None and
-        observed.seconds < ATTACK_TIME_LIMIT_S and after.code in (200, "OK"))
-  report.add("bad requests", f"issue 10 row {row}: {name}", transport,
-             f"{' or '.join(map(str, codes))}, message ~ /{message}/, "
-             f"< {ATTACK_TIME_LIMIT_S:g} s; then a good request succeeds",
-             f"{observed.code}: {excerpt(observed.message)}; {observed.seconds * 1000:.0f} ms; "
-             f"server RSS {before:.0f} -> {after_rss:.0f} MB; next good request: {after.code}", ok)
+  ok = (
+    observed.code in codes
+    and re.search(message, observed.message) is not None
+    and observed.seconds < ATTACK_TIME_LIMIT_S
+    and after.code in (200, "OK")
+  )
+  report.add(
+    "bad requests",
+    f"issue 10 row {row}: {name}",
+    transport,
+    f"{' or '.join(map(str, codes))}, message ~ /{message}/, "
+    f"< {ATTACK_TIME_LIMIT_S:g} s; then a good request succeeds",
+    f"{observed.code}: {excerpt(observed.message)}; {observed.seconds * 1000:.0f} ms; "
+    f"server RSS {before:.0f} -> {after_rss:.0f} MB; next good request: {after.code}",
+    ok,
+  )
   assert observed.code in codes, observed
   assert re.search(message, observed.message), observed
   assert observed.seconds < ATTACK_TIME_LIMIT_S
@@ -148,26 +211,35 @@ def shipped_server(tmp_path_factory):
 
   work = tmp_path_factory.mktemp("flood")
   exporter.export_model(str(SHIPPED), str(work / "models"), log=lambda message: None)
-  server = ServerProcess(work / "models", work / "server.log",
-                         flags=[f"--rest_api_timeout_in_ms={FLOOD_TIMEOUT_MS}",
-                                "--monitoring_config_file",
-                                str(REPO_ROOT / "docker" / "monitoring_config.txt")]).start()
+  server = ServerProcess(
+    work / "models",
+    work / "server.log",
+    flags=[
+      f"--rest_api_timeout_in_ms={FLOOD_TIMEOUT_MS}",
+      "--monitoring_config_file",
+      str(REPO_ROOT / "docker" / "monitoring_config.txt"),
+    ],
+  ).start()
   yield server
   server.stop()
 
 
 def processed_rows(server):
   """Rows the server has run in batches (the batch size histogram's sum)."""
-  page = requests.get(f"http://{server.rest}/monitoring/prometheus/metrics",
-                      timeout=HTTP_TIMEOUT_S).text
+  page = requests.get(
+    f"http://{server.rest}/monitoring/prometheus/metrics", timeout=HTTP_TIMEOUT_S
+  ).text
   found = re.search(r"processed_batch_size_sum\{[^}]*\} (\d+)", page)
   return int(found.group(1)) if found else 0
 
 
 def post(server, ids):
   started = time.monotonic()
-  response = requests.post(f"http://{server.rest}{PREDICT_PATH}", timeout=HTTP_TIMEOUT_S,
-                           data=json.dumps(rest_columnar(ids)))
+  response = requests.post(
+    f"http://{server.rest}{PREDICT_PATH}",
+    timeout=HTTP_TIMEOUT_S,
+    data=json.dumps(rest_columnar(ids)),
+  )
   return response.status_code, response.json().get("error", ""), time.monotonic() - started
 
 
@@ -187,19 +259,27 @@ def test_abandoned_work_is_dropped(shipped_server, report):
   started = (processed_rows(shipped_server) - rows_before - len(tiny)) // FLOOD_ROWS
   rss_after = process.memory_info().rss / 2**20
   codes = sorted(code for code, _, _ in floods)
-  ok = (status == 200 and set(codes) <= {503, 504} and busy < IDLE_CPU_LIMIT_S
-        and rss_after - rss_before <= ATTACK_RSS_LIMIT_MB)
+  ok = (
+    status == 200
+    and set(codes) <= {503, 504}
+    and busy < IDLE_CPU_LIMIT_S
+    and rss_after - rss_before <= ATTACK_RSS_LIMIT_MB
+  )
   report.add(
-      "load", f"issue 10 row 14: --rest_api_timeout_in_ms {FLOOD_TIMEOUT_MS}, "
-      f"{FLOOD_REQUESTS} concurrent {FLOOD_ROWS}x{FLOOD_WIDTH} requests on the shipped model, "
-      f"then a one-sentence request {SETTLE_S:g} s after their answers", "rest",
-      f"floods 504 (timed out) or 503 (queue full); then the one-sentence request 200 and the "
-      f"server idle (< {IDLE_CPU_LIMIT_S:g} CPU s in {IDLE_WINDOW_S:g} s): nothing abandoned "
-      f"keeps running; RSS within {ATTACK_RSS_LIMIT_MB} MB",
-      f"floods {codes} ({', '.join(sorted({excerpt(e, 60) for _, e, _ in floods}))}); "
-      f"{started} of {FLOOD_REQUESTS} started, each stopped at its deadline; then 200 in "
-      f"{seconds * 1000:.0f} ms (got {status}); {busy:.2f} CPU s in the idle window; "
-      f"RSS {rss_before:.0f} -> {rss_after:.0f} MB", ok)
+    "load",
+    f"issue 10 row 14: --rest_api_timeout_in_ms {FLOOD_TIMEOUT_MS}, "
+    f"{FLOOD_REQUESTS} concurrent {FLOOD_ROWS}x{FLOOD_WIDTH} requests on the shipped model, "
+    f"then a one-sentence request {SETTLE_S:g} s after their answers",
+    "rest",
+    f"floods 504 (timed out) or 503 (queue full); then the one-sentence request 200 and the "
+    f"server idle (< {IDLE_CPU_LIMIT_S:g} CPU s in {IDLE_WINDOW_S:g} s): nothing abandoned "
+    f"keeps running; RSS within {ATTACK_RSS_LIMIT_MB} MB",
+    f"floods {codes} ({', '.join(sorted({excerpt(e, 60) for _, e, _ in floods}))}); "
+    f"{started} of {FLOOD_REQUESTS} started, each stopped at its deadline; then 200 in "
+    f"{seconds * 1000:.0f} ms (got {status}); {busy:.2f} CPU s in the idle window; "
+    f"RSS {rss_before:.0f} -> {rss_after:.0f} MB",
+    ok,
+  )
   assert status == 200, error
   assert set(codes) <= {503, 504}, floods
   assert busy < IDLE_CPU_LIMIT_S

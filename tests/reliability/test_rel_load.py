@@ -57,8 +57,14 @@ def _run_load(env, clients, total, deadline_s):
     jobs = [pool.submit(worker, i) for i in range(len(clients))]
     futures.wait(jobs, timeout=deadline_s + 2 * CLIENT_TIMEOUT_S)
   elapsed = time.monotonic() - started
-  return {"issued": issued["n"], "ok": len(latencies), "errors": errors, "seconds": elapsed,
-          "by_transport": by_transport, "latencies": sorted(latencies)}
+  return {
+    "issued": issued["n"],
+    "ok": len(latencies),
+    "errors": errors,
+    "seconds": elapsed,
+    "by_transport": by_transport,
+    "latencies": sorted(latencies),
+  }
 
 
 def anon_rss(process):
@@ -81,30 +87,40 @@ def test_load_32_threads_5000_requests(env, report):
   rate = stats["ok"] / stats["seconds"]
   lat = stats["latencies"] or [0.0]
   p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
-  report.counts.update({
+  report.counts.update(
+    {
       "requests sent under load": f"{stats['issued']:,} ({stats['by_transport']['grpc']:,} "
-                                  f"gRPC + {stats['by_transport']['rest']:,} REST answered; "
-                                  f"{LOAD_THREADS} threads; after {WARMUP_REQUESTS} warm-up)",
+      f"gRPC + {stats['by_transport']['rest']:,} REST answered; "
+      f"{LOAD_THREADS} threads; after {WARMUP_REQUESTS} warm-up)",
       "errors under load": len(stats["errors"]),
       "throughput under load": f"{rate:.0f} requests/s over {stats['seconds']:.1f} s "
-                               f"(p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms)",
+      f"(p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms)",
       "server anonymous RSS growth during load": f"{growth_mb:+.1f} MB ({rss_warm / 2**20:.0f} "
-                                                 f"MB after warm-up -> "
-                                                 f"{rss_after / 2**20:.0f} MB; "
-                                                 f"bound {RSS_GROWTH_LIMIT_MB} MB)"})
+      f"MB after warm-up -> "
+      f"{rss_after / 2**20:.0f} MB; "
+      f"bound {RSS_GROWTH_LIMIT_MB} MB)",
+    }
+  )
   complete = stats["issued"] == LOAD_REQUESTS and stats["ok"] == LOAD_REQUESTS
-  report.add("load", f"{LOAD_REQUESTS:,} single-sentence requests, {LOAD_THREADS} threads, "
-             "alternating transports", "gRPC + REST",
-             f"all {LOAD_REQUESTS:,} answered, 0 errors, < {LOAD_TIME_LIMIT_S} s",
-             f"{stats['ok']:,} answered, {len(stats['errors'])} errors, "
-             f"{stats['seconds']:.1f} s, {rate:.0f} requests/s, p50 {p50 * 1000:.0f} ms, "
-             f"p99 {p99 * 1000:.0f} ms" + (f"; first error: {stats['errors'][0]}"
-                                           if stats["errors"] else ""),
-             complete and not stats["errors"])
-  report.add("load", "server anonymous RSS after load minus after warm-up", "-",
-             f"< {RSS_GROWTH_LIMIT_MB} MB", f"{growth_mb:+.1f} MB", growth_mb < RSS_GROWTH_LIMIT_MB)
+  report.add(
+    "load",
+    f"{LOAD_REQUESTS:,} single-sentence requests, {LOAD_THREADS} threads, alternating transports",
+    "gRPC + REST",
+    f"all {LOAD_REQUESTS:,} answered, 0 errors, < {LOAD_TIME_LIMIT_S} s",
+    f"{stats['ok']:,} answered, {len(stats['errors'])} errors, "
+    f"{stats['seconds']:.1f} s, {rate:.0f} requests/s, p50 {p50 * 1000:.0f} ms, "
+    f"p99 {p99 * 1000:.0f} ms"
+    + (f"; first error: {stats['errors'][0]}" if stats["errors"] else ""),
+    complete and not stats["errors"],
+  )
+  report.add(
+    "load",
+    "server anonymous RSS after load minus after warm-up",
+    "-",
+    f"< {RSS_GROWTH_LIMIT_MB} MB",
+    f"{growth_mb:+.1f} MB",
+    growth_mb < RSS_GROWTH_LIMIT_MB,
+  )
   assert not stats["errors"], stats["errors"][:5]
   assert complete, stats
   assert growth_mb < RSS_GROWTH_LIMIT_MB
-
-

@@ -34,10 +34,16 @@ def replicas(tiny_bert_dir, tmp_path_factory):
 
   work = tmp_path_factory.mktemp("replicas")
   base = work / "models" / MODEL
-  exporter.export_model(str(make_checkpoint(tiny_bert_dir, work / "ckpt")), str(base), None,
-                        [s.split() for s in SENTENCES[:2]], log=lambda *_: None)
-  servers = [ServerProcess(base, work / f"replica{i}.log", free_port(), free_port())
-             for i in range(REPLICAS)]
+  exporter.export_model(
+    str(make_checkpoint(tiny_bert_dir, work / "ckpt")),
+    str(base),
+    None,
+    [s.split() for s in SENTENCES[:2]],
+    log=lambda *_: None,
+  )
+  servers = [
+    ServerProcess(base, work / f"replica{i}.log", free_port(), free_port()) for i in range(REPLICAS)
+  ]
   try:
     with futures.ThreadPoolExecutor(REPLICAS) as pool:
       list(pool.map(lambda server: server.start(), servers))
@@ -49,8 +55,9 @@ def replicas(tiny_bert_dir, tmp_path_factory):
 
 def request_count(server):
   """Predict requests the replica counted (all statuses), from its Prometheus page."""
-  page = requests.get(f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics",
-                      timeout=HTTP_TIMEOUT_S).text
+  page = requests.get(
+    f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics", timeout=HTTP_TIMEOUT_S
+  ).text
   return sum(int(n) for n in REQUEST_COUNT.findall(page))
 
 
@@ -116,13 +123,21 @@ def test_grpc_round_robin_spreads_requests_over_replicas(replicas, report):
   before = [request_count(s) for s in live]
   errors, seconds = drive(client, REQUESTS)
   percent, counted = shares(before, [request_count(s) for s in live])
-  ok = not errors and counted == REQUESTS and all(
-      SHARE_RANGE[0] <= p <= SHARE_RANGE[1] for p in percent)
-  report.add("load", f"{REQUESTS:,} gRPC requests, {THREADS} threads, one client, --server "
-             f"a,b,c ({REPLICAS} replicas)", "grpc",
-             f"each replica {SHARE_RANGE[0]:g}-{SHARE_RANGE[1]:g} % (round robin), 0 errors",
-             f"shares {' / '.join(f'{p:.1f}' for p in percent)} % of {counted:,} counted; "
-             f"{len(errors)} errors; {REQUESTS / seconds:.0f} req/s", ok)
+  ok = (
+    not errors
+    and counted == REQUESTS
+    and all(SHARE_RANGE[0] <= p <= SHARE_RANGE[1] for p in percent)
+  )
+  report.add(
+    "load",
+    f"{REQUESTS:,} gRPC requests, {THREADS} threads, one client, --server "
+    f"a,b,c ({REPLICAS} replicas)",
+    "grpc",
+    f"each replica {SHARE_RANGE[0]:g}-{SHARE_RANGE[1]:g} % (round robin), 0 errors",
+    f"shares {' / '.join(f'{p:.1f}' for p in percent)} % of {counted:,} counted; "
+    f"{len(errors)} errors; {REQUESTS / seconds:.0f} req/s",
+    ok,
+  )
   assert not errors, errors[:3]
   assert counted == REQUESTS
   assert all(SHARE_RANGE[0] <= p <= SHARE_RANGE[1] for p in percent), percent
@@ -136,11 +151,16 @@ def test_rest_sends_every_request_to_a_live_replica(replicas, report):
   errors, seconds = drive(client, REQUESTS)
   percent, counted = shares(before, [request_count(s) for s in live])
   ok = not errors and counted == REQUESTS
-  report.add("load", f"{REQUESTS:,} REST requests, {THREADS} threads, one client, --server "
-             f"a,b,c ({len(live)} replicas)", "rest",
-             "0 errors; fail-over client: the first live target takes the requests",
-             f"shares {' / '.join(f'{p:.1f}' for p in percent)} % of {counted:,} counted; "
-             f"{len(errors)} errors; {REQUESTS / seconds:.0f} req/s", ok)
+  report.add(
+    "load",
+    f"{REQUESTS:,} REST requests, {THREADS} threads, one client, --server "
+    f"a,b,c ({len(live)} replicas)",
+    "rest",
+    "0 errors; fail-over client: the first live target takes the requests",
+    f"shares {' / '.join(f'{p:.1f}' for p in percent)} % of {counted:,} counted; "
+    f"{len(errors)} errors; {REQUESTS / seconds:.0f} req/s",
+    ok,
+  )
   assert not errors, errors[:3]
   assert counted == REQUESTS
 
@@ -161,12 +181,17 @@ def test_a_replica_sigkilled_mid_run_loses_no_request(replicas, report, transpor
 
   errors, seconds = drive(client, REQUESTS, on_answered=kill)
   ok = bool(killed_at) and not errors
-  report.add("faults", f"{REQUESTS:,} {transport} requests over {len(live)} replicas, the "
-             f"first SIGKILLed after {KILL_AFTER:,} answers", transport,
-             "0 requests lost (gRPC: retry of UNAVAILABLE on another replica; REST: fail-over "
-             "to the next target)",
-             f"{REQUESTS:,} sent, {len(errors)} lost"
-             + (f" ({errors[0][:80]})" if errors else "")
-             + f"; replica exited {victim.proc.returncode}; {seconds:.1f} s", ok)
+  report.add(
+    "faults",
+    f"{REQUESTS:,} {transport} requests over {len(live)} replicas, the "
+    f"first SIGKILLed after {KILL_AFTER:,} answers",
+    transport,
+    "0 requests lost (gRPC: retry of UNAVAILABLE on another replica; REST: fail-over "
+    "to the next target)",
+    f"{REQUESTS:,} sent, {len(errors)} lost"
+    + (f" ({errors[0][:80]})" if errors else "")
+    + f"; replica exited {victim.proc.returncode}; {seconds:.1f} s",
+    ok,
+  )
   assert killed_at and victim.proc.returncode is not None
   assert not errors, errors[:3]

@@ -16,19 +16,18 @@ pytestmark = pytest.mark.slow  # starts the server
 
 LONG = "20,000-word text"
 TEXTS = {
-    "empty string": "",
-    "whitespace only": " \t\n\r\u00a0\u2003 ",
-    LONG: " ".join(
-        " ".join(SENTENCES).split()[i % 23] for i in range(20_000)),
-    "control characters": "EU\x01 rejects\x07 German\x1b[31m call\x7f to\x0b boycott\x0c British",
-    "emoji": "\U0001f642 EU rejects \U0001f44d\U0001f3fd German call \U0001f1e9\U0001f1ea lamb",
-    "CJK": "\u6b27\u76df\u62d2\u7edd\u5fb7\u56fd\u7684\u547c\u5401 EU \u6771\u4eac\u90fd "
-           "\uc11c\uc6b8 \u30bd\u30cb\u30fc",
-    "right-to-left (Arabic, Hebrew, RLM marks)": "\u0627\u0644\u0627\u062a\u062d\u0627\u062f "
-        "\u0627\u0644\u0623\u0648\u0631\u0648\u0628\u064a \u200f\u05d9\u05e8\u05d5\u05e9\u05dc"
-        "\u05d9\u05dd\u200f German \u202bcall\u202c",
-    "NUL bytes": "EU\x00rejects\x00 German \x00\x00call",
-    "combining accents and zero-width": "Zu\u0308rich\u200b EU\u200d Ge\u0301rman cafe\u0301",
+  "empty string": "",
+  "whitespace only": " \t\n\r\u00a0\u2003 ",
+  LONG: " ".join(" ".join(SENTENCES).split()[i % 23] for i in range(20_000)),
+  "control characters": "EU\x01 rejects\x07 German\x1b[31m call\x7f to\x0b boycott\x0c British",
+  "emoji": "\U0001f642 EU rejects \U0001f44d\U0001f3fd German call \U0001f1e9\U0001f1ea lamb",
+  "CJK": "\u6b27\u76df\u62d2\u7edd\u5fb7\u56fd\u7684\u547c\u5401 EU \u6771\u4eac\u90fd "
+  "\uc11c\uc6b8 \u30bd\u30cb\u30fc",
+  "right-to-left (Arabic, Hebrew, RLM marks)": "\u0627\u0644\u0627\u062a\u062d\u0627\u062f "
+  "\u0627\u0644\u0623\u0648\u0631\u0648\u0628\u064a \u200f\u05d9\u05e8\u05d5\u05e9\u05dc"
+  "\u05d9\u05dd\u200f German \u202bcall\u202c",
+  "NUL bytes": "EU\x00rejects\x00 German \x00\x00call",
+  "combining accents and zero-width": "Zu\u0308rich\u200b EU\u200d Ge\u0301rman cafe\u0301",
 }
 
 
@@ -69,17 +68,23 @@ def test_bad_texts_through_the_clients(env, report, transport):
         expected, windows = window_by_window(client, text)
         same = len(set(entities or []) & set(expected))
         ok = ok and bool(expected) and same >= 0.99 * max(len(entities or []), len(expected))
-        observed += (f"; {windows:,} windows sent one by one give {len(expected):,} entities, "
-                     f"{same:,} of them the same")
+        observed += (
+          f"; {windows:,} windows sent one by one give {len(expected):,} entities, "
+          f"{same:,} of them the same"
+        )
     words = len(text.split())
-    report.add("bad texts", f"{name} ({len(text):,} chars, {words:,} words)", transport,
-               "a list of entities, each text[start:end] == entity.text; no exception"
-               + (" ([] for empty input)" if name in ("empty string", "whitespace only") else "")
-               + ("; entities, >= 99 % the same as its windows sent one by one give"
-                  if name == LONG else ""),
-               f"{observed}; {seconds * 1000:.0f} ms", ok)
+    report.add(
+      "bad texts",
+      f"{name} ({len(text):,} chars, {words:,} words)",
+      transport,
+      "a list of entities, each text[start:end] == entity.text; no exception"
+      + (" ([] for empty input)" if name in ("empty string", "whitespace only") else "")
+      + (
+        "; entities, >= 99 % the same as its windows sent one by one give" if name == LONG else ""
+      ),
+      f"{observed}; {seconds * 1000:.0f} ms",
+      ok,
+    )
     if not ok:
       failures.append((name, observed))
   assert not failures
-
-
