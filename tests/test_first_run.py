@@ -54,7 +54,18 @@ def newcomer_env(repo):
   env = {
     k: v
     for k, v in os.environ.items()
-    if k not in ("BERT_NER_VERBOSE", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")
+    # A newcomer's shell, not a make running pytest (.ci/run): an inherited MAKELEVEL makes the
+    # inner make print "Entering directory" lines a newcomer never sees.
+    if k
+    not in (
+      "BERT_NER_VERBOSE",
+      "TF_CPP_MIN_LOG_LEVEL",
+      "CUDA_VISIBLE_DEVICES",
+      "MAKELEVEL",
+      "MAKEFLAGS",
+      "MFLAGS",
+      "MAKEOVERRIDES",
+    )
   }
   env.update(
     PYTHONPATH=str(repo),

@@ -13,7 +13,7 @@ import requests
 from clients import grpc_client, rest_client
 from e2e_support import free_port, make_checkpoint
 from rel_support import HTTP_TIMEOUT_S, MODEL, SENTENCES
-from server.process import ServerProcess
+from server.process import REPO_ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow  # starts three servers
 
@@ -42,7 +42,16 @@ def replicas(tiny_bert_dir, tmp_path_factory):
     log=lambda *_: None,
   )
   servers = [
-    ServerProcess(base, work / f"replica{i}.log", free_port(), free_port()) for i in range(REPLICAS)
+    # The Prometheus page (each replica's request counter) needs the monitoring config, as in
+    # TF Serving.
+    ServerProcess(
+      base,
+      work / f"replica{i}.log",
+      free_port(),
+      free_port(),
+      flags=["--monitoring_config_file", str(REPO_ROOT / "docker" / "monitoring_config.txt")],
+    )
+    for i in range(REPLICAS)
   ]
   try:
     with futures.ThreadPoolExecutor(REPLICAS) as pool:
