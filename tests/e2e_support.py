@@ -5,8 +5,13 @@ server.process.ServerProcess).
 TensorFlow is imported inside the functions only (test_clients checks clients stay TF-free).
 """
 
+import contextlib
 import socket
+import subprocess
+import sys
 from pathlib import Path
+
+from bert_ner import model_base
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LABELS = [
@@ -57,3 +62,31 @@ def make_checkpoint(tiny_bert_dir, out_dir):
         sess, out_dir, 1, model_dir.bert_config_path, model_dir.vocab_path, LABELS, config
       )
   return out_dir
+
+
+def export_shipped_model(base):
+  """models/default exported by `python -m export` (as the image's first stage does) into the
+  model base `base`; returns the version dir."""
+  done = subprocess.run(
+    [sys.executable, "-m", "export", "--checkpoint", "models/default"]
+    + ["--model_base_path", str(base), "--verify_sentences", "4"],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  return Path(base) / "1"
+
+
+@contextlib.contextmanager
+def served_shipped_model(base):
+  """The shipped model exported into `base`, served on free loopback ports: (server, assets)."""
+  from server.process import ServerProcess
+
+  version = export_shipped_model(base)
+  server = ServerProcess(base, Path(base).parent / "server.log").start()
+  try:
+    yield server, model_base.assets(version)
+  finally:
+    server.stop()

@@ -19,8 +19,7 @@ import time
 import pytest
 import requests
 
-from e2e_support import REPO_ROOT, free_port
-from server.process import ServerProcess
+from e2e_support import REPO_ROOT, free_port, served_shipped_model
 
 pytestmark = pytest.mark.slow  # needs chromium and starts the demo and a server
 
@@ -101,28 +100,8 @@ class DemoProcess:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
   """models/default exported into a temp model base, served on free loopback ports."""
-  base = tmp_path_factory.mktemp("demo") / "bert_ner"
-  done = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "export",
-      "--checkpoint",
-      "models/default",
-      "--model_base_path",
-      str(base),
-      "--verify_sentences",
-      "4",
-    ],
-    cwd=REPO_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert done.returncode == 0, done.stderr
-  server = ServerProcess(base, base.parent / "server.log").start()
-  yield server, base / "1" / "assets.extra"
-  server.stop()
+  with served_shipped_model(tmp_path_factory.mktemp("demo") / "bert_ner") as served:
+    yield served
 
 
 @pytest.fixture(scope="module")

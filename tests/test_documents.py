@@ -6,22 +6,9 @@ import pytest
 from bert_ner import backbone, conll
 from bert_ner.featurizer import Entity, Featurizer
 from clients import common
+from e2e_support import LABELS
 
 VOCAB = backbone.locate_default_backbone() / "vocab.txt"
-LABELS = [
-  "O",
-  "B-LOC",
-  "I-LOC",
-  "B-MISC",
-  "I-MISC",
-  "B-ORG",
-  "I-ORG",
-  "B-PER",
-  "I-PER",
-  "X",
-  "[CLS]",
-  "[SEP]",
-]
 
 
 def _tokens(featurizer, ids):

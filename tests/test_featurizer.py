@@ -17,22 +17,9 @@ import pytest
 from bert_ner import conll
 from bert_ner.featurizer import Entity, Featurizer, Word, entities, pad_batch
 from bert_ner.labels import load_label_map
+from e2e_support import LABELS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LABELS = [
-  "O",
-  "B-LOC",
-  "I-LOC",
-  "B-MISC",
-  "I-MISC",
-  "B-ORG",
-  "I-ORG",
-  "B-PER",
-  "I-PER",
-  "X",
-  "[CLS]",
-  "[SEP]",
-]
 # Long enough that no test sentence or text needs a second window.
 ONE_WINDOW = 4096
 

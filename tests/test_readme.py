@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from e2e_support import REPO_ROOT
-from server.process import ServerProcess
+from e2e_support import REPO_ROOT, served_shipped_model
 
 pytestmark = pytest.mark.slow  # exports the shipped model (MiniLM) and starts the server
 
@@ -24,28 +23,8 @@ def code_blocks(language):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
   """models/default exported into a temp model base and served on free loopback ports."""
-  base = tmp_path_factory.mktemp("readme") / "bert_ner"
-  done = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "export",
-      "--checkpoint",
-      "models/default",
-      "--model_base_path",
-      str(base),
-      "--verify_sentences",
-      "4",
-    ],
-    cwd=REPO_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert done.returncode == 0, done.stderr
-  server = ServerProcess(base, base.parent / "server.log").start()
-  yield server, base / "1" / "assets.extra"
-  server.stop()
+  with served_shipped_model(tmp_path_factory.mktemp("readme") / "bert_ner") as served:
+    yield served
 
 
 def test_client_commands_print_what_the_readme_shows(served):

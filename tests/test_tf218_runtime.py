@@ -5,12 +5,12 @@ the image's config files. TF 2.18 runs in .venv-tf218 (`make tf218`) via tests/t
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from e2e_support import export_shipped_model
 from test_export import load_saved_model
 
 pytestmark = pytest.mark.slow  # needs TF 2.18 (.venv-tf218)
@@ -47,26 +47,7 @@ def tf218():
 @pytest.fixture(scope="module")
 def shipped_export(tmp_path_factory):
   """models/default exported by the dev venv's TensorFlow, as the image's first stage does."""
-  base = tmp_path_factory.mktemp("tf218") / "bert_ner"
-  done = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "export",
-      "--checkpoint",
-      "models/default",
-      "--model_base_path",
-      str(base),
-      "--verify_sentences",
-      "4",
-    ],
-    cwd=REPO_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert done.returncode == 0, done.stderr
-  return base / "1"
+  return export_shipped_model(tmp_path_factory.mktemp("tf218") / "bert_ner")
 
 
 def dev_batches(export_dir, dev_path):
