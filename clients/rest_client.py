@@ -93,7 +93,7 @@ def error_detail(response: requests.Response) -> object:
   """The "error" TF Serving puts in a failed response, else the start of the body."""
   try:
     return response.json()["error"]
-  except (ValueError, KeyError, TypeError):
+  except (ValueError, KeyError, TypeError, RecursionError):
     return response.text[:200]
 
 
@@ -188,6 +188,8 @@ class RestNerClient(common.NerClient):
       return response.json()
     except ValueError:
       raise common.ClientError(f"{url} did not answer JSON") from None
+    except RecursionError:
+      raise common.ClientError(f"{url} answered JSON nested too deeply") from None
 
 
 if __name__ == "__main__":

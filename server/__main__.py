@@ -277,6 +277,7 @@ async def serve(flags, model_server_config, monitoring):
     flags.rest_api_timeout_in_ms,
     server_config.prometheus_path(monitoring),
   )
+  logging.getLogger("aiohttp.server").addFilter(rest.OneLineHttpErrors())
   runner = web.AppRunner(
     app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **rest.PROTOCOL_OPTIONS
   )

@@ -257,7 +257,7 @@ class Batcher:
   async def run(self, signature, inputs, timeout_s=None):
     """Returns one request's outputs, raising its ServingError if it failed or was refused."""
     loop = asyncio.get_running_loop()
-    rows = self._rows(signature, inputs)
+    rows = self.task_size(signature, inputs)
     deadline = None if timeout_s is None else loop.time() + timeout_s
     if not (self._options.enabled and signature.batchable):
       task = Task(inputs, rows, loop.create_future(), deadline)
@@ -272,8 +272,9 @@ class Batcher:
         piece.future.cancel()  # a no-op once done; otherwise the caller went away
     return _join(results)
 
-  def _rows(self, signature, inputs):
-    """The task size, refused over max_batch_size before anything is allocated for it."""
+  def task_size(self, signature, inputs):
+    """The task size, refused over max_batch_size before anything is allocated for it (also
+    for warm-up requests, which TF Serving runs through the same batching session)."""
     if not signature.batchable:
       return 1
     sizes = {array.shape[0] for array in inputs.values()}

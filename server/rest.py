@@ -14,7 +14,7 @@ import urllib.parse
 import zlib
 
 import grpc
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
@@ -62,9 +62,25 @@ async def _json_errors(request, handler):
     if error.status < 400:
       raise
     return web.json_response({"error": error.text or error.reason}, status=error.status)
+  except ConnectionError as error:  # the client went away mid-request: nobody reads an answer
+    logging.info("REST %s %s: client gone (%s)", request.method, request.path, error)
+    return web.json_response({"error": "client closed the connection"}, status=400)
   except Exception:
     logging.exception("REST %s %s failed", request.method, request.path)
     return web.json_response({"error": "Internal server error"}, status=500)
+
+
+class OneLineHttpErrors(logging.Filter):
+  """aiohttp logs a malformed HTTP request (answered 400) or a dropped connection with its
+  traceback: one line tells an operator what happened, and no client can fill the log with
+  tracebacks (200 abandoned uploads logged 3,800 lines)."""
+
+  def filter(self, record):
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, (http_exceptions.HttpProcessingError, ConnectionError)):
+      record.msg, record.args = f"{record.getMessage()}: {error!r}"[:300], ()
+      record.exc_info = record.exc_text = None
+    return True
 
 
 def _path_and_query(request):
@@ -80,13 +96,15 @@ def parse_route(method, path):
   regex = {"POST": _PREDICT_PATH, "GET": _STATUS_PATH}.get(method)
   match = regex.fullmatch(path) if regex else None
   name, version, label, action = match.groups() if match else (None,) * 4
-  spec = model_pb2.ModelSpec(name=urllib.parse.unquote(name or "", errors="surrogateescape"))
+  # TF Serving keeps a decoded name's bytes as they are; a proto string must be UTF-8, so bytes
+  # that are not (%FF) become U+FFFD: the lookup fails with NOT_FOUND either way.
+  spec = model_pb2.ModelSpec(name=urllib.parse.unquote(name or "", errors="replace"))
   if version:
     if int(version) > _INT64_MAX:
       raise invalid(f"Failed to convert version: {version} to numeric.")
     spec.version.value = int(version)
   if label:
-    spec.version_label = urllib.parse.unquote(label, errors="surrogateescape")
+    spec.version_label = urllib.parse.unquote(label, errors="replace")
   if not match:
     raise malformed
   if method == "POST":
@@ -250,6 +268,8 @@ def parse_json(body):
     raise invalid(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
   except RecursionError:
     raise invalid(f"JSON Parse error: nested too deeply at offset: {start}") from None
+  except ValueError:  # an integer over Python's 4,300 digits; rapidjson: too big for a double
+    raise invalid("JSON Parse error: Number too big to be stored in double.") from None
   if not isinstance(document, dict):
     raise invalid(f"JSON Value: {_debug(document)} Is not object")
   return document

@@ -140,6 +140,7 @@ class Servable:
       signature = self.signature(request.model_spec.signature_name)
       inputs = signature.decode(request.inputs)
       self.validate(signature, inputs)
+      self._batcher.task_size(signature, inputs)
       (result,) = self.run(signature, [inputs])
       if isinstance(result, ServingError):
         raise result

@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-from server.process import ServerProcess
 
 from rel_support import (
   GOOD_IDS,
@@ -27,6 +26,9 @@ from rel_support import (
   rest_columnar,
   rest_send,
 )
+from server.process import ServerProcess
+
+pytestmark = pytest.mark.slow  # starts servers
 
 CASE_TIME_LIMIT_S = 10.0
 POLL_S = 0.5
@@ -50,12 +52,19 @@ def log_offset(env):
 
 
 REST_4XX = [
-    ("integer of 5,000 digits in input_ids", PREDICT_PATH,
-     b'{"inputs": {"input_ids": [[101, ' + LONG_INTEGER + b', 102]], "input_mask": [[1, 1, 1]]}}',
-     (400,)),
-    ("model name %FF (not UTF-8) in a predict path", "/v1/models/%FF:predict",
-     json.dumps(rest_columnar(GOOD_IDS)).encode(), (404,)),
-    ("model name %FF in a metadata path", "/v1/models/%FF/metadata", None, (404,)),
+  (
+    "integer of 5,000 digits in input_ids",
+    PREDICT_PATH,
+    b'{"inputs": {"input_ids": [[101, ' + LONG_INTEGER + b', 102]], "input_mask": [[1, 1, 1]]}}',
+    (400,),
+  ),
+  (
+    "model name %FF (not UTF-8) in a predict path",
+    "/v1/models/%FF:predict",
+    json.dumps(rest_columnar(GOOD_IDS)).encode(),
+    (404,),
+  ),
+  ("model name %FF in a metadata path", "/v1/models/%FF/metadata", None, (404,)),
 ]
 
 
@@ -65,11 +74,20 @@ def test_rest_hostile_requests_are_4xx_without_traceback(env, report, name, path
   observed = rest_send(env, body, path=path, method="POST" if body else "GET")
   time.sleep(0.2)
   traceback = "Traceback" in new_log(env, offset)
-  ok = observed.code in codes and observed.seconds < CASE_TIME_LIMIT_S and not traceback and \
-      good(env, "rest").code == 200
-  report.add("bad requests", name, "rest", f"{codes}, no traceback in the log",
-             f"{observed.code} {excerpt(observed.message, 80)}; traceback logged: {traceback}",
-             ok)
+  ok = (
+    observed.code in codes
+    and observed.seconds < CASE_TIME_LIMIT_S
+    and not traceback
+    and good(env, "rest").code == 200
+  )
+  report.add(
+    "bad requests",
+    name,
+    "rest",
+    f"{codes}, no traceback in the log",
+    f"{observed.code} {excerpt(observed.message, 80)}; traceback logged: {traceback}",
+    ok,
+  )
   assert ok, (observed, new_log(env, offset)[-2000:])
 
 
@@ -84,16 +102,30 @@ def raw_http(env, data, close_after_send=False):
 
 
 MALFORMED_HTTP = [
-    ("Content-Length: -1", f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: x\r\n"
-     "Content-Length: -1\r\n\r\n", False),
-    ("Content-Length and Transfer-Encoding both", f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: x\r\n"
-     "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", False),
-    ("chunk size over 64 bits", f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: x\r\n"
-     "Transfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\nabc", False),
-    ("HTTP/2 preface on the REST port", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", False),
-    ("connection closed after 10 of 1,000 body bytes", f"POST {PREDICT_PATH} HTTP/1.1\r\n"
-     "Host: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[[[[[[[[[[",
-     True),
+  (
+    "Content-Length: -1",
+    f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    False,
+  ),
+  (
+    "Content-Length and Transfer-Encoding both",
+    f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: x\r\n"
+    "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    False,
+  ),
+  (
+    "chunk size over 64 bits",
+    f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: x\r\n"
+    "Transfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\nabc",
+    False,
+  ),
+  ("HTTP/2 preface on the REST port", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", False),
+  (
+    "connection closed after 10 of 1,000 body bytes",
+    f"POST {PREDICT_PATH} HTTP/1.1\r\n"
+    "Host: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[[[[[[[[[[",
+    True,
+  ),
 ]
 
 
@@ -104,17 +136,26 @@ def test_malformed_or_abandoned_http_logs_no_traceback(env, report, name, data, 
   line = raw_http(env, data.encode(), close_after_send=close)
   time.sleep(0.5)
   traceback = "Traceback" in new_log(env, offset)
-  ok = (close or line.startswith("HTTP/1.") and " 400 " in line) and not traceback and \
-      good(env, "rest").code == 200
-  report.add("bad requests", f"raw HTTP: {name}", "rest",
-             ("connection dropped" if close else "400") + ", no traceback in the log",
-             f"{line or 'closed by the client'}; traceback logged: {traceback}", ok)
+  ok = (
+    (close or line.startswith("HTTP/1.") and " 400 " in line)
+    and not traceback
+    and good(env, "rest").code == 200
+  )
+  report.add(
+    "bad requests",
+    f"raw HTTP: {name}",
+    "rest",
+    ("connection dropped" if close else "400") + ", no traceback in the log",
+    f"{line or 'closed by the client'}; traceback logged: {traceback}",
+    ok,
+  )
   assert ok, new_log(env, offset)[-2000:]
 
 
 def warmup_record(rows):
   """A TFRecord file of one PredictionLog whose request declares [rows, 0] and has no values."""
-  from tensorflow_serving.apis import prediction_log_pb2, predict_pb2
+  from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
   request = predict_pb2.PredictRequest()
   request.model_spec.name, request.model_spec.signature_name = MODEL, "serving_default"
   for name in ("input_ids", "input_mask"):
@@ -123,17 +164,20 @@ def warmup_record(rows):
     tensor.tensor_shape.dim.add(size=rows)
     tensor.tensor_shape.dim.add(size=0)
   return prediction_log_pb2.PredictionLog(
-      predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString()
+    predict_log=prediction_log_pb2.PredictLog(request=request)
+  ).SerializeToString()
 
 
 def test_warmup_request_over_the_size_limits_skips_the_version(env, report, tmp_path):
   """A version whose warm-up record declares 1,000,000 rows: TF Serving runs warm-up through the
   batching session, which refuses the task; the version fails to load and version 1 serves."""
   import tensorflow as tf
+
   base = tmp_path / "models"
   shutil.copytree(env.base / "1", base / "1")
-  server = ServerProcess(base, tmp_path / "server.log",
-                         flags=["--file_system_poll_wait_seconds", str(POLL_S)]).start()
+  server = ServerProcess(
+    base, tmp_path / "server.log", flags=["--file_system_poll_wait_seconds", str(POLL_S)]
+  ).start()
   try:
     staging = tmp_path / "staging"
     shutil.copytree(env.base / "1", staging)
@@ -145,16 +189,27 @@ def test_warmup_request_over_the_size_limits_skips_the_version(env, report, tmp_
       time.sleep(POLL_S)
     time.sleep(2 * POLL_S)
     log = server.log()
-    skipped = re.search(rf"Skipping bert_ner version 2: .*Task size {WARMUP_ROWS} is larger than "
-                        r"maximum input batch size", log) is not None
+    skipped = (
+      re.search(
+        rf"Skipping bert_ner version 2: .*Task size {WARMUP_ROWS} is larger than "
+        r"maximum input batch size",
+        log,
+      )
+      is not None
+    )
     alive = server.proc.poll() is None
     served_2 = "Serving bert_ner version 2" in log
   finally:
     server.stop()
   ok = alive and skipped and not served_2
-  report.add("faults", f"new version whose warm-up Predict declares [{WARMUP_ROWS:,}, 0]",
-             "server", "version 2 skipped naming the task size, as TF Serving; version 1 serves",
-             f"alive: {alive}; version 2 skipped: {skipped}; version 2 served: {served_2}", ok)
+  report.add(
+    "faults",
+    f"new version whose warm-up Predict declares [{WARMUP_ROWS:,}, 0]",
+    "server",
+    "version 2 skipped naming the task size, as TF Serving; version 1 serves",
+    f"alive: {alive}; version 2 skipped: {skipped}; version 2 served: {served_2}",
+    ok,
+  )
   assert ok, log[-3000:]
 
 
@@ -177,8 +232,10 @@ class NestedJsonServer:
       with conn:
         conn.settimeout(HTTP_TIMEOUT_S)
         conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                     b"%d\r\nConnection: close\r\n\r\n" % len(self.BODY) + self.BODY)
+        conn.sendall(
+          b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+          b"%d\r\nConnection: close\r\n\r\n" % len(self.BODY) + self.BODY
+        )
 
   def close(self):
     self.sock.close()
@@ -188,15 +245,32 @@ def test_rest_client_on_a_deeply_nested_answer_is_one_line(env, report):
   server = NestedJsonServer()
   try:
     result = subprocess.run(
-        [sys.executable, "-m", "clients.rest_client", "--assets", str(env.assets), "--server",
-         server.address, "--timeout", "5", "EU rejects German call"],
-        capture_output=True, text=True, timeout=60)
+      [
+        sys.executable,
+        "-m",
+        "clients.rest_client",
+        "--assets",
+        str(env.assets),
+        "--server",
+        server.address,
+        "--timeout",
+        "5",
+        "EU rejects German call",
+      ],
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
   finally:
     server.close()
   lines = result.stderr.splitlines()
   ok = result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: ")
-  report.add("faults", "server answers JSON nested 100,000 deep", "rest",
-             "one line on stderr, non-zero exit",
-             f"exit {result.returncode}: {excerpt(lines[-1] if lines else '')} "
-             f"({len(lines)} stderr lines)", ok)
+  report.add(
+    "faults",
+    "server answers JSON nested 100,000 deep",
+    "rest",
+    "one line on stderr, non-zero exit",
+    f"exit {result.returncode}: {excerpt(lines[-1] if lines else '')} ({len(lines)} stderr lines)",
+    ok,
+  )
   assert ok, result.stderr[-2000:]
