@@ -115,11 +115,15 @@ def check_labels(pred: npt.ArrayLike, input_ids: IntArray, num_labels: int) -> I
       raise ClientError("server answered ragged pred_label rows") from None
   if pred.dtype.kind not in "iu":
     raise ClientError(f"server answered {pred.dtype} label ids, not integers")
-  if pred.shape != input_ids.shape:
+  rows, width = input_ids.shape
+  # TF Serving's batching pads a request merged with longer ones to the batch's width and splits
+  # the outputs by rows only: a wider pred_label is normal, and only our own columns count.
+  if pred.ndim != 2 or pred.shape[0] != rows or pred.shape[1] < width:
     raise ClientError(
       f"server answered pred_label of shape {list(pred.shape)} for "
       f"input_ids of shape {list(input_ids.shape)}"
     )
+  pred = pred[:, :width]
   bad = pred[(pred < 0) | (pred >= num_labels)]
   if bad.size:
     raise ClientError(

@@ -501,3 +501,15 @@ def test_grpc_dns_target_reaches_the_server(assets):
     assert [e.text for e in client.predict([SENTENCE])[0]] == ["EU", "German"]
   finally:
     server.close()
+
+
+def test_a_wider_pred_label_is_read_in_its_own_columns():
+  # TF Serving's batching answers a request merged with longer ones at the batch's width (rows
+  # split, columns not): found when bench's concurrent clients refused the merged answers.
+  ids = np.array([[101, 7327, 102]], np.int32)
+  assert common.check_labels([[10, 5, 11, 0, 0, 0]], ids, 12).tolist() == [[10, 5, 11]]
+  assert common.check_labels(np.array([[10, 5, 11, 10]]), ids, 12).tolist() == [[10, 5, 11]]
+  with pytest.raises(common.ClientError, match=r"shape \[1, 2\] for input_ids of shape \[1, 3\]"):
+    common.check_labels([[10, 5]], ids, 12)
+  with pytest.raises(common.ClientError, match=r"shape \[2, 3\]"):
+    common.check_labels([[10, 5, 11], [10, 5, 11]], ids, 12)
