@@ -148,9 +148,12 @@ class RestNerClient(common.NerClient):
     """The JSON answer of one request, within self.timeout in all, failing over target by
     target (starting at the last one that answered) while a target is unreachable."""
     _DEADLINE.at = time.monotonic() + self.timeout
+    # Read once: threads sharing this client move `current` as they fail over, and re-reading it
+    # mid-loop sent a retry back to the dead target (a request lost when a replica was killed).
+    start = self.current
     try:
       for attempt in range(len(self.urls)):
-        index = (self.current + attempt) % len(self.urls)
+        index = (start + attempt) % len(self.urls)
         try:
           response = self._send(method, self.urls[index] + path, **kwargs)
         except common.ClientError:
