@@ -153,6 +153,11 @@ class NerClient:
     self.assets = Path(assets) if assets else find_assets()
     self.featurizer, self.fingerprint = load_assets(self.assets)
     self.fingerprint_checked = False
+    self.connect()
+
+  def connect(self) -> None:
+    """Sets up the transport to self.server (the subclass's channel or HTTP session)."""
+    raise NotImplementedError
 
   def predict(self, texts: Iterable[str], batch_size: int = 64) -> list[list[Entity]]:
     """Entities (type, text, start, end) of each text; windows go batch_size rows per request.
@@ -225,18 +230,8 @@ class OneLineParser(argparse.ArgumentParser):
     self.exit(2, f"error: {' '.join(message.split())}\n")
 
 
-def build_parser(description: str | None, default_server: str) -> OneLineParser:
-  """The flags both client scripts share."""
-  parser = OneLineParser(description=description)
-  parser.add_argument("texts", nargs="*", help="sentences to tag")
-  parser.add_argument("--file", help="tag each line of this file ('-' for stdin)")
-  parser.add_argument(
-    "--server",
-    default=default_server,
-    help="host:port of the model server, or several replicas as "
-    "host:port,host:port (gRPC also dns:///name:port) "
-    "(default: %(default)s)",
-  )
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+  """--model, --signature, --timeout and --assets: which served model a client talks to, how."""
   parser.add_argument(
     "--model", default=model_base.MODEL_NAME, help="model name (default: %(default)s)"
   )
@@ -251,6 +246,21 @@ def build_parser(description: str | None, default_server: str) -> OneLineParser:
     help="assets.extra of the served version (default: "
     "$BERT_NER_ASSETS, else the highest under models/bert_ner)",
   )
+
+
+def build_parser(description: str | None, default_server: str) -> OneLineParser:
+  """The flags both client scripts share."""
+  parser = OneLineParser(description=description)
+  parser.add_argument("texts", nargs="*", help="sentences to tag")
+  parser.add_argument("--file", help="tag each line of this file ('-' for stdin)")
+  parser.add_argument(
+    "--server",
+    default=default_server,
+    help="host:port of the model server, or several replicas as "
+    "host:port,host:port (gRPC also dns:///name:port) "
+    "(default: %(default)s)",
+  )
+  add_model_flags(parser)
   parser.add_argument(
     "--batch_size", type=int, default=64, help="rows (windows) per request (default: %(default)s)"
   )

@@ -10,7 +10,9 @@ from typing import Any
 if not __package__:  # run as a script from a checkout that is not pip-installed
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-try:
+from clients.deps import imports_or_exit
+
+with imports_or_exit(__name__):
   import grpc
   import numpy as np
   import numpy.typing as npt
@@ -19,12 +21,6 @@ try:
   from bert_ner.featurizer import IntArray
   from clients import common
   from clients.tfs_protos import tfs_lite_pb2 as pb
-except ModuleNotFoundError as missing:  # e.g. the system python3 instead of the venv's
-  if __name__ != "__main__":
-    raise
-  from clients.deps import exit_without
-
-  exit_without(missing)
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
@@ -143,16 +139,9 @@ def output_names(response: Any) -> dict[str, list[str]]:
 class GrpcNerClient(common.NerClient):
   """bert_ner client over TensorFlow Serving's gRPC API."""
 
-  def __init__(
-    self,
-    server: str,
-    model: str = model_base.MODEL_NAME,
-    signature: str = model_base.SIGNATURE,
-    timeout: float = 10.0,
-    assets: common.StrPath | None = None,
-  ) -> None:
-    super().__init__(server, model, signature, timeout, assets)
-    channel = grpc.insecure_channel(channel_target(server), options=CHANNEL_OPTIONS)
+  def connect(self) -> None:
+    """Opens the channel (several targets: round robin over them)."""
+    channel = grpc.insecure_channel(channel_target(self.server), options=CHANNEL_OPTIONS)
     self._predict = channel.unary_unary(
       PREDICT,
       request_serializer=pb.PredictRequest.SerializeToString,

@@ -12,19 +12,15 @@ from typing import Any
 if not __package__:  # run as a script from a checkout that is not pip-installed
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-try:
+from clients.deps import imports_or_exit
+
+with imports_or_exit(__name__):
   import requests
   import urllib3.connection
 
   from bert_ner import model_base
   from bert_ner.featurizer import IntArray
   from clients import common
-except ModuleNotFoundError as missing:  # e.g. the system python3 instead of the venv's
-  if __name__ != "__main__":
-    raise
-  from clients.deps import exit_without
-
-  exit_without(missing)
 
 HTTP_CODES = {
   400: "INVALID_ARGUMENT",
@@ -100,16 +96,9 @@ def error_detail(response: requests.Response) -> object:
 class RestNerClient(common.NerClient):
   """bert_ner client over TensorFlow Serving's REST API."""
 
-  def __init__(
-    self,
-    server: str,
-    model: str = model_base.MODEL_NAME,
-    signature: str = model_base.SIGNATURE,
-    timeout: float = 10.0,
-    assets: common.StrPath | None = None,
-  ) -> None:
-    super().__init__(server, model, signature, timeout, assets)
-    scheme, targets = common.split_servers(server, SCHEMES)
+  def connect(self) -> None:
+    """The target URLs and a session that honours the request deadline."""
+    scheme, targets = common.split_servers(self.server, SCHEMES)
     self.urls = [f"{scheme or 'http'}://{target}" for target in targets]
     self.current = 0  # the target that answered last; requests start there
     self.session = deadline_session()

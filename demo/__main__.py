@@ -7,8 +7,7 @@ import sys
 
 from aiohttp import web
 
-from bert_ner import model_base
-from clients.common import ClientError
+from clients.common import ClientError, add_model_flags
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
 from demo.app import build_app
@@ -30,18 +29,7 @@ def parse_args(argv=None):
     help="host:port of the model server (default: localhost:8500 for "
     "grpc, localhost:8501 for rest)",
   )
-  p.add_argument("--model", default=model_base.MODEL_NAME, help="model name (default: %(default)s)")
-  p.add_argument(
-    "--signature", default=model_base.SIGNATURE, help="signature name (default: %(default)s)"
-  )
-  p.add_argument(
-    "--timeout", type=float, default=10.0, help="seconds per model request (default: %(default)s)"
-  )
-  p.add_argument(
-    "--assets",
-    help="assets.extra of the served version (default: "
-    "$BERT_NER_ASSETS, else the highest under models/bert_ner)",
-  )
+  add_model_flags(p)
   p.add_argument(
     "--host", default="127.0.0.1", help="address the page listens on (default: %(default)s)"
   )
