@@ -11,23 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bert_ner import model_base
+from bert_ner import labels, model_base
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LABELS = [
-  "O",
-  "B-LOC",
-  "I-LOC",
-  "B-MISC",
-  "I-MISC",
-  "B-ORG",
-  "I-ORG",
-  "B-PER",
-  "I-PER",
-  "X",
-  "[CLS]",
-  "[SEP]",
-]
+LABELS = labels.make_label_list(["LOC", "MISC", "ORG", "PER"])
 
 
 def free_port():
@@ -37,14 +24,17 @@ def free_port():
     return s.getsockname()[1]
 
 
-def make_checkpoint(tiny_bert_dir, out_dir):
-  """A tiny dense-CRF checkpoint dir: the tiny BERT plus a random head, max_seq_length 32."""
+def make_checkpoint(tiny_bert_dir, out_dir, seed=1, **ner_config):
+  """A tiny NER checkpoint dir: the tiny BERT plus a random head (by default a dense CRF on the
+  last layer, max_seq_length 32; `ner_config` overrides NerConfig fields)."""
   import tensorflow.compat.v1 as tf
 
   from bert_ner import checkpoint
   from bert_ner.head import build_inference_graph
 
-  config = checkpoint.NerConfig(head="dense", feature_layers=[-1], max_seq_length=32)
+  config = checkpoint.NerConfig(
+    **{"head": "dense", "feature_layers": [-1], "max_seq_length": 32, **ner_config}
+  )
   model_dir = checkpoint.ModelDir(
     str(tiny_bert_dir / "bert_config.json"),
     str(tiny_bert_dir / "vocab.txt"),
@@ -53,15 +43,20 @@ def make_checkpoint(tiny_bert_dir, out_dir):
     [str(tiny_bert_dir / "bert_model.ckpt")],
   )
   with tf.Graph().as_default():
-    tf.set_random_seed(1)
+    tf.set_random_seed(seed)
     input_ids = tf.placeholder(tf.int32, [None, None])
     build_inference_graph(model_dir, input_ids, tf.ones_like(input_ids))
     with tf.Session() as sess:
       sess.run(tf.global_variables_initializer())
+      checkpoint.restore(
+        sess,
+        model_dir.init_checkpoints,
+        [v for v in tf.global_variables() if v.op.name.startswith("bert/")],
+      )
       checkpoint.save_checkpoint_dir(
         sess, out_dir, 1, model_dir.bert_config_path, model_dir.vocab_path, LABELS, config
       )
-  return out_dir
+  return Path(out_dir)
 
 
 def export_shipped_model(base):

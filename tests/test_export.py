@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import e2e_support
+
 pytestmark = pytest.mark.slow  # exports models and runs the export CLI
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -22,38 +24,10 @@ CONLL = "EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n\nB
 
 
 def make_checkpoint(tiny_bert_dir, out_dir, seed=0):
-  """Tiny BiLSTM-CRF checkpoint dir: random head over the tiny BERT, via save_checkpoint_dir."""
-  import tensorflow.compat.v1 as tf
-
-  from bert_ner import checkpoint, labels
-  from bert_ner.head import build_inference_graph
-
-  id2label = labels.make_label_list(["LOC", "MISC", "ORG", "PER"])
-  ner_config = checkpoint.NerConfig(
-    lstm_size=8, hidden_size=8, feature_layers=[-2, -1], max_seq_length=32
+  """Tiny BiLSTM-CRF checkpoint dir (two feature layers, so the export's layer wiring shows)."""
+  return e2e_support.make_checkpoint(
+    tiny_bert_dir, out_dir, seed, head="bilstm", lstm_size=8, hidden_size=8, feature_layers=[-2, -1]
   )
-  model_dir = checkpoint.ModelDir(
-    str(tiny_bert_dir / "bert_config.json"),
-    str(tiny_bert_dir / "vocab.txt"),
-    ner_config,
-    id2label,
-    [str(tiny_bert_dir / "bert_model.ckpt")],
-  )
-  with tf.Graph().as_default():
-    tf.set_random_seed(seed)
-    input_ids = tf.placeholder(tf.int32, [None, None])
-    build_inference_graph(model_dir, input_ids, tf.ones_like(input_ids))
-    with tf.Session() as sess:
-      sess.run(tf.global_variables_initializer())
-      checkpoint.restore(
-        sess,
-        model_dir.init_checkpoints,
-        [v for v in tf.global_variables() if v.op.name.startswith("bert/")],
-      )
-      checkpoint.save_checkpoint_dir(
-        sess, out_dir, 1, model_dir.bert_config_path, model_dir.vocab_path, id2label, ner_config
-      )
-  return Path(out_dir)
 
 
 def run_cli(*args):
