@@ -3,6 +3,7 @@ Serving, then both scripts end to end against `python -m server` serving a tiny 
 
 import http.server
 import json
+import operator
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import pytest
 from clients import common, grpc_client, rest_client
 from clients.tfs_protos import tfs_lite_pb2 as lite
 from e2e_support import LABELS, free_port, make_checkpoint
+from server.process import ServerProcess
 
 REPO_ROOT = common.REPO_ROOT
 SCRIPTS = {
@@ -91,52 +93,22 @@ def assert_one_line_error(result, pattern):
 # ---------------------------------------------------------------- without a server
 
 
+FLAGS = operator.attrgetter(
+  "texts", "server", "model", "signature", "timeout", "assets", "file", "json", "batch_size"
+)
+
+
 @pytest.mark.parametrize("transport,port", [("grpc", 8500), ("rest", 8501)])
 def test_flags(transport, port):
   module = {"grpc": grpc_client, "rest": rest_client}[transport]
   parser = common.build_parser(module.__doc__, f"localhost:{port}")
-  args = parser.parse_args(["a b"])
-  assert (
-    args.texts,
-    args.server,
-    args.model,
-    args.signature,
-    args.timeout,
-    args.assets,
-    args.file,
-    args.json,
-    args.batch_size,
-  ) == (["a b"], f"localhost:{port}", "bert_ner", "result", 10.0, None, None, False, 64)
+  defaults = (["a b"], f"localhost:{port}", "bert_ner", "result", 10.0, None, None, False, 64)
+  assert FLAGS(parser.parse_args(["a b"])) == defaults
   args = parser.parse_args(
-    [
-      "--server",
-      "h:1",
-      "--model",
-      "m",
-      "--signature",
-      "s",
-      "--timeout",
-      "2.5",
-      "--assets",
-      "dir",
-      "--file",
-      "-",
-      "--json",
-      "--batch_size",
-      "8",
-    ]
+    "--server h:1 --model m --signature s --timeout 2.5 --assets dir --file - --json "
+    "--batch_size 8".split()
   )
-  assert (
-    args.texts,
-    args.server,
-    args.model,
-    args.signature,
-    args.timeout,
-    args.assets,
-    args.file,
-    args.json,
-    args.batch_size,
-  ) == ([], "h:1", "m", "s", 2.5, "dir", "-", True, 8)
+  assert FLAGS(args) == ([], "h:1", "m", "s", 2.5, "dir", "-", True, 8)
 
 
 @pytest.mark.slow  # runs the client scripts
@@ -268,9 +240,11 @@ def test_error_messages_are_one_line(tmp_path, code, expected):
 
 
 @pytest.mark.slow  # runs a subprocess
-def test_client_modules_do_not_import_tensorflow():
+# The demo too: it runs where only the clients' dependencies and aiohttp are installed.
+@pytest.mark.parametrize("modules", ["clients.grpc_client, clients.rest_client", "demo.__main__"])
+def test_client_modules_do_not_import_tensorflow(modules):
   code = (
-    "import sys, clients.grpc_client, clients.rest_client; "
+    f"import sys, {modules}; "
     "print(sorted({m.split('.')[0] for m in sys.modules} & "
     "{'tensorflow', 'tensorflow_serving', 'keras', 'tf_keras', 'jax', 'torch'}))"
   )
@@ -585,40 +559,8 @@ def served(tiny_bert_dir, tmp_path_factory):
     timeout=600,
   )
   assert export.returncode == 0, export.stderr[-2000:]
-  log = work / "server.log"
-  with open(log, "w") as out:
-    server = subprocess.Popen(
-      [
-        sys.executable,
-        "-m",
-        "server",
-        "--port",
-        "0",
-        "--rest_api_port",
-        "0",
-        "--model_name",
-        "bert_ner",
-        "--model_base_path",
-        str(base),
-      ],
-      cwd=REPO_ROOT,
-      stdout=out,
-      stderr=subprocess.STDOUT,
-    )
-  try:
-    deadline = time.monotonic() + 300
-    while not (ready := re.search(r"gRPC (\S+) REST http://(\S+)", log.read_text())):
-      assert server.poll() is None, f"server exited: {log.read_text()[-3000:]}"
-      assert time.monotonic() < deadline, f"server not ready: {log.read_text()[-3000:]}"
-      time.sleep(0.5)
-    yield work, ready.group(1), ready.group(2)
-  finally:
-    server.terminate()
-    try:
-      server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-      server.kill()
-      server.wait()
+  with ServerProcess(base, work / "server.log") as server:
+    yield work, server.grpc, server.rest
 
 
 @pytest.mark.slow  # exports and starts the server
