@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 from bert_ner import backbone, labels, modeling
+from bert_ner.featurizer import Featurizer
 
 BERT_CONFIG = "bert_config.json"
 VOCAB = "vocab.txt"
@@ -88,6 +89,12 @@ class ModelDir:
   ner_config: NerConfig
   id2label: list[str]
   init_checkpoints: list[str]  # restore() reads each variable from the first that has it
+
+  def featurizer(self) -> Featurizer:
+    """The featurizer this model was trained with (its vocab, casing, window and labels)."""
+    return Featurizer(
+      self.vocab_path, self.ner_config.do_lower_case, self.ner_config.max_seq_length, self.id2label
+    )
 
 
 def vocab_is_cased(vocab_path: StrPath) -> bool:

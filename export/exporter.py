@@ -17,7 +17,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from bert_ner import backbone, checkpoint, labels
-from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Featurizer, pad_batch
+from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, pad_batch
 from bert_ner.head import build_inference_graph
 from bert_ner.model_base import (
   ASSETS_DIR,
@@ -188,12 +188,7 @@ def export_model(
   if stale:
     log(f"removed stale temp dirs of crashed exports: {', '.join(stale)}")
   try:
-    featurizer = Featurizer(
-      model_dir.vocab_path,
-      model_dir.ner_config.do_lower_case,
-      model_dir.ner_config.max_seq_length,
-      model_dir.id2label,
-    )
+    featurizer = model_dir.featurizer()
     batches = _batches(featurizer, verify_sentences)
     with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
       input_ids = v1.placeholder(tf.int32, [None, None], name=INPUT_IDS)

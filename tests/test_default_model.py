@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from bert_ner import backbone, checkpoint
-from bert_ner.featurizer import Featurizer
 
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -21,12 +20,7 @@ def tagger():
   from bert_ner import head
 
   model_dir = checkpoint.resolve(DEFAULT)
-  featurizer = Featurizer(
-    model_dir.vocab_path,
-    model_dir.ner_config.do_lower_case,
-    model_dir.ner_config.max_seq_length,
-    model_dir.id2label,
-  )
+  featurizer = model_dir.featurizer()
   graph = tf.Graph()
   with graph.as_default():
     ids = tf.placeholder(tf.int32, [None, None])

@@ -57,15 +57,9 @@ def _predict(model_path, words):
   import tensorflow.compat.v1 as tf
 
   from bert_ner import checkpoint, head
-  from bert_ner.featurizer import Featurizer
 
   model_dir = checkpoint.resolve(model_path)
-  featurizer = Featurizer(
-    model_dir.vocab_path,
-    model_dir.ner_config.do_lower_case,
-    model_dir.ner_config.max_seq_length,
-    model_dir.id2label,
-  )
+  featurizer = model_dir.featurizer()
   with tf.Graph().as_default(), tf.Session() as sess:
     ids = tf.placeholder(tf.int32, [None, None])
     mask = tf.placeholder(tf.int32, [None, None])

@@ -114,6 +114,11 @@ def mask_of(ids):
   return [[1] * len(row) for row in ids] if isinstance(ids[0], list) else [1] * len(ids)
 
 
+def good_inputs():
+  """The Predict inputs of one good row (GOOD_IDS and its mask) as TensorProtos."""
+  return {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))}
+
+
 def grpc_request(inputs, name=MODEL, signature="serving_default", version=None, label=None):
   spec = lite.ModelSpec(name=name, signature_name=signature)
   if version is not None:
@@ -134,7 +139,7 @@ def good(env, transport):
     return rest_send(env, rest_columnar(GOOD_IDS))
   return grpc_send(
     env,
-    grpc_request({"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))}),
+    grpc_request(good_inputs()),
   )
 
 

@@ -30,10 +30,10 @@ from rel_support import (
   MODEL,
   PREDICT_PATH,
   excerpt,
+  good_inputs,
   grpc_request,
   grpc_send,
   int_tensor,
-  mask_of,
   rest_columnar,
   rest_send,
   tensor,
@@ -97,9 +97,7 @@ class Private:
   def version(self):
     observed = grpc_send(
       self,
-      grpc_request(
-        {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))}
-      ),
+      grpc_request(good_inputs()),
     )
     return observed.body.model_spec.version.value if observed.code == "OK" else observed.code
 
@@ -445,7 +443,7 @@ GRPC_CASES = [
     "unknown signature (issue 9)",
     "/tensorflow.serving.PredictionService/Predict",
     grpc_request(
-      {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+      good_inputs(),
       signature="nope",
     ),
     lite.PredictResponse,
@@ -456,7 +454,7 @@ GRPC_CASES = [
     "unknown version label (issue 9)",
     "/tensorflow.serving.PredictionService/Predict",
     grpc_request(
-      {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+      good_inputs(),
       label="canary",
     ),
     lite.PredictResponse,
@@ -555,7 +553,7 @@ def test_reload_config_over_grpc_applies_labels(private, report):
   stable = grpc_send(
     private,
     grpc_request(
-      {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+      good_inputs(),
       label="stable",
     ),
   )
@@ -640,7 +638,7 @@ def test_model_config_file_two_models_labels_and_polling(env, report, tmp_path):
         grpc_send(
           target,
           grpc_request(
-            {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+            good_inputs(),
             label="canary",
           ),
         ).body
@@ -648,7 +646,7 @@ def test_model_config_file_two_models_labels_and_polling(env, report, tmp_path):
         and grpc_send(
           target,
           grpc_request(
-            {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+            good_inputs(),
             label="canary",
           ),
         ).body.model_spec.version.value

@@ -28,6 +28,7 @@ from rel_support import (
   Observed,
   excerpt,
   good,
+  good_inputs,
   grpc_request,
   grpc_send,
   int_tensor,
@@ -343,7 +344,7 @@ CASES = [
     **both(
       rest_columnar(GOOD_IDS),
       grpc_request(
-        {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+        good_inputs(),
         name="nope",
       ),
     ),
@@ -356,9 +357,7 @@ CASES = [
     "unknown version (99)",
     **both(
       rest_columnar(GOOD_IDS),
-      grpc_request(
-        {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))}, version=99
-      ),
+      grpc_request(good_inputs(), version=99),
     ),
     rest_path=f"/v1/models/{MODEL}/versions/99:predict",
     rest_status=(404,),
@@ -370,7 +369,7 @@ CASES = [
     **both(
       rest_columnar(GOOD_IDS),
       grpc_request(
-        {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+        good_inputs(),
         label="canary",
       ),
     ),
@@ -384,7 +383,7 @@ CASES = [
     **both(
       dict(rest_columnar(GOOD_IDS), signature_name="nope"),
       grpc_request(
-        {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))},
+        good_inputs(),
         signature="nope",
       ),
     ),
