@@ -108,6 +108,15 @@ class Report:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def pytest_collection_modifyitems(items):
+  """Every reliability case needs a served export (some start, kill or restart more servers):
+  all are `slow`, left out of `make test-fast`."""
+  here = os.path.dirname(__file__)
+  for item in items:
+    if str(item.path).startswith(here + os.sep):
+      item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def report():
   """Session-wide collector; writes docs/RELIABILITY.md when the session ends."""

@@ -28,8 +28,6 @@ from rel_support import (
 )
 from server.process import ServerProcess
 
-pytestmark = pytest.mark.slow  # starts servers
-
 CASE_TIME_LIMIT_S = 10.0
 POLL_S = 0.5
 VERSION_WAIT_S = 60

@@ -5,7 +5,6 @@ tags given silently."""
 import time
 
 import numpy as np
-import pytest
 
 from bert_ner.featurizer import Featurizer
 from e2e_support import LABELS
@@ -18,8 +17,6 @@ from test_client_targets import (
   run_bytes,
 )
 from test_clients import write_assets
-
-pytestmark = pytest.mark.slow  # starts the server and the client scripts
 
 SENTENCE = "EU rejects German call"
 TRICKLE_TIMEOUT_S = 5

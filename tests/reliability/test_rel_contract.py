@@ -40,8 +40,6 @@ from rel_support import (
 )
 from server.process import ServerProcess
 
-pytestmark = pytest.mark.slow  # starts the server
-
 MONITORING = REPO_ROOT / "docker" / "monitoring_config.txt"
 METRICS_PATH = "/monitoring/prometheus/metrics"
 POLL_S = 0.2

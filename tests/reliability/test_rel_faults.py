@@ -8,7 +8,6 @@ import threading
 import time
 from concurrent import futures
 
-import pytest
 import requests
 
 from clients import common
@@ -26,8 +25,6 @@ from rel_support import (
   excerpt,
   served_version,
 )
-
-pytestmark = pytest.mark.slow  # starts, kills and restarts servers
 
 
 def test_server_sigkill_during_load_then_restart_on_the_same_ports(env, report):

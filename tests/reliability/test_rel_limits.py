@@ -30,8 +30,6 @@ from rel_support import (
 )
 from server.process import REPO_ROOT, ServerProcess
 
-pytestmark = pytest.mark.slow  # starts the server
-
 MAX_BATCH_SIZE = 64  # docker/batching_parameters.txt, the server's default
 ATTACK_RSS_LIMIT_MB = 300  # server RSS after the attack cases vs before
 ATTACK_TIME_LIMIT_S = 10.0

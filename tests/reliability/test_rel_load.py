@@ -5,7 +5,6 @@ import time
 from concurrent import futures
 
 import psutil
-import pytest
 
 from rel_support import (
   CLIENT_TIMEOUT_S,
@@ -18,8 +17,6 @@ from rel_support import (
   entities_sensible,
   excerpt,
 )
-
-pytestmark = pytest.mark.slow  # starts the server
 
 
 def _run_load(env, clients, total, deadline_s):

@@ -15,8 +15,6 @@ from e2e_support import free_port, make_checkpoint
 from rel_support import HTTP_TIMEOUT_S, MODEL, SENTENCES
 from server.process import REPO_ROOT, ServerProcess
 
-pytestmark = pytest.mark.slow  # starts three servers
-
 REPLICAS = 3
 REQUESTS = 3000
 THREADS = 8

@@ -40,8 +40,6 @@ from rel_support import (
   tensor,
 )
 
-pytestmark = pytest.mark.slow  # starts the server
-
 
 @dataclasses.dataclass
 class Case:

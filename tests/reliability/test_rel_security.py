@@ -22,8 +22,6 @@ from rel_support import (
 )
 from server.process import ServerProcess
 
-pytestmark = pytest.mark.slow  # starts the server
-
 
 def listening(pid):
   """(address, port) of a process's listening TCP sockets."""

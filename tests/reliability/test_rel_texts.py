@@ -12,8 +12,6 @@ from rel_support import (
   excerpt,
 )
 
-pytestmark = pytest.mark.slow  # starts the server
-
 LONG = "20,000-word text"
 TEXTS = {
   "empty string": "",
