@@ -23,7 +23,7 @@ import requests
 
 from bench import measure, report
 from bert_ner import conll
-from bert_ner.quiet import VERBOSE_ENV, quiet_tensorflow
+from bert_ner.quiet import add_verbose_flag, quiet_tensorflow
 from clients.common import load_assets
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
@@ -64,11 +64,7 @@ def parse_args(argv=None):
     action="store_true",
     help=f"first {QUICK_SENTENCES} sentences and {QUICK_REQUESTS} requests per cell",
   )
-  p.add_argument(
-    "--verbose",
-    action="store_true",
-    help=f"TensorFlow's start-up logs too (same as {VERBOSE_ENV}=1)",
-  )
+  add_verbose_flag(p)
   args = p.parse_args(argv)
   if args.quick:
     args.requests = QUICK_REQUESTS

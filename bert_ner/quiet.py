@@ -36,6 +36,12 @@ _START_UP_NOTICE = re.compile(
 _NO_DRIVER = "failed call to cuInit"
 
 
+def add_verbose_flag(parser, logs="TensorFlow's start-up logs too"):
+  """--verbose: print `logs` (TF's start-up logs: quiet_tensorflow(args.verbose) or, in a parent
+  of TF processes, BERT_NER_VERBOSE=1 which they inherit)."""
+  parser.add_argument("--verbose", action="store_true", help=f"{logs} (same as {VERBOSE_ENV}=1)")
+
+
 def verbose():
   """True when BERT_NER_VERBOSE is set to anything but "" or "0"."""
   return os.environ.get(VERBOSE_ENV, "") not in ("", "0")

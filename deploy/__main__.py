@@ -8,7 +8,7 @@ import sys
 
 import deploy
 from bert_ner import model_base
-from bert_ner.quiet import VERBOSE_ENV
+from bert_ner.quiet import VERBOSE_ENV, add_verbose_flag
 
 
 def parse_args(argv=None):
@@ -49,11 +49,7 @@ def parse_args(argv=None):
     default=180.0,
     help="seconds to wait for the served model to become AVAILABLE",
   )
-  p.add_argument(
-    "--verbose",
-    action="store_true",
-    help=f"TensorFlow's start-up logs in the export and the server (same as {VERBOSE_ENV}=1)",
-  )
+  add_verbose_flag(p, "TensorFlow's start-up logs in the export and the server")
   return p.parse_args(argv)
 
 
@@ -138,10 +134,10 @@ def main(argv=None):
     if args.command == "up":
       return up(client, args, ports)
     deploy.build_image(client, args.checkpoint)
+    return 0
   except deploy.DeployError as e:
     print(f"deploy: error: {e}", file=sys.stderr)
     return 2
-  return 0
 
 
 if __name__ == "__main__":

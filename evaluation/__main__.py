@@ -17,7 +17,7 @@ from tqdm import tqdm
 from bert_ner import conll, model_base
 from bert_ner.featurizer import Featurizer
 from bert_ner.metrics import format_scores, seqeval_scores
-from bert_ner.quiet import VERBOSE_ENV
+from bert_ner.quiet import VERBOSE_ENV, add_verbose_flag
 from clients.common import ClientError
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
@@ -50,11 +50,7 @@ def parse_args(argv=None):
   )
   p.add_argument("--batch_size", type=int, default=64, help="rows (windows) per request")
   p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-  p.add_argument(
-    "--verbose",
-    action="store_true",
-    help=f"local: TensorFlow's start-up logs too (same as {VERBOSE_ENV}=1)",
-  )
+  add_verbose_flag(p, "local: TensorFlow's start-up logs too")
   args = p.parse_args(argv)
   if args.batch_size < 1:
     p.error("--batch_size must be >= 1")

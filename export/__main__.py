@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bert_ner.quiet import quiet_tensorflow, verbose
+from bert_ner.quiet import add_verbose_flag, quiet_tensorflow, verbose
 
 DEFAULT_VERIFY_FILE = Path(__file__).resolve().parents[2] / "shared/data/conll2003/dev.txt"
 
@@ -34,17 +34,8 @@ def parse_args(argv=None):
     help=f"CoNLL file whose sentences check the SavedModel against the checkpoint "
     f"(default: {DEFAULT_VERIFY_FILE} if present, else built-in samples)",
   )
-  p.add_argument(
-    "--verify_sentences",
-    type=int,
-    default=64,
-    help="how many verification sentences to use; 0 = all",
-  )
-  p.add_argument(
-    "--verbose",
-    action="store_true",
-    help="also print the signatures and TensorFlow's start-up logs (same as BERT_NER_VERBOSE=1)",
-  )
+  p.add_argument("--verify_sentences", type=int, default=64, help="verification sentences; 0 = all")
+  add_verbose_flag(p, "also print the signatures and TensorFlow's start-up logs")
   args = p.parse_args(argv)
   if args.version is not None and args.version < 1:
     p.error("--version must be >= 1")

@@ -73,15 +73,9 @@ def run_script(transport, *args, stdin=None, env=None, cwd=None, timeout=CALL_TI
   """Runs a client script; returns the CompletedProcess."""
   if env is None:
     env = {k: v for k, v in os.environ.items() if k != "BERT_NER_ASSETS"}
-  return subprocess.run(
-    [sys.executable, str(SCRIPTS[transport]), *map(str, args)],
-    input=stdin,
-    capture_output=True,
-    text=True,
-    env=env,
-    cwd=cwd,
-    timeout=timeout,
-  )
+  command = [sys.executable, str(SCRIPTS[transport]), *map(str, args)]
+  run_in = {"env": env, "cwd": cwd, "timeout": timeout}
+  return subprocess.run(command, input=stdin, capture_output=True, text=True, **run_in)
 
 
 def assert_one_line_error(result, pattern):

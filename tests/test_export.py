@@ -30,6 +30,17 @@ def make_checkpoint(tiny_bert_dir, out_dir, seed=0):
   )
 
 
+def start_export_script(code, ckpt, base):
+  """Popen of `python -c code` exporting ckpt into base (code runs export's main on argv)."""
+  args = ["--checkpoint", str(ckpt), "--model_base_path", str(base), "--verify_sentences", "4"]
+  return subprocess.Popen(
+    [sys.executable, "-c", code, *args],
+    cwd=REPO_ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+
+
 def run_cli(*args):
   """`python -m export ARGS` in a subprocess from the repo root."""
   return subprocess.run(
@@ -345,13 +356,7 @@ def test_crash_mid_export_leaves_no_partial_version(ckpt, tmp_path, capsys):
     "layout.publish = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
     "sys.exit(cli.main(sys.argv[1:]))"
   )
-  args = ["--checkpoint", str(ckpt), "--model_base_path", str(base), "--verify_sentences", "4"]
-  proc = subprocess.Popen(
-    [sys.executable, "-c", crash, *args],
-    cwd=REPO_ROOT,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
+  proc = start_export_script(crash, ckpt, base)
   while proc.poll() is None:  # a server polling the base only ever sees complete versions
     for version in model_base.versions(base):
       assert (base / str(version) / "assets.extra/tf_serving_warmup_requests").exists()
@@ -408,13 +413,7 @@ def test_a_version_appears_whole_or_not_at_all(ckpt, tmp_path, capsys):
   sizes = lambda version: {k: v[0] for k, v in listing(base / str(version)).items()}
   # The server's version discovery (server/manager.py lists the base with it), newest first.
   discover = lambda: sorted(model_base.version_names(os.listdir(base)), reverse=True)
-  args = ["--checkpoint", str(ckpt), "--model_base_path", str(base), "--verify_sentences", "4"]
-  proc = subprocess.Popen(
-    [sys.executable, "-c", KILL_WHILE_PUBLISHING, *args],
-    cwd=REPO_ROOT,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
+  proc = start_export_script(KILL_WHILE_PUBLISHING, ckpt, base)
   seen = []
   while proc.poll() is None:
     seen += [sizes(version) for version in discover() if version != 1]

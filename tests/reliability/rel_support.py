@@ -114,9 +114,17 @@ def mask_of(ids):
   return [[1] * len(row) for row in ids] if isinstance(ids[0], list) else [1] * len(ids)
 
 
+def grpc_inputs(ids, mask=None):
+  """Predict inputs as int32 TensorProtos: ids and their mask (default: mask_of(ids))."""
+  return {
+    "input_ids": int_tensor(ids),
+    "input_mask": int_tensor(mask_of(ids) if mask is None else mask),
+  }
+
+
 def good_inputs():
   """The Predict inputs of one good row (GOOD_IDS and its mask) as TensorProtos."""
-  return {"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor(mask_of(GOOD_IDS))}
+  return grpc_inputs(GOOD_IDS)
 
 
 def grpc_request(inputs, name=MODEL, signature="serving_default", version=None, label=None):

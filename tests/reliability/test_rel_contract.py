@@ -440,10 +440,7 @@ GRPC_CASES = [
   (
     "unknown signature (issue 9)",
     "/tensorflow.serving.PredictionService/Predict",
-    grpc_request(
-      good_inputs(),
-      signature="nope",
-    ),
+    grpc_request(good_inputs(), signature="nope"),
     lite.PredictResponse,
     "FAILED_PRECONDITION",
     r'^Serving signature key "nope" not found\.$',
@@ -451,10 +448,7 @@ GRPC_CASES = [
   (
     "unknown version label (issue 9)",
     "/tensorflow.serving.PredictionService/Predict",
-    grpc_request(
-      good_inputs(),
-      label="canary",
-    ),
+    grpc_request(good_inputs(), label="canary"),
     lite.PredictResponse,
     "INVALID_ARGUMENT",
     r"^Unrecognized servable version label: canary$",
@@ -550,10 +544,7 @@ def test_reload_config_over_grpc_applies_labels(private, report):
   canary = rest_send(private, rest_columnar(GOOD_IDS), f"/v1/models/{MODEL}/labels/canary:predict")
   stable = grpc_send(
     private,
-    grpc_request(
-      good_inputs(),
-      label="stable",
-    ),
+    grpc_request(good_inputs(), label="stable"),
   )
   ok = (
     got == "OK"
@@ -635,18 +626,12 @@ def test_model_config_file_two_models_labels_and_polling(env, report, tmp_path):
       lambda: (
         grpc_send(
           target,
-          grpc_request(
-            good_inputs(),
-            label="canary",
-          ),
+          grpc_request(good_inputs(), label="canary"),
         ).body
         is not None
         and grpc_send(
           target,
-          grpc_request(
-            good_inputs(),
-            label="canary",
-          ),
+          grpc_request(good_inputs(), label="canary"),
         ).body.model_spec.version.value
         == 1
       )

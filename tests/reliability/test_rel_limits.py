@@ -21,9 +21,9 @@ from rel_support import (
   SEP,
   excerpt,
   good,
+  grpc_inputs,
   grpc_request,
   grpc_send,
-  int_tensor,
   rest_columnar,
   rest_send,
   tensor,
@@ -116,12 +116,7 @@ ATTACKS = [
     "grpc",
     lambda env: grpc_send(
       env,
-      grpc_request(
-        {
-          "input_ids": int_tensor(rows_of(5000, 128)),
-          "input_mask": int_tensor(np.ones((5000, 128))),
-        }
-      ),
+      grpc_request(grpc_inputs(rows_of(5000, 128), np.ones((5000, 128)))),
     ),
     ("INVALID_ARGUMENT",),
     task_size_message(5000),
@@ -160,9 +155,7 @@ for transport in ("rest", "grpc"):
     if transport == "rest":
       send = lambda env, ids=ids, mask=mask: rest_send(env, rest_columnar(ids, mask))
     elif np.size(ids):
-      send = lambda env, ids=ids, mask=mask: grpc_send(
-        env, grpc_request({"input_ids": int_tensor(ids), "input_mask": int_tensor(mask)})
-      )
+      send = lambda env, ids=ids, mask=mask: grpc_send(env, grpc_request(grpc_inputs(ids, mask)))
     else:
       send = lambda env: grpc_send(env, shape_only_request(1))
     ATTACKS.append(

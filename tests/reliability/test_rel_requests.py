@@ -29,6 +29,7 @@ from rel_support import (
   excerpt,
   good,
   good_inputs,
+  grpc_inputs,
   grpc_request,
   grpc_send,
   int_tensor,
@@ -225,7 +226,7 @@ CASES = [
     "wrong rank: 1-D ids",
     **both(
       rest_columnar(ONE_D, [1, 1, 1]),
-      grpc_request({"input_ids": int_tensor(ONE_D), "input_mask": int_tensor([1] * 3)}),
+      grpc_request(grpc_inputs(ONE_D, [1] * 3)),
     ),
     message=r"input_ids has shape \[3\] but the signature expects \[-1,-1\]",
   ),
@@ -233,9 +234,7 @@ CASES = [
     "wrong rank: 3-D ids",
     **both(
       rest_columnar([GOOD_IDS], [mask_of(GOOD_IDS)]),
-      grpc_request(
-        {"input_ids": int_tensor([GOOD_IDS]), "input_mask": int_tensor([mask_of(GOOD_IDS)])}
-      ),
+      grpc_request(grpc_inputs([GOOD_IDS], [mask_of(GOOD_IDS)])),
     ),
     message=r"input_ids has shape \[1,1,6\] but the signature expects \[-1,-1\]",
   ),
@@ -260,7 +259,7 @@ CASES = [
     "input_mask shape != input_ids shape",
     **both(
       rest_columnar(GOOD_IDS, [[1, 1, 1, 1]]),
-      grpc_request({"input_ids": int_tensor(GOOD_IDS), "input_mask": int_tensor([[1, 1, 1, 1]])}),
+      grpc_request(grpc_inputs(GOOD_IDS, [[1, 1, 1, 1]])),
     ),
     message=r"input_mask shape \[1,4\] does not match input_ids shape \[1,6\]",
   ),
@@ -268,9 +267,7 @@ CASES = [
     "negative ids",
     **both(
       rest_columnar([[CLS, -5, SEP]]),
-      grpc_request(
-        {"input_ids": int_tensor([[CLS, -5, SEP]]), "input_mask": int_tensor([[1, 1, 1]])}
-      ),
+      grpc_request(grpc_inputs([[CLS, -5, SEP]], [[1, 1, 1]])),
     ),
     message=rf"-5, outside the vocabulary \[0, {VOCAB_SIZE}\)",
   ),
@@ -278,9 +275,7 @@ CASES = [
     "ids >= vocabulary size",
     **both(
       rest_columnar([[CLS, VOCAB_SIZE, SEP]]),
-      grpc_request(
-        {"input_ids": int_tensor([[CLS, VOCAB_SIZE, SEP]]), "input_mask": int_tensor([[1, 1, 1]])}
-      ),
+      grpc_request(grpc_inputs([[CLS, VOCAB_SIZE, SEP]], [[1, 1, 1]])),
     ),
     message=rf"{VOCAB_SIZE}, outside the vocabulary",
   ),
@@ -293,9 +288,7 @@ CASES = [
     f"sequence longer than the position table ({POSITIONS + 1} > {POSITIONS})",
     **both(
       rest_columnar(LONG_IDS),
-      grpc_request(
-        {"input_ids": int_tensor(LONG_IDS), "input_mask": int_tensor(mask_of(LONG_IDS))}
-      ),
+      grpc_request(grpc_inputs(LONG_IDS)),
     ),
     message=rf"length {POSITIONS + 1} but the model has only {POSITIONS} positions",
   ),
@@ -318,12 +311,7 @@ CASES = [
       lambda env: rest_send(env, rest_columnar(huge_ids())),
       lambda env: grpc_send(
         env,
-        grpc_request(
-          {
-            "input_ids": int_tensor(huge_ids()),
-            "input_mask": int_tensor(np.ones((HUGE_ROWS, HUGE_LEN))),
-          }
-        ),
+        grpc_request(grpc_inputs(huge_ids(), np.ones((HUGE_ROWS, HUGE_LEN)))),
       ),
     ),
     message=rf"^Task size {HUGE_ROWS} is larger than maximum input batch size \d+$",
@@ -337,53 +325,47 @@ CASES = [
     grpc_code=("RESOURCE_EXHAUSTED",),
     message=r"(?i)too large|larger than max|exceeds|maximum",
   ),
-  Case(
-    "unknown model",
-    **both(
-      rest_columnar(GOOD_IDS),
-      grpc_request(
-        good_inputs(),
-        name="nope",
+  *(
+    Case(
+      what,
+      **both(rest_columnar(GOOD_IDS), grpc_request(good_inputs(), **spec)),
+      rest_path=rest_path,
+      rest_status=(status,),
+      grpc_code=(code,),
+      message=message,
+    )
+    for what, spec, rest_path, status, code, message in [
+      (
+        "unknown model",
+        {"name": "nope"},
+        "/v1/models/nope:predict",
+        404,
+        "NOT_FOUND",
+        r"Servable not found for request: Latest\(nope\)",
       ),
-    ),
-    rest_path="/v1/models/nope:predict",
-    rest_status=(404,),
-    grpc_code=("NOT_FOUND",),
-    message=r"Servable not found for request: Latest\(nope\)",
-  ),
-  Case(
-    "unknown version (99)",
-    **both(
-      rest_columnar(GOOD_IDS),
-      grpc_request(good_inputs(), version=99),
-    ),
-    rest_path=f"/v1/models/{MODEL}/versions/99:predict",
-    rest_status=(404,),
-    grpc_code=("NOT_FOUND",),
-    message=rf"Specific\({MODEL}, 99\)",
-  ),
-  Case(
-    "unknown version label",
-    **both(
-      rest_columnar(GOOD_IDS),
-      grpc_request(
-        good_inputs(),
-        label="canary",
+      (
+        "unknown version (99)",
+        {"version": 99},
+        f"/v1/models/{MODEL}/versions/99:predict",
+        404,
+        "NOT_FOUND",
+        rf"Specific\({MODEL}, 99\)",
       ),
-    ),
-    rest_path=f"/v1/models/{MODEL}/labels/canary:predict",
-    rest_status=(400,),
-    grpc_code=("INVALID_ARGUMENT",),
-    message=r"^Unrecognized servable version label: canary$",
+      (
+        "unknown version label",
+        {"label": "canary"},
+        f"/v1/models/{MODEL}/labels/canary:predict",
+        400,
+        "INVALID_ARGUMENT",
+        r"^Unrecognized servable version label: canary$",
+      ),
+    ]
   ),
   Case(
     "unknown signature",
     **both(
       dict(rest_columnar(GOOD_IDS), signature_name="nope"),
-      grpc_request(
-        good_inputs(),
-        signature="nope",
-      ),
+      grpc_request(good_inputs(), signature="nope"),
     ),
     rest_status=(400,),
     grpc_code=("FAILED_PRECONDITION",),
