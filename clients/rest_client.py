@@ -1,5 +1,6 @@
 """Tags sentences with the served bert_ner model over REST (TF Serving's /v1/models API)."""
 
+import json
 import math
 import os
 import re
@@ -31,6 +32,9 @@ HTTP_CODES = {
 # Answers after which the same request goes to the next --server target: the replica is gone
 # or refuses work for now (a proxy's 502 for a dead backend); predictions are idempotent.
 FAIL_OVER_STATUSES = (502, 503)
+# The largest answer read: pred_label of a 64 x 512 batch is about 100 KB of JSON. A server
+# streaming a body without end had the client at 1.2 GB before --timeout stopped it.
+MAX_ANSWER_BYTES = 64 << 20
 SCHEMES = ("http", "https")
 _DEADLINE = threading.local()  # .at: time.monotonic() by which this thread's request must end
 
@@ -85,12 +89,23 @@ def deadline_session() -> requests.Session:
   return session
 
 
-def error_detail(response: requests.Response) -> object:
+def error_detail(body: bytes) -> object:
   """The "error" TF Serving puts in a failed response, else the start of the body."""
   try:
-    return response.json()["error"]
+    return json.loads(body)["error"]
   except (ValueError, KeyError, TypeError, RecursionError):
-    return response.text[:200]
+    return body[:200].decode("utf-8", "replace")
+
+
+def read_body(response: requests.Response, url: str) -> bytes:
+  """The whole body of a streamed response, refused beyond MAX_ANSWER_BYTES."""
+  body = bytearray()
+  with response:
+    for chunk in response.iter_content(1 << 16):
+      body += chunk
+      if len(body) > MAX_ANSWER_BYTES:
+        raise common.ClientError(f"{url} answered more than {MAX_ANSWER_BYTES >> 20} MiB")
+  return bytes(body)
 
 
 class RestNerClient(common.NerClient):
@@ -149,20 +164,23 @@ class RestNerClient(common.NerClient):
           if attempt == len(self.urls) - 1:
             raise
           continue
-        if response.status_code in FAIL_OVER_STATUSES and attempt < len(self.urls) - 1:
+        status, body = response
+        if status in FAIL_OVER_STATUSES and attempt < len(self.urls) - 1:
           continue
         self.current = index
-        return self._answer(response, self.urls[index] + path)
+        return self._answer(status, body, self.urls[index] + path)
     finally:
       _DEADLINE.at = math.inf
 
-  def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-    """One HTTP exchange; ClientError when the target is unreachable or the deadline passes."""
+  def _send(self, method: str, url: str, **kwargs: Any) -> tuple[int, bytes]:
+    """(status, body) of one HTTP exchange; ClientError when the target is unreachable, the
+    deadline passes or the body is too large."""
     remaining = _DEADLINE.at - time.monotonic()
     if remaining <= 0:
       raise self.error("DEADLINE_EXCEEDED")
     try:
-      return self.session.request(method, url, timeout=remaining, **kwargs)
+      response = self.session.request(method, url, timeout=remaining, stream=True, **kwargs)
+      return response.status_code, read_body(response, url)
     except requests.Timeout:
       raise self.error("DEADLINE_EXCEEDED") from None
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
@@ -171,13 +189,12 @@ class RestNerClient(common.NerClient):
       reason = re.search(r"\[Errno [^\]]*\] [^'\")]*", str(e))
       raise self.error("UNAVAILABLE", reason.group(0) if reason else type(e).__name__) from None
 
-  def _answer(self, response: requests.Response, url: str) -> Any:
+  def _answer(self, status: int, body: bytes, url: str) -> Any:
     """The JSON document of a 200 answer, else the ClientError its status maps to."""
-    if response.status_code != 200:
-      code = HTTP_CODES.get(response.status_code, f"HTTP {response.status_code}")
-      raise self.error(code, error_detail(response))
+    if status != 200:
+      raise self.error(HTTP_CODES.get(status, f"HTTP {status}"), error_detail(body))
     try:
-      return response.json()
+      return json.loads(body)
     except ValueError:
       raise common.ClientError(f"{url} did not answer JSON") from None
     except RecursionError:

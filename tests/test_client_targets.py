@@ -2,6 +2,7 @@
 bad arguments, bad input and bad server answers, and a REST --timeout that bounds the whole
 request. Fast: fake servers on loopback; the replicas test is tests/reliability."""
 
+import contextlib
 import http.server
 import json
 import os
@@ -19,6 +20,7 @@ import pytest
 from bert_ner.featurizer import pad_batch
 from clients import common, grpc_client, rest_client
 from clients.tfs_protos import tfs_lite_pb2 as lite
+from e2e_support import free_port
 from test_clients import (
   CALL_TIMEOUT,
   SCRIPTS,
@@ -382,20 +384,36 @@ def test_rest_script_abandons_a_trickling_server(assets):
   assert elapsed < 3 + TIMEOUT_SLACK_S + SCRIPT_START_S
 
 
+def test_rest_refuses_an_endless_answer(assets, monkeypatch):
+  """A server streaming a body without end costs the client MAX_ANSWER_BYTES, not its memory."""
+  monkeypatch.setattr(rest_client, "MAX_ANSWER_BYTES", 1 << 20)
+  listener = socket.create_server(("127.0.0.1", 0))
+
+  def flood():
+    conn, _ = listener.accept()
+    with conn, listener:
+      conn.recv(65536)
+      conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+      with contextlib.suppress(OSError):  # until the client hangs up
+        while True:
+          conn.sendall(b" " * 65536)
+
+  threading.Thread(target=flood, daemon=True).start()
+  address = f"127.0.0.1:{listener.getsockname()[1]}"
+  client = rest_client.RestNerClient(address, timeout=5, assets=assets)
+  with pytest.raises(
+    common.ClientError, match=rf"^http://{address}/v1/.* answered more than 1 MiB$"
+  ):
+    client.output_names()
+
+
 # ---------------------------------------------------------------- REST fail-over
-
-
-def closed_port():
-  """A loopback port nothing listens on."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def test_rest_fails_over_to_the_next_target_and_stays_there(assets):
   server = FakeServing(VOCAB)
   try:
-    dead = f"127.0.0.1:{closed_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     client = rest_client.RestNerClient(f"{dead},{server.rest_address}", assets=assets)
     client.check_fingerprint()
     assert [[e.text for e in entities] for entities in client.predict([SENTENCE])] == [
@@ -449,7 +467,7 @@ def test_rest_fails_over_on_503(assets):
 
 @pytest.mark.slow  # 1.3-1.9 s measured
 def test_all_targets_down_is_one_line_error(assets):
-  servers = f"127.0.0.1:{closed_port()},127.0.0.1:{closed_port()}"
+  servers = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
   for transport in SCRIPTS:
     result = run_script(
       transport, "--server", servers, "--assets", assets, "--timeout", "5", SENTENCE
