@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import tensorflow as tf2
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from bert_ner import backbone, conll, modeling
+from bert_ner import atomic, backbone, conll, modeling
 from bert_ner import checkpoint as ckpt
 from bert_ner import head as ner_head
 from bert_ner import labels as label_maps
@@ -157,9 +156,8 @@ class FeatureCache:
     blocks = self._encode(rows, batch_size, desc)
     offsets = np.cumsum([0] + [len(b) for b in blocks])
     self.cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, flat=np.concatenate(blocks), offsets=offsets)
-    os.replace(tmp, path)
+    with atomic.open_file(path, "wb") as f:
+      np.savez(f, flat=np.concatenate(blocks), offsets=offsets)
     return blocks
 
   def _encode(self, rows, batch_size, desc):
@@ -701,10 +699,8 @@ def merge_agreement(adapter_tags, merged_tags):
 
 
 def write_json_atomic(path, data):
-  """Writes JSON via a temp file and rename, so a reader never sees half of it."""
-  tmp = Path(f"{path}.tmp")
-  tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-  os.replace(tmp, path)
+  """Writes JSON so that a reader never sees half of it."""
+  atomic.write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def bert_files(config):
