@@ -194,36 +194,80 @@ def lengths_mask(ids):
   return (ids != 0).astype(np.int32)
 
 
-@dataclasses.dataclass
-class TrainConfig:
-  """Trainer settings (the CLI's flags)."""
+DATA = "../shared/data/conll2003"  # the default CoNLL files, relative to the working directory
 
-  train: str
-  dev: str
-  out: str
-  backbone: str = ""  # Google-format BERT dir; empty = the pinned default (MiniLM)
-  head: str = "bilstm"
-  lstm_size: int = 128
-  hidden_size: int = 128
-  feature_layers: list[int] = dataclasses.field(default_factory=lambda: [-4, -3, -2, -1])
-  max_seq_length: int = 128
-  dropout: float = 0.5
-  epochs: int = 12
-  batch_size: int = 64
-  learning_rate: float = 1e-3
-  bert_learning_rate: float = 5e-5
-  fine_tune: bool = False
-  adapter_rank: int = 0  # > 0: train LoRA adapters of this rank on BERT's frozen kernels
-  adapter_alpha: float = 8.0  # LoRA scale = alpha / rank
-  adapter_learning_rate: float = 1e-3
-  adapter_first_layer: int = 0  # adapters on encoder layers from this one up; below: cached
-  context: str = "sentence"  # "mixed": document windows as well as sentences
-  document_stride: int = 0  # training document windows overlap by 2 * this many sub-tokens
-  head_only: bool = False  # write only the head (+ adapter) variables + manifest (shipped layout)
-  max_train_sentences: int = 0  # 0 = all; small values make quick smoke runs
-  logdir: str = ""
-  cache_dir: str = str(FEATURE_CACHE)
-  seed: int = 13
+
+def setting(default, help_text, **flag):
+  """A TrainConfig field: its default, and for its `--flag` the help and any argparse extras
+  (`choices`, `aliases`)."""
+  return dataclasses.field(default=default, metadata={"help": help_text, **flag})
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig:
+  """Trainer settings; `python -m train` has a flag for each field, named, typed, defaulted and
+  explained by it (train/__main__.py)."""
+
+  train: str = setting(f"{DATA}/train.txt", "CoNLL training file")
+  dev: str = setting(f"{DATA}/dev.txt", "CoNLL dev file (model selection)")
+  out: str = dataclasses.field(metadata={"help": "checkpoint dir to write (replaced atomically)"})
+  backbone: str = setting(
+    "",
+    "Google-format BERT dir (bert_config.json, vocab.txt, bert_model.ckpt*); default: the "
+    "pinned all-MiniLM-L6-v2",
+  )
+  head: str = setting(
+    "bilstm",
+    "layers between BERT's features and the CRF (dense: the linear projection only)",
+    choices=ner_head.HEADS,
+  )
+  lstm_size: int = setting(128, "LSTM units per direction (bilstm head)")
+  hidden_size: int = setting(128, "tanh layer between the BiLSTM and the logits (bilstm head)")
+  feature_layers: list[int] = dataclasses.field(
+    default_factory=lambda: [-4, -3, -2, -1],
+    metadata={"help": "encoder layers concatenated as features, comma-separated (-1 = top)"},
+  )
+  max_seq_length: int = setting(128, "sub-tokens per window, [CLS] and [SEP] included")
+  dropout: float = setting(0.5, "dropout rate on the features while training")
+  epochs: int = setting(12, "training epochs (the best on dev is kept)")
+  batch_size: int = setting(64, "training rows per step")
+  learning_rate: float = setting(1e-3, "head learning rate")
+  bert_learning_rate: float = setting(5e-5, "BERT learning rate with --fine_tune")
+  fine_tune: bool = setting(False, "train BERT too (slow on a CPU)", aliases=("--fine-tune",))
+  adapter_rank: int = setting(
+    0,
+    "train LoRA adapters of this rank on BERT's dense kernels (BERT's weights stay frozen); "
+    "0 = none",
+  )
+  adapter_alpha: float = setting(8.0, "LoRA alpha: adapters add (alpha / rank) * A B to a kernel")
+  adapter_learning_rate: float = setting(1e-3, "adapters' learning rate")
+  adapter_first_layer: int = setting(
+    0,
+    "adapters on encoder layers from this one up (0 = all); the frozen layers below run once "
+    "and are cached",
+  )
+  context: str = setting(
+    "sentence",
+    "training rows: sentences, or (mixed) documents' sliding windows as well",
+    choices=CONTEXTS,
+  )
+  document_stride: int = setting(
+    0,
+    "with --context mixed: training document windows overlap by twice this many sub-tokens "
+    "(tagging uses the featurizer's default)",
+  )
+  head_only: bool = setting(
+    False,
+    "save only the head (+ adapters) and a manifest naming the pinned backbone (the layout of "
+    "models/default)",
+  )
+  max_train_sentences: int = setting(
+    0, "use only the first N training sentences (0 = all; a few make a quick smoke run)"
+  )
+  # "" writes no summaries; the CLI's default is <out>.tensorboard.
+  logdir: str = setting("", "TensorBoard dir (default: <out>.tensorboard)")
+  cache_dir: str = setting(str(FEATURE_CACHE), "encoder feature cache")
+  seed: int = setting(13, "random seed of initialisation, dropout and batch order")
 
 
 def backbone_dir(config):
