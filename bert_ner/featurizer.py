@@ -70,15 +70,12 @@ class Window:
   """One model row: `input_ids` = [CLS] sub-tokens [SEP], and per position the word it begins.
 
   `word_ids[i]` is the index of the word whose first sub-token is at position i, or -1 for
-  [CLS], [SEP] and continuation pieces. `first_word`..`last_word` (inclusive) are the words with
-  a sub-token in the row (0, -1 in the bare [CLS] [SEP] row of a sentence whose words all have no
-  sub-token); `num_words` counts the words of the whole input the row was cut from.
+  [CLS], [SEP] and continuation pieces; `num_words` counts the words of the whole input the row
+  was cut from.
   """
 
   input_ids: list[int]
   word_ids: list[int]
-  first_word: int
-  last_word: int
   num_words: int
 
 
@@ -262,10 +259,6 @@ class Featurizer:
   pad_batch = staticmethod(pad_batch)
   entities = staticmethod(entities)
 
-  def split_words(self, text: str) -> list[Word]:
-    """Basic-tokenizer words of free text, with character offsets into `text`."""
-    return self.encode_text(text)[0]
-
   def encode_text(self, text: str) -> tuple[list[Word], list[Window]]:
     """Free text -> (words, windows)."""
     return self._encode_text(text, self._tokenizer.encode(text, add_special_tokens=False))
@@ -418,15 +411,10 @@ class Featurizer:
       return []
     begins = [w if p == 0 or w != token_words[p - 1] else -1 for p, w in enumerate(token_words)]
     cls_id, sep_id = self.vocab[CLS], self.vocab[SEP]
-    windows = []
-    for lo, hi in _window_spans(begins, self.max_seq_length - 2, 2 * self.stride):
-      first, last = (token_words[lo], token_words[hi - 1]) if hi > lo else (0, -1)
-      windows.append(
-        Window(
-          [cls_id] + ids[lo:hi] + [sep_id], [-1] + begins[lo:hi] + [-1], first, last, num_words
-        )
-      )
-    return windows
+    return [
+      Window([cls_id] + ids[lo:hi] + [sep_id], [-1] + begins[lo:hi] + [-1], num_words)
+      for lo, hi in _window_spans(begins, self.max_seq_length - 2, 2 * self.stride)
+    ]
 
   def _run(
     self, per_input: Sequence[Sequence[Window]], run_fn: RunFn, batch_size: int

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_ner.conll import ConllError, Sentence, iob1_to_iob2, read_conll, write_conll
+from bert_ner.conll import ConllError, Sentence, iob1_to_iob2, read_conll
 
 
 def _write(tmp_path, text, name="data.txt"):
@@ -137,25 +137,3 @@ def test_bad_tags_name_the_line(tmp_path, tag):
   path = _write(tmp_path, f"EU B-ORG\nrejects {tag}\n")
   with pytest.raises(ConllError, match=f"{path}:2: last column '{tag}' is not an IOB tag"):
     read_conll(path)
-
-
-def test_write_then_read_round_trips(tmp_path):
-  sentences = [
-    Sentence(["EU", "rejects", "Müller"], ["B-ORG", "O", "B-PER"]),
-    Sentence(["."], ["O"]),
-  ]
-  write_conll(tmp_path / "tagged.txt", sentences)
-  assert (tmp_path / "tagged.txt").read_text(encoding="utf-8") == (
-    "EU B-ORG\nrejects O\nMüller B-PER\n\n. O\n\n"
-  )
-  assert read_conll(tmp_path / "tagged.txt") == sentences
-  words_only = [Sentence(["EU", "rejects"]), Sentence(["German"])]
-  write_conll(tmp_path / "words.txt", words_only)
-  assert read_conll(tmp_path / "words.txt") == words_only
-
-
-def test_write_refuses_what_it_could_not_read_back(tmp_path):
-  with pytest.raises(ValueError, match="whitespace"):
-    write_conll(tmp_path / "x.txt", [Sentence(["New York"], ["B-LOC"])])
-  with pytest.raises(ValueError, match="2 words but 1 tags"):
-    write_conll(tmp_path / "x.txt", [Sentence(["EU", "rejects"], ["B-ORG"])])

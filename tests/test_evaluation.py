@@ -10,6 +10,7 @@ import pytest
 
 from bert_ner import conll
 from bert_ner.featurizer import Featurizer
+from conll_sample import write_first_sentences
 from evaluation import __main__ as evaluation
 from evaluation.local import LocalModel
 from server.process import ServerProcess
@@ -64,8 +65,7 @@ def server(base):
 def sample(conll_dev_path, tmp_path_factory):
   """The first 60 sentences of the dev file, as a 2-column CoNLL file."""
   path = tmp_path_factory.mktemp("sample") / "sample.txt"
-  conll.write_conll(path, conll.read_conll(conll_dev_path)[:60])
-  return path
+  return write_first_sentences(conll_dev_path, path, 60)
 
 
 def evaluate(capsys, *args):

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from bert_ner import conll
 from bert_ner.metrics import format_scores, seqeval_scores
+from conll_sample import write_first_sentences
 from train import trainer
 from train.__main__ import main, parse_args
 
@@ -17,8 +17,7 @@ pytestmark = pytest.mark.slow  # trains a model
 
 def _sample(path, out, count):
   """First `count` sentences of a CoNLL file, written to `out`."""
-  conll.write_conll(out, conll.read_conll(path)[:count])
-  return str(out)
+  return str(write_first_sentences(path, out, count))
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ figures a served model reproduces.
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -27,7 +27,7 @@ import tensorflow as tf2
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from bert_ner import backbone, conll, modeling
+from bert_ner import atomic, backbone, conll, modeling
 from bert_ner import checkpoint as ckpt
 from bert_ner import head as ner_head
 from bert_ner import labels as label_maps
@@ -157,9 +157,8 @@ class FeatureCache:
     blocks = self._encode(rows, batch_size, desc)
     offsets = np.cumsum([0] + [len(b) for b in blocks])
     self.cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, flat=np.concatenate(blocks), offsets=offsets)
-    os.replace(tmp, path)
+    with atomic.open_file(path, "wb") as f:
+      np.savez(f, flat=np.concatenate(blocks), offsets=offsets)
     return blocks
 
   def _encode(self, rows, batch_size, desc):
@@ -196,36 +195,80 @@ def lengths_mask(ids):
   return (ids != 0).astype(np.int32)
 
 
-@dataclasses.dataclass
-class TrainConfig:
-  """Trainer settings (the CLI's flags)."""
+DATA = "../shared/data/conll2003"  # the default CoNLL files, relative to the working directory
 
-  train: str
-  dev: str
-  out: str
-  backbone: str = ""  # Google-format BERT dir; empty = the pinned default (MiniLM)
-  head: str = "bilstm"
-  lstm_size: int = 128
-  hidden_size: int = 128
-  feature_layers: list[int] = dataclasses.field(default_factory=lambda: [-4, -3, -2, -1])
-  max_seq_length: int = 128
-  dropout: float = 0.5
-  epochs: int = 12
-  batch_size: int = 64
-  learning_rate: float = 1e-3
-  bert_learning_rate: float = 5e-5
-  fine_tune: bool = False
-  adapter_rank: int = 0  # > 0: train LoRA adapters of this rank on BERT's frozen kernels
-  adapter_alpha: float = 8.0  # LoRA scale = alpha / rank
-  adapter_learning_rate: float = 1e-3
-  adapter_first_layer: int = 0  # adapters on encoder layers from this one up; below: cached
-  context: str = "sentence"  # "mixed": document windows as well as sentences
-  document_stride: int = 0  # training document windows overlap by 2 * this many sub-tokens
-  head_only: bool = False  # write only the head (+ adapter) variables + manifest (shipped layout)
-  max_train_sentences: int = 0  # 0 = all; small values make quick smoke runs
-  logdir: str = ""
-  cache_dir: str = str(FEATURE_CACHE)
-  seed: int = 13
+
+def setting(default, help_text, **flag):
+  """A TrainConfig field: its default, and for its `--flag` the help and any argparse extras
+  (`choices`, `aliases`)."""
+  return dataclasses.field(default=default, metadata={"help": help_text, **flag})
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig:
+  """Trainer settings; `python -m train` has a flag for each field, named, typed, defaulted and
+  explained by it (train/__main__.py)."""
+
+  train: str = setting(f"{DATA}/train.txt", "CoNLL training file")
+  dev: str = setting(f"{DATA}/dev.txt", "CoNLL dev file (model selection)")
+  out: str = dataclasses.field(metadata={"help": "checkpoint dir to write (replaced atomically)"})
+  backbone: str = setting(
+    "",
+    "Google-format BERT dir (bert_config.json, vocab.txt, bert_model.ckpt*); default: the "
+    "pinned all-MiniLM-L6-v2",
+  )
+  head: str = setting(
+    "bilstm",
+    "layers between BERT's features and the CRF (dense: the linear projection only)",
+    choices=ner_head.HEADS,
+  )
+  lstm_size: int = setting(128, "LSTM units per direction (bilstm head)")
+  hidden_size: int = setting(128, "tanh layer between the BiLSTM and the logits (bilstm head)")
+  feature_layers: list[int] = dataclasses.field(
+    default_factory=lambda: [-4, -3, -2, -1],
+    metadata={"help": "encoder layers concatenated as features, comma-separated (-1 = top)"},
+  )
+  max_seq_length: int = setting(128, "sub-tokens per window, [CLS] and [SEP] included")
+  dropout: float = setting(0.5, "dropout rate on the features while training")
+  epochs: int = setting(12, "training epochs (the best on dev is kept)")
+  batch_size: int = setting(64, "training rows per step")
+  learning_rate: float = setting(1e-3, "head learning rate")
+  bert_learning_rate: float = setting(5e-5, "BERT learning rate with --fine_tune")
+  fine_tune: bool = setting(False, "train BERT too (slow on a CPU)", aliases=("--fine-tune",))
+  adapter_rank: int = setting(
+    0,
+    "train LoRA adapters of this rank on BERT's dense kernels (BERT's weights stay frozen); "
+    "0 = none",
+  )
+  adapter_alpha: float = setting(8.0, "LoRA alpha: adapters add (alpha / rank) * A B to a kernel")
+  adapter_learning_rate: float = setting(1e-3, "adapters' learning rate")
+  adapter_first_layer: int = setting(
+    0,
+    "adapters on encoder layers from this one up (0 = all); the frozen layers below run once "
+    "and are cached",
+  )
+  context: str = setting(
+    "sentence",
+    "training rows: sentences, or (mixed) documents' sliding windows as well",
+    choices=CONTEXTS,
+  )
+  document_stride: int = setting(
+    0,
+    "with --context mixed: training document windows overlap by twice this many sub-tokens "
+    "(tagging uses the featurizer's default)",
+  )
+  head_only: bool = setting(
+    False,
+    "save only the head (+ adapters) and a manifest naming the pinned backbone (the layout of "
+    "models/default)",
+  )
+  max_train_sentences: int = setting(
+    0, "use only the first N training sentences (0 = all; a few make a quick smoke run)"
+  )
+  # "" writes no summaries; the CLI's default is <out>.tensorboard.
+  logdir: str = setting("", "TensorBoard dir (default: <out>.tensorboard)")
+  cache_dir: str = setting(str(FEATURE_CACHE), "encoder feature cache")
+  seed: int = setting(13, "random seed of initialisation, dropout and batch order")
 
 
 def backbone_dir(config):
@@ -326,11 +369,52 @@ class Context:
     )
 
 
-def fit_epochs(ctx, examples, train_step, run_dev, snapshot):
+@dataclasses.dataclass
+class TrainingGraph:
+  """A training graph in its session, as the epoch loop drives it, whatever the mode.
+
+  `train_feed(batch)` maps example indices and `dev_feed(input_ids, input_mask)` dev rows to the
+  graph's inputs; `kept` are the variables whose values the best epoch keeps.
+  """
+
+  sess: object
+  loss: object
+  train_op: object
+  pred_label: object  # of the inference branch (no dropout)
+  train_feed: object
+  dev_feed: object
+  kept: list
+
+  def train_step(self, batch):
+    """One update on example indices; the batch's loss."""
+    loss, _ = self.sess.run([self.loss, self.train_op], self.train_feed(batch))
+    return loss
+
+  def run_dev(self, input_ids, input_mask):
+    """pred_label of the current weights."""
+    return self.sess.run(self.pred_label, self.dev_feed(input_ids, input_mask))
+
+  def snapshot(self):
+    """Current values of the kept variables by name."""
+    return dict(zip([v.op.name for v in self.kept], self.sess.run(self.kept)))
+
+
+def start_session(graph, restored=(), checkpoint=None):
+  """A session of `graph` (the default graph) with fresh variables, `restored` ones read from
+  `checkpoint`."""
+  sess = tf.Session(graph=graph)
+  sess.run(tf.global_variables_initializer())
+  if restored:
+    ckpt.restore(sess, [checkpoint], var_list=restored)
+  return sess
+
+
+def fit_epochs(ctx, examples, model):
   """The epoch loop all modes share: train, score dev both ways, keep the best epoch's weights.
 
-  `train_step(batch) -> loss` runs one update on example indices, `run_dev(ids, mask) ->
-  pred_label` predicts with the current weights, `snapshot() -> {name: array}` copies them.
+  `model` is a TrainingGraph: its `train_step(batch) -> loss` runs one update on example
+  indices, `run_dev(ids, mask) -> pred_label` predicts with the current weights, `snapshot() ->
+  {name: array}` copies them.
   """
   config = ctx.config
   rng = random.Random(config.seed)
@@ -339,11 +423,11 @@ def fit_epochs(ctx, examples, train_step, run_dev, snapshot):
     started, losses = time.time(), []
     batches = length_batches([len(e.input_ids) for e in examples], config.batch_size, True, rng)
     for batch in tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch"):
-      losses.append(train_step(batch))
+      losses.append(model.train_step(batch))
       step += 1
       if step % 50 == 0:
         write_scalars(ctx.writer, step, loss=losses[-1])
-    predicted = predict_dev(ctx.featurizer, ctx.dev, run_dev)
+    predicted = predict_dev(ctx.featurizer, ctx.dev, model.run_dev)
     scores = score_dev(ctx.dev, predicted)
     for mode in MODES:
       write_scalars(
@@ -369,8 +453,21 @@ def fit_epochs(ctx, examples, train_step, run_dev, snapshot):
       time.time() - started,
     )
     if best is None or history[-1]["dev_f1"] > best["dev_f1"]:
-      best = {"epoch": epoch, "dev_f1": history[-1]["dev_f1"], "step": step, "weights": snapshot()}
+      best = {
+        "epoch": epoch,
+        "dev_f1": history[-1]["dev_f1"],
+        "step": step,
+        "weights": model.snapshot(),
+      }
   return best, history
+
+
+def fit(ctx, examples, model):
+  """fit_epochs, then the TrainingGraph's session closed."""
+  try:  # Not `with sess`: that would make the graph default and break eager summaries.
+    return fit_epochs(ctx, examples, model)
+  finally:
+    model.sess.close()
 
 
 def dev_windows(featurizer, documents):
@@ -386,71 +483,95 @@ def dev_windows(featurizer, documents):
   return sorted(rows)
 
 
+class CachedInputs:
+  """Inputs of a graph over cached encoder outputs: the values of the examples and the dev rows,
+  the graph's placeholders (`values` [B, T, F], `lengths` [B], `label_ids` [B, T]) and feeds."""
+
+  def __init__(self, ctx, examples, layers, name):
+    """Encodes (once, then from the cache) the examples and every dev row at `layers`."""
+    cache = FeatureCache(ctx.config.cache_dir, ctx.bert.config, ctx.bert.checkpoint, layers)
+    self.examples = examples
+    self.train_values = cache.features([e.input_ids for e in examples], 64, "encode train")
+    dev_rows = dev_windows(ctx.featurizer, ctx.dev)
+    self.dev_values = dict(
+      zip(dev_rows, cache.features([list(r) for r in dev_rows], 64, "encode dev"))
+    )
+    self.name = name
+    self.values = self.lengths = self.label_ids = None  # placeholders, made by `branches`
+
+  def branches(self, top):
+    """Placeholders in the default graph and `top(values, lengths, is_training=, label_ids=)`
+    over them twice: (training NerHead, inference NerHead), the second reusing the variables."""
+    width = self.train_values[0].shape[1]
+    self.values = tf.placeholder(tf.float32, [None, None, width], self.name)
+    self.lengths = tf.placeholder(tf.int32, [None], "lengths")
+    self.label_ids = tf.placeholder(tf.int32, [None, None], "label_ids")
+    trained = top(self.values, self.lengths, is_training=True, label_ids=self.label_ids)
+    with tf.variable_scope(tf.get_variable_scope(), reuse=True):
+      inferred = top(self.values, self.lengths, is_training=False)
+    return trained, inferred
+
+  def training_graph(self, sess, trained, train_op, inferred, kept):
+    """The TrainingGraph of `branches`' heads, fed from the cache."""
+    return TrainingGraph(
+      sess, trained.loss, train_op, inferred.pred_label, self.train_feed, self.dev_feed, kept
+    )
+
+  def train_feed(self, batch):
+    """The examples' cached values, lengths and label ids."""
+    examples = [self.examples[i] for i in batch]
+    return {
+      self.values: pad_features([self.train_values[i] for i in batch]),
+      self.lengths: [len(e.input_ids) for e in examples],
+      self.label_ids: pad([e.label_ids for e in examples]),
+    }
+
+  def dev_feed(self, input_ids, input_mask):
+    """Dev rows' values, looked up by their ids in the cache."""
+    rows = [tuple(ids[:n]) for ids, n in zip(input_ids.tolist(), input_mask.sum(1))]
+    return {
+      self.values: pad_features([self.dev_values[r] for r in rows]),
+      self.lengths: [len(r) for r in rows],
+    }
+
+
+def decayed_train_op(config, loss, variables, learning_rate, head_variables, num_examples):
+  """Adam on `variables` at `learning_rate` decaying linearly to zero over training (as
+  google-research/bert does, gradients clipped at norm 1), and on the head at its own rate."""
+  global_step = tf.train.get_or_create_global_step()
+  steps_per_epoch = -(-num_examples // config.batch_size)
+  rate = tf.train.polynomial_decay(learning_rate, global_step, steps_per_epoch * config.epochs, 0.0)
+  return tf.group(
+    minimize(loss, variables, rate, clip_norm=1.0),
+    minimize(loss, head_variables, config.learning_rate),
+    global_step.assign_add(1),
+  )
+
+
 def train_frozen(ctx):
   """Trains only the head on cached encoder features; returns (best head weights, history)."""
-  config, featurizer = ctx.config, ctx.featurizer
-  examples = make_examples(featurizer, ctx.train, config.context, config.document_stride)
-  cache = FeatureCache(
-    config.cache_dir, ctx.bert.config, ctx.bert.checkpoint, ctx.ner_config.feature_layers
+  config = ctx.config
+  examples = make_examples(ctx.featurizer, ctx.train, config.context, config.document_stride)
+  inputs = CachedInputs(ctx, examples, ctx.ner_config.feature_layers, "features")
+  head = functools.partial(
+    ner_head.build_ner_head, ner_config=ctx.ner_config, num_labels=len(ctx.id2label)
   )
-  train_features = cache.features([e.input_ids for e in examples], 64, "encode train")
-  dev_rows = dev_windows(featurizer, ctx.dev)
-  dev_features = dict(zip(dev_rows, cache.features([list(r) for r in dev_rows], 64, "encode dev")))
-  feature_size = train_features[0].shape[1]
-
   graph = tf.Graph()
   with graph.as_default():
     tf.set_random_seed(config.seed)
-    features = tf.placeholder(tf.float32, [None, None, feature_size], "features")
-    lengths = tf.placeholder(tf.int32, [None], "lengths")
-    label_ids = tf.placeholder(tf.int32, [None, None], "label_ids")
-    trained = ner_head.build_ner_head(
-      features, lengths, ctx.ner_config, len(ctx.id2label), True, label_ids
-    )
-    with tf.variable_scope(tf.get_variable_scope(), reuse=True):
-      inferred = ner_head.build_ner_head(
-        features, lengths, ctx.ner_config, len(ctx.id2label), False
-      )
+    trained, inferred = inputs.branches(head)
     head_variables = tf.trainable_variables()
     train_op = minimize(trained.loss, head_variables, config.learning_rate)
-    sess = tf.Session(graph=graph)
-    sess.run(tf.global_variables_initializer())
-
-  def train_step(batch):
-    """One head update on cached features."""
-    loss, _ = sess.run(
-      [trained.loss, train_op],
-      {
-        features: pad_features([train_features[i] for i in batch]),
-        lengths: [len(examples[i].input_ids) for i in batch],
-        label_ids: pad([examples[i].label_ids for i in batch]),
-      },
-    )
-    return loss
-
-  def run_dev(input_ids, input_mask):
-    """pred_label for dev rows, looked up by their ids in the feature cache."""
-    rows = [tuple(ids[:n]) for ids, n in zip(input_ids.tolist(), input_mask.sum(1))]
-    return sess.run(
-      inferred.pred_label,
-      {features: pad_features([dev_features[r] for r in rows]), lengths: [len(r) for r in rows]},
-    )
-
-  def snapshot():
-    """Current head weights by variable name."""
-    return dict(zip([v.op.name for v in head_variables], sess.run(head_variables)))
-
-  try:  # Not `with sess`: that would make the graph default and break eager summaries.
-    return fit_epochs(ctx, examples, train_step, run_dev, snapshot)
-  finally:
-    sess.close()
+    sess = start_session(graph)
+  return fit(
+    ctx, examples, inputs.training_graph(sess, trained, train_op, inferred, head_variables)
+  )
 
 
 def train_fine_tuned(ctx):
   """Trains BERT and the head together; returns (best weights of all variables, history)."""
   config = ctx.config
   examples = make_examples(ctx.featurizer, ctx.train, config.context, config.document_stride)
-  steps_per_epoch = -(-len(examples) // config.batch_size)
   graph = tf.Graph()
   with graph.as_default():
     tf.set_random_seed(config.seed)
@@ -476,45 +597,33 @@ def train_fine_tuned(ctx):
     variables = tf.trainable_variables()
     bert_variables = [v for v in variables if not is_head_variable(v)]
     head_variables = [v for v in variables if is_head_variable(v)]
-    global_step = tf.train.get_or_create_global_step()
-    # Linear decay of BERT's rate to zero over training, as google-research/bert does.
-    bert_rate = tf.train.polynomial_decay(
-      config.bert_learning_rate, global_step, steps_per_epoch * config.epochs, 0.0
+    train_op = decayed_train_op(
+      config, trained.loss, bert_variables, config.bert_learning_rate, head_variables, len(examples)
     )
-    train_op = tf.group(
-      minimize(trained.loss, bert_variables, bert_rate, clip_norm=1.0),
-      minimize(trained.loss, head_variables, config.learning_rate),
-      global_step.assign_add(1),
-    )
-    sess = tf.Session(graph=graph)
-    sess.run(tf.global_variables_initializer())
-    ckpt.restore(sess, [ctx.bert.checkpoint], var_list=bert_variables)
+    sess = start_session(graph, bert_variables, ctx.bert.checkpoint)
 
-  def train_step(batch):
-    """One update of BERT and the head."""
+  def train_feed(batch):
+    """The examples' ids, mask and label ids."""
     ids = pad([examples[i].input_ids for i in batch])
-    loss, _ = sess.run(
-      [trained.loss, train_op],
-      {
-        input_ids: ids,
-        input_mask: lengths_mask(ids),
-        label_ids: pad([examples[i].label_ids for i in batch]),
-      },
-    )
-    return loss
+    return {
+      input_ids: ids,
+      input_mask: lengths_mask(ids),
+      label_ids: pad([examples[i].label_ids for i in batch]),
+    }
 
-  def run_dev(ids, mask):
-    """pred_label of the current weights through the inference graph."""
-    return sess.run(inferred, {input_ids: ids, input_mask: mask})
-
-  def snapshot():
-    """Current weights of BERT and the head by variable name."""
-    return dict(zip([v.op.name for v in variables], sess.run(variables)))
-
-  try:  # Not `with sess`: that would make the graph default and break eager summaries.
-    return fit_epochs(ctx, examples, train_step, run_dev, snapshot)
-  finally:
-    sess.close()
+  return fit(
+    ctx,
+    examples,
+    TrainingGraph(
+      sess,
+      trained.loss,
+      train_op,
+      inferred,
+      train_feed,
+      lambda ids, mask: {input_ids: ids, input_mask: mask},
+      variables,
+    ),
+  )
 
 
 def adapted_top(ctx, bert_config, states, lengths, is_training, label_ids=None):
@@ -550,7 +659,7 @@ def train_adapters(ctx):
   once and cached like the frozen head's features: an epoch runs only the adapted layers, forward
   and backward.
   """
-  config, featurizer = ctx.config, ctx.featurizer
+  config = ctx.config
   bert_config = modeling.BertConfig.from_json_file(ctx.bert.config)
   first, num_layers = config.adapter_first_layer, bert_config.num_hidden_layers
   if not 0 <= first < num_layers:
@@ -564,72 +673,28 @@ def train_adapters(ctx):
       f"feature layers {below} lie below the adapted layers' input (layer "
       f"{first - 1}): raise them or lower --adapter_first_layer"
     )
-  examples = make_examples(featurizer, ctx.train, config.context, config.document_stride)
+  examples = make_examples(ctx.featurizer, ctx.train, config.context, config.document_stride)
   # Hidden state `first` of [embeddings, layer 0, ...], counted from the top.
-  cache = FeatureCache(
-    config.cache_dir, ctx.bert.config, ctx.bert.checkpoint, [first - num_layers - 1]
-  )
-  train_states = cache.features([e.input_ids for e in examples], 64, "encode train")
-  dev_rows = dev_windows(featurizer, ctx.dev)
-  dev_states = dict(zip(dev_rows, cache.features([list(r) for r in dev_rows], 64, "encode dev")))
-  steps_per_epoch = -(-len(examples) // config.batch_size)
-
+  inputs = CachedInputs(ctx, examples, [first - num_layers - 1], "states")
   graph = tf.Graph()
   with graph.as_default():
     tf.set_random_seed(config.seed)
-    states = tf.placeholder(tf.float32, [None, None, bert_config.hidden_size], "states")
-    lengths = tf.placeholder(tf.int32, [None], "lengths")
-    label_ids = tf.placeholder(tf.int32, [None, None], "label_ids")
-    trained = adapted_top(ctx, bert_config, states, lengths, True, label_ids)
-    with tf.variable_scope(tf.get_variable_scope(), reuse=True):
-      inferred = adapted_top(ctx, bert_config, states, lengths, False)
+    trained, inferred = inputs.branches(functools.partial(adapted_top, ctx, bert_config))
     variables = tf.trainable_variables()
     adapter_variables = [v for v in variables if is_adapter_variable(v)]
     head_variables = [v for v in variables if is_head_variable(v)]
     base_variables = [v for v in variables if v not in adapter_variables + head_variables]
-    global_step = tf.train.get_or_create_global_step()
-    adapter_rate = tf.train.polynomial_decay(
-      config.adapter_learning_rate, global_step, steps_per_epoch * config.epochs, 0.0
+    train_op = decayed_train_op(
+      config,
+      trained.loss,
+      adapter_variables,
+      config.adapter_learning_rate,
+      head_variables,
+      len(examples),
     )
-    train_op = tf.group(
-      minimize(trained.loss, adapter_variables, adapter_rate, clip_norm=1.0),
-      minimize(trained.loss, head_variables, config.learning_rate),
-      global_step.assign_add(1),
-    )
-    sess = tf.Session(graph=graph)
-    sess.run(tf.global_variables_initializer())
-    ckpt.restore(sess, [ctx.bert.checkpoint], var_list=base_variables)
-
-  def train_step(batch):
-    """One update of the adapters and the head on cached states."""
-    loss, _ = sess.run(
-      [trained.loss, train_op],
-      {
-        states: pad_features([train_states[i] for i in batch]),
-        lengths: [len(examples[i].input_ids) for i in batch],
-        label_ids: pad([examples[i].label_ids for i in batch]),
-      },
-    )
-    return loss
-
-  def run_dev(input_ids, input_mask):
-    """pred_label for dev rows, their states looked up in the cache."""
-    rows = [tuple(ids[:n]) for ids, n in zip(input_ids.tolist(), input_mask.sum(1))]
-    return sess.run(
-      inferred.pred_label,
-      {states: pad_features([dev_states[r] for r in rows]), lengths: [len(r) for r in rows]},
-    )
-
-  trained_variables = adapter_variables + head_variables
-
-  def snapshot():
-    """Current weights of the adapters and the head by variable name."""
-    return dict(zip([v.op.name for v in trained_variables], sess.run(trained_variables)))
-
-  try:  # Not `with sess`: that would make the graph default and break eager summaries.
-    return fit_epochs(ctx, examples, train_step, run_dev, snapshot)
-  finally:
-    sess.close()
+    sess = start_session(graph, base_variables, ctx.bert.checkpoint)
+  kept = adapter_variables + head_variables
+  return fit(ctx, examples, inputs.training_graph(sess, trained, train_op, inferred, kept))
 
 
 def save_best(ctx, best):
@@ -701,10 +766,8 @@ def merge_agreement(adapter_tags, merged_tags):
 
 
 def write_json_atomic(path, data):
-  """Writes JSON via a temp file and rename, so a reader never sees half of it."""
-  tmp = Path(f"{path}.tmp")
-  tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-  os.replace(tmp, path)
+  """Writes JSON so that a reader never sees half of it."""
+  atomic.write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def bert_files(config):

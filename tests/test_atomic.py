@@ -1,0 +1,105 @@
+"""bert_ner.atomic: a file or dir appears whole or not at all; a failure leaves no temp."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from bert_ner import atomic
+
+
+class Interrupted(Exception):
+  """Raised inside a write block, as a crash or a full disk would."""
+
+
+def _plain_open_mode(tmp_path):
+  """The permission bits a plain open() gives a new file under this process's umask."""
+  (tmp_path / "plain").write_text("")
+  return stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
+def test_file_content_replaces_the_old_and_nothing_else_is_left(tmp_path):
+  path = tmp_path / "report.json"
+  path.write_text("old", encoding="utf-8")
+  atomic.write_text(path, "new ü\n")
+  assert path.read_text(encoding="utf-8") == "new ü\n"
+  assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_binary_file_through_a_writer_that_needs_a_file_object(tmp_path):
+  path = tmp_path / "features.npz"
+  with atomic.open_file(path, "wb") as f:
+    np.savez(f, flat=np.arange(3))
+  with np.load(path) as data:
+    assert data["flat"].tolist() == [0, 1, 2]
+  assert os.listdir(tmp_path) == ["features.npz"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
+  path = tmp_path / "report.json"
+  path.write_text("old", encoding="utf-8")
+  with pytest.raises(Interrupted), atomic.open_file(path) as f:
+    f.write("half of the new")
+    f.flush()
+    assert path.read_text(encoding="utf-8") == "old"  # readers see the old file meanwhile
+    raise Interrupted
+  assert path.read_text(encoding="utf-8") == "old"
+  assert os.listdir(tmp_path) == ["report.json"]
+  with pytest.raises(Interrupted), atomic.open_file(tmp_path / "new.json") as f:
+    f.write("half")
+    raise Interrupted
+  assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_a_file_gets_the_permissions_of_a_plain_open(tmp_path):
+  atomic.write_text(tmp_path / "f", "x")
+  assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == _plain_open_mode(tmp_path)
+
+
+def test_only_writing_modes_are_accepted(tmp_path):
+  with pytest.raises(ValueError, match="mode must write"), atomic.open_file(tmp_path / "f", "r"):
+    pass
+
+
+def test_a_built_dir_appears_whole_with_0755(tmp_path):
+  target = tmp_path / "parent" / "model"
+  with atomic.build_dir(target) as tmp:
+    (tmp / "a.txt").write_text("a")
+    assert not target.exists()  # nothing at the target until the block completes
+  assert sorted(os.listdir(target)) == ["a.txt"]
+  assert stat.S_IMODE(target.stat().st_mode) == 0o755
+  assert os.listdir(target.parent) == ["model"]
+
+
+def test_without_replace_an_existing_dir_wins(tmp_path):
+  target = tmp_path / "model"
+  target.mkdir()
+  (target / "theirs").write_text("1")
+  with pytest.raises(OSError), atomic.build_dir(target) as tmp:
+    (tmp / "ours").write_text("2")
+  assert os.listdir(target) == ["theirs"]
+  assert os.listdir(tmp_path) == ["model"]
+
+
+def test_replace_swaps_the_whole_dir_and_removes_the_old_one(tmp_path):
+  target = tmp_path / "model"
+  target.mkdir()
+  (target / "old").write_text("1")
+  with atomic.build_dir(target, replace=True) as tmp:
+    (tmp / "new").write_text("2")
+    assert os.listdir(target) == ["old"]  # readers see the old dir meanwhile
+  assert os.listdir(target) == ["new"]
+  assert os.listdir(tmp_path) == ["model"]
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_failed_build_leaves_the_target_and_no_temp_dir(tmp_path, replace):
+  target = tmp_path / "model"
+  target.mkdir()
+  (target / "old").write_text("1")
+  with pytest.raises(Interrupted), atomic.build_dir(target, replace=replace) as tmp:
+    (tmp / "half").write_text("2")
+    raise Interrupted
+  assert os.listdir(target) == ["old"]
+  assert os.listdir(tmp_path) == ["model"]
