@@ -23,15 +23,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from google.protobuf import (
-  descriptor_pb2,
-  descriptor_pool,
-  message_factory,
-  text_format,
-  wrappers_pb2,
-)
+from google.protobuf import text_format
 
 from server.errors import ServingError, invalid
+from server.tfs_config_pb2 import BatchingParameters
 
 # The image's settings; the embedded server reads the same file unless told otherwise.
 DEFAULT_PARAMETERS_FILE = Path(__file__).resolve().parents[1] / "docker" / "batching_parameters.txt"
@@ -93,47 +88,6 @@ class BatchingOptions:
     return self
 
 
-def _batching_parameters_class():
-  """TF Serving's BatchingParameters (session_bundle_config.proto); the pip package lacks it."""
-  field = descriptor_pb2.FieldDescriptorProto
-  file = descriptor_pb2.FileDescriptorProto(
-    name="server/batching_parameters.proto",
-    package="tensorflow.serving",
-    syntax="proto3",
-    dependency=["google/protobuf/wrappers.proto"],
-  )
-  message = file.message_type.add(name="BatchingParameters")
-  for name, number, wrapper in [
-    ("max_batch_size", 1, "Int64Value"),
-    ("batch_timeout_micros", 2, "Int64Value"),
-    ("max_enqueued_batches", 3, "Int64Value"),
-    ("num_batch_threads", 4, "Int64Value"),
-    ("thread_pool_name", 5, "StringValue"),
-    ("enable_large_batch_splitting", 8, "BoolValue"),
-    ("max_execution_batch_size", 9, "Int64Value"),
-  ]:
-    message.field.add(
-      name=name,
-      number=number,
-      type=field.TYPE_MESSAGE,
-      type_name=".google.protobuf." + wrapper,
-      label=field.LABEL_OPTIONAL,
-    )
-  message.field.add(
-    name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED
-  )
-  message.field.add(
-    name="pad_variable_length_inputs", number=7, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL
-  )
-  pool = descriptor_pool.DescriptorPool()
-  pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
-  pool.Add(file)
-  return message_factory.GetMessageClass(
-    pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-  )
-
-
-BatchingParameters = _batching_parameters_class()
 _WRAPPED = (
   "max_batch_size",
   "batch_timeout_micros",
