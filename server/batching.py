@@ -12,7 +12,7 @@ batch keeps filling. Tasks whose caller went away (timed out, cancelled) before 
 are dropped, and a batch runs with the latest deadline of its tasks, as BatchingSession passes
 its tasks' RunOptions timeout to the session.
 
-`Servable.run` merges a batch's tasks as BatchingSession does (padding, split by rows).
+`Servable.run` merges a batch's tasks as BatchingSession does (server/stacking.py).
 """
 
 import asyncio
@@ -22,10 +22,10 @@ import os
 from pathlib import Path
 
 import grpc
-import numpy as np
 from google.protobuf import text_format
 
 from server.errors import ServingError, invalid
+from server.stacking import join_pieces, padded_batch_size
 from server.tfs_config_pb2 import BatchingParameters
 
 # The image's settings; the embedded server reads the same file unless told otherwise.
@@ -138,12 +138,6 @@ def unavailable(message):
   return ServingError(grpc.StatusCode.UNAVAILABLE, message)
 
 
-def padded_batch_size(rows, allowed_batch_sizes):
-  """Rows a batch runs with: the smallest allowed size that holds them, else as many
-  (batching_util.cc RoundToLowestAllowedBatchSize)."""
-  return next((size for size in allowed_batch_sizes if size >= rows), rows)
-
-
 def split_sizes(rows, open_batch_remaining, execution_batch_size):
   """Rows of the pieces a split task becomes: a head filling the open batch, then full pieces
   and a tail (TensorFlow's batching_util/input_split_metadata.cc)."""
@@ -224,7 +218,7 @@ class Batcher:
     finally:
       for piece in pieces:
         piece.future.cancel()  # a no-op once done; otherwise the caller went away
-    return _join(results)
+    return join_pieces(results)
 
   def task_size(self, signature, inputs):
     """The task size, refused over max_batch_size before anything is allocated for it (also
@@ -390,22 +384,3 @@ class Batcher:
     for collector in self._collectors:
       collector.cancel()
     await asyncio.gather(*self._collectors, *self._jobs, return_exceptions=True)
-
-
-def _join(results):
-  """A split task's outputs, its pieces' joined along axis 0.
-
-  TF Serving joins them with tensor::Concat, which assumes the first piece's width for all of
-  them (a wider later piece aborts the server, a narrower one is misread); here each output is
-  padded with 0 to its widest piece, the width a client accepts.
-  """
-  if len(results) == 1:
-    return results[0]
-  joined = {}
-  for alias in results[0]:
-    parts = [r[alias] for r in results]
-    shape = [max(sizes) for sizes in zip(*(p.shape[1:] for p in parts))]
-    joined[alias] = np.concatenate(
-      [np.pad(p, [(0, 0)] + [(0, n - s) for n, s in zip(shape, p.shape[1:])]) for p in parts]
-    )
-  return joined

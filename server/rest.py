@@ -20,7 +20,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from server.errors import ServingError, invalid
 from server.grpc_service import check_example_signature
-from server.servable import DEFAULT_SIGNATURE
+from server.signature import DEFAULT_SIGNATURE
 from server.tensors import from_json, to_json
 
 _REST_PATH = re.compile(r"(?i)/v1/.*", re.DOTALL)
