@@ -179,7 +179,7 @@ def markdown(results):
     f"this file would hold {results['padding']['random']:.2f}x their real sub-tokens, against "
     f"{results['padding']['sorted']:.2f}x for the length-sorted batches of the throughput runs, "
     f"so the server runs a merged batch in length groups padded to at most 1.3x their real "
-    f"positions (`PADDING_BUDGET` in server/servable.py).",
+    f"positions (`PADDING_BUDGET` in server/stacking.py).",
     "",
     f"Where batching time goes: model cost in-process for {max(results['concurrency'])} "
     f"windows drawn at random from the file (one merged request mix):",

@@ -158,29 +158,38 @@ def parse_flags(argv=None):
   return flags
 
 
+# (least value, how a smaller one is refused, flags), checked in this order.
+_FLAG_MINIMUMS = (
+  (
+    1,
+    "must be at least 1",
+    ("num_batch_threads", "max_batch_size", "max_request_bytes", "rest_api_timeout_in_ms"),
+  ),
+  (
+    0,
+    "must not be negative",
+    (
+      "batch_timeout_micros",
+      "file_system_poll_wait_seconds",
+      "model_config_file_poll_wait_seconds",
+      "tensorflow_intra_op_parallelism",
+      "tensorflow_inter_op_parallelism",
+    ),
+  ),
+)
+
+
 def _flag_problem(flags):
   """The first flag value the server cannot run with, as one line, or None."""
   for name in ("port", "rest_api_port"):
     if not 0 <= getattr(flags, name) <= MAX_PORT:
       return f"--{name} {getattr(flags, name)} is not a TCP port (0-{MAX_PORT})"
-  # The batching flags default to None: unset, docker/batching_parameters.txt decides.
-  for name in (
-    "num_batch_threads",
-    "max_batch_size",
-    "max_request_bytes",
-    "rest_api_timeout_in_ms",
-  ):
-    if getattr(flags, name) is not None and getattr(flags, name) < 1:
-      return f"--{name} must be at least 1, got {getattr(flags, name)}"
-  for name in (
-    "batch_timeout_micros",
-    "file_system_poll_wait_seconds",
-    "model_config_file_poll_wait_seconds",
-    "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism",
-  ):
-    if getattr(flags, name) is not None and getattr(flags, name) < 0:
-      return f"--{name} must not be negative, got {getattr(flags, name)}"
+  for minimum, rule, names in _FLAG_MINIMUMS:
+    for name in names:
+      value = getattr(flags, name)
+      # The batching flags default to None: unset, docker/batching_parameters.txt decides.
+      if value is not None and value < minimum:
+        return f"--{name} {rule}, got {value}"
   return None
 
 

@@ -12,7 +12,7 @@ batch keeps filling. Tasks whose caller went away (timed out, cancelled) before 
 are dropped, and a batch runs with the latest deadline of its tasks, as BatchingSession passes
 its tasks' RunOptions timeout to the session.
 
-`Servable.run` merges a batch's tasks as BatchingSession does (padding, split by rows).
+`Servable.run` merges a batch's tasks as BatchingSession does (server/stacking.py).
 """
 
 import asyncio
@@ -22,16 +22,11 @@ import os
 from pathlib import Path
 
 import grpc
-import numpy as np
-from google.protobuf import (
-  descriptor_pb2,
-  descriptor_pool,
-  message_factory,
-  text_format,
-  wrappers_pb2,
-)
+from google.protobuf import text_format
 
 from server.errors import ServingError, invalid
+from server.stacking import join_pieces, padded_batch_size
+from server.tfs_config_pb2 import BatchingParameters
 
 # The image's settings; the embedded server reads the same file unless told otherwise.
 DEFAULT_PARAMETERS_FILE = Path(__file__).resolve().parents[1] / "docker" / "batching_parameters.txt"
@@ -93,47 +88,6 @@ class BatchingOptions:
     return self
 
 
-def _batching_parameters_class():
-  """TF Serving's BatchingParameters (session_bundle_config.proto); the pip package lacks it."""
-  field = descriptor_pb2.FieldDescriptorProto
-  file = descriptor_pb2.FileDescriptorProto(
-    name="server/batching_parameters.proto",
-    package="tensorflow.serving",
-    syntax="proto3",
-    dependency=["google/protobuf/wrappers.proto"],
-  )
-  message = file.message_type.add(name="BatchingParameters")
-  for name, number, wrapper in [
-    ("max_batch_size", 1, "Int64Value"),
-    ("batch_timeout_micros", 2, "Int64Value"),
-    ("max_enqueued_batches", 3, "Int64Value"),
-    ("num_batch_threads", 4, "Int64Value"),
-    ("thread_pool_name", 5, "StringValue"),
-    ("enable_large_batch_splitting", 8, "BoolValue"),
-    ("max_execution_batch_size", 9, "Int64Value"),
-  ]:
-    message.field.add(
-      name=name,
-      number=number,
-      type=field.TYPE_MESSAGE,
-      type_name=".google.protobuf." + wrapper,
-      label=field.LABEL_OPTIONAL,
-    )
-  message.field.add(
-    name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED
-  )
-  message.field.add(
-    name="pad_variable_length_inputs", number=7, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL
-  )
-  pool = descriptor_pool.DescriptorPool()
-  pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
-  pool.Add(file)
-  return message_factory.GetMessageClass(
-    pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-  )
-
-
-BatchingParameters = _batching_parameters_class()
 _WRAPPED = (
   "max_batch_size",
   "batch_timeout_micros",
@@ -182,12 +136,6 @@ def read_batching_parameters(path, defaults=BatchingOptions()):
 def unavailable(message):
   """UNAVAILABLE: the batch queue is full (HTTP 503)."""
   return ServingError(grpc.StatusCode.UNAVAILABLE, message)
-
-
-def padded_batch_size(rows, allowed_batch_sizes):
-  """Rows a batch runs with: the smallest allowed size that holds them, else as many
-  (batching_util.cc RoundToLowestAllowedBatchSize)."""
-  return next((size for size in allowed_batch_sizes if size >= rows), rows)
 
 
 def split_sizes(rows, open_batch_remaining, execution_batch_size):
@@ -270,7 +218,7 @@ class Batcher:
     finally:
       for piece in pieces:
         piece.future.cancel()  # a no-op once done; otherwise the caller went away
-    return _join(results)
+    return join_pieces(results)
 
   def task_size(self, signature, inputs):
     """The task size, refused over max_batch_size before anything is allocated for it (also
@@ -436,22 +384,3 @@ class Batcher:
     for collector in self._collectors:
       collector.cancel()
     await asyncio.gather(*self._collectors, *self._jobs, return_exceptions=True)
-
-
-def _join(results):
-  """A split task's outputs, its pieces' joined along axis 0.
-
-  TF Serving joins them with tensor::Concat, which assumes the first piece's width for all of
-  them (a wider later piece aborts the server, a narrower one is misread); here each output is
-  padded with 0 to its widest piece, the width a client accepts.
-  """
-  if len(results) == 1:
-    return results[0]
-  joined = {}
-  for alias in results[0]:
-    parts = [r[alias] for r in results]
-    shape = [max(sizes) for sizes in zip(*(p.shape[1:] for p in parts))]
-    joined[alias] = np.concatenate(
-      [np.pad(p, [(0, 0)] + [(0, n - s) for n, s in zip(shape, p.shape[1:])]) for p in parts]
-    )
-  return joined

@@ -2,51 +2,23 @@
 
 --model_config_file is a text ModelServerConfig (tensorflow_serving.config.model_server_config_pb2
 from the tensorflow-serving-api package). --monitoring_config_file is a text MonitoringConfig; the
-package ships no monitoring_config_pb2, so the two messages of monitoring_config.proto are built
-here from their field numbers.
+package ships no monitoring_config_pb2, so it comes from server/tfs_config.proto.
 """
 
 import dataclasses
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from server.errors import ServingError
+from server.tfs_config_pb2 import MonitoringConfig
 
 PLATFORM = "tensorflow"
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
-# tsl::strings::safe_strto64 (TF Serving 2.18's ParseVersionNumber): C isspace() around an
-# optional '-' and ASCII digits; '+', other Unicode digits and anything else are not versions.
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 ModelConfig = model_server_config_pb2.ModelConfig
-
-
-def _monitoring_config_class():
-  """MonitoringConfig { PrometheusConfig prometheus_config = 1 } (monitoring_config.proto)."""
-  field = descriptor_pb2.FieldDescriptorProto
-  file = descriptor_pb2.FileDescriptorProto(
-    name="server/monitoring_config.proto", package="tensorflow.serving", syntax="proto3"
-  )
-  prometheus = file.message_type.add(name="PrometheusConfig")
-  prometheus.field.add(name="enable", number=1, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL)
-  prometheus.field.add(name="path", number=2, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
-  file.message_type.add(name="MonitoringConfig").field.add(
-    name="prometheus_config",
-    number=1,
-    type=field.TYPE_MESSAGE,
-    type_name=".tensorflow.serving.PrometheusConfig",
-    label=field.LABEL_OPTIONAL,
-  )
-  pool = descriptor_pool.DescriptorPool()
-  pool.Add(file)
-  return message_factory.GetMessageClass(
-    pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
-  )
-
-
-MonitoringConfig = _monitoring_config_class()
 
 
 class ConfigError(Exception):

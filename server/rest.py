@@ -20,7 +20,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from server.errors import ServingError, invalid
 from server.grpc_service import check_example_signature
-from server.servable import DEFAULT_SIGNATURE
+from server.signature import DEFAULT_SIGNATURE
 from server.tensors import from_json, to_json
 
 _REST_PATH = re.compile(r"(?i)/v1/.*", re.DOTALL)
@@ -148,12 +148,7 @@ class _RestApi:
 
   async def predict(self, spec, body):
     """POST .../<name>[/versions/N|/labels/L]:predict in row or columnar format."""
-    name = body.get("signature_name", "")
-    if not isinstance(name, str):
-      raise invalid(
-        f"JSON Value: {_debug(body)} not formatted correctly. "
-        "'signature_name' key must be a string value."
-      )
+    name = _signature_name(body)
     with self._models.acquire(spec) as servable:
       signature = _signature(servable, name)
       inputs, row_format = _inputs(body, signature)
@@ -169,12 +164,7 @@ class _RestApi:
 
   def classify_or_regress(self, spec, body, action):
     """POST ...:classify / :regress: TF Serving checks the signature before the examples."""
-    name = body.get("signature_name", "")
-    if not isinstance(name, str):
-      raise invalid(
-        f"JSON Value: {_debug(body)} not formatted correctly. "
-        "'signature_name' key must be a string value."
-      )
+    name = _signature_name(body)
     with self._models.acquire(spec) as servable:
       check_example_signature(servable.signature_defs, name, action)
     raise invalid(
@@ -279,6 +269,17 @@ def _debug(value):
   """A JSON value for an error message, cut at 256 bytes (json_tensor.cc
   JsonValueToDebugString)."""
   return json.dumps(value, ensure_ascii=False)[:256]
+
+
+def _signature_name(body):
+  """The request's signature_name ("" when absent: the default signature); must be a string."""
+  name = body.get("signature_name", "")
+  if not isinstance(name, str):
+    raise invalid(
+      f"JSON Value: {_debug(body)} not formatted correctly. "
+      "'signature_name' key must be a string value."
+    )
+  return name
 
 
 def _signature(servable, name):

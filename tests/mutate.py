@@ -148,8 +148,8 @@ MUTATIONS = [
     "server-leaks-per-request",
     "server keeps 16 KB per request (a leak)",
     "server/servable.py",
-    "    self.validate(signature, inputs)\n    return await self._batcher.run(",
-    "    self.validate(signature, inputs)\n"
+    "    signature.validate(inputs)\n    return await self._batcher.run(",
+    "    signature.validate(inputs)\n"
     "    self.__dict__.setdefault('leaked', []).append(b'x' * (16 << 10))\n"
     "    return await self._batcher.run(",
     ("tests/reliability/test_rel_load.py",),

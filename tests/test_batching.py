@@ -14,13 +14,12 @@ from server.batching import (
   Batcher,
   BatchingConfigError,
   BatchingOptions,
-  padded_batch_size,
   read_batching_parameters,
   split_sizes,
 )
 from server.errors import ServingError
 from server.metrics import Metrics
-from server.servable import _merge, _pad_tensor
+from server.stacking import merge, pad_tensor, padded_batch_size
 
 
 @dataclasses.dataclass
@@ -106,7 +105,7 @@ def test_merge_pads_with_each_requests_first_element_and_rows_to_allowed_sizes()
     "input_ids": np.array([[101, 5, 6, 8, 102], [101, 9, 102, 0, 0]]),
     "input_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]),
   }
-  merged, spans = _merge(
+  merged, spans = merge(
     [a, b], BatchingOptions(pad_variable_length_inputs=True, allowed_batch_sizes=(4, 8))
   )
   np.testing.assert_array_equal(
@@ -119,8 +118,8 @@ def test_merge_pads_with_each_requests_first_element_and_rows_to_allowed_sizes()
 
 def test_an_empty_request_cannot_be_padded():
   with pytest.raises(ServingError, match="Got empty tensor in batch of non-empty tensors."):
-    _pad_tensor(np.zeros((1, 0), np.int32), [4])
-  assert _pad_tensor(np.zeros((0, 2), np.int32), [4]).shape == (0, 4)
+    pad_tensor(np.zeros((1, 0), np.int32), [4])
+  assert pad_tensor(np.zeros((0, 2), np.int32), [4]).shape == (0, 4)
 
 
 def test_a_task_over_max_batch_size_is_refused_before_it_runs():

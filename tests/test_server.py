@@ -457,11 +457,11 @@ def _wait(condition, what, timeout=30):
 
 
 def test_length_groups_bound_padding_and_keep_every_request():
-  from server.servable import PADDING_BUDGET, _length_groups
+  from server.stacking import PADDING_BUDGET, length_groups
 
   lengths = [5, 40, 7, 41, 6, 12, 39, 5, 13, 90]
   requests = [{"input_ids": np.ones((1, n), np.int32)} for n in lengths]
-  groups = _length_groups(requests)
+  groups = length_groups(requests)
   assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
   for group in groups:
     longest = max(lengths[i] for i in group)

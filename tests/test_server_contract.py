@@ -11,8 +11,9 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 
 from bert_ner import model_base
 from server import config
+from server.__main__ import parse_flags
 from server.errors import ServingError
-from server.rest import _gunzip, parse_json, parse_route
+from server.rest import _gunzip, _signature_name, parse_json, parse_route
 from server.tensors import from_json, from_proto
 
 
@@ -288,3 +289,38 @@ def test_wrong_dtype_is_the_session_message():
 def test_tensor_content_decodes():
   content = np.array([[1, 2, 3]], dtype=np.int32).tobytes()
   assert from_proto(_proto([1, 3], content=content), tf.int32, "x").tolist() == [[1, 2, 3]]
+
+
+def test_a_signature_name_that_is_not_a_string_is_refused_as_tf_serving_does():
+  assert _signature_name({}) == ""
+  assert _signature_name({"signature_name": "result"}) == "result"
+  assert _error(_signature_name, {"signature_name": 3}) == (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    'JSON Value: {"signature_name": 3} not formatted correctly. '
+    "'signature_name' key must be a string value.",
+  )
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    ("--port 70000", "--port 70000 is not a TCP port (0-65535)"),
+    ("--max_batch_size 0", "--max_batch_size must be at least 1, got 0"),
+    ("--rest_api_timeout_in_ms -3", "--rest_api_timeout_in_ms must be at least 1, got -3"),
+    ("--batch_timeout_micros -1", "--batch_timeout_micros must not be negative, got -1"),
+    (
+      "--max_request_bytes 0 --tensorflow_inter_op_parallelism -1",
+      "--max_request_bytes must be at least 1, got 0",
+    ),
+  ],
+)
+def test_out_of_range_flags_are_one_line_errors(argv, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    parse_flags(argv.split())
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == f"python -m server: error: {message}\n"
+
+
+def test_unset_batching_flags_and_zero_waits_are_accepted():
+  flags = parse_flags(["--batch_timeout_micros", "0", "--file_system_poll_wait_seconds", "0"])
+  assert flags.max_batch_size is None and flags.batch_timeout_micros == 0

@@ -187,7 +187,7 @@ def servable(exported):
 def test_embedded_length_groups_return_the_bytes_of_one_merged_run(
   servable, session_run, dev_requests
 ):
-  from server import servable as servable_module
+  from server.stacking import length_groups
 
   signature = servable.signature("serving_default")
   grouped = 0
@@ -200,5 +200,5 @@ def test_embedded_length_groups_return_the_bytes_of_one_merged_run(
       for alias in want:
         assert got[alias].dtype == want[alias].dtype and got[alias].shape == want[alias].shape
         assert got[alias].tobytes() == want[alias].tobytes()
-    grouped += len(servable_module._length_groups(tasks)) > 1
+    grouped += len(length_groups(tasks)) > 1
   assert grouped > EMBEDDED_BATCHES / 2  # most batches ran as several length groups

@@ -7,83 +7,23 @@
         parses models.config, batching_parameters.txt and monitoring_config.txt strictly (no
         unknown field) and prints, as JSON, which schema parsed which file
 
-Only TensorFlow, numpy and protobuf are imported: nothing of the project, whose dependencies this
-venv does not have.
+Only TensorFlow, numpy, protobuf and server/tfs_config_pb2.py (protobuf only) are imported: nothing
+else of the project, whose dependencies this venv does not have.
 """
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
-from google.protobuf import (
-  descriptor_pb2,
-  descriptor_pool,
-  message_factory,
-  text_format,
-  wrappers_pb2,
-)
+from google.protobuf import text_format
 
 # tensorflow-serving-api 2.18 carries ModelServerConfig but neither BatchingParameters
-# (session_bundle_config.proto) nor MonitoringConfig (monitoring_config.proto). These are their
-# fields in TF Serving 2.18.0, name and number and type as declared there (checked field by field
-# against those .proto files compiled with protoc at tag 2.18.0): a field that 2.18 lacks fails
-# the strict parse.
-BATCHING_PARAMETERS_2_18 = [
-  ("max_batch_size", 1, "Int64Value"),
-  ("batch_timeout_micros", 2, "Int64Value"),
-  ("max_enqueued_batches", 3, "Int64Value"),
-  ("num_batch_threads", 4, "Int64Value"),
-  ("thread_pool_name", 5, "StringValue"),
-  ("allowed_batch_sizes", 6, "repeated int64"),
-  ("pad_variable_length_inputs", 7, "bool"),
-  ("enable_large_batch_splitting", 8, "BoolValue"),
-  ("max_execution_batch_size", 9, "Int64Value"),
-]
-PROMETHEUS_CONFIG_2_18 = [("enable", 1, "bool"), ("path", 2, "string")]
-MONITORING_CONFIG_2_18 = [("prometheus_config", 1, ".tensorflow.serving.PrometheusConfig")]
-
-_SCALARS = {
-  "bool": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
-  "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-  "int64": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
-}
-
-
-def _add_message(file, name, fields):
-  """Declares message `name` with (field, number, type) fields in `file`."""
-  field_proto = descriptor_pb2.FieldDescriptorProto
-  message = file.message_type.add(name=name)
-  for field, number, kind in fields:
-    label = field_proto.LABEL_OPTIONAL
-    if kind.startswith("repeated "):
-      label, kind = field_proto.LABEL_REPEATED, kind.split()[1]
-    if kind in _SCALARS:
-      message.field.add(name=field, number=number, type=_SCALARS[kind], label=label)
-    else:
-      type_name = kind if kind.startswith(".") else f".google.protobuf.{kind}"
-      message.field.add(
-        name=field, number=number, type=field_proto.TYPE_MESSAGE, type_name=type_name, label=label
-      )
-
-
-def declared_classes():
-  """{message name: class} for the two TF Serving 2.18 messages the pip package lacks."""
-  file = descriptor_pb2.FileDescriptorProto(
-    name="tf218_runtime/serving_2_18.proto",
-    package="tensorflow.serving",
-    syntax="proto3",
-    dependency=["google/protobuf/wrappers.proto"],
-  )
-  _add_message(file, "BatchingParameters", BATCHING_PARAMETERS_2_18)
-  _add_message(file, "PrometheusConfig", PROMETHEUS_CONFIG_2_18)
-  _add_message(file, "MonitoringConfig", MONITORING_CONFIG_2_18)
-  pool = descriptor_pool.DescriptorPool()
-  pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
-  pool.Add(file)
-  return {
-    name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
-    for name in ("BatchingParameters", "MonitoringConfig")
-  }
+# (session_bundle_config.proto) nor MonitoringConfig (monitoring_config.proto): those come from
+# server/tfs_config.proto, whose fields are TF Serving 2.18.0's (tests/test_tfs_config_proto.py).
+# Its generated module needs protobuf only, and regen.sh writes gencode this venv's protobuf loads.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from server import tfs_config_pb2  # noqa: E402
 
 
 def packaged_schema(module, message):
@@ -99,7 +39,6 @@ def configs(docker_dir):
   from importlib.metadata import version
 
   package = f"tensorflow-serving-api {version('tensorflow-serving-api')}"
-  declared = declared_classes()
   schemas = {
     "models.config": ("tensorflow_serving.config.model_server_config_pb2", "ModelServerConfig"),
     "batching_parameters.txt": (
@@ -116,8 +55,8 @@ def configs(docker_dir):
     schema = packaged_schema(module, message)
     source = f"{package} {module}.{message}"
     if schema is None:
-      schema = declared[message]
-      source = f"{message} declared in tests/tf218_runtime.py ({package} lacks {module})"
+      schema = getattr(tfs_config_pb2, message)
+      source = f"{message} declared in server/tfs_config.proto ({package} lacks {module})"
     with open(f"{docker_dir}/{name}", encoding="utf-8") as f:
       parsed = text_format.Parse(f.read(), schema())
     report[name] = {

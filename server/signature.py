@@ -1,0 +1,71 @@
+"""A SavedModel signature as the server checks requests against it: tensors, names and shapes."""
+
+import dataclasses
+
+import tensorflow as tf
+
+from server.errors import invalid
+from server.tensors import from_proto, shape_str
+
+DEFAULT_SIGNATURE = tf.compat.v1.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+  """A signature tensor: graph tensor name, dtype and shape (None: unknown dim or rank)."""
+
+  name: str
+  dtype: tf.DType
+  shape: tuple | None
+
+  @classmethod
+  def from_info(cls, info):
+    """Reads a TensorInfo from the MetaGraphDef's SignatureDef."""
+    shape = (
+      None
+      if info.tensor_shape.unknown_rank
+      else tuple(d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
+    )
+    return cls(info.name, tf.dtypes.as_dtype(info.dtype), shape)
+
+
+class Signature:
+  """A SignatureDef's tensors, and whether its requests may be merged along axis 0."""
+
+  def __init__(self, key, signature_def):
+    self.key = key
+    self.inputs = {a: TensorSpec.from_info(t) for a, t in sorted(signature_def.inputs.items())}
+    self.outputs = {a: TensorSpec.from_info(t) for a, t in sorted(signature_def.outputs.items())}
+    tensors = [*self.inputs.values(), *self.outputs.values()]
+    self.batchable = bool(self.inputs) and all(t.shape and t.shape[0] is None for t in tensors)
+
+  def check_names(self, aliases):
+    """Refuses missing or unknown input aliases with TF Serving's message."""
+    sent, wanted = set(aliases), set(self.inputs)
+    if sent != wanted:
+      raise invalid(
+        f"input size does not match signature: {len(sent)}!={len(wanted)} "
+        f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(wanted))}}}). "
+        f"Sent extra: {{{','.join(sorted(sent - wanted))}}}. "
+        f"Missing but required: {{{','.join(sorted(wanted - sent))}}}."
+      )
+
+  def decode(self, tensors):
+    """Decodes a PredictRequest's input TensorProtos against this signature."""
+    self.check_names(tensors)
+    return {a: from_proto(tensors[a], self.inputs[a].dtype, a) for a in sorted(tensors)}
+
+  def validate(self, inputs):
+    """Checks inputs against the signature before any batching. What the model itself requires
+    (vocabulary, positions, mask values) its graph checks, for TF Serving as for this server."""
+    self.check_names(inputs)
+    for alias, array in inputs.items():
+      expected = self.inputs[alias].shape
+      if expected is not None and (
+        len(expected) != array.ndim
+        or any(d is not None and d != n for d, n in zip(expected, array.shape))
+      ):
+        raise invalid(
+          f"{alias} has shape {shape_str(array.shape)} but the signature "
+          f"expects {shape_str(-1 if d is None else d for d in expected)}"
+        )
