@@ -192,7 +192,8 @@ class Batcher:
   """Merges requests of one tensor signature into batches run on the worker threads."""
 
   def __init__(self, run, options, executor, metrics, model_name):
-    self._run = run  # (signature, [inputs], deadline) -> [outputs or ServingError], blocking
+    # (signature, [inputs], deadline, abandoned) -> [outputs or ServingError], blocking
+    self._run = run
     self._options = options
     self._executor = executor
     self._metrics = metrics
@@ -364,7 +365,12 @@ class Batcher:
         rows = padded_batch_size(sum(t.rows for t in live), self._options.allowed_batch_sizes)
         self._metrics.batch_size.observe(rows, model_name=self._model_name)
         results = await loop.run_in_executor(
-          self._executor, self._run, signature, [t.inputs for t in live], deadline
+          self._executor,
+          self._run,
+          signature,
+          [t.inputs for t in live],
+          deadline,
+          lambda: all(task.future.done() for task in live),  # every caller went away
         )
     except Exception as error:  # A bug, not a model error: fail the batch, keep serving.
       logging.exception("Batch of %d requests failed", len(batch))

@@ -36,11 +36,14 @@ class FakeModel:
   """Runs batches on the worker threads: echoes each request's ids, records the batches."""
 
   def __init__(self):
-    self.batches, self.release = [], threading.Event()
+    self.batches, self.abandoned = [], []  # abandoned(): once per batch, when it is released
+    self.started, self.release = threading.Event(), threading.Event()
     self.release.set()
 
-  def __call__(self, signature, requests, deadline):
+  def __call__(self, signature, requests, deadline, abandoned):
+    self.started.set()
     self.release.wait(10)
+    self.abandoned.append(abandoned())
     self.batches.append([len(r["input_ids"]) for r in requests])
     return [{"pred_label": r["input_ids"]} for r in requests]
 
@@ -163,6 +166,27 @@ def test_a_full_queue_answers_unavailable_and_gone_callers_are_not_run():
   )
   assert model.batches == [[4], [1]]  # the two cancelled requests never ran
   assert after["pred_label"].shape == (1, 3)
+
+
+def test_a_running_batch_sees_when_its_callers_went_away():
+  """The run gets abandoned(), True once every task of its batch was cancelled (a gRPC client's
+  RST_STREAM), so it can stop between session runs."""
+  options = BatchingOptions(max_batch_size=4, num_batch_threads=1, batch_timeout_micros=0)
+
+  async def scenario(batcher, model):
+    model.release.clear()
+    model.started.clear()
+    running = asyncio.ensure_future(batcher.run(FakeSignature(), rows(2)))
+    await asyncio.to_thread(model.started.wait, 10)
+    running.cancel()
+    await asyncio.sleep(0.1)
+    model.release.set()
+    with pytest.raises(asyncio.CancelledError):
+      await running
+    await batcher.run(FakeSignature(), rows(1))
+
+  _, model = run_batcher(options, scenario)
+  assert model.batches == [[2], [1]] and model.abandoned == [True, False]
 
 
 def test_large_batch_splitting_runs_pieces_and_joins_them_in_order():

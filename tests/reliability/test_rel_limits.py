@@ -7,6 +7,7 @@ import time
 from concurrent import futures
 from pathlib import Path
 
+import grpc
 import numpy as np
 import psutil
 import pytest
@@ -18,6 +19,7 @@ from rel_support import (
   GOOD_IDS,
   HTTP_TIMEOUT_S,
   PREDICT_PATH,
+  PREDICT_RPC,
   SEP,
   excerpt,
   good,
@@ -39,6 +41,8 @@ FLOOD_REQUESTS, FLOOD_ROWS, FLOOD_WIDTH, FLOOD_TIMEOUT_MS = 8, 64, 512, 1000
 # Unstopped, the floods' work runs about 30 s per request on 2 cores; stopped, it ends within a
 # chunk of 1,024 positions (about 0.5 s) after the deadlines, and the server idles.
 SETTLE_S, IDLE_WINDOW_S, IDLE_CPU_LIMIT_S = 1.0, 2.0, 0.5
+# gRPC calls of 64 x 512 with a long deadline that their clients cancel (RST_STREAM) while they run.
+CANCELLED_CALLS, CANCEL_AFTER_S, CANCELLED_DEADLINE_S = 4, 0.5, 120
 
 
 def rss_mb(env):
@@ -275,3 +279,36 @@ def test_abandoned_work_is_dropped(shipped_server, report):
   assert set(codes) <= {503, 504}, floods
   assert busy < IDLE_CPU_LIMIT_S
   assert rss_after - rss_before <= ATTACK_RSS_LIMIT_MB
+
+
+def test_cancelled_grpc_work_stops(shipped_server, report):
+  """Calls cancelled mid-run stop at the next session run instead of running to their deadline."""
+  process = psutil.Process(shipped_server.proc.pid)
+  request = grpc_request(grpc_inputs(rows_of(FLOOD_ROWS, FLOOD_WIDTH)))
+  with grpc.insecure_channel(shipped_server.grpc) as channel:
+    predict = channel.unary_unary(
+      PREDICT_RPC, request_serializer=lite.PredictRequest.SerializeToString
+    )
+    calls = [predict.future(request, timeout=CANCELLED_DEADLINE_S) for _ in range(CANCELLED_CALLS)]
+    time.sleep(CANCEL_AFTER_S)
+    cancelled = sum(call.cancel() for call in calls)
+  time.sleep(SETTLE_S)
+  status, error, seconds = post(shipped_server, [[CLS, 7327, SEP]])
+  cpu = process.cpu_times()
+  time.sleep(IDLE_WINDOW_S)
+  busy = sum(process.cpu_times()[:2]) - sum(cpu[:2])
+  ok = status == 200 and cancelled == CANCELLED_CALLS and busy < IDLE_CPU_LIMIT_S
+  report.add(
+    "load",
+    f"{CANCELLED_CALLS} gRPC calls of {FLOOD_ROWS}x{FLOOD_WIDTH} on the shipped model (deadline "
+    f"{CANCELLED_DEADLINE_S} s) cancelled by the client after {CANCEL_AFTER_S:g} s, then a "
+    f"one-sentence request {SETTLE_S:g} s later",
+    "grpc",
+    f"the cancelled work stops (the server idle: < {IDLE_CPU_LIMIT_S:g} CPU s in "
+    f"{IDLE_WINDOW_S:g} s); the sentence 200",
+    f"{cancelled} cancelled; then {status} in {seconds * 1000:.0f} ms; {busy:.2f} CPU s in the "
+    "idle window",
+    ok,
+  )
+  assert status == 200, error
+  assert cancelled == CANCELLED_CALLS and busy < IDLE_CPU_LIMIT_S, busy
