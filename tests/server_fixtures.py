@@ -6,7 +6,7 @@ import pathlib
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from bert_ner import head
+from bert_ner import head, model_base
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = "bert_ner"
@@ -51,8 +51,8 @@ def build_model(path, offset=0, warmup_ids=(1, 2, 3)):
   request.model_spec.name = MODEL
   request.inputs["input_ids"].CopyFrom(tf.make_tensor_proto([list(warmup_ids)], tf.int32))
   request.inputs["input_mask"].CopyFrom(tf.make_tensor_proto([[1] * len(warmup_ids)], tf.int32))
-  os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
-  warmup = os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
+  os.makedirs(os.path.join(path, model_base.ASSETS_DIR), exist_ok=True)
+  warmup = os.path.join(path, model_base.ASSETS_DIR, model_base.WARMUP_FILE)
   with tf.io.TFRecordWriter(warmup) as w:
     w.write(
       prediction_log_pb2.PredictionLog(

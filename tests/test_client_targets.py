@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
+from bert_ner import model_base
 from bert_ner.featurizer import pad_batch
 from clients import common, grpc_client, rest_client
 from clients.tfs_protos import tfs_lite_pb2 as lite
@@ -41,7 +42,7 @@ SCRIPT_START_S = 3.0  # interpreter and imports on a loaded 2-core machine
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-  return write_assets(tmp_path_factory.mktemp("targets") / "assets.extra")
+  return write_assets(tmp_path_factory.mktemp("targets") / model_base.ASSETS_DIR)
 
 
 # ---------------------------------------------------------------- --server parsing

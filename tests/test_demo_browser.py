@@ -19,6 +19,7 @@ import time
 import pytest
 import requests
 
+from bert_ner import model_base
 from e2e_support import REPO_ROOT, free_port, served_shipped_model
 
 pytestmark = pytest.mark.slow  # needs chromium and starts the demo and a server
@@ -320,7 +321,7 @@ def test_model_server_down_shows_the_clients_message(browser, served, start_demo
 
 def test_assets_of_another_model_show_the_mismatch(browser, served, start_demo, tmp_path):
   server, assets = served
-  other = shutil.copytree(assets, tmp_path / "assets.extra")
+  other = shutil.copytree(assets, tmp_path / model_base.ASSETS_DIR)
   config = json.loads((other / "ner_config.json").read_text(encoding="utf-8"))
   (other / "ner_config.json").write_text(
     json.dumps({**config, "fingerprint": "0" * 16}), encoding="utf-8"

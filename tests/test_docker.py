@@ -7,7 +7,6 @@ import os
 import queue
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import tarfile
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from e2e_support import free_port
 from test_export import load_saved_model, make_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -317,13 +317,6 @@ def test_how_to_query_prints_real_features(model_base):
   body = json.loads(re.search(r"-d '(.*)'", text).group(1))
   assert body["inputs"]["input_ids"] == ids and ids[0][0] == 101
   assert "curl -s -X POST http://127.0.0.1:8501/v1/models/bert_ner:predict" in text
-
-
-def free_port():
-  """A TCP port nothing listens on right now."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def assert_serves_the_export(rest_port, model_base, body):

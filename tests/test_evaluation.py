@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bert_ner import conll
+from bert_ner import conll, model_base
 from bert_ner.featurizer import Featurizer
 from conll_sample import write_first_sentences
 from evaluation import __main__ as evaluation
@@ -202,8 +202,8 @@ def test_errors_are_one_line_and_exit_2(base, tmp_path, capsys, case, pattern):
 @pytest.mark.parametrize("transport", ["grpc", "rest"])
 def test_assets_of_another_version_are_refused(base, server, tmp_path, capsys, transport):
   # Scores from assets whose labels or vocab differ from the served model's would be garbage.
-  skewed = tmp_path / "assets.extra"
-  shutil.copytree(base / "1" / "assets.extra", skewed)
+  skewed = tmp_path / model_base.ASSETS_DIR
+  shutil.copytree(base / "1" / model_base.ASSETS_DIR, skewed)
   config = json.loads((skewed / "ner_config.json").read_text())
   config["fingerprint"] = "f" * 16
   (skewed / "ner_config.json").write_text(json.dumps(config))

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from bert_ner import model_base
 from clients import grpc_client, rest_client
 from e2e_support import REPO_ROOT, free_port, make_checkpoint
 from rel_support import CLIENT_TIMEOUT_S, MODEL, POSITIONS, SENTENCES, VOCAB_SIZE
@@ -133,7 +134,7 @@ class Deployment:
 
   def __init__(self, work, ckpt, base, verify_file):
     self.work, self.ckpt, self.base, self.verify_file = work, ckpt, base, verify_file
-    self.assets = base / "1" / "assets.extra"
+    self.assets = base / "1" / model_base.ASSETS_DIR
     self.server = ServerProcess(base, work / "server.log", free_port(), free_port())
     self.restarts, self.start_seconds = 0, 0.0
     self.versions_served = [1]

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from bert_ner import model_base
 from rel_support import (
   GOOD_IDS,
   HTTP_TIMEOUT_S,
@@ -179,7 +180,7 @@ def test_warmup_request_over_the_size_limits_skips_the_version(env, report, tmp_
   try:
     staging = tmp_path / "staging"
     shutil.copytree(env.base / "1", staging)
-    with tf.io.TFRecordWriter(str(staging / "assets.extra" / "tf_serving_warmup_requests")) as w:
+    with tf.io.TFRecordWriter(str(staging / model_base.ASSETS_DIR / model_base.WARMUP_FILE)) as w:
       w.write(warmup_record(WARMUP_ROWS))
     staging.rename(base / "2")
     started = time.monotonic()

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from bert_ner import model_base
 from bert_ner.featurizer import Featurizer
 from e2e_support import LABELS
 from rel_support import excerpt
@@ -93,7 +94,7 @@ def test_bad_server_answers(report, tmp_path):
   server = BadServing()
   failed = []
   try:
-    assets = str(write_assets(tmp_path / "assets.extra"))
+    assets = str(write_assets(tmp_path / model_base.ASSETS_DIR))
     for transport, answers in (("rest", REST_ANSWERS), ("grpc", GRPC_ANSWERS)):
       for name, answer in answers:
         if transport == "rest":

@@ -10,6 +10,7 @@ from concurrent import futures
 import pytest
 import requests
 
+from bert_ner import model_base
 from clients import grpc_client, rest_client
 from e2e_support import free_port, make_checkpoint
 from rel_support import HTTP_TIMEOUT_S, MODEL, SENTENCES
@@ -54,7 +55,7 @@ def replicas(tiny_bert_dir, tmp_path_factory):
   try:
     with futures.ThreadPoolExecutor(REPLICAS) as pool:
       list(pool.map(lambda server: server.start(), servers))
-    yield servers, base / "1" / "assets.extra"
+    yield servers, base / "1" / model_base.ASSETS_DIR
   finally:
     for server in servers:
       server.stop()
