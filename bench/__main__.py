@@ -31,7 +31,7 @@ from server.batching import DEFAULT_PARAMETERS_FILE, read_batching_parameters
 from server.process import ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared/data/conll2003/dev.txt"
+DEFAULT_DATA = conll.DEFAULT_DIR / "dev.txt"
 CLIENTS = {"grpc": GrpcNerClient, "rest": RestNerClient}
 CONCURRENCY = (1, 8, 32)
 BATCH_SIZE_METRIC = ":tensorflow:serving:batching_session:processed_batch_size"

@@ -8,6 +8,11 @@ files are converted), so every entity starts with `B-`.
 
 import dataclasses
 import re
+from pathlib import Path
+
+# CoNLL-2003 where a checkout expects it: shared/data/conll2003 beside the repository, whatever
+# the working directory (the trainer's, exporter's and bench's defaults).
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"
 
 DOCSTART = "-DOCSTART-"
 

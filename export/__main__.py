@@ -2,11 +2,11 @@
 
 import argparse
 import sys
-from pathlib import Path
 
+from bert_ner import conll
 from bert_ner.quiet import add_verbose_flag, quiet_tensorflow, verbose
 
-DEFAULT_VERIFY_FILE = Path(__file__).resolve().parents[2] / "shared/data/conll2003/dev.txt"
+DEFAULT_VERIFY_FILE = conll.DEFAULT_DIR / "dev.txt"
 
 
 def parse_args(argv=None):
@@ -48,7 +48,6 @@ def main(argv=None):
   """Runs the export; exit 2 on bad input, 1 when verification refuses the SavedModel."""
   args = parse_args(argv)
   quiet_tensorflow(args.verbose)  # TF loads after --help, and quietly
-  from bert_ner import conll  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
 
   verify_file = args.verify_file or (DEFAULT_VERIFY_FILE if DEFAULT_VERIFY_FILE.is_file() else None)

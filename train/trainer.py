@@ -195,9 +195,6 @@ def lengths_mask(ids):
   return (ids != 0).astype(np.int32)
 
 
-DATA = "../shared/data/conll2003"  # the default CoNLL files, relative to the working directory
-
-
 def setting(default, help_text, **flag):
   """A TrainConfig field: its default, and for its `--flag` the help and any argparse extras
   (`choices`, `aliases`)."""
@@ -209,8 +206,8 @@ class TrainConfig:
   """Trainer settings; `python -m train` has a flag for each field, named, typed, defaulted and
   explained by it (train/__main__.py)."""
 
-  train: str = setting(f"{DATA}/train.txt", "CoNLL training file")
-  dev: str = setting(f"{DATA}/dev.txt", "CoNLL dev file (model selection)")
+  train: str = setting(str(conll.DEFAULT_DIR / "train.txt"), "CoNLL training file")
+  dev: str = setting(str(conll.DEFAULT_DIR / "dev.txt"), "CoNLL dev file (model selection)")
   out: str = dataclasses.field(metadata={"help": "checkpoint dir to write (replaced atomically)"})
   backbone: str = setting(
     "",
