@@ -2,6 +2,7 @@
 
 import ipaddress
 import json
+import math
 import os
 import socket
 import sys
@@ -16,6 +17,7 @@ with imports_or_exit(__name__):
   import grpc
   import numpy as np
   import numpy.typing as npt
+  from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
   from bert_ner import model_base
   from bert_ner.featurizer import IntArray
@@ -24,6 +26,8 @@ with imports_or_exit(__name__):
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
+# int32 values an output may declare: a tensor's element count is an int32 in TF; more is hostile.
+MAX_OUTPUT_VALUES = 2**31 - 1
 # gRPC's reconnect backoff grows to 120 s while the server is down: after a 70 s outage a client
 # kept failing UNAVAILABLE for 40 s once the server was back. Retry the connection every <= 2 s;
 # calls still fail fast while it is down.
@@ -104,16 +108,24 @@ def make_array(tensor: Any) -> IntArray:
     )
     raise common.ClientError(f"expected an int32 output, got {name}")
   shape = [d.size for d in tensor.tensor_shape.dim]
+  if any(n < 0 for n in shape):
+    raise common.ClientError(f"output tensor has a negative dimension: {shape}")
+  # Python ints: numpy's int64 product of [2**32, 2**32] wraps to 0 and passed the size check.
+  declared = math.prod(shape)
+  if declared > MAX_OUTPUT_VALUES:
+    raise common.ClientError(f"output tensor of shape {shape} declares {declared} values")
+  if len(tensor.tensor_content) % 4:
+    raise common.ClientError(
+      f"output tensor_content of {len(tensor.tensor_content)} bytes is not int32 values"
+    )
   values = (
     np.frombuffer(tensor.tensor_content, dtype="<i4")
     if tensor.tensor_content
     else np.asarray(tensor.int_val, dtype=np.int32)
   )
-  if any(n < 0 for n in shape):
-    raise common.ClientError(f"output tensor has a negative dimension: {shape}")
   if values.size == 1 and not tensor.tensor_content:  # TF's one-value form of a filled tensor
     return np.broadcast_to(values, shape)
-  if values.size != np.prod(shape, dtype=np.int64):
+  if values.size != declared:
     raise common.ClientError(f"output tensor of shape {shape} holds {values.size} values")
   return values.reshape(shape)
 
@@ -132,7 +144,11 @@ def output_names(response: Any) -> dict[str, list[str]]:
   """Output tensor names per signature of a GetModelMetadataResponse."""
   if "signature_def" not in response.metadata:
     raise common.ClientError("model metadata has no signature_def")
-  signatures = pb.SignatureDefMap.FromString(response.metadata["signature_def"].value).signature_def
+  try:
+    signature_map = pb.SignatureDefMap.FromString(response.metadata["signature_def"].value)
+  except DecodeError:
+    raise common.ClientError("model metadata's signature_def is not a SignatureDefMap") from None
+  signatures = signature_map.signature_def
   return {name: [info.name for info in sig.outputs.values()] for name, sig in signatures.items()}
 
 

@@ -33,8 +33,11 @@ HTTP_CODES = {
 # or refuses work for now (a proxy's 502 for a dead backend); predictions are idempotent.
 FAIL_OVER_STATUSES = (502, 503)
 # The largest answer read: pred_label of a 64 x 512 batch is about 100 KB of JSON. A server
-# streaming a body without end had the client at 1.2 GB before --timeout stopped it.
-MAX_ANSWER_BYTES = 64 << 20
+# streaming a body without end had the client at 1.2 GB before --timeout stopped it; and parsed
+# JSON takes up to 24 times its text ([[],[],...]: 10 MiB became 240 MB), so the cap stays small.
+MAX_ANSWER_BYTES = 8 << 20
+# Error answers are parsed for their "error" only up to this size (TF Serving's are a line).
+MAX_ERROR_JSON_BYTES = 64 << 10
 SCHEMES = ("http", "https")
 _DEADLINE = threading.local()  # .at: time.monotonic() by which this thread's request must end
 
@@ -92,9 +95,11 @@ def deadline_session() -> requests.Session:
 def error_detail(body: bytes) -> object:
   """The "error" TF Serving puts in a failed response, else the start of the body."""
   try:
-    return json.loads(body)["error"]
+    if len(body) <= MAX_ERROR_JSON_BYTES:
+      return json.loads(body)["error"]
   except (ValueError, KeyError, TypeError, RecursionError):
-    return body[:200].decode("utf-8", "replace")
+    pass
+  return body[:200].decode("utf-8", "replace")
 
 
 def read_body(response: requests.Response, url: str) -> bytes:
@@ -179,10 +184,17 @@ class RestNerClient(common.NerClient):
     if remaining <= 0:
       raise self.error("DEADLINE_EXCEEDED")
     try:
-      response = self.session.request(method, url, timeout=remaining, stream=True, **kwargs)
+      # TF Serving never redirects: a Location header is answered as the error it is.
+      response = self.session.request(
+        method, url, timeout=remaining, stream=True, allow_redirects=False, **kwargs
+      )
       return response.status_code, read_body(response, url)
     except requests.Timeout:
       raise self.error("DEADLINE_EXCEEDED") from None
+    except requests.exceptions.ContentDecodingError:
+      raise common.ClientError(
+        f"{url} answered a body its Content-Encoding does not decode"
+      ) from None
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
       if time.monotonic() >= _DEADLINE.at:  # a body read that timed out comes wrapped so
         raise self.error("DEADLINE_EXCEEDED") from None

@@ -103,8 +103,11 @@ def read_batching_parameters(path, defaults=BatchingOptions()):
 
   Raises OSError if unreadable, BatchingConfigError if malformed or refused as TF Serving would.
   """
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except UnicodeDecodeError as error:  # was a 26-line traceback (attack round 4)
+    raise BatchingConfigError(f"cannot read {path}: {error}") from None
   try:
     params = text_format.Parse(text, BatchingParameters())
   except text_format.ParseError as error:

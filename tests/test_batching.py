@@ -93,6 +93,13 @@ def test_settings_tf_serving_refuses_are_refused(tmp_path, text, message):
     read_batching_parameters(path)
 
 
+def test_a_file_that_is_not_utf8_is_one_error(tmp_path):
+  path = tmp_path / "batching.txt"
+  path.write_bytes(b"max_batch_size { value: 64 } # caf\xe9")
+  with pytest.raises(BatchingConfigError, match=r"cannot read .*batching.txt: 'utf-8' codec"):
+    read_batching_parameters(path)
+
+
 def test_split_sizes_and_allowed_batch_sizes_follow_tensorflow():
   assert split_sizes(10, 3, 4) == [3, 4, 3]  # head fills the open batch, then full pieces
   assert split_sizes(8, 0, 4) == [4, 4]

@@ -146,6 +146,14 @@ def test_check_labels(pred, error):
       common.check_labels(pred, IDS, 12)
 
 
+def int_tensor(shape, values):
+  return lite.TensorProto(
+    dtype=lite.DT_INT32,
+    tensor_shape=lite.TensorShapeProto(dim=[lite.TensorShapeProto.Dim(size=n) for n in shape]),
+    int_val=values,
+  )
+
+
 @pytest.mark.parametrize(
   "tensor,error",
   [
@@ -166,6 +174,17 @@ def test_check_labels(pred, error):
         int_val=[1, 2],
       ),
       "negative dimension",
+    ),
+    # int64 products wrap: [2**32, 2**32] came out as 0 values (attack round 4)
+    (int_tensor([2**32, 2**32], []), r"declares 18446744073709551616 values"),
+    (int_tensor([2**62, 4], [0]), r"declares 18446744073709551616 values"),
+    (
+      lite.TensorProto(
+        dtype=lite.DT_INT32,
+        tensor_shape=lite.TensorShapeProto(dim=[lite.TensorShapeProto.Dim(size=1)]),
+        tensor_content=b"\0" * 5,
+      ),
+      "tensor_content of 5 bytes is not int32 values",
     ),
     (lite.TensorProto(dtype=9999), "expected an int32 output, got dtype 9999"),
     (lite.TensorProto(dtype=lite.DT_FLOAT), "expected an int32 output, got DT_FLOAT"),
@@ -221,14 +240,6 @@ def test_rest_bad_answers_are_one_line_errors(bad_server, assets, answer, error)
   bad_server.rest_answer = answer
   result = run_script("rest", "--server", bad_server.rest_address, "--assets", assets, SENTENCE)
   assert_one_line_error(result, error)
-
-
-def int_tensor(shape, values):
-  return lite.TensorProto(
-    dtype=lite.DT_INT32,
-    tensor_shape=lite.TensorShapeProto(dim=[lite.TensorShapeProto.Dim(size=n) for n in shape]),
-    int_val=values,
-  )
 
 
 @pytest.mark.parametrize(
@@ -406,6 +417,51 @@ def test_rest_refuses_an_endless_answer(assets, monkeypatch):
     common.ClientError, match=rf"^http://{address}/v1/.* answered more than 1 MiB$"
   ):
     client.output_names()
+
+
+def answer_once(raw):
+  """host:port of a loopback server that answers one connection with the bytes `raw`."""
+  listener = socket.create_server(("127.0.0.1", 0))
+
+  def serve():
+    conn, _ = listener.accept()
+    with conn, listener:
+      conn.recv(65536)
+      conn.sendall(raw)
+
+  threading.Thread(target=serve, daemon=True).start()
+  return f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+  "raw,error",
+  [
+    # TF Serving never redirects; requests followed the Location (ftp:// gave a traceback).
+    (
+      b"HTTP/1.1 307 Temporary Redirect\r\nLocation: ftp://x/\r\nContent-Length: 0\r\n\r\n",
+      r"^server error HTTP 307$",
+    ),
+    (
+      b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n{}{}",
+      r"answered a body its Content-Encoding does not decode$",
+    ),
+  ],
+  ids=["redirect", "gzip that is not gzip"],
+)
+def test_rest_odd_answers_are_one_line_errors(assets, raw, error):
+  client = rest_client.RestNerClient(answer_once(raw), timeout=5, assets=assets)
+  with pytest.raises(common.ClientError, match=error):
+    client.output_names()
+
+
+class NotToBeEncoded:
+  def __str__(self):
+    raise AssertionError("excerpt encoded the whole answer")
+
+
+def test_excerpt_encodes_only_the_start_of_a_large_answer():
+  text = common.excerpt({"outputs": [[]] * 100_000 + [NotToBeEncoded()]})
+  assert len(text) == 80 and text.startswith('{"outputs": [[], [], ') and text.endswith("...")
 
 
 # ---------------------------------------------------------------- REST fail-over
