@@ -5,7 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
-from bert_ner import model_base
+from bert_ner import atomic, model_base
 
 TMP_PREFIX = ".tmp-"  # leading dot + non-integer name: TF Serving and our server never load it
 
@@ -20,23 +20,12 @@ def tmp_dir(base, version):
   return Path(base) / f"{TMP_PREFIX}{version}-{os.getpid()}"
 
 
-def _alive(pid):
-  """Whether a process with this pid exists (so its temp dir may still be in use)."""
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def clean_stale(base):
   """Delete temp dirs left by crashed exports (owner pid gone); returns their names."""
   stale = []
   for p in Path(base).glob(f"{TMP_PREFIX}*"):
     pid = p.name.rsplit("-", 1)[-1]
-    if not pid.isdigit() or not _alive(int(pid)):
+    if not pid.isdigit() or not atomic.alive(int(pid)):
       shutil.rmtree(p, ignore_errors=True)
       stale.append(p.name)
   return stale

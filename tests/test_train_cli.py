@@ -41,7 +41,10 @@ def test_defaults_are_the_configs_and_logdir_follows_out():
   assert parse_args(["--out", "m"]) == trainer.TrainConfig(out="m", logdir="m.tensorboard")
 
 
-def test_every_field_has_a_flag_of_its_type():
+def test_every_field_has_a_flag_of_its_type(monkeypatch):
+  # Every flag at once makes settings that do not go together (--fine_tune with --adapter_rank);
+  # this test is about parsing, the checks have tests of their own below.
+  monkeypatch.setattr(trainer, "check_config", lambda config: None)
   assert set(VALUES) | SWITCHES == {f.name for f in dataclasses.fields(trainer.TrainConfig)}
   argv = [f"--{name}={text}" for name, (text, _) in VALUES.items()]  # "=": values like -1,-3
   config = parse_args(argv + ["--fine_tune", "--head_only"])
@@ -79,7 +82,84 @@ def test_help_shows_every_default(capsys, monkeypatch):
   ],
 )
 def test_bad_values_are_one_line_errors(capsys, argv, message):
+  _assert_refused(capsys, ["--out", "m", *argv], message)
+
+
+def _assert_refused(capsys, argv, message):
+  """parse_args exits 2 with exactly one stderr line, `error: <message>...`."""
+  with pytest.raises(SystemExit) as exit_info:
+    parse_args(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+    (["--batch_size=-3"], "--batch_size must be >= 1, got -3"),
+    (["--dropout", "1"], "--dropout must be in [0.0, 1.0), got 1.0"),
+    (["--dropout=-0.1"], "--dropout must be in [0.0, 1.0), got -0.1"),
+    (["--dropout", "nan"], "--dropout must be in [0.0, 1.0), got nan"),
+    (["--learning_rate", "0"], "--learning_rate must be a finite number > 0.0, got 0.0"),
+    (["--learning_rate", "inf"], "--learning_rate must be a finite number > 0.0, got inf"),
+    (["--bert_learning_rate", "nan"], "--bert_learning_rate must be a finite number > 0.0"),
+    (["--adapter_learning_rate=-1e-3"], "--adapter_learning_rate must be a finite number"),
+    (["--adapter_alpha", "0"], "--adapter_alpha must be a finite number > 0.0, got 0.0"),
+    (["--adapter_alpha", "inf"], "--adapter_alpha must be a finite number > 0.0, got inf"),
+    (["--adapter_rank=-1"], "--adapter_rank must be >= 0, got -1"),
+    (["--max_seq_length", "2"], "--max_seq_length must be in [3, 512], got 2"),
+    (["--max_seq_length", "513"], "--max_seq_length must be in [3, 512], got 513"),
+    (["--lstm_size", "0"], "--lstm_size must be >= 1, got 0"),
+    (["--hidden_size", "0"], "--hidden_size must be >= 1, got 0"),
+    (["--document_stride=-1"], "--document_stride must be >= 0, got -1"),
+    (["--max_train_sentences=-1"], "--max_train_sentences must be >= 0, got -1"),
+    (["--seed=-1"], "--seed must be in [0, 4294967295], got -1"),
+    (["--seed", str(2**32)], "--seed must be in [0, 4294967295], got 4294967296"),
+  ],
+)
+def test_out_of_bounds_values_are_refused_up_front(capsys, argv, message):
+  _assert_refused(capsys, ["--out", "m", *argv], message)
+
+
+def test_an_empty_out_is_refused(capsys):
+  _assert_refused(capsys, ["--out", ""], "--out must name the checkpoint dir to write")
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    ([], "the following arguments are required: --out"),
+    (["--out", "m", "--nope"], "unrecognized arguments: --nope"),
+    (["--out", "m", "--feature_layers", "-4,-3"], "argument --feature_layers: expected one"),
+  ],
+)
+def test_argparse_own_errors_are_one_line_too(capsys, argv, message):
+  _assert_refused(capsys, argv, message)
+
+
+@pytest.mark.parametrize(
+  "flag, value",
+  [
+    ("epochs", 1),
+    ("batch_size", 1),
+    ("dropout", 0.0),
+    ("max_seq_length", 3),
+    ("max_seq_length", 512),
+    ("seed", 0),
+    ("seed", 2**32 - 1),
+    ("document_stride", 0),
+    ("learning_rate", 1e-9),
+  ],
+)
+def test_the_bounds_admit_their_edges(flag, value):
+  assert getattr(parse_args(["--out", "m", f"--{flag}={value}"]), flag) == value
+
+
+def test_the_help_says_how_to_pass_negative_feature_layers(capsys, monkeypatch):
+  monkeypatch.setenv("COLUMNS", "1000")
   with pytest.raises(SystemExit):
-    parse_args(["--out", "m", *argv])
-  last = capsys.readouterr().err.strip().splitlines()[-1]
-  assert last.startswith(f"python -m train: error: {message}")
+    parse_args(["--help"])
+  assert "--feature_layers=-4,-3" in capsys.readouterr().out

@@ -21,6 +21,14 @@ DESCRIPTION = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+  """argparse whose errors are one line on stderr ("error: ..."), exit status 2, as the clients'
+  (clients.common); its own small copy so that training does not depend on the client package."""
+
+  def error(self, message):
+    self.exit(2, f"error: {' '.join(message.split())}\n")
+
+
 def add_flag(parser, field, kind):
   """`--<field name>` for a dataclass field: its type, default, help and metadata's extras.
 
@@ -28,6 +36,7 @@ def add_flag(parser, field, kind):
   ends with the default unless there is none to show (a required flag, a switch, "").
   """
   extras = dict(field.metadata)
+  extras.pop("bound", None)  # check_config's, not argparse's
   names = [f"--{field.name}", *extras.pop("aliases", ())]
   if field.default is not dataclasses.MISSING:
     default = field.default
@@ -58,15 +67,21 @@ def int_lists(parser, args, config_class):
 
 
 def parse_args(argv):
-  """Flags, one for each TrainConfig field, defaulting to the recipe of the shipped model."""
-  parser = argparse.ArgumentParser(prog="python -m train", description=DESCRIPTION)
+  """Flags, one for each TrainConfig field, defaulting to the recipe of the shipped model; values
+  out of bounds are refused here, before any data or model is read."""
+  parser = OneLineParser(prog="python -m train", description=DESCRIPTION)
   kinds = typing.get_type_hints(trainer.TrainConfig)
   for field in dataclasses.fields(trainer.TrainConfig):
     add_flag(parser, field, kinds[field.name])
   args = parser.parse_args(argv)
   int_lists(parser, args, trainer.TrainConfig)
   args.logdir = args.logdir or f"{args.out}.tensorboard"
-  return trainer.TrainConfig(**vars(args))
+  config = trainer.TrainConfig(**vars(args))
+  try:
+    trainer.check_config(config)
+  except ValueError as error:
+    parser.error(str(error))
+  return config
 
 
 def main(argv=None):
