@@ -138,29 +138,25 @@ def test_a_reader_never_finds_a_replaced_dir_missing(tmp_path):
   assert (tmp_path / "ckpt" / "done").read_text() == "1499"
 
 
-def test_without_exchange_replace_falls_back_to_two_renames(tmp_path, monkeypatch):
-  def no_exchange(a, b):
-    raise OSError(errno.ENOSYS, "renameat2 is not in this libc")
+@pytest.mark.parametrize("error", [errno.ENOSYS, errno.EACCES])
+def test_an_exchange_that_fails(tmp_path, monkeypatch, error):
+  """Unsupported (ENOSYS): two renames instead; any other error is raised, the old dir kept."""
 
-  monkeypatch.setattr(atomic, "_exchange", no_exchange)
+  def failing(a, b):
+    raise OSError(error, os.strerror(error))
+
+  monkeypatch.setattr(atomic, "_exchange", failing)
   target = tmp_path / "model"
   target.mkdir()
   (target / "old").write_text("1")
-  with atomic.build_dir(target, replace=True) as tmp:
-    (tmp / "new").write_text("2")
-  assert os.listdir(target) == ["new"]
-  assert os.listdir(tmp_path) == ["model"]
-
-
-def test_an_exchange_error_other_than_unsupported_is_raised(tmp_path, monkeypatch):
-  def denied(a, b):
-    raise OSError(errno.EACCES, "denied")
-
-  monkeypatch.setattr(atomic, "_exchange", denied)
-  target = tmp_path / "model"
-  target.mkdir()
-  with pytest.raises(PermissionError), atomic.build_dir(target, replace=True):
-    pass
+  if error == errno.ENOSYS:
+    with atomic.build_dir(target, replace=True) as tmp:
+      (tmp / "new").write_text("2")
+    assert os.listdir(target) == ["new"]
+  else:
+    with pytest.raises(PermissionError), atomic.build_dir(target, replace=True):
+      pass
+    assert os.listdir(target) == ["old"]
   assert os.listdir(tmp_path) == ["model"]
 
 

@@ -94,30 +94,37 @@ def _assert_refused(capsys, argv, message):
   assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
 
 
+# "<flags> -> <message>", one bad setting per line.
+OUT_OF_BOUNDS = """
+  --epochs 0 -> --epochs must be >= 1, got 0
+  --batch_size 0 -> --batch_size must be >= 1, got 0
+  --batch_size=-3 -> --batch_size must be >= 1, got -3
+  --dropout 1 -> --dropout must be in [0.0, 1.0), got 1.0
+  --dropout=-0.1 -> --dropout must be in [0.0, 1.0), got -0.1
+  --dropout nan -> --dropout must be in [0.0, 1.0), got nan
+  --learning_rate 0 -> --learning_rate must be a finite number > 0.0, got 0.0
+  --learning_rate inf -> --learning_rate must be a finite number > 0.0, got inf
+  --bert_learning_rate nan -> --bert_learning_rate must be a finite number > 0.0
+  --adapter_learning_rate=-1e-3 -> --adapter_learning_rate must be a finite number
+  --adapter_alpha 0 -> --adapter_alpha must be a finite number > 0.0, got 0.0
+  --adapter_alpha inf -> --adapter_alpha must be a finite number > 0.0, got inf
+  --adapter_rank=-1 -> --adapter_rank must be >= 0, got -1
+  --max_seq_length 2 -> --max_seq_length must be in [3, 512], got 2
+  --max_seq_length 513 -> --max_seq_length must be in [3, 512], got 513
+  --lstm_size 0 -> --lstm_size must be >= 1, got 0
+  --hidden_size 0 -> --hidden_size must be >= 1, got 0
+  --document_stride=-1 -> --document_stride must be >= 0, got -1
+  --max_train_sentences=-1 -> --max_train_sentences must be >= 0, got -1
+  --seed=-1 -> --seed must be in [0, 4294967295], got -1
+  --seed 4294967296 -> --seed must be in [0, 4294967295], got 4294967296
+"""
+
+
 @pytest.mark.parametrize(
   "argv, message",
   [
-    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
-    (["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
-    (["--batch_size=-3"], "--batch_size must be >= 1, got -3"),
-    (["--dropout", "1"], "--dropout must be in [0.0, 1.0), got 1.0"),
-    (["--dropout=-0.1"], "--dropout must be in [0.0, 1.0), got -0.1"),
-    (["--dropout", "nan"], "--dropout must be in [0.0, 1.0), got nan"),
-    (["--learning_rate", "0"], "--learning_rate must be a finite number > 0.0, got 0.0"),
-    (["--learning_rate", "inf"], "--learning_rate must be a finite number > 0.0, got inf"),
-    (["--bert_learning_rate", "nan"], "--bert_learning_rate must be a finite number > 0.0"),
-    (["--adapter_learning_rate=-1e-3"], "--adapter_learning_rate must be a finite number"),
-    (["--adapter_alpha", "0"], "--adapter_alpha must be a finite number > 0.0, got 0.0"),
-    (["--adapter_alpha", "inf"], "--adapter_alpha must be a finite number > 0.0, got inf"),
-    (["--adapter_rank=-1"], "--adapter_rank must be >= 0, got -1"),
-    (["--max_seq_length", "2"], "--max_seq_length must be in [3, 512], got 2"),
-    (["--max_seq_length", "513"], "--max_seq_length must be in [3, 512], got 513"),
-    (["--lstm_size", "0"], "--lstm_size must be >= 1, got 0"),
-    (["--hidden_size", "0"], "--hidden_size must be >= 1, got 0"),
-    (["--document_stride=-1"], "--document_stride must be >= 0, got -1"),
-    (["--max_train_sentences=-1"], "--max_train_sentences must be >= 0, got -1"),
-    (["--seed=-1"], "--seed must be in [0, 4294967295], got -1"),
-    (["--seed", str(2**32)], "--seed must be in [0, 4294967295], got 4294967296"),
+    (line.split(" -> ")[0].split(), line.split(" -> ")[1])
+    for line in OUT_OF_BOUNDS.strip().splitlines()
   ],
 )
 def test_out_of_bounds_values_are_refused_up_front(capsys, argv, message):
