@@ -9,12 +9,13 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
 from bert_ner import model_base
+from bert_ner.cli import OneLineParser
 from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Entity, Featurizer, IntArray, StrPath
 from bert_ner.labels import LABEL2ID_JSON
 
@@ -227,13 +228,6 @@ class NerClient:
     }.get(code, f"server error {code}")
     detail = " ".join(str(detail).split())
     return ClientError(f"{message}: {detail}" if detail else message)
-
-
-class OneLineParser(argparse.ArgumentParser):
-  """argparse whose errors are one line on stderr ("error: ..."), exit status 2."""
-
-  def error(self, message: str) -> NoReturn:
-    self.exit(2, f"error: {' '.join(message.split())}\n")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,12 +1,12 @@
 """Command line of the trainer: `python -m train --help`."""
 
-import argparse
 import dataclasses
 import logging
 import shlex
 import sys
 import typing
 
+from bert_ner.cli import OneLineParser
 from bert_ner.metrics import format_scores
 from bert_ner.quiet import quiet_tensorflow
 
@@ -19,14 +19,6 @@ DESCRIPTION = (
   "--fine_tune trains all of it. The best epoch on dev is kept and written as a checkpoint dir "
   "in the macanv/BERT-BiLSTM-CRF-NER layout."
 )
-
-
-class OneLineParser(argparse.ArgumentParser):
-  """argparse whose errors are one line on stderr ("error: ..."), exit status 2, as the clients'
-  (clients.common); its own small copy so that training does not depend on the client package."""
-
-  def error(self, message):
-    self.exit(2, f"error: {' '.join(message.split())}\n")
 
 
 def add_flag(parser, field, kind):
@@ -67,8 +59,9 @@ def int_lists(parser, args, config_class):
 
 
 def parse_args(argv):
-  """Flags, one for each TrainConfig field, defaulting to the recipe of the shipped model; values
-  out of bounds are refused here, before any data or model is read."""
+  """Flags, one for each TrainConfig field (defaults: the frozen-BERT recipe; the shipped model's
+  is in models/default/manifest.json); values out of bounds are refused here, before any data or
+  model is read."""
   parser = OneLineParser(prog="python -m train", description=DESCRIPTION)
   kinds = typing.get_type_hints(trainer.TrainConfig)
   for field in dataclasses.fields(trainer.TrainConfig):
