@@ -87,3 +87,42 @@ def viterbi_decode(potentials, sequence_lengths, transition_params):
     reverse=True,
   )  # [T, B]
   return tf.transpose(tags) * tf.cast(mask, tf.int32)  # [B, T]
+
+
+def crf_forward_backward(potentials, sequence_lengths, transition_params):
+  """Forward and backward log-scores of every (position, tag), and the log partition function.
+
+  alpha[b, t, y]: log-sum of the scores of the paths over positions 0..t that end in tag y (its
+  own potential included); beta[b, t, y]: log-sum over the paths from t + 1 to the row's end
+  given tag y at t (0 at the last position and beyond). So the log-probability that a row's path
+  takes tags y_a..y_b on positions a..b is alpha[a, y_a] + the path's scores from a + 1 to b +
+  beta[b, y_b] - log_norm, and alpha + beta - log_norm are the marginals' logs.
+  """
+  # potentials: [B, T, L]; sequence_lengths: [B] (>= 1) -> [B, T, L], [B, T, L], [B]
+  steps = tf.transpose(tf.sequence_mask(sequence_lengths, tf.shape(potentials)[1]))  # [T, B]
+  inputs = tf.transpose(potentials, [1, 0, 2])  # [T, B, L]
+
+  def forward(alpha, elems):
+    """alpha [B, L] at t - 1 -> at t; padded steps keep it."""
+    potential_t, step_t = elems
+    advanced = (
+      tf.reduce_logsumexp(alpha[:, :, None] + transition_params[None], axis=1) + potential_t
+    )
+    return tf.where_v2(step_t[:, None], advanced, alpha)
+
+  def backward(beta, elems):
+    """beta [B, L] at t + 1 -> at t, from the potentials at t + 1; 0 where t + 1 is padding."""
+    potential_next, step_next = elems
+    advanced = tf.reduce_logsumexp(
+      transition_params[None] + (potential_next + beta)[:, None, :], axis=2
+    )
+    return tf.where_v2(step_next[:, None], advanced, tf.zeros_like(beta))
+
+  alphas = tf.scan(forward, (inputs[1:], steps[1:]), initializer=inputs[0])  # [T - 1, B, L]
+  alphas = tf.concat([inputs[:1], alphas], 0)
+  betas = tf.scan(
+    backward, (inputs[1:], steps[1:]), initializer=tf.zeros_like(inputs[0]), reverse=True
+  )
+  betas = tf.concat([betas, tf.zeros_like(inputs[:1])], 0)
+  log_norm = tf.reduce_logsumexp(alphas[-1], axis=1)  # padding carried the last real alpha
+  return tf.transpose(alphas, [1, 0, 2]), tf.transpose(betas, [1, 0, 2]), log_norm

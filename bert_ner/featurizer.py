@@ -112,13 +112,16 @@ def pad_batch(windows: Sequence[Window]) -> tuple[IntArray, IntArray]:
 def entities(text: str, words: Sequence[Word], tags: Sequence[str]) -> list[Entity]:
   """Entity spans from word tags; IOB1 and IOB2 alike, an I- without a B- opens an entity.
 
-  An `X` tag continues the open entity (a free-text word the model saw as a word piece).
+  An `X` tag continues the open entity (a free-text word the model saw as a word piece). An
+  entity never continues over a line break: the lines of a document are its sentences.
   """
   if len(words) != len(tags):
     raise ValueError(f"{len(words)} words but {len(tags)} tags")
   spans: list[list] = []  # [type, first word, last word]
   for i, tag in enumerate(tags):
-    is_open = bool(spans) and spans[-1][2] == i - 1
+    is_open = (
+      bool(spans) and spans[-1][2] == i - 1 and "\n" not in text[words[i - 1].end : words[i].start]
+    )
     if tag == X and is_open:
       spans[-1][2] = i
     elif tag.startswith("I-") and is_open and spans[-1][0] == tag[2:]:

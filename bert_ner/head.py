@@ -17,11 +17,14 @@ HEADS = ("bilstm", "dense")
 
 
 class NerHead(NamedTuple):
-  """Head outputs: logits [B, T, L], Viterbi pred_label [B, T] int32, mean CRF loss or None."""
+  """Head outputs: logits [B, T, L], Viterbi pred_label [B, T] int32, mean CRF loss or None,
+  the CRF's transitions [L, L] and each row's length [B] int32."""
 
   logits: tf.Tensor
   pred_label: tf.Tensor
   loss: tf.Tensor | None
+  transitions: tf.Tensor
+  lengths: tf.Tensor
 
 
 def concat_features(all_encoder_layers, feature_layers):
@@ -111,7 +114,7 @@ def build_ner_head(features, lengths, ner_config, num_labels, is_training, label
   if label_ids is not None:
     log_likelihood = crf.crf_log_likelihood(logits, label_ids, lengths, transitions)  # [B]
     loss = -tf.reduce_mean(log_likelihood)
-  return NerHead(logits=logits, pred_label=pred_label, loss=loss)
+  return NerHead(logits, pred_label, loss, transitions, lengths)
 
 
 def _first_true(flags):
@@ -207,6 +210,11 @@ def build_inference_graph(model_dir, input_ids, input_mask, with_adapters=False)
   `with_adapters` keeps the config's LoRA adapters as variables of their own (the trainer's
   graph); without, the served graph, into which `checkpoint.restore_model` merges them.
   """
+  return build_inference_head(model_dir, input_ids, input_mask, with_adapters).pred_label
+
+
+def build_inference_head(model_dir, input_ids, input_mask, with_adapters=False):
+  """`build_inference_graph` returning the whole NerHead (logits and transitions too)."""
   # model_dir: bert_ner.checkpoint.ModelDir; input_ids, input_mask: [B, T] int32
   bert_config = modeling.BertConfig.from_json_file(model_dir.bert_config_path)
   sep_id = featurizer.load_vocab(model_dir.vocab_path).get(featurizer.SEP)
@@ -227,7 +235,6 @@ def build_inference_graph(model_dir, input_ids, input_mask, with_adapters=False)
     adapters=model_dir.ner_config.adapters() if with_adapters else None,
   )
   features = concat_features(model.all_encoder_layers, model_dir.ner_config.feature_layers)
-  head = build_ner_head(
+  return build_ner_head(
     features, lengths, model_dir.ner_config, len(model_dir.id2label), is_training=False
   )
-  return head.pred_label

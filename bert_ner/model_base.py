@@ -10,11 +10,17 @@ import re
 from pathlib import Path
 
 MODEL_NAME = "bert_ner"
-# Both signatures serve the same function: `result` is macanv's name (the clients' default),
-# `serving_default` what TF Serving uses when a request names none.
+# `result` (macanv's name, the ids clients' default) takes sub-token ids and gives label ids;
+# `serving_default`, what TF Serving runs when a request names no signature, takes raw text and
+# gives entities (bert_ner.text_graph; docs/TEXT_SIGNATURE.md).
 SIGNATURE, DEFAULT_SIGNATURE = "result", "serving_default"
+TEXT_SIGNATURE = DEFAULT_SIGNATURE
 SIGNATURES = (DEFAULT_SIGNATURE, SIGNATURE)
 INPUT_IDS, INPUT_MASK, OUTPUT = "input_ids", "input_mask", "pred_label"
+TEXT = "text"
+ENTITY_TYPE, ENTITY_START, ENTITY_END = "entity_type", "entity_start", "entity_end"
+ENTITY_TEXT, ENTITY_SCORE, NUM_ENTITIES = "entity_text", "entity_score", "num_entities"
+TEXT_OUTPUTS = (ENTITY_TYPE, ENTITY_START, ENTITY_END, ENTITY_TEXT, ENTITY_SCORE, NUM_ENTITIES)
 ASSETS_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 # The exported output tensor is `ner_<fingerprint>/pred_label`: GetModelMetadata shows any

@@ -16,17 +16,19 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from bert_ner import backbone, checkpoint, labels
+from bert_ner import backbone, checkpoint, labels, text_graph
 from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, pad_batch
-from bert_ner.head import build_inference_graph
+from bert_ner.head import build_inference_head
 from bert_ner.model_base import (
   ASSETS_DIR,
-  DEFAULT_SIGNATURE,
   INPUT_IDS,
   INPUT_MASK,
   OUTPUT,
   OUTPUT_SCOPE,
-  SIGNATURES,
+  SIGNATURE,
+  TEXT,
+  TEXT_OUTPUTS,
+  TEXT_SIGNATURE,
   WARMUP_FILE,
 )
 from export import layout
@@ -97,33 +99,40 @@ def _write_assets(out, model_dir, fingerprint, featurizer):
     max_position_embeddings=bert["max_position_embeddings"],
   )
   (assets / NER_CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
-  # One request per sample plus one batch of all: TF Serving replays them at load.
-  requests = [pad_batch(featurizer.encode_words(words)) for words in SAMPLES]
-  requests += _batches(featurizer, SAMPLES)
+  # One request per sample plus one batch of all, for each signature: TF Serving replays them at
+  # load, so the first real request of either kind finds its kernels ready.
+  id_requests = [pad_batch(featurizer.encode_words(words)) for words in SAMPLES]
+  id_requests += _batches(featurizer, SAMPLES)
+  texts = [" ".join(words) for words in SAMPLES]
+  requests = [
+    (SIGNATURE, {INPUT_IDS: (ids, tf.int32), INPUT_MASK: (mask, tf.int32)})
+    for ids, mask in id_requests
+  ]
+  requests += [(TEXT_SIGNATURE, {TEXT: ([t], tf.string)}) for t in texts]
+  requests.append((TEXT_SIGNATURE, {TEXT: (texts, tf.string)}))
   with tf.io.TFRecordWriter(str(assets / WARMUP_FILE)) as writer:
-    for ids, mask in requests:
+    for signature_name, inputs in requests:
       request = predict_pb2.PredictRequest()
       request.model_spec.name = out.parent.name
-      request.model_spec.signature_name = DEFAULT_SIGNATURE
-      request.inputs[INPUT_IDS].CopyFrom(tf.make_tensor_proto(ids, tf.int32))
-      request.inputs[INPUT_MASK].CopyFrom(tf.make_tensor_proto(mask, tf.int32))
+      request.model_spec.signature_name = signature_name
+      for key, (value, dtype) in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype))
       log = prediction_log_pb2.PredictionLog(
         predict_log=prediction_log_pb2.PredictLog(request=request)
       )
       writer.write(log.SerializeToString())
 
 
-def _verify(path, batches, expected, output_name):
-  """Reloads the SavedModel in a fresh graph and requires checkpoint-identical predictions."""
+def _verify(path, batches, expected, output_name, featurizer, texts):
+  """Reloads the SavedModel in a fresh graph and requires checkpoint-identical predictions, and
+  the text signature's entities equal to the featurizer's through the ids signature."""
   with v1.Session(graph=tf.Graph()) as sess:
     meta = v1.saved_model.loader.load(sess, [SERVE], str(path))
-    for name in SIGNATURES:
-      sig = meta.signature_def[name]
-      if sig.outputs[OUTPUT].name != output_name:
-        raise VerificationError(
-          f"signature {name!r} outputs {sig.outputs[OUTPUT].name}, expected {output_name}"
-        )
-    sig = meta.signature_def[DEFAULT_SIGNATURE]
+    sig = meta.signature_def[SIGNATURE]
+    if sig.outputs[OUTPUT].name != output_name:
+      raise VerificationError(
+        f"signature {SIGNATURE!r} outputs {sig.outputs[OUTPUT].name}, expected {output_name}"
+      )
     rows = differ = 0
     for (ids, mask), want in zip(batches, expected):
       got = sess.run(
@@ -132,10 +141,27 @@ def _verify(path, batches, expected, output_name):
       )
       differ += int(np.any((got != want) & (mask > 0), axis=1).sum())
       rows += len(ids)
-  if differ:
-    raise VerificationError(
-      f"SavedModel predictions differ from the checkpoint's on {differ} of {rows} rows"
+    if differ:
+      raise VerificationError(
+        f"SavedModel predictions differ from the checkpoint's on {differ} of {rows} rows"
+      )
+    run_ids = lambda ids, mask: sess.run(  # noqa: E731
+      sig.outputs[OUTPUT].name, {sig.inputs[INPUT_IDS].name: ids, sig.inputs[INPUT_MASK].name: mask}
     )
+    want_entities = featurizer.predict_texts(texts, run_ids)
+    text_sig = meta.signature_def[TEXT_SIGNATURE]
+    got = sess.run(
+      {key: info.name for key, info in text_sig.outputs.items()},
+      {text_sig.inputs[TEXT].name: [t.encode() for t in texts]},
+    )
+    mismatched = [
+      t for t, want, have in zip(texts, want_entities, text_graph.entities_of(got)) if want != have
+    ]
+    if mismatched:
+      raise VerificationError(
+        f"text signature entities differ from the ids path on {len(mismatched)} of {len(texts)} "
+        f"texts, first: {mismatched[0]!r}"
+      )
   return rows
 
 
@@ -193,27 +219,47 @@ def export_model(
     with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
       input_ids = v1.placeholder(tf.int32, [None, None], name=INPUT_IDS)
       input_mask = v1.placeholder(tf.int32, [None, None], name=INPUT_MASK)
-      pred_label = build_inference_graph(model_dir, input_ids, input_mask)
+      pred_label = build_inference_head(model_dir, input_ids, input_mask).pred_label
+      texts = v1.placeholder(tf.string, [None], name=TEXT)
+      # The text signature runs the same model on its windows: the same variables, reused.
+      with v1.variable_scope(v1.get_variable_scope(), reuse=True), v1.name_scope("text_model"):
+        entities = text_graph.build(
+          model_dir, texts, lambda ids, mask: build_inference_head(model_dir, ids, mask)
+        )
       checkpoint.restore_model(sess, model_dir)
       fingerprint = _fingerprint(sess, model_dir)
       with v1.name_scope(OUTPUT_SCOPE.format(fingerprint=fingerprint)):
         output = tf.identity(pred_label, name=OUTPUT)
+        entities = {key: tf.identity(entities[key], name=key) for key in TEXT_OUTPUTS}
       output.set_shape([None, None])
       expected = [sess.run(output, {input_ids: ids, input_mask: mask}) for ids, mask in batches]
       build = v1.saved_model.utils.build_tensor_info
-      signature = v1.saved_model.signature_def_utils.build_signature_def(
-        inputs={INPUT_IDS: build(input_ids), INPUT_MASK: build(input_mask)},
-        outputs={OUTPUT: build(output)},
-        method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME,
-      )
-      signatures = {name: signature for name in SIGNATURES}
+      predict = v1.saved_model.signature_constants.PREDICT_METHOD_NAME
+      signatures = {
+        SIGNATURE: v1.saved_model.signature_def_utils.build_signature_def(
+          inputs={INPUT_IDS: build(input_ids), INPUT_MASK: build(input_mask)},
+          outputs={OUTPUT: build(output)},
+          method_name=predict,
+        ),
+        TEXT_SIGNATURE: v1.saved_model.signature_def_utils.build_signature_def(
+          inputs={TEXT: build(texts)},
+          outputs={key: build(tensor) for key, tensor in entities.items()},
+          method_name=predict,
+        ),
+      }
       builder = v1.saved_model.Builder(str(tmp))
       builder.add_meta_graph_and_variables(
-        sess, [SERVE], signature_def_map=signatures, clear_devices=True, strip_default_attrs=True
+        sess,
+        [SERVE],
+        signature_def_map=signatures,
+        clear_devices=True,
+        strip_default_attrs=True,
+        main_op=v1.tables_initializer(),
       )
       builder.save()
     _write_assets(tmp, model_dir, fingerprint, featurizer)
-    rows = _verify(tmp, batches, expected, output.name)
+    sample_texts = [" ".join(words) for words in verify_sentences]
+    rows = _verify(tmp, batches, expected, output.name, featurizer, sample_texts)
     final = layout.publish(tmp, base, wanted, fixed=version is not None)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
