@@ -17,7 +17,7 @@ DOCUMENT ?=
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DATA TRANSPORT TRAIN_ARGS;" \
+	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DATA TRANSPORT INPUT SIGNATURE TRAIN_ARGS;" \
 		"BERT_NER_VERBOSE=1 keeps TensorFlow's start-up logs"
 
 setup: $(STAMP) ## create .venv with the pinned dependencies (done by every target on first use)
@@ -71,8 +71,9 @@ up: $(STAMP) ## Docker: build the TF Serving image and run it (needs a Docker en
 image: $(STAMP) ## Docker: build the TF Serving image; its first stage exports CKPT
 	$(PY) -m deploy image --checkpoint $(CKPT)
 
-eval: $(STAMP) ## tag DATA through TRANSPORT (grpc, rest or local), DOCUMENT=1 by documents; seqeval scores
-	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT) $(if $(DOCUMENT),--document)
+eval: $(STAMP) ## tag DATA through TRANSPORT (grpc, rest or local), DOCUMENT=1 by documents, INPUT=text as text; seqeval scores
+	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT) $(if $(DOCUMENT),--document) \
+		$(if $(INPUT),--input $(INPUT)) $(if $(SIGNATURE),--signature $(SIGNATURE))
 
 bench: $(STAMP) ## throughput, latency and memory of the shipped model -> bench/results.md
 	$(PY) -m bench

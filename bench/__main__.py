@@ -22,7 +22,7 @@ import psutil
 import requests
 
 from bench import measure, report
-from bert_ner import conll
+from bert_ner import conll, model_base
 from bert_ner.quiet import add_verbose_flag, quiet_tensorflow
 from clients.common import load_assets
 from clients.grpc_client import GrpcNerClient
@@ -34,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = conll.DEFAULT_DIR / "dev.txt"
 CLIENTS = {"grpc": GrpcNerClient, "rest": RestNerClient}
 CONCURRENCY = (1, 8, 32)
+TEXT_CONCURRENCY = 8  # callers of the text-in / ids-in latency comparison
 BATCH_SIZE_METRIC = ":tensorflow:serving:batching_session:processed_batch_size"
 MONITORING_CONFIG = REPO_ROOT / "docker" / "monitoring_config.txt"
 ROUNDS = 4  # parts of the file each throughput runner tags in turn
@@ -252,6 +253,28 @@ def run(args, command):
     )
     say(f"merged batch costs (ms/sentence): {results['merged']}")
     model.close()
+    texts = [" ".join(words) for words in sentences]
+    results["text_vs_ids"] = {}
+    for transport in CLIENTS:
+      server = servers[True]
+      clients = {
+        signature: [
+          CLIENTS[transport](
+            getattr(server, transport), signature=signature, timeout=TIMEOUT_S, assets=model.assets
+          )
+          for _ in range(TEXT_CONCURRENCY)
+        ]
+        for signature in (model_base.TEXT_SIGNATURE, model_base.SIGNATURE)
+      }
+      cells = results["text_vs_ids"][transport] = measure.text_vs_ids(
+        clients, server.cpu_seconds, texts, args.batch_size, ROUNDS, args.requests, TEXT_CONCURRENCY
+      )
+      for signature, cell in cells.items():
+        say(
+          f"{transport} {signature}: {cell.throughput.rate:.1f} sentences/s, server CPU "
+          f"{cell.server_cpu_ms:.1f} ms/sentence, concurrency {TEXT_CONCURRENCY} p50 "
+          f"{cell.latency.percentile(50):.1f} ms p99 {cell.latency.percentile(99):.1f} ms"
+        )
     for transport in CLIENTS:
       clients = {
         batching: [

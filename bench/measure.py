@@ -145,6 +145,13 @@ def warm_up(clients, words):
 
 def latency(clients, sentences, requests):
   """Sends `requests` single-sentence requests (the sentences in order) from a thread per client."""
+  return _latency(
+    clients, lambda client, i: tag_one(client, sentences[i % len(sentences)]), requests
+  )
+
+
+def _latency(clients, send, requests):
+  """Latency of `requests` calls send(client, i) from a thread per client."""
   counter, lock, latencies = itertools.count(), threading.Lock(), []
 
   def worker(client):
@@ -154,7 +161,7 @@ def latency(clients, sentences, requests):
       if i >= requests:
         return
       started = time.perf_counter()
-      tag_one(client, sentences[i % len(sentences)])
+      send(client, i)
       elapsed = time.perf_counter() - started
       with lock:
         latencies.append(1000 * elapsed)
@@ -164,3 +171,45 @@ def latency(clients, sentences, requests):
     for future in [pool.submit(worker, client) for client in clients]:
       future.result()
   return Latency(len(clients), requests, time.perf_counter() - started, latencies)
+
+
+@dataclasses.dataclass
+class SignatureCell:
+  """One signature's side of the text-in / ids-in comparison on one server."""
+
+  throughput: Throughput
+  server_cpu_ms: float  # server CPU per sentence over the throughput run
+  latency: "Latency"
+
+
+def text_vs_ids(clients, server_cpu_seconds, texts, batch_size, rounds, requests, concurrency):
+  """Text in (the text signature) against ids in (the client featurizes, `result`), through
+  the same transport and server: {signature: SignatureCell}.
+
+  clients: {signature: [NerClient, ...]} (at least `concurrency` each). Throughput tags every
+  sentence as text, each part of the file by both signatures in turn (a change of the machine's
+  load hits both); then single-sentence latency at `concurrency`, both back to back.
+  """
+  parts = np.array_split(np.arange(len(texts)), rounds)
+  cells = {}
+  for group in clients.values():
+    group[0].predict(texts[:batch_size], batch_size)  # warm-up and fingerprint check
+  done = {signature: Throughput() for signature in clients}
+  cpu = dict.fromkeys(clients, 0.0)
+  for part in parts:
+    batch = [texts[i] for i in part]
+    for signature, group in clients.items():
+      before, started = server_cpu_seconds(), time.perf_counter()
+      group[0].predict(batch, batch_size)
+      done[signature].seconds += time.perf_counter() - started
+      done[signature].sentences += len(batch)
+      cpu[signature] += server_cpu_seconds() - before
+  for signature, group in clients.items():
+    cells[signature] = SignatureCell(
+      done[signature],
+      1000 * cpu[signature] / done[signature].sentences,
+      _latency(
+        group[:concurrency], lambda client, i: client.predict([texts[i % len(texts)]]), requests
+      ),
+    )
+  return cells

@@ -45,7 +45,21 @@ def ratios(results):
     )
     for t in ("grpc", "rest")
   ]
+  rows += [
+    (
+      f"text-in / ids-in throughput ({TRANSPORTS[t]})",
+      cells["serving_default"].throughput.rate / cells["result"].throughput.rate,
+      None,
+    )
+    for t, cells in results["text_vs_ids"].items()
+  ]
   return rows
+
+
+def _text_concurrency(results):
+  """Callers of the text-in / ids-in latency cells."""
+  cells = next(iter(results["text_vs_ids"].values()))
+  return next(iter(cells.values())).latency.concurrency
 
 
 def _table(header, rows):
@@ -191,6 +205,39 @@ def markdown(results):
     "",
     f"A padded merged batch saves {1 - merged[1] / merged[0]:.0%} of the one-by-one cost; "
     f"the same rows run length-sorted in small runs save {1 - merged[2] / merged[0]:.0%}.",
+    "",
+    "## Text in against ids in",
+    "",
+    "Every sentence of the file as one line of text, through the batching server: the text "
+    "signature (`serving_default`: tokenizer, windows, decoding and spans in the graph) against "
+    "the ids signature (`result`: the client featurizes and restores the entities), the file's "
+    f"parts taken by both in turn; then single-sentence requests from "
+    f"{_text_concurrency(results)} callers.",
+    "",
+    *_table(
+      [
+        "transport",
+        "signature",
+        "sentences/s",
+        "server CPU ms/sentence",
+        "p50 ms",
+        "p99 ms",
+        "sent/s (single)",
+      ],
+      [
+        [
+          TRANSPORTS[t],
+          f"`{signature}`",
+          f"{cell.throughput.rate:.1f}",
+          f"{cell.server_cpu_ms:.1f}",
+          f"{cell.latency.percentile(50):.1f}",
+          f"{cell.latency.percentile(99):.1f}",
+          f"{cell.latency.rate:.1f}",
+        ]
+        for t, cells in results["text_vs_ids"].items()
+        for signature, cell in cells.items()
+      ],
+    ),
     "",
     "## Peak server RSS",
     "",

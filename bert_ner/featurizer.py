@@ -30,15 +30,15 @@ import dataclasses
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Self, TypeVar, cast
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Self, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 from tokenizers import Encoding, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from bert_ner import labels
+from bert_ner import labels, model_base
 
 StrPath = str | os.PathLike[str]  # a file name as open() takes it
 IntArray = npt.NDArray[np.int32]
@@ -81,12 +81,15 @@ class Window:
 
 @dataclasses.dataclass(frozen=True)
 class Entity:
-  """A tagged span of text: entity type and [start, end) character offsets."""
+  """A tagged span of text: entity type and [start, end) character offsets; `score`, the CRF's
+  probability of the span's labels, where the text signature gave one (it does not take part in
+  comparisons: the same span found by both paths is the same entity)."""
 
   type: str
   text: str
   start: int
   end: int
+  score: float | None = dataclasses.field(default=None, compare=False)
 
 
 def load_vocab(vocab_path: StrPath) -> dict[str, int]:
@@ -132,6 +135,42 @@ def entities(text: str, words: Sequence[Word], tags: Sequence[str]) -> list[Enti
     Entity(kind, text[words[first].start : words[last].end], words[first].start, words[last].end)
     for kind, first, last in spans
   ]
+
+
+def text_entities(texts: Sequence[str], outputs: Mapping[str, Any]) -> list[list[Entity]]:
+  """The text signature's outputs for `texts` -> each text's entities, with scores.
+
+  `outputs` maps the output names of `model_base.TEXT_OUTPUTS` to arrays or nested lists (gRPC
+  gives bytes, REST str); rows may be wider than their entities (padding, also from TF
+  Serving's merged batches). ValueError names what does not fit: a row count, an offset outside
+  the text, an entity text that is not the text at its offsets.
+  """
+  counts = outputs[model_base.NUM_ENTITIES]
+  if len(counts) != len(texts):
+    raise ValueError(f"{len(counts)} rows of entities for {len(texts)} texts")
+  result = []
+  for row, (text, count) in enumerate(zip(texts, counts)):
+    found = []
+    for i in range(int(count)):
+      kind, span_text = (
+        _as_str(outputs[key][row][i]) for key in (model_base.ENTITY_TYPE, model_base.ENTITY_TEXT)
+      )
+      start, end = (int(outputs[key][row][i]) for key in model_base.ENTITY_OFFSETS)
+      if not 0 <= start < end <= len(text) or text[start:end] != span_text:
+        raise ValueError(
+          f"entity {span_text[:40]!r} at [{start}:{end}] does not match text {row} "
+          f"({len(text)} characters)"
+        )
+      found.append(
+        Entity(kind, span_text, start, end, float(outputs[model_base.ENTITY_SCORE][row][i]))
+      )
+    result.append(found)
+  return result
+
+
+def _as_str(value: object) -> str:
+  """A string output value: str from JSON, bytes (UTF-8) from a TensorProto."""
+  return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _build_tokenizer(vocab: dict[str, int], do_lower_case: bool) -> Tokenizer:

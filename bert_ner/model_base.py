@@ -20,6 +20,7 @@ INPUT_IDS, INPUT_MASK, OUTPUT = "input_ids", "input_mask", "pred_label"
 TEXT = "text"
 ENTITY_TYPE, ENTITY_START, ENTITY_END = "entity_type", "entity_start", "entity_end"
 ENTITY_TEXT, ENTITY_SCORE, NUM_ENTITIES = "entity_text", "entity_score", "num_entities"
+ENTITY_OFFSETS = (ENTITY_START, ENTITY_END)
 TEXT_OUTPUTS = (ENTITY_TYPE, ENTITY_START, ENTITY_END, ENTITY_TEXT, ENTITY_SCORE, NUM_ENTITIES)
 ASSETS_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"

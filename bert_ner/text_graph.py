@@ -556,21 +556,3 @@ def build(model_dir, texts, build_head):
     model_base.ENTITY_SCORE: dense(scores, PAD_SCORE),
     model_base.NUM_ENTITIES: counts,
   }
-
-
-def entities_of(outputs):
-  """The text signature's outputs (numpy, one batch) -> per text, a list of featurizer.Entity."""
-  result = []
-  for row, count in enumerate(outputs[model_base.NUM_ENTITIES]):
-    result.append(
-      [
-        featurizer_lib.Entity(
-          outputs[model_base.ENTITY_TYPE][row, i].decode(),
-          outputs[model_base.ENTITY_TEXT][row, i].decode("utf-8", "replace"),
-          int(outputs[model_base.ENTITY_START][row, i]),
-          int(outputs[model_base.ENTITY_END][row, i]),
-        )
-        for i in range(count)
-      ]
-    )
-  return result

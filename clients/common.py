@@ -1,22 +1,32 @@
 """Shared CLI, assets discovery and fingerprint check of the gRPC and REST clients."""
 
 import argparse
+import bisect
 import dataclasses
+import itertools
 import json
 import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from bert_ner import model_base
 from bert_ner.cli import OneLineParser
-from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, Entity, Featurizer, IntArray, StrPath
+from bert_ner.featurizer import (
+  NER_CONFIG_FILE,
+  VOCAB_FILE,
+  Entity,
+  Featurizer,
+  IntArray,
+  StrPath,
+  text_entities,
+)
 from bert_ner.labels import LABEL2ID_JSON
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -141,10 +151,19 @@ def check_labels(pred: npt.ArrayLike, input_ids: IntArray, num_labels: int) -> I
 
 
 class NerClient:
-  """Tags texts with a served bert_ner model; subclasses supply run() and output_names()."""
+  """Tags texts with a served bert_ner model; subclasses supply run(), run_text() and
+  output_names().
+
+  Two modes, chosen by the served signature (`signature`, default serving_default): a text
+  signature takes the texts as they are and answers entities with scores, so the client needs
+  nothing but the server; an ids signature (`result`) takes sub-token ids, so the client
+  featurizes with the served version's assets (vocab, label map) and restores the entities.
+  """
 
   # pred_label [B, T] for one padded batch (input_ids, input_mask).
   run: Callable[[IntArray, IntArray], IntArray]
+  # The text signature's outputs (model_base.TEXT_OUTPUTS) for a batch of texts.
+  run_text: Callable[[list[str]], Mapping[str, Any]]
   # Output tensor names per signature name of the served model.
   output_names: Callable[[], dict[str, list[str]]]
 
@@ -152,13 +171,17 @@ class NerClient:
     self,
     server: str,
     model: str = model_base.MODEL_NAME,
-    signature: str = model_base.SIGNATURE,
+    signature: str = model_base.DEFAULT_SIGNATURE,
     timeout: float = 10.0,
     assets: StrPath | None = None,
   ) -> None:
     self.server, self.model, self.signature, self.timeout = server, model, signature, timeout
-    self.assets = Path(assets) if assets else find_assets()
-    self.featurizer, self.fingerprint = load_assets(self.assets)
+    # Assets are read now when named, else only if the signature turns out to take ids.
+    self.assets = Path(assets) if assets else None
+    self._featurizer: Featurizer | None = None
+    if self.assets:
+      self._featurizer, self.fingerprint = load_assets(self.assets)
+    self.text_in = False
     self.fingerprint_checked = False
     self.connect()
 
@@ -166,27 +189,61 @@ class NerClient:
     """Sets up the transport to self.server (the subclass's channel or HTTP session)."""
     raise NotImplementedError
 
-  def predict(self, texts: Iterable[str], batch_size: int = 64) -> list[list[Entity]]:
-    """Entities (type, text, start, end) of each text; windows go batch_size rows per request.
+  @property
+  def featurizer(self) -> Featurizer:
+    """The featurizer of the assets (found as `find_assets` does when none were named)."""
+    if self._featurizer is None:
+      self.assets = find_assets()
+      self._featurizer, self.fingerprint = load_assets(self.assets)
+    return self._featurizer
 
-    The first call checks the served fingerprint (one metadata request per client): assets of
+  def predict(self, texts: Iterable[str], batch_size: int = 64) -> list[list[Entity]]:
+    """Entities (type, text, start, end, score) of each text; batch_size texts (text
+    signature) or windows (ids) per request.
+
+    The first call checks the served signature (one metadata request per client): assets of
     another version would map label ids to the wrong tags without any error.
     """
+    texts = list(texts)
     if not self.fingerprint_checked:
       self.check_fingerprint()
-    return self.featurizer.predict_texts(list(texts), self.run, batch_size)
+    if self.text_in:
+      return self._text_entities(texts, batch_size)
+    return self.featurizer.predict_texts(texts, self.run, batch_size)
 
   def predict_documents(
     self, documents: Iterable[Iterable[str]], batch_size: int = 64
   ) -> list[list[list[Entity]]]:
     """Entities of each line of each document (a list of lines), a document tagged as one text
-    so its lines see each other; offsets are within the line. Checks the fingerprint as
+    so its lines see each other; offsets are within the line. Checks the signature as
     `predict` does."""
+    lines_of = [list(d) for d in documents]
     if not self.fingerprint_checked:
       self.check_fingerprint()
-    return self.featurizer.predict_text_documents(
-      [list(d) for d in documents], self.run, batch_size
-    )
+    if not self.text_in:
+      return self.featurizer.predict_text_documents(lines_of, self.run, batch_size)
+    joined = self._text_entities(["\n".join(lines) for lines in lines_of], batch_size)
+    return [per_line(lines, found) for lines, found in zip(lines_of, joined)]
+
+  def _text_entities(self, texts: list[str], batch_size: int) -> list[list[Entity]]:
+    """Entities of texts through the text signature, batch_size texts per request, shortest
+    first: the model pads a request's windows to its longest, and random sentences padded
+    together hold about 2.8 times their real positions."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    found: list[list[Entity]] = [[] for _ in texts]
+    for begin in range(0, len(order), batch_size):
+      chunk = order[begin : begin + batch_size]
+      batch = [texts[i] for i in chunk]
+      outputs = self.run_text(batch)
+      missing = [key for key in model_base.TEXT_OUTPUTS if key not in outputs]
+      if missing:
+        raise ClientError(f"server answer lacks the text signature's outputs {missing}")
+      try:
+        for i, entities in zip(chunk, text_entities(batch, outputs)):
+          found[i] = entities
+      except (ValueError, TypeError, IndexError, KeyError) as e:
+        raise ClientError(f"bad answer from {self.server}: {e}") from None
+    return found
 
   def checked_labels(self, pred: npt.ArrayLike, input_ids: IntArray) -> IntArray:
     """pred_label as int32 [B, T] once it fits the request and the label map (check_labels)."""
@@ -194,7 +251,8 @@ class NerClient:
     return check_labels(pred, input_ids, len(id2label))
 
   def check_fingerprint(self) -> None:
-    """Raises ClientError unless the signature's output is named ner_<fingerprint of the assets>."""
+    """Checks the served signature: a text signature is self-contained; an ids signature's
+    output must be named ner_<fingerprint of the assets>, else ClientError."""
     signatures = self.output_names()
     if self.signature not in signatures:
       raise ClientError(
@@ -209,6 +267,14 @@ class NerClient:
         f"signature {self.signature!r} of model {self.model!r} has no "
         f"ner_<fingerprint> output: not a bert_ner export"
       )
+    self.text_in = any(
+      name.partition(":")[0].endswith("/" + model_base.NUM_ENTITIES)
+      for name in signatures[self.signature]
+    )
+    if self.text_in:
+      self.fingerprint_checked = True
+      return
+    self.featurizer  # noqa: B018  (reads the assets now, so their fingerprint can be compared)
     if self.fingerprint not in served:
       raise ClientError(
         f"fingerprint mismatch (version skew): server has "
@@ -230,20 +296,37 @@ class NerClient:
     return ClientError(f"{message}: {detail}" if detail else message)
 
 
+def per_line(lines: Sequence[str], found: Iterable[Entity]) -> list[list[Entity]]:
+  """Entities of "\\n".join(lines) -> each line's entities, offsets within the line (an entity
+  never crosses a line break)."""
+  starts = list(itertools.accumulate((len(line) + 1 for line in lines), initial=0))
+  result: list[list[Entity]] = [[] for _ in lines]
+  for entity in found:
+    line = bisect.bisect_right(starts, entity.start) - 1
+    shift = starts[line]
+    result[line].append(
+      dataclasses.replace(entity, start=entity.start - shift, end=entity.end - shift)
+    )
+  return result
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
   """--model, --signature, --timeout and --assets: which served model a client talks to, how."""
   parser.add_argument(
     "--model", default=model_base.MODEL_NAME, help="model name (default: %(default)s)"
   )
   parser.add_argument(
-    "--signature", default=model_base.SIGNATURE, help="signature name (default: %(default)s)"
+    "--signature",
+    default=model_base.DEFAULT_SIGNATURE,
+    help="signature name (default: %(default)s, which takes text; "
+    f"{model_base.SIGNATURE!r} takes ids and needs the served version's assets)",
   )
   parser.add_argument(
     "--timeout", type=float, default=10.0, help="seconds per request (default: %(default)s)"
   )
   parser.add_argument(
     "--assets",
-    help="assets.extra of the served version (default: "
+    help="assets.extra of the served version, for a signature that takes ids (default: "
     "$BERT_NER_ASSETS, else the highest under models/bert_ner)",
   )
 
@@ -264,7 +347,15 @@ def build_parser(description: str | None, default_server: str) -> OneLineParser:
   parser.add_argument(
     "--batch_size", type=int, default=64, help="rows (windows) per request (default: %(default)s)"
   )
-  parser.add_argument("--json", action="store_true", help="print one JSON object per line")
+  parser.add_argument(
+    "--json", action="store_true", help="print one JSON object per line (entities with scores)"
+  )
+  parser.add_argument(
+    "--min_score",
+    type=float,
+    default=None,
+    help="print only entities whose score is at least this (0-1; the text signature's scores)",
+  )
   parser.add_argument(
     "--document",
     action="store_true",
@@ -323,8 +414,15 @@ def tag_lines(
   return [(line, next(found) if line.strip() else []) for line in texts]
 
 
+def above(entities: Iterable[Entity], min_score: float | None) -> list[Entity]:
+  """The entities scoring at least min_score (all of them for None)."""
+  if min_score is None:
+    return list(entities)
+  return [e for e in entities if e.score is not None and e.score >= min_score]
+
+
 def format_result(text: str, entities: Iterable[Entity], as_json: bool) -> str:
-  """The sentence followed by its entities, or one JSON object."""
+  """The sentence followed by its entities, or one JSON object (with each entity's score)."""
   if as_json:
     return json.dumps({"text": text, "entities": [dataclasses.asdict(e) for e in entities]})
   return "\n".join([text] + [f"  {e.text} -> {e.type} [{e.start}:{e.end}]" for e in entities])
@@ -343,12 +441,19 @@ def main(
     parser.error("give sentences or --file")
   if args.batch_size < 1 or not 0 < args.timeout < math.inf:
     parser.error("--batch_size and --timeout must be positive (--timeout finite)")
+  if args.min_score is not None and not 0 <= args.min_score <= 1:
+    parser.error("--min_score must be between 0 and 1")
   try:
     texts = read_texts(args)
     client = client_class(args.server, args.model, args.signature, args.timeout, args.assets)
     client.check_fingerprint()
+    if args.min_score is not None and not client.text_in:
+      raise ClientError(
+        f"--min_score needs scores, which signature {args.signature!r} does not give "
+        f"(the text signature {model_base.TEXT_SIGNATURE!r} does)"
+      )
     for text, entities in tag_lines(client, texts, args.document, args.batch_size):
-      print(format_result(text, entities, args.json))
+      print(format_result(text, above(entities, args.min_score), args.json))
   except ClientError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

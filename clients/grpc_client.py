@@ -56,6 +56,14 @@ CHANNEL_OPTIONS = [
   ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
 ]
 TARGET_SCHEMES = ("dns", "ipv4", "ipv6")
+TEXT_OUTPUT_DTYPES = {
+  model_base.ENTITY_TYPE: pb.DT_STRING,
+  model_base.ENTITY_TEXT: pb.DT_STRING,
+  model_base.ENTITY_START: pb.DT_INT32,
+  model_base.ENTITY_END: pb.DT_INT32,
+  model_base.ENTITY_SCORE: pb.DT_FLOAT,
+  model_base.NUM_ENTITIES: pb.DT_INT32,
+}
 
 
 def _address(target: str) -> tuple[int, str]:
@@ -98,15 +106,33 @@ def make_tensor(array: npt.ArrayLike) -> Any:
   return pb.TensorProto(dtype=pb.DT_INT32, tensor_shape=shape, tensor_content=array.tobytes())
 
 
-def make_array(tensor: Any) -> IntArray:
-  """numpy array of an int32 TensorProto (tensor_content or int_val)."""
-  if tensor.dtype != pb.DT_INT32:
+def make_text_tensor(texts: list[str]) -> Any:
+  """string TensorProto [B] of texts, UTF-8."""
+  shape = pb.TensorShapeProto(dim=[pb.TensorShapeProto.Dim(size=len(texts))])
+  return pb.TensorProto(
+    dtype=pb.DT_STRING, tensor_shape=shape, string_val=[t.encode("utf-8") for t in texts]
+  )
+
+
+# Output dtypes the clients read: (name, numpy dtype of tensor_content, typed value field).
+_OUTPUT_DTYPES = {
+  pb.DT_INT32: ("an int32", "<i4", "int_val"),
+  pb.DT_FLOAT: ("a float", "<f4", "float_val"),
+  pb.DT_STRING: ("a string", None, "string_val"),
+}
+
+
+def make_array(tensor: Any, dtype: int = pb.DT_INT32) -> npt.NDArray[Any]:
+  """numpy array of an output TensorProto of `dtype` (int32, float or string), from
+  tensor_content or the typed values, checked against its declared shape."""
+  if tensor.dtype != dtype:
     name = (
       pb.DataType.Name(tensor.dtype)
       if tensor.dtype in pb.DataType.values()
       else f"dtype {tensor.dtype}"
     )
-    raise common.ClientError(f"expected an int32 output, got {name}")
+    raise common.ClientError(f"expected {_OUTPUT_DTYPES[dtype][0]} output, got {name}")
+  _, content_dtype, field = _OUTPUT_DTYPES[dtype]
   shape = [d.size for d in tensor.tensor_shape.dim]
   if any(n < 0 for n in shape):
     raise common.ClientError(f"output tensor has a negative dimension: {shape}")
@@ -114,14 +140,17 @@ def make_array(tensor: Any) -> IntArray:
   declared = math.prod(shape)
   if declared > MAX_OUTPUT_VALUES:
     raise common.ClientError(f"output tensor of shape {shape} declares {declared} values")
-  if len(tensor.tensor_content) % 4:
+  if tensor.tensor_content and (content_dtype is None or len(tensor.tensor_content) % 4):
     raise common.ClientError(
-      f"output tensor_content of {len(tensor.tensor_content)} bytes is not int32 values"
+      f"output tensor_content of {len(tensor.tensor_content)} bytes is not "
+      f"{_OUTPUT_DTYPES[dtype][0].split()[1]} values"
     )
   values = (
-    np.frombuffer(tensor.tensor_content, dtype="<i4")
+    np.frombuffer(tensor.tensor_content, dtype=content_dtype)
     if tensor.tensor_content
-    else np.asarray(tensor.int_val, dtype=np.int32)
+    else np.asarray(
+      getattr(tensor, field), dtype=object if content_dtype is None else content_dtype
+    )
   )
   if values.size == 1 and not tensor.tensor_content:  # TF's one-value form of a filled tensor
     return np.broadcast_to(values, shape)
@@ -176,6 +205,19 @@ class GrpcNerClient(common.NerClient):
     if model_base.OUTPUT not in response.outputs:
       raise common.ClientError(f"response has no {model_base.OUTPUT!r} output")
     return self.checked_labels(make_array(response.outputs[model_base.OUTPUT]), input_ids)
+
+  def run_text(self, texts: list[str]) -> dict[str, npt.NDArray[Any]]:
+    """The text signature's outputs for a batch of texts."""
+    request = pb.PredictRequest(
+      model_spec=pb.ModelSpec(name=self.model, signature_name=self.signature),
+      inputs={model_base.TEXT: make_text_tensor(texts)},
+    )
+    response = self._call(self._predict, request)
+    return {
+      key: make_array(response.outputs[key], TEXT_OUTPUT_DTYPES[key])
+      for key in model_base.TEXT_OUTPUTS
+      if key in response.outputs
+    }
 
   def output_names(self) -> dict[str, list[str]]:
     """Output tensor names per signature, from GetModelMetadata."""

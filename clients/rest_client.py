@@ -139,6 +139,15 @@ class RestNerClient(common.NerClient):
       )
     return self.checked_labels(outputs, input_ids)
 
+  def run_text(self, texts: list[str]) -> dict[str, Any]:
+    """The text signature's outputs (JSON lists) for a batch of texts."""
+    body = {"signature_name": self.signature, "inputs": {model_base.TEXT: texts}}
+    answer = self._call("POST", f"/v1/models/{self.model}:predict", json=body)
+    outputs = answer.get("outputs") if isinstance(answer, dict) else None
+    if not isinstance(outputs, dict):
+      raise common.ClientError(f"server answer has no named outputs: {common.excerpt(answer)}")
+    return outputs
+
   def output_names(self) -> dict[str, list[str]]:
     """Output tensor names per signature, from GET /v1/models/<model>/metadata."""
     answer = self._call("GET", f"/v1/models/{self.model}/metadata")

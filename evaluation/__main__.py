@@ -12,15 +12,18 @@ import os
 import sys
 import time
 
+from seqeval.metrics.sequence_labeling import get_entities
 from tqdm import tqdm
 
 from bert_ner import conll, model_base
 from bert_ner.featurizer import Featurizer
-from bert_ner.metrics import format_scores, seqeval_scores
+from bert_ner.metrics import calibration, format_calibration, format_scores, seqeval_scores
 from bert_ner.quiet import VERBOSE_ENV, add_verbose_flag
 from clients.common import ClientError
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
+from evaluation.local import LocalNerClient
+from evaluation.plot import plot_calibration
 
 CLIENTS = {"grpc": GrpcNerClient, "rest": RestNerClient}
 DEFAULT_SERVERS = {"grpc": "127.0.0.1:8500", "rest": "127.0.0.1:8501"}
@@ -47,6 +50,29 @@ def parse_args(argv=None):
     "--document",
     action="store_true",
     help="tag each -DOCSTART- document as one text (default: each sentence alone)",
+  )
+  p.add_argument(
+    "--input",
+    choices=("words", "text"),
+    default="words",
+    help="words: the file's tokens through the ids signature (the trainer's view); text: each "
+    "sentence as one line of text (a document: its lines) through --signature, as a client "
+    "sends it, entities mapped back to the tokens (default: %(default)s)",
+  )
+  p.add_argument(
+    "--signature",
+    default=model_base.DEFAULT_SIGNATURE,
+    help="with --input text: the signature (default: %(default)s, the text signature; "
+    f"{model_base.SIGNATURE!r}: ids, featurized here)",
+  )
+  p.add_argument(
+    "--compare_signature",
+    help="with --input text: also tag through this signature and count the texts whose "
+    "entities differ",
+  )
+  p.add_argument(
+    "--calibration_plot",
+    help="with scores (the text signature): write a reliability diagram of the entity scores here",
   )
   p.add_argument("--batch_size", type=int, default=64, help="rows (windows) per request")
   p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
@@ -126,6 +152,108 @@ def tag_documents(featurizer, run_fn, documents, batch_size):
   return pred
 
 
+def text_client(args, signature):
+  """A NerClient for --input text over the chosen transport."""
+  if args.transport == "local":
+    return LocalNerClient(args.model_base_path, args.model, signature, args.timeout, args.assets)
+  server = args.server or DEFAULT_SERVERS[args.transport]
+  return CLIENTS[args.transport](
+    server, args.model, signature, args.timeout, args.assets or default_assets(args.model_base_path)
+  )
+
+
+def sentence_text(sentence):
+  """A sentence's tokens as one line of text, and each token's [start, end) in it."""
+  spans, start = [], 0
+  for word in sentence.words:
+    spans.append((start, start + len(word)))
+    start += len(word) + 1
+  return " ".join(sentence.words), spans
+
+
+def entity_words(spans, entity):
+  """(first, last) index of the tokens an entity overlaps, or None."""
+  hit = [i for i, (start, end) in enumerate(spans) if start < entity.end and entity.start < end]
+  return (hit[0], hit[-1]) if hit else None
+
+
+def tags_of(sentence, entities):
+  """IOB2 tags of a sentence's tokens from entities found in its text (an entity marks every
+  token it overlaps; where two overlap a token, the first keeps it)."""
+  _, spans = sentence_text(sentence)
+  tags = ["O"] * len(spans)
+  for entity in entities:
+    found = entity_words(spans, entity)
+    if found is None or any(tags[i] != "O" for i in range(found[0], found[1] + 1)):
+      continue
+    tags[found[0]] = "B-" + entity.type
+    for i in range(found[0] + 1, found[1] + 1):
+      tags[i] = "I-" + entity.type
+  return tags
+
+
+def tag_texts(client, documents, document_mode, batch_size):
+  """Entities of every sentence (as text), by sentence or by documents of lines."""
+  texts = [[sentence_text(s)[0] for s in d] for d in documents]
+  found = []
+  if document_mode:
+    # A document is many windows: a few documents per request.
+    step = max(1, batch_size // 16)
+    with tqdm(total=len(texts), unit="doc", file=sys.stderr, leave=False) as bar:
+      for begin in range(0, len(texts), step):
+        batch = texts[begin : begin + step]
+        found += [e for d in client.predict_documents(batch, step) for e in d]
+        bar.update(len(batch))
+    return found
+  lines = [t for d in texts for t in d]
+  with tqdm(total=len(lines), unit="sent", file=sys.stderr, leave=False) as bar:
+    for begin in range(0, len(lines), 4 * batch_size):
+      batch = lines[begin : begin + 4 * batch_size]
+      found += client.predict(batch, batch_size)
+      bar.update(len(batch))
+  return found
+
+
+def calibration_of(sentences, found):
+  """metrics.calibration of the entities' scores: an entity is correct when a gold entity has
+  its type and tokens."""
+  scores, correct = [], []
+  for sentence, entities in zip(sentences, found):
+    gold = {(t, first, last) for t, first, last in get_entities(sentence.tags)}
+    _, spans = sentence_text(sentence)
+    for entity in entities:
+      if entity.score is None:
+        return None
+      words = entity_words(spans, entity)
+      scores.append(entity.score)
+      correct.append(words is not None and (entity.type, *words) in gold)
+  return calibration(scores, correct)
+
+
+def evaluate_text(args, documents, sentences):
+  """(predicted tags, description, extra report lines) for --input text."""
+  client = text_client(args, args.signature)
+  client.check_fingerprint()
+  found = tag_texts(client, documents, args.document, args.batch_size)
+  pred = [tags_of(s, e) for s, e in zip(sentences, found)]
+  lines = []
+  if args.compare_signature:
+    other = text_client(args, args.compare_signature)
+    other.check_fingerprint()
+    differ = sum(
+      a != b for a, b in zip(found, tag_texts(other, documents, args.document, args.batch_size))
+    )
+    lines.append(
+      f"entities differ from signature {args.compare_signature!r} on {differ} of {len(found)} texts"
+    )
+  report = calibration_of(sentences, found)
+  if report is not None:
+    lines.append(format_calibration(report))
+    if args.calibration_plot:
+      plot_calibration(report, args.calibration_plot)
+  return pred, f"{args.transport} {client.server}, signature {args.signature!r}", lines
+
+
 def main(argv=None):
   """Runs the evaluation; returns the exit status."""
   args = parse_args(argv)
@@ -134,12 +262,17 @@ def main(argv=None):
   try:
     documents = read_documents(args.data)
     sentences = [s for d in documents for s in d]
-    featurizer, run_fn, description = connect(args)
+    extra = []
     started = time.perf_counter()
-    if args.document:
-      pred = tag_documents(featurizer, run_fn, documents, args.batch_size)
+    if args.input == "text":
+      pred, description, extra = evaluate_text(args, documents, sentences)
     else:
-      pred = tag(featurizer, run_fn, sentences, args.batch_size)
+      featurizer, run_fn, description = connect(args)
+      started = time.perf_counter()
+      if args.document:
+        pred = tag_documents(featurizer, run_fn, documents, args.batch_size)
+      else:
+        pred = tag(featurizer, run_fn, sentences, args.batch_size)
     seconds = time.perf_counter() - started
   except (EvaluationError, ClientError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -150,6 +283,8 @@ def main(argv=None):
     f"{len(sentences) / seconds:.1f} sentences/s",
     file=sys.stderr,
   )
+  for line in extra:
+    print(line, file=sys.stderr)
   print(format_scores(seqeval_scores([s.tags for s in sentences], pred)))
   return 0
 

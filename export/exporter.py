@@ -17,7 +17,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from bert_ner import backbone, checkpoint, labels, text_graph
-from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, pad_batch
+from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, pad_batch, text_entities
 from bert_ner.head import build_inference_head
 from bert_ner.model_base import (
   ASSETS_DIR,
@@ -155,7 +155,7 @@ def _verify(path, batches, expected, output_name, featurizer, texts):
       {text_sig.inputs[TEXT].name: [t.encode() for t in texts]},
     )
     mismatched = [
-      t for t, want, have in zip(texts, want_entities, text_graph.entities_of(got)) if want != have
+      t for t, want, have in zip(texts, want_entities, text_entities(texts, got)) if want != have
     ]
     if mismatched:
       raise VerificationError(

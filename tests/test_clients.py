@@ -96,7 +96,17 @@ FLAGS = operator.attrgetter(
 def test_flags(transport, port):
   module = {"grpc": grpc_client, "rest": rest_client}[transport]
   parser = common.build_parser(module.__doc__, f"localhost:{port}")
-  defaults = (["a b"], f"localhost:{port}", "bert_ner", "result", 10.0, None, None, False, 64)
+  defaults = (
+    ["a b"],
+    f"localhost:{port}",
+    "bert_ner",
+    "serving_default",
+    10.0,
+    None,
+    None,
+    False,
+    64,
+  )
   assert FLAGS(parser.parse_args(["a b"])) == defaults
   args = parser.parse_args(
     "--server h:1 --model m --signature s --timeout 2.5 --assets dir --file - --json "

@@ -69,13 +69,13 @@ def listing(base):
   }
 
 
-def load_saved_model(path):
-  """(session, serving_default SignatureDef) of a SavedModel loaded in a fresh graph."""
+def load_saved_model(path, signature="result"):
+  """(session, SignatureDef) of a SavedModel loaded in a fresh graph (tables initialized)."""
   import tensorflow as tf
 
   sess = tf.compat.v1.Session(graph=tf.Graph())
   meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
-  return sess, meta.signature_def["serving_default"]
+  return sess, meta.signature_def[signature]
 
 
 @pytest.fixture(scope="module")
@@ -159,17 +159,36 @@ def test_signature_contract_in_saved_model_pb(exported, fingerprint):
   meta = saved.meta_graphs[0]
   assert list(meta.meta_info_def.tags) == ["serve"]
   assert sorted(meta.signature_def) == sorted(SIGNATURES)
-  expected = {"input_ids": "input_ids:0", "input_mask": "input_mask:0"}
-  for name in SIGNATURES:
-    sig = meta.signature_def[name]
-    assert sig.method_name == "tensorflow/serving/predict"
-    assert {k: v.name for k, v in sig.inputs.items()} == expected
-    assert {k: v.name for k, v in sig.outputs.items()} == {
-      "pred_label": f"ner_{fingerprint}/pred_label:0"
-    }
-    for info in [*sig.inputs.values(), *sig.outputs.values()]:
-      assert info.dtype == types_pb2.DT_INT32
-      assert [d.size for d in info.tensor_shape.dim] == [-1, -1]
+  sig = meta.signature_def["result"]
+  assert sig.method_name == "tensorflow/serving/predict"
+  assert {k: v.name for k, v in sig.inputs.items()} == {
+    "input_ids": "input_ids:0",
+    "input_mask": "input_mask:0",
+  }
+  assert {k: v.name for k, v in sig.outputs.items()} == {
+    "pred_label": f"ner_{fingerprint}/pred_label:0"
+  }
+  for info in [*sig.inputs.values(), *sig.outputs.values()]:
+    assert info.dtype == types_pb2.DT_INT32
+    assert [d.size for d in info.tensor_shape.dim] == [-1, -1]
+  # serving_default: raw text in, entities out, dense rows padded to the widest.
+  text = meta.signature_def["serving_default"]
+  assert text.method_name == "tensorflow/serving/predict"
+  assert {k: (v.name, v.dtype) for k, v in text.inputs.items()} == {
+    "text": ("text:0", types_pb2.DT_STRING)
+  }
+  assert [d.size for d in text.inputs["text"].tensor_shape.dim] == [-1]
+  kinds = {
+    "entity_type": types_pb2.DT_STRING,
+    "entity_text": types_pb2.DT_STRING,
+    "entity_start": types_pb2.DT_INT32,
+    "entity_end": types_pb2.DT_INT32,
+    "entity_score": types_pb2.DT_FLOAT,
+    "num_entities": types_pb2.DT_INT32,
+  }
+  assert {k: (v.name, v.dtype) for k, v in text.outputs.items()} == {
+    k: (f"ner_{fingerprint}/{k}:0", dtype) for k, dtype in kinds.items()
+  }
   # Inference graph only: no dropout, no optimizer, no gradients, no step counter.
   ops = {node.op for node in meta.graph_def.node}
   names = [node.name for node in meta.graph_def.node]
@@ -189,19 +208,22 @@ def test_signature_contract_via_saved_model_cli(exported, fingerprint):
   )
   assert result.returncode == 0, result.stderr
   blocks = re.split(r"\n(?=signature_def\[')", result.stdout)
-  for name in SIGNATURES:
-    block = next(b for b in blocks if b.startswith(f"signature_def['{name}']"))
-    for key, tensor in (
-      ("inputs['input_ids']", "input_ids:0"),
-      ("inputs['input_mask']", "input_mask:0"),
-      ("outputs['pred_label']", f"ner_{fingerprint}/pred_label:0"),
-    ):
-      assert re.search(
-        re.escape(key) + r" tensor_info:\s+dtype: DT_INT32\s+shape: \(-1, -1\)\s+"
-        r"name: " + re.escape(tensor),
-        block,
-      ), block
-    assert "Method name is: tensorflow/serving/predict" in block
+  block = next(b for b in blocks if b.startswith("signature_def['result']"))
+  for key, tensor in (
+    ("inputs['input_ids']", "input_ids:0"),
+    ("inputs['input_mask']", "input_mask:0"),
+    ("outputs['pred_label']", f"ner_{fingerprint}/pred_label:0"),
+  ):
+    assert re.search(
+      re.escape(key) + r" tensor_info:\s+dtype: DT_INT32\s+shape: \(-1, -1\)\s+"
+      r"name: " + re.escape(tensor),
+      block,
+    ), block
+  assert "Method name is: tensorflow/serving/predict" in block
+  block = next(b for b in blocks if b.startswith("signature_def['serving_default']"))
+  assert re.search(
+    r"inputs\['text'\] tensor_info:\s+dtype: DT_STRING\s+shape: \(-1\)\s+name: text:0", block
+  ), block
 
 
 def test_assets(exported, ckpt, fingerprint):
@@ -283,16 +305,21 @@ def test_warmup_requests_parse_and_run(exported):
       str(base / "1/assets.extra/tf_serving_warmup_requests")
     ).as_numpy_iterator()
   )
-  assert len(records) >= 2
-  sess, sig = load_saved_model(base / "1")
+  assert len(records) >= 4
+  sess, _ = load_saved_model(base / "1")
+  signatures = {name: load_saved_model(base / "1", name)[1] for name in SIGNATURES}
+  seen = set()
   with sess:
     for record in records:
       request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
-      assert request.model_spec.signature_name == "serving_default"
+      sig = signatures[request.model_spec.signature_name]
+      seen.add(request.model_spec.signature_name)
+      assert set(request.inputs) == set(sig.inputs)
       feed = {sig.inputs[k].name: tf.make_ndarray(request.inputs[k]) for k in sig.inputs}
-      assert set(request.inputs) == {"input_ids", "input_mask"}
-      assert all(v.dtype == np.int32 and v.ndim == 2 for v in feed.values())
-      assert sess.run(sig.outputs["pred_label"].name, feed).shape == next(iter(feed.values())).shape
+      outputs = sess.run({k: v.name for k, v in sig.outputs.items()}, feed)
+      rows = len(next(iter(feed.values())))
+      assert all(len(v) == rows for v in outputs.values())
+  assert seen == set(SIGNATURES)
 
 
 def test_saved_model_matches_checkpoint_graph(exported, ckpt):

@@ -129,3 +129,46 @@ def test_a_field_tf_serving_218_lacks_fails_the_strict_parse(tf218, tmp_path):
     f.write("mixed_priority_batching_policy: 1\n")
   with pytest.raises(AssertionError, match='has no field named "mixed_priority_batching_policy"'):
     tf218("configs", tmp_path)
+
+
+def test_every_op_of_the_export_is_a_tf_218_core_op(tf218, shipped_export, capsys):
+  audit = tf218("ops", shipped_export)
+  with capsys.disabled():
+    print(
+      f"\nop audit: {len(audit['ops'])} op types in the export; "
+      f"TF {audit['tensorflow']} lacks {audit['unregistered']}"
+    )
+  assert audit["tensorflow"] == "2.18.0"
+  # The text signature's own kinds of op are there (not a graph without it).
+  assert {"LookupTableFindV2", "StringJoin", "UnicodeEncode"} <= set(audit["ops"])
+  assert audit["unregistered"] == []
+  # No TF Text, no Python: ops the stock tensorflow/serving image cannot run.
+  assert not [op for op in audit["ops"] if op.startswith(("PyFunc", "EagerPyFunc", "Text>"))]
+
+
+def test_tf218_text_signature_answers_as_the_dev_venv_does(
+  tf218, shipped_export, conll_dev_path, tmp_path
+):
+  from bert_ner import conll
+  from text_corpus import corpus
+
+  documents = conll.read_documents(conll_dev_path)[:20]
+  texts = [" ".join(s.words) for d in documents for s in d]
+  texts += ["\n".join(" ".join(s.words) for s in d) for d in documents]
+  texts += [t for t in corpus(300, seed=7) if isinstance(t, str)]
+  (tmp_path / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
+  ran = tf218("text", shipped_export, tmp_path / "texts.json", tmp_path / "tf218.json")
+  assert ran == {"tensorflow": "2.18.0", "texts": len(texts)}
+  theirs = json.loads((tmp_path / "tf218.json").read_text(encoding="utf-8"))
+  sess, signature = load_saved_model(shipped_export, "serving_default")
+  with sess:
+    ours = sess.run(
+      {key: info.name for key, info in signature.outputs.items()},
+      {signature.inputs["text"].name: [t.encode("utf-8") for t in texts]},
+    )
+  for key in ("entity_type", "entity_text"):
+    assert theirs[key] == [[v.decode("utf-8") for v in row] for row in ours[key]], key
+  for key in ("entity_start", "entity_end", "num_entities"):
+    assert theirs[key] == ours[key].tolist(), key
+  assert np.allclose(theirs["entity_score"], ours["entity_score"], atol=1e-4)
+  assert sum(ours["num_entities"]) > 100

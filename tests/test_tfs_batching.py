@@ -71,16 +71,22 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def session_run(exported):
-  """run(inputs dict) -> outputs dict through the SavedModel's serving_default signature."""
+def loaded(exported):
+  """The SavedModel in a TF1 session, as TF Serving's SavedModelBundle holds it."""
   import tensorflow as tf
 
-  graph = tf.Graph()
-  session = tf.compat.v1.Session(graph=graph)
+  session = tf.compat.v1.Session(graph=tf.Graph())
   meta_graph = tf.compat.v1.saved_model.loader.load(
     session, [tf.compat.v1.saved_model.SERVING], str(exported[0])
   )
-  signature = meta_graph.signature_def["serving_default"]
+  yield session, meta_graph.signature_def
+  session.close()
+
+
+def signature_runner(loaded, name):
+  """run(inputs dict) -> outputs dict through one signature."""
+  session, signatures = loaded
+  signature = signatures[name]
 
   def run(inputs):
     return session.run(
@@ -88,8 +94,13 @@ def session_run(exported):
       {signature.inputs[a].name: v for a, v in inputs.items()},
     )
 
-  yield run
-  session.close()
+  return run
+
+
+@pytest.fixture(scope="module")
+def session_run(loaded):
+  """run(inputs) through the ids signature (`result`)."""
+  return signature_runner(loaded, model_base.SIGNATURE)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +125,7 @@ def random_batches(requests, seed):
   rng.shuffle(order)
   batches, batch, rows = [], [], 0
   for i in order:
-    size = len(requests[i]["input_ids"])
+    size = len(next(iter(requests[i].values())))
     limit = rng.randint(size, MAX_BATCH_SIZE)  # batches of every size, small to full
     if batch and rows + size > limit:
       batches.append(batch)
@@ -189,7 +200,7 @@ def test_embedded_length_groups_return_the_bytes_of_one_merged_run(
 ):
   from server.stacking import length_groups
 
-  signature = servable.signature("serving_default")
+  signature = servable.signature("result")
   grouped = 0
   for batch in random_batches(dev_requests, seed=2)[:EMBEDDED_BATCHES]:
     tasks = [dev_requests[i] for i in batch]
@@ -202,3 +213,39 @@ def test_embedded_length_groups_return_the_bytes_of_one_merged_run(
         assert got[alias].tobytes() == want[alias].tobytes()
     grouped += len(length_groups(tasks)) > 1
   assert grouped > EMBEDDED_BATCHES / 2  # most batches ran as several length groups
+
+
+def test_merged_text_requests_get_the_entities_they_get_alone(loaded, conll_dev_path):
+  """The text signature under TF Serving's batching: its one input is [batch] strings, so a merge
+  is a concatenation and the outputs ([batch, entities]) come back split by rows, each request's
+  padded to the merged batch's widest row. Entities (read up to num_entities) must not change."""
+  from bert_ner.featurizer import text_entities
+
+  run = signature_runner(loaded, model_base.TEXT_SIGNATURE)
+  documents = conll.read_documents(conll_dev_path)[:40]
+  texts = [" ".join(s.words) for d in documents for s in d][:400]
+  texts += ["\n".join(" ".join(s.words) for s in d) for d in documents[:8]]  # long, many windows
+  rng = random.Random(3)
+  requests, begin = [], 0
+  while begin < len(texts):
+    size = rng.randint(1, MAX_REQUEST_ROWS)
+    requests.append(texts[begin : begin + size])
+    begin += size
+  alone = [text_entities(r, run({"text": np.array(r, dtype=object)})) for r in requests]
+  tasks_of = [{"text": np.array(r, dtype=object)} for r in requests]
+  wider = 0
+  for batch in random_batches(tasks_of, seed=4):
+    tasks = [tasks_of[i] for i in batch]
+    rows = sum(len(t["text"]) for t in tasks)
+    padding_rows = next((n for n in ALLOWED_BATCH_SIZES if n >= rows), rows) - rows
+    merged = np.concatenate([t["text"] for t in tasks] + [tasks[-1]["text"][:1]] * padding_rows)
+    for i, task_outputs in zip(batch, tfs_split(run({"text": merged}), tasks)):
+      assert text_entities(requests[i], task_outputs) == alone[i]
+      width = task_outputs["entity_type"].shape[1]
+      wider += width > max(task_outputs["num_entities"], default=0)
+      # Padding beyond each row's entities: values no entity has.
+      for row, count in enumerate(task_outputs["num_entities"]):
+        assert (task_outputs["entity_start"][row, count:] == -1).all()
+        assert (task_outputs["entity_score"][row, count:] == -1.0).all()
+        assert all(t == b"" for t in task_outputs["entity_type"][row, count:])
+  assert wider > 0

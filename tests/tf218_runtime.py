@@ -3,6 +3,11 @@
     python tests/tf218_runtime.py predict EXPORT_DIR BATCHES.npz OUT.npz
         loads the SavedModel through the TF1 loader TF Serving's SavedModelBundle mirrors and
         writes pred_label for every batch (ids_<i>, mask_<i> -> pred_<i>)
+    python tests/tf218_runtime.py text EXPORT_DIR TEXTS.json OUT.json
+        runs the text signature (serving_default) on the texts and writes its outputs as JSON
+    python tests/tf218_runtime.py ops EXPORT_DIR
+        prints every op type of the SavedModel's graph (functions included) and those TF 2.18
+        does not register, as JSON
     python tests/tf218_runtime.py configs DOCKER_DIR
         parses models.config, batching_parameters.txt and monitoring_config.txt strictly (no
         unknown field) and prints, as JSON, which schema parsed which file
@@ -75,7 +80,7 @@ def predict(export_dir, batches_path, out_path):
   outputs = {}
   with tf.compat.v1.Session(graph=tf.Graph()) as sess:
     meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], export_dir)
-    signature = meta.signature_def["serving_default"]
+    signature = meta.signature_def["result"]
     fetch = signature.outputs["pred_label"].name
     ids, mask = (signature.inputs[k].name for k in ("input_ids", "input_mask"))
     for i in range(len(batches.files) // 2):
@@ -84,10 +89,61 @@ def predict(export_dir, batches_path, out_path):
   print(json.dumps({"tensorflow": tf.__version__, "batches": len(outputs)}))
 
 
+def text(export_dir, texts_path, out_path):
+  """The text signature's outputs for the texts of a JSON list, as JSON lists."""
+  import tensorflow as tf
+
+  with open(texts_path, encoding="utf-8") as f:
+    texts = json.load(f)
+  with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], export_dir)
+    signature = meta.signature_def["serving_default"]
+    got = sess.run(
+      {key: info.name for key, info in signature.outputs.items()},
+      {signature.inputs["text"].name: [t.encode("utf-8") for t in texts]},
+    )
+  with open(out_path, "w", encoding="utf-8") as f:
+    json.dump(
+      {
+        key: np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value).tolist()
+        if value.dtype == object
+        else value.tolist()
+        for key, value in got.items()
+      },
+      f,
+    )
+  print(json.dumps({"tensorflow": tf.__version__, "texts": len(texts)}))
+
+
+def ops(export_dir):
+  """{"ops": every op type in the graph and its functions, "unregistered": those TF lacks}."""
+  import tensorflow as tf
+  from tensorflow.core.protobuf import saved_model_pb2
+  from tensorflow.python.framework import op_def_registry
+
+  saved = saved_model_pb2.SavedModel()
+  with open(f"{export_dir}/saved_model.pb", "rb") as f:
+    saved.ParseFromString(f.read())
+  found = set()
+  for meta in saved.meta_graphs:
+    found.update(node.op for node in meta.graph_def.node)
+    for function in meta.graph_def.library.function:
+      found.update(node.op for node in function.node_def)
+  return {
+    "tensorflow": tf.__version__,
+    "ops": sorted(found),
+    "unregistered": sorted(op for op in found if op_def_registry.get(op) is None),
+  }
+
+
 def main(argv):
-  """Dispatches `predict` / `configs`."""
+  """Dispatches `predict` / `text` / `ops` / `configs`."""
   if argv[:1] == ["predict"] and len(argv) == 4:
     predict(*argv[1:])
+  elif argv[:1] == ["text"] and len(argv) == 4:
+    text(*argv[1:])
+  elif argv[:1] == ["ops"] and len(argv) == 2:
+    print(json.dumps(ops(argv[1])))
   elif argv[:1] == ["configs"] and len(argv) == 2:
     print(json.dumps(configs(argv[1])))
   else:
