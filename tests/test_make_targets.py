@@ -1,4 +1,4 @@
-"""The Makefile's client targets reach the server the port variables name (`make -n`, nothing runs)."""
+"""The Makefile's client targets reach the server the port variables name (`make -n` only)."""
 
 import re
 import subprocess

@@ -129,3 +129,15 @@ def test_a_field_tf_serving_218_lacks_fails_the_strict_parse(tf218, tmp_path):
     f.write("mixed_priority_batching_policy: 1\n")
   with pytest.raises(AssertionError, match='has no field named "mixed_priority_batching_policy"'):
     tf218("configs", tmp_path)
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/volume"])
+def test_tf_serving_218_schemas_accept_the_kubernetes_configs(tf218, tmp_path, overlay):
+  import k8s_support
+
+  resources = k8s_support.by_kind_and_name(k8s_support.render(REPO_ROOT / "k8s" / overlay))
+  for name, text in resources["ConfigMap", "bert-ner-config"]["data"].items():
+    (tmp_path / name).write_text(text)
+  report = tf218("configs", tmp_path)
+  assert "num_batch_threads" in report["batching_parameters.txt"]["fields"]
+  assert report["models.config"]["fields"] == ["model_config_list"]
