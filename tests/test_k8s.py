@@ -404,6 +404,9 @@ def test_the_service_monitor_scrapes_the_rest_service_s_metrics_page():
   assert endpoint["port"] in rest_ports
   assert endpoint["path"] == re.search(r'path:\s*"([^"]+)"', monitoring).group(1)
   assert set(endpoint) == {"port", "path", "interval"}
+  job = resources["Service", "bert-ner-rest"]["metadata"]["labels"][monitor["spec"]["jobLabel"]]
+  rules = (REPO_ROOT / "monitoring" / "rules.yml").read_text()
+  assert set(re.findall(r'\bjob="([^"]+)"', rules)) == {job} == {"bert-ner"}
 
 
 def model_version_policy(resources):
