@@ -21,24 +21,59 @@ from bert_ner.labels import LABEL2ID_JSON
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d+)")
+# Library messages name a parameter the way a Python caller passes it (`assets=DIR`); the
+# command-line tools show their flag instead (command_line_message).
+PARAMETER = re.compile(r"(?<![\w-])(assets|server)=")
 
 
 class ClientError(Exception):
   """A failure the scripts report as one line on stderr."""
 
 
+def command_line_message(error: Exception) -> str:
+  """A library message as a command-line tool shows it: `assets=DIR` becomes `--assets DIR`."""
+  return PARAMETER.sub(r"--\1 ", str(error))
+
+
+def model_bases(roots: Iterable[StrPath] | None = None) -> list[Path]:
+  """The model bases the clients look in for assets: models/bert_ner of CWD, then of the repo."""
+  return [Path(root, "models", model_base.MODEL_NAME) for root in roots or (Path.cwd(), REPO_ROOT)]
+
+
 def find_assets(roots: Iterable[StrPath] | None = None) -> Path:
   """$BERT_NER_ASSETS, else the highest version's assets.extra under models/bert_ner of CWD/repo."""
   if os.environ.get("BERT_NER_ASSETS"):
     return Path(os.environ["BERT_NER_ASSETS"])
-  for root in roots or (Path.cwd(), REPO_ROOT):
-    found = model_base.latest_assets(Path(root, "models", model_base.MODEL_NAME))
+  for base in model_bases(roots):
+    found = model_base.latest_assets(base)
     if found:
       return found
   raise ClientError(
     "missing assets: no models/bert_ner/<version>/assets.extra in the current "
-    "directory or the repo; pass --assets DIR or set BERT_NER_ASSETS"
+    "directory or the repo; pass assets=DIR or set BERT_NER_ASSETS"
   )
+
+
+def assets_with_fingerprint(
+  fingerprints: Iterable[str], roots: Iterable[StrPath] | None = None
+) -> Path | None:
+  """assets.extra of a version under models/bert_ner of CWD/repo whose export has one of the
+  fingerprints (several versions may be on disk, the served one need not be the highest)."""
+  wanted = set(fingerprints)
+  for base in model_bases(roots):
+    for folder in model_base.version_dirs(base).values():
+      assets = model_base.assets(folder)
+      try:
+        if read_fingerprint(assets) in wanted:
+          return assets
+      except (OSError, ValueError):
+        continue  # a version being written or removed right now is not the served one
+  return None
+
+
+def read_fingerprint(path: Path) -> str | None:
+  """The fingerprint an export recorded in assets.extra/ner_config.json (None if none)."""
+  return json.loads((path / NER_CONFIG_FILE).read_text(encoding="utf-8")).get("fingerprint")
 
 
 def load_assets(path: StrPath) -> tuple[Featurizer, str]:
@@ -46,17 +81,22 @@ def load_assets(path: StrPath) -> tuple[Featurizer, str]:
   path = Path(path)
   for name in (VOCAB_FILE, NER_CONFIG_FILE, LABEL2ID_JSON):
     if not (path / name).is_file():
-      raise ClientError(f"missing assets: {path / name} not found (pass --assets DIR)")
+      raise ClientError(f"missing assets: {path / name} not found (pass assets=DIR)")
   try:
-    fingerprint = json.loads((path / NER_CONFIG_FILE).read_text(encoding="utf-8")).get(
-      "fingerprint"
-    )
+    fingerprint = read_fingerprint(path)
     featurizer = Featurizer.from_dir(str(path))
   except (OSError, ValueError) as e:
     raise ClientError(f"bad assets in {path}: {e}") from None
   if not fingerprint:
     raise ClientError(f"missing assets: {path / NER_CONFIG_FILE} has no fingerprint")
   return featurizer, fingerprint
+
+
+def reject_str(value: object, what: str) -> None:
+  """TypeError for a str where a list of them is expected: iterating it would tag each character
+  as a sentence of its own."""
+  if isinstance(value, str):
+    raise TypeError(f"{what} takes a list of strings, not a str: wrap it as [text]")
 
 
 def split_servers(server: str, schemes: Sequence[str] = ()) -> tuple[str | None, list[str]]:
@@ -157,6 +197,9 @@ class NerClient:
     assets: StrPath | None = None,
   ) -> None:
     self.server, self.model, self.signature, self.timeout = server, model, signature, timeout
+    # Assets found on disk (none passed) follow the served version: check_fingerprint switches
+    # to the version whose fingerprint the server reports. Assets passed are kept or refused.
+    self.follow_served = not assets and not os.environ.get("BERT_NER_ASSETS")
     self.assets = Path(assets) if assets else find_assets()
     self.featurizer, self.fingerprint = load_assets(self.assets)
     self.fingerprint_checked = False
@@ -166,12 +209,23 @@ class NerClient:
     """Sets up the transport to self.server (the subclass's channel or HTTP session)."""
     raise NotImplementedError
 
+  def close(self) -> None:
+    """Releases the transport (channel or HTTP connections); the client is unusable after."""
+    raise NotImplementedError
+
+  def __enter__(self) -> "NerClient":
+    return self
+
+  def __exit__(self, *exc: object) -> None:
+    self.close()
+
   def predict(self, texts: Iterable[str], batch_size: int = 64) -> list[list[Entity]]:
     """Entities (type, text, start, end) of each text; windows go batch_size rows per request.
 
     The first call checks the served fingerprint (one metadata request per client): assets of
     another version would map label ids to the wrong tags without any error.
     """
+    reject_str(texts, "predict")
     if not self.fingerprint_checked:
       self.check_fingerprint()
     return self.featurizer.predict_texts(list(texts), self.run, batch_size)
@@ -182,6 +236,10 @@ class NerClient:
     """Entities of each line of each document (a list of lines), a document tagged as one text
     so its lines see each other; offsets are within the line. Checks the fingerprint as
     `predict` does."""
+    reject_str(documents, "predict_documents")
+    documents = list(documents)
+    for document in documents:
+      reject_str(document, "predict_documents (each document)")
     if not self.fingerprint_checked:
       self.check_fingerprint()
     return self.featurizer.predict_text_documents(
@@ -209,13 +267,23 @@ class NerClient:
         f"signature {self.signature!r} of model {self.model!r} has no "
         f"ner_<fingerprint> output: not a bert_ner export"
       )
+    if self.fingerprint not in served and self.follow_served:
+      self.load_served_assets(served)
     if self.fingerprint not in served:
       raise ClientError(
         f"fingerprint mismatch (version skew): server has "
         f"{', '.join(sorted(served))}, assets {self.assets} have "
-        f"{self.fingerprint}; pass the served version's assets.extra with --assets"
+        f"{self.fingerprint}; pass the served version's assets.extra as assets=DIR"
       )
     self.fingerprint_checked = True
+
+  def load_served_assets(self, served: set[str]) -> None:
+    """Switches to the assets on disk of the served version, if a version there has its
+    fingerprint (around a reload the highest version on disk is not yet or no longer served)."""
+    found = assets_with_fingerprint(served)
+    if found is not None:
+      self.featurizer, self.fingerprint = load_assets(found)
+      self.assets = found
 
   def error(self, code: str, detail: object = "") -> ClientError:
     """ClientError for a canonical status code name (gRPC's, or mapped from HTTP)."""
@@ -244,7 +312,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     "--assets",
     help="assets.extra of the served version (default: "
-    "$BERT_NER_ASSETS, else the highest under models/bert_ner)",
+    "$BERT_NER_ASSETS, else the version under models/bert_ner whose fingerprint the server "
+    "reports)",
   )
 
 
@@ -296,7 +365,12 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     raise ClientError(
       f"{name} is not valid UTF-8 (byte {e.object[e.start]:#04x} at byte offset {e.start})"
     ) from None
-  return args.texts + (text.removesuffix("\n").split("\n") if text else [])
+  return args.texts + (file_lines(text) if text else [])
+
+
+def file_lines(text: str) -> list[str]:
+  """The lines of a file's text, without their \\n or \\r\\n ending."""
+  return [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]
 
 
 def split_documents(lines: Iterable[str]) -> list[list[str]]:
@@ -350,6 +424,6 @@ def main(
     for text, entities in tag_lines(client, texts, args.document, args.batch_size):
       print(format_result(text, entities, args.json))
   except ClientError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {command_line_message(e)}", file=sys.stderr)
     return 1
   return 0

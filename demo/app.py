@@ -137,7 +137,8 @@ def build_app(client, transport):
     return web.FileResponse(STATIC / "index.html")
 
   async def get_info(_):
-    return web.json_response(info)
+    # The client switches assets when the served version changes (reload): show the current.
+    return web.json_response({**info, "fingerprint": client.fingerprint})
 
   async def tag(request):
     try:
@@ -154,6 +155,7 @@ def build_app(client, transport):
         "text": text,
         "entities": [dataclasses.asdict(e) for e in entities],
         "tag_ms": round((time.perf_counter() - started) * 1000, 1),
+        "fingerprint": client.fingerprint,
       }
     )
 

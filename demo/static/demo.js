@@ -92,7 +92,18 @@ function showJson(show) {
   $("toggle-json").setAttribute("aria-pressed", String(show));
 }
 
+function showModelInfo() {
+  const transport = info.transport === "grpc" ? "gRPC" : "REST";
+  $("model-info").textContent =
+    `Model ${info.model} (fingerprint ${info.fingerprint}) at ${info.server} over ${transport}.`;
+}
+
 function renderResult(answer, roundTripMs) {
+  // The demo follows the served version across reloads: the header names the one that tagged.
+  if (answer.fingerprint !== info.fingerprint) {
+    info.fingerprint = answer.fingerprint;
+    showModelInfo();
+  }
   renderHighlights(answer.text, answer.entities);
   renderTable(answer.entities);
   $("json").textContent = JSON.stringify(answer, null, 2);
@@ -144,9 +155,7 @@ async function start() {
     showMessage("The demo server does not answer: is python -m demo still running?");
     return;
   }
-  const transport = info.transport === "grpc" ? "gRPC" : "REST";
-  $("model-info").textContent =
-    `Model ${info.model} (fingerprint ${info.fingerprint}) at ${info.server} over ${transport}.`;
+  showModelInfo();
   renderLegend();
   countCharacters();
   $("text").addEventListener("input", countCharacters);
