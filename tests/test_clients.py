@@ -19,7 +19,7 @@ import pytest
 
 from clients import common, grpc_client, rest_client
 from clients.tfs_protos import tfs_lite_pb2 as lite
-from e2e_support import LABELS, free_port, make_checkpoint
+from e2e_support import LABELS, free_port, make_checkpoint, run_export
 from server.process import ServerProcess
 
 REPO_ROOT = common.REPO_ROOT
@@ -609,23 +609,7 @@ def served(tiny_bert_dir, tmp_path_factory):
   work = tmp_path_factory.mktemp("served")
   base = work / "models" / "bert_ner"
   ckpt = make_checkpoint(tiny_bert_dir, work / "ckpt")
-  export = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "export",
-      "--checkpoint",
-      ckpt,
-      "--model_base_path",
-      base,
-      "--verify_sentences",
-      "4",
-    ],
-    cwd=REPO_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  export = run_export(ckpt, base)
   assert export.returncode == 0, export.stderr[-2000:]
   with ServerProcess(base, work / "server.log") as server:
     yield work, server.grpc, server.rest

@@ -2,8 +2,6 @@
 the served one. Unit tests on fake model bases, then the CLI refusing and forcing a real export."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -73,28 +71,6 @@ def test_a_report_without_dev_f1_is_one_clear_error(base, tmp_path):
     guard.check_not_worse(tmp_path, base, 2)
 
 
-def run_export(checkpoint, base, *flags):
-  """`python -m export` on the checkpoint into base (4 verification sentences)."""
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "export",
-      "--checkpoint",
-      str(checkpoint),
-      "--model_base_path",
-      str(base),
-      "--verify_sentences",
-      "4",
-      *flags,
-    ],
-    cwd=e2e_support.REPO_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-
-
 @pytest.mark.slow  # exports through the CLI
 def test_the_cli_refuses_a_bad_model_over_a_good_one_and_force_publishes_it(
   tiny_bert_dir, tmp_path, capsys
@@ -102,17 +78,17 @@ def test_the_cli_refuses_a_bad_model_over_a_good_one_and_force_publishes_it(
   good = report_dir(e2e_support.make_checkpoint(tiny_bert_dir, tmp_path / "good"), SERVED_F1)
   bad = report_dir(e2e_support.make_checkpoint(tiny_bert_dir, tmp_path / "bad", seed=2), BAD_F1)
   base = tmp_path / "models" / "bert_ner"
-  assert run_export(good, base).returncode == 0
+  assert e2e_support.run_export(good, base).returncode == 0
   assert guard.dev_f1(base / "1" / model_base.ASSETS_DIR) == SERVED_F1
 
-  refused = run_export(bad, base)
+  refused = e2e_support.run_export(bad, base)
   assert refused.returncode == 1 and refused.stdout == ""
   assert refused.stderr.count("\n") == 1, refused.stderr
   assert refused.stderr.startswith("export: refused: dev F1 44.10 of ")
   assert refused.stderr.endswith("; nothing was published\n")
   assert model_base.versions(base) == [1] and sorted(p.name for p in base.iterdir()) == ["1"]
 
-  forced = run_export(bad, base, "--force")
+  forced = e2e_support.run_export(bad, base, "--force")
   assert forced.returncode == 0, forced.stderr
   assert "published anyway (--force)" in forced.stdout
   assert model_base.versions(base) == [1, 2]

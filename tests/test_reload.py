@@ -4,8 +4,6 @@ keeps, checking before every request) must take the served version's assets: no 
 neither while the new version is on disk but not yet served nor after the switch."""
 
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +11,7 @@ import pytest
 
 from bert_ner import model_base
 from clients import common, grpc_client, rest_client
-from e2e_support import REPO_ROOT, make_checkpoint
+from e2e_support import make_checkpoint, run_export
 from server.process import ServerProcess
 
 CLASSES = {"grpc": grpc_client.GrpcNerClient, "rest": rest_client.RestNerClient}
@@ -24,25 +22,7 @@ AFTER_SWITCH = 40  # requests of each kind once every new client has the new ver
 
 def export(checkpoint, base, version):
   """`python -m export` of checkpoint as `version` of base; returns the fingerprint."""
-  done = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "export",
-      "--checkpoint",
-      str(checkpoint),
-      "--model_base_path",
-      str(base),
-      "--version",
-      str(version),
-      "--verify_sentences",
-      "4",
-    ],
-    cwd=REPO_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  done = run_export(checkpoint, base, "--version", version)
   assert done.returncode == 0, done.stderr[-2000:]
   return common.read_fingerprint(model_base.assets(base / str(version)))
 
