@@ -10,6 +10,10 @@ TRANSPORT ?= grpc
 HOST    ?= 127.0.0.1
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
+DEMO_PORT ?= 8080
+# The model server a client target talks to: the port of TRANSPORT's protocol on HOST, so that
+# `make eval GRPC_PORT=9500` reaches the server `make serve GRPC_PORT=9500` started.
+SERVER  = $(HOST):$(if $(filter rest,$(TRANSPORT)),$(REST_PORT),$(GRPC_PORT))
 TRAIN_ARGS ?=
 DOCUMENT ?=
 
@@ -17,7 +21,7 @@ DOCUMENT ?=
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DATA TRANSPORT INPUT SIGNATURE TRAIN_ARGS;" \
+	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DEMO_PORT DATA TRANSPORT INPUT SIGNATURE TRAIN_ARGS;" \
 		"BERT_NER_VERBOSE=1 keeps TensorFlow's start-up logs"
 
 setup: $(STAMP) ## create .venv with the pinned dependencies (done by every target on first use)
@@ -71,15 +75,16 @@ up: $(STAMP) ## Docker: build the TF Serving image and run it (needs a Docker en
 image: $(STAMP) ## Docker: build the TF Serving image; its first stage exports CKPT
 	$(PY) -m deploy image --checkpoint $(CKPT)
 
-eval: $(STAMP) ## tag DATA through TRANSPORT (grpc, rest or local), DOCUMENT=1 by documents, INPUT=text as text; seqeval scores
+eval: $(STAMP) ## tag DATA through TRANSPORT (grpc, rest or local) on HOST:GRPC_PORT/REST_PORT, DOCUMENT=1 by documents, INPUT=text as text
 	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT) $(if $(DOCUMENT),--document) \
+		$(if $(filter local,$(TRANSPORT)),,--server $(SERVER)) \
 		$(if $(INPUT),--input $(INPUT)) $(if $(SIGNATURE),--signature $(SIGNATURE))
 
 bench: $(STAMP) ## throughput, latency and memory of the shipped model -> bench/results.md
 	$(PY) -m bench
 
-demo: $(STAMP) ## the tagging page on http://127.0.0.1:8080, talking to a running model server
-	$(PY) -m demo --transport $(TRANSPORT)
+demo: $(STAMP) ## the tagging page on http://127.0.0.1:DEMO_PORT (8080), talking to the server on HOST:GRPC_PORT/REST_PORT
+	$(PY) -m demo --transport $(TRANSPORT) --server $(SERVER) --port $(DEMO_PORT)
 
 demo-screenshot: $(STAMP) ## regenerate docs/demo.png (README's screenshot) from the browser test
 	WRITE_DEMO_SCREENSHOT=1 $(PY) -m pytest -q tests/test_demo_browser.py

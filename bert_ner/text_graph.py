@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from bert_ner import crf, model_base, text_tables
+from bert_ner import crf, labels, model_base, text_tables
 from bert_ner import featurizer as featurizer_lib
 
 # Offsets, lengths and positions outside this are refused, so int32 holds every index.
@@ -340,7 +340,7 @@ OUTSIDE, BEGIN, INSIDE, CONTINUATION, SPECIAL = range(5)
 def label_kinds(id2label):
   """LabelKinds of a label list: B-/I- tags with their type, X, [CLS]/[SEP]; anything else
   (O, and tags the entity rules do not read, such as S- or E-) is OUTSIDE."""
-  types = sorted({tag[2:] for tag in id2label if tag.startswith(("B-", "I-"))})
+  types = labels.entity_types(id2label)
   prefix, type_index = [], []
   for tag in id2label:
     if tag.startswith(("B-", "I-")):

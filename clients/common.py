@@ -27,28 +27,63 @@ from bert_ner.featurizer import (
   StrPath,
   text_entities,
 )
-from bert_ner.labels import LABEL2ID_JSON
+from bert_ner.labels import LABEL2ID_JSON, entity_types
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d+)")
+# Library messages name a parameter the way a Python caller passes it (`assets=DIR`); the
+# command-line tools show their flag instead (command_line_message).
+PARAMETER = re.compile(r"(?<![\w-])(assets|server)=")
 
 
 class ClientError(Exception):
   """A failure the scripts report as one line on stderr."""
 
 
+def command_line_message(error: Exception) -> str:
+  """A library message as a command-line tool shows it: `assets=DIR` becomes `--assets DIR`."""
+  return PARAMETER.sub(r"--\1 ", str(error))
+
+
+def model_bases(roots: Iterable[StrPath] | None = None) -> list[Path]:
+  """The model bases the clients look in for assets: models/bert_ner of CWD, then of the repo."""
+  return [Path(root, "models", model_base.MODEL_NAME) for root in roots or (Path.cwd(), REPO_ROOT)]
+
+
 def find_assets(roots: Iterable[StrPath] | None = None) -> Path:
   """$BERT_NER_ASSETS, else the highest version's assets.extra under models/bert_ner of CWD/repo."""
   if os.environ.get("BERT_NER_ASSETS"):
     return Path(os.environ["BERT_NER_ASSETS"])
-  for root in roots or (Path.cwd(), REPO_ROOT):
-    found = model_base.latest_assets(Path(root, "models", model_base.MODEL_NAME))
+  for base in model_bases(roots):
+    found = model_base.latest_assets(base)
     if found:
       return found
   raise ClientError(
     "missing assets: no models/bert_ner/<version>/assets.extra in the current "
-    "directory or the repo; pass --assets DIR or set BERT_NER_ASSETS"
+    "directory or the repo; pass assets=DIR or set BERT_NER_ASSETS"
   )
+
+
+def assets_with_fingerprint(
+  fingerprints: Iterable[str], roots: Iterable[StrPath] | None = None
+) -> Path | None:
+  """assets.extra of a version under models/bert_ner of CWD/repo whose export has one of the
+  fingerprints (several versions may be on disk, the served one need not be the highest)."""
+  wanted = set(fingerprints)
+  for base in model_bases(roots):
+    for folder in model_base.version_dirs(base).values():
+      assets = model_base.assets(folder)
+      try:
+        if read_fingerprint(assets) in wanted:
+          return assets
+      except (OSError, ValueError):
+        continue  # a version being written or removed right now is not the served one
+  return None
+
+
+def read_fingerprint(path: Path) -> str | None:
+  """The fingerprint an export recorded in assets.extra/ner_config.json (None if none)."""
+  return json.loads((path / NER_CONFIG_FILE).read_text(encoding="utf-8")).get("fingerprint")
 
 
 def load_assets(path: StrPath) -> tuple[Featurizer, str]:
@@ -56,17 +91,22 @@ def load_assets(path: StrPath) -> tuple[Featurizer, str]:
   path = Path(path)
   for name in (VOCAB_FILE, NER_CONFIG_FILE, LABEL2ID_JSON):
     if not (path / name).is_file():
-      raise ClientError(f"missing assets: {path / name} not found (pass --assets DIR)")
+      raise ClientError(f"missing assets: {path / name} not found (pass assets=DIR)")
   try:
-    fingerprint = json.loads((path / NER_CONFIG_FILE).read_text(encoding="utf-8")).get(
-      "fingerprint"
-    )
+    fingerprint = read_fingerprint(path)
     featurizer = Featurizer.from_dir(str(path))
   except (OSError, ValueError) as e:
     raise ClientError(f"bad assets in {path}: {e}") from None
   if not fingerprint:
     raise ClientError(f"missing assets: {path / NER_CONFIG_FILE} has no fingerprint")
   return featurizer, fingerprint
+
+
+def reject_str(value: object, what: str) -> None:
+  """TypeError for a str where a list of them is expected: iterating it would tag each character
+  as a sentence of its own."""
+  if isinstance(value, str):
+    raise TypeError(f"{what} takes a list of strings, not a str: wrap it as [text]")
 
 
 def split_servers(server: str, schemes: Sequence[str] = ()) -> tuple[str | None, list[str]]:
@@ -176,9 +216,14 @@ class NerClient:
     assets: StrPath | None = None,
   ) -> None:
     self.server, self.model, self.signature, self.timeout = server, model, signature, timeout
-    # Assets are read now when named, else only if the signature turns out to take ids.
+    # Assets are read now when named, else only if the signature turns out to take ids; assets
+    # found on disk (none passed) follow the served version: check_fingerprint switches to the
+    # version whose fingerprint the server reports. Assets passed are kept or refused.
+    self.follow_served = not assets and not os.environ.get("BERT_NER_ASSETS")
     self.assets = Path(assets) if assets else None
     self._featurizer: Featurizer | None = None
+    # The served model's fingerprint once checked (with assets: theirs, until then).
+    self.fingerprint: str | None = None
     if self.assets:
       self._featurizer, self.fingerprint = load_assets(self.assets)
     self.text_in = False
@@ -197,6 +242,16 @@ class NerClient:
       self._featurizer, self.fingerprint = load_assets(self.assets)
     return self._featurizer
 
+  def close(self) -> None:
+    """Releases the transport (channel or HTTP connections); the client is unusable after."""
+    raise NotImplementedError
+
+  def __enter__(self) -> "NerClient":
+    return self
+
+  def __exit__(self, *exc: object) -> None:
+    self.close()
+
   def predict(self, texts: Iterable[str], batch_size: int = 64) -> list[list[Entity]]:
     """Entities (type, text, start, end, score) of each text; batch_size texts (text
     signature) or windows (ids) per request.
@@ -204,6 +259,7 @@ class NerClient:
     The first call checks the served signature (one metadata request per client): assets of
     another version would map label ids to the wrong tags without any error.
     """
+    reject_str(texts, "predict")
     texts = list(texts)
     if not self.fingerprint_checked:
       self.check_fingerprint()
@@ -217,6 +273,10 @@ class NerClient:
     """Entities of each line of each document (a list of lines), a document tagged as one text
     so its lines see each other; offsets are within the line. Checks the signature as
     `predict` does."""
+    reject_str(documents, "predict_documents")
+    documents = list(documents)
+    for document in documents:
+      reject_str(document, "predict_documents (each document)")
     lines_of = [list(d) for d in documents]
     if not self.fingerprint_checked:
       self.check_fingerprint()
@@ -272,16 +332,34 @@ class NerClient:
       for name in signatures[self.signature]
     )
     if self.text_in:
+      self.fingerprint = min(served)
       self.fingerprint_checked = True
       return
+    if self.follow_served and (self._featurizer is None or self.fingerprint not in served):
+      self.load_served_assets(served)
     self.featurizer  # noqa: B018  (reads the assets now, so their fingerprint can be compared)
     if self.fingerprint not in served:
       raise ClientError(
         f"fingerprint mismatch (version skew): server has "
         f"{', '.join(sorted(served))}, assets {self.assets} have "
-        f"{self.fingerprint}; pass the served version's assets.extra with --assets"
+        f"{self.fingerprint}; pass the served version's assets.extra as assets=DIR"
       )
     self.fingerprint_checked = True
+
+  def entity_types(self) -> list[str]:
+    """The model's entity types where the client has its label map (assets), else []: a text
+    signature answers types by name, so a caller learns them from the entities."""
+    if self._featurizer is None or self._featurizer.id2label is None:
+      return []
+    return entity_types(self._featurizer.id2label)
+
+  def load_served_assets(self, served: set[str]) -> None:
+    """Switches to the assets on disk of the served version, if a version there has its
+    fingerprint (around a reload the highest version on disk is not yet or no longer served)."""
+    found = assets_with_fingerprint(served)
+    if found is not None:
+      self._featurizer, self.fingerprint = load_assets(found)
+      self.assets = found
 
   def error(self, code: str, detail: object = "") -> ClientError:
     """ClientError for a canonical status code name (gRPC's, or mapped from HTTP)."""
@@ -327,7 +405,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     "--assets",
     help="assets.extra of the served version, for a signature that takes ids (default: "
-    "$BERT_NER_ASSETS, else the highest under models/bert_ner)",
+    "$BERT_NER_ASSETS, else the version under models/bert_ner whose fingerprint the server "
+    "reports)",
   )
 
 
@@ -387,7 +466,12 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     raise ClientError(
       f"{name} is not valid UTF-8 (byte {e.object[e.start]:#04x} at byte offset {e.start})"
     ) from None
-  return args.texts + (text.removesuffix("\n").split("\n") if text else [])
+  return args.texts + (file_lines(text) if text else [])
+
+
+def file_lines(text: str) -> list[str]:
+  """The lines of a file's text, without their \\n or \\r\\n ending."""
+  return [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]
 
 
 def split_documents(lines: Iterable[str]) -> list[list[str]]:
@@ -455,6 +539,6 @@ def main(
     for text, entities in tag_lines(client, texts, args.document, args.batch_size):
       print(format_result(text, above(entities, args.min_score), args.json))
   except ClientError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {command_line_message(e)}", file=sys.stderr)
     return 1
   return 0

@@ -95,7 +95,7 @@ def channel_target(server: str) -> str:
   resolved = [_address(target) for target in targets]
   families = {family for family, _ in resolved}
   if len(families) > 1:
-    raise common.ClientError(f"--server {server!r} mixes IPv4 and IPv6 addresses")
+    raise common.ClientError(f"server={server!r} mixes IPv4 and IPv6 addresses")
   return f"ipv{families.pop()}:///{','.join(address for _, address in resolved)}"
 
 
@@ -186,7 +186,9 @@ class GrpcNerClient(common.NerClient):
 
   def connect(self) -> None:
     """Opens the channel (several targets: round robin over them)."""
-    channel = grpc.insecure_channel(channel_target(self.server), options=CHANNEL_OPTIONS)
+    self._channel = channel = grpc.insecure_channel(
+      channel_target(self.server), options=CHANNEL_OPTIONS
+    )
     self._predict = channel.unary_unary(
       PREDICT,
       request_serializer=pb.PredictRequest.SerializeToString,
@@ -197,6 +199,10 @@ class GrpcNerClient(common.NerClient):
       request_serializer=pb.GetModelMetadataRequest.SerializeToString,
       response_deserializer=pb.GetModelMetadataResponse.FromString,
     )
+
+  def close(self) -> None:
+    """Closes the channel and its connections."""
+    self._channel.close()
 
   def run(self, input_ids: IntArray, input_mask: IntArray) -> IntArray:
     """pred_label [B, T] for one padded batch."""

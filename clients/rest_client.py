@@ -123,6 +123,10 @@ class RestNerClient(common.NerClient):
     self.current = 0  # the target that answered last; requests start there
     self.session = deadline_session()
 
+  def close(self) -> None:
+    """Closes the session's pooled connections."""
+    self.session.close()
+
   def run(self, input_ids: IntArray, input_mask: IntArray) -> IntArray:
     """pred_label [B, T] for one padded batch."""
     body = {

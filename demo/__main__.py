@@ -7,7 +7,7 @@ import sys
 
 from aiohttp import web
 
-from clients.common import ClientError, add_model_flags
+from clients.common import ClientError, add_model_flags, command_line_message
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
 from demo.app import build_app
@@ -70,13 +70,13 @@ def main(argv=None):
       args.server or default_server, args.model, args.signature, args.timeout, args.assets
     )
   except ClientError as e:
-    print(f"demo: error: {e}", file=sys.stderr)
+    print(f"demo: error: {command_line_message(e)}", file=sys.stderr)
     return 2
   try:
     client.check_fingerprint()
     status = f"model server {client.server} ({args.transport}) serves these assets"
   except ClientError as e:
-    status = f"model server not usable yet, the page will say so: {e}"
+    status = f"model server not usable yet, the page will say so: {command_line_message(e)}"
 
   def announce(url):
     print(f"demo: {url} ({status})", flush=True)

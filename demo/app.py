@@ -13,7 +13,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bert_ner.labels import entity_types
 from clients.common import ClientError
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -129,7 +128,7 @@ def build_app(client, transport):
     "transport": transport,
     "model": client.model,
     "fingerprint": client.fingerprint,
-    "types": entity_types(client.featurizer.id2label),
+    "types": client.entity_types(),
     "max_chars": MAX_TEXT_CHARS,
   }
 
@@ -137,7 +136,8 @@ def build_app(client, transport):
     return web.FileResponse(STATIC / "index.html")
 
   async def get_info(_):
-    return web.json_response(info)
+    # The client switches assets when the served version changes (reload): show the current.
+    return web.json_response({**info, "fingerprint": client.fingerprint})
 
   async def tag(request):
     try:
@@ -154,6 +154,7 @@ def build_app(client, transport):
         "text": text,
         "entities": [dataclasses.asdict(e) for e in entities],
         "tag_ms": round((time.perf_counter() - started) * 1000, 1),
+        "fingerprint": client.fingerprint,
       }
     )
 

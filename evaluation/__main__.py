@@ -19,7 +19,7 @@ from bert_ner import conll, model_base
 from bert_ner.featurizer import Featurizer
 from bert_ner.metrics import calibration, format_calibration, format_scores, seqeval_scores
 from bert_ner.quiet import VERBOSE_ENV, add_verbose_flag
-from clients.common import ClientError
+from clients.common import ClientError, command_line_message
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
 from evaluation.local import LocalNerClient
@@ -275,7 +275,7 @@ def main(argv=None):
         pred = tag(featurizer, run_fn, sentences, args.batch_size)
     seconds = time.perf_counter() - started
   except (EvaluationError, ClientError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {command_line_message(e)}", file=sys.stderr)
     return 2
   unit = f" in {len(documents)} documents" if args.document else ""
   print(

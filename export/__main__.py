@@ -35,6 +35,12 @@ def parse_args(argv=None):
     f"(default: {DEFAULT_VERIFY_FILE} if present, else built-in samples)",
   )
   p.add_argument("--verify_sentences", type=int, default=64, help="verification sentences; 0 = all")
+  p.add_argument(
+    "--force",
+    action="store_true",
+    help="publish even when the new version's dev F1 (train_report.json) is more than "
+    "2 points below the served version's (export/guard.py); refused otherwise",
+  )
   add_verbose_flag(p, "also print the signatures and TensorFlow's start-up logs")
   args = p.parse_args(argv)
   if args.version is not None and args.version < 1:
@@ -48,7 +54,7 @@ def main(argv=None):
   """Runs the export; exit 2 on bad input, 1 when verification refuses the SavedModel."""
   args = parse_args(argv)
   quiet_tensorflow(args.verbose)  # TF loads after --help, and quietly
-  from export import exporter  # pylint: disable=import-outside-toplevel
+  from export import exporter, guard  # pylint: disable=import-outside-toplevel
 
   verify_file = args.verify_file or (DEFAULT_VERIFY_FILE if DEFAULT_VERIFY_FILE.is_file() else None)
   try:
@@ -60,12 +66,17 @@ def main(argv=None):
     if verbose():
       print(f"verification: {len(sentences)} sentences of {verify_file or 'built-in samples'}")
     exporter.export_model(
-      args.checkpoint, args.model_base_path, args.version, sentences, signatures_shown=verbose()
+      args.checkpoint,
+      args.model_base_path,
+      args.version,
+      sentences,
+      signatures_shown=verbose(),
+      force=args.force,
     )
-  except (exporter.ExportError, conll.ConllError, OSError) as e:
+  except (exporter.ExportError, conll.ConllError, OSError, guard.ReportError) as e:
     print(f"export: error: {e}", file=sys.stderr)
     return 2
-  except exporter.VerificationError as e:
+  except (exporter.VerificationError, guard.WorseThanServed) as e:
     print(f"export: refused: {e}; nothing was published", file=sys.stderr)
     return 1
   return 0

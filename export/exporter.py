@@ -31,7 +31,7 @@ from bert_ner.model_base import (
   TEXT_SIGNATURE,
   WARMUP_FILE,
 )
-from export import layout
+from export import guard, layout
 
 v1 = tf.compat.v1
 SERVE = v1.saved_model.tag_constants.SERVING
@@ -193,10 +193,13 @@ def export_model(
   verify_sentences=SAMPLES,
   log=print,
   signatures_shown=False,
+  force=False,
 ):
   """Exports `checkpoint_dir` as the next (or given) version of `model_base_path`; returns it.
 
   Logs one line (where to, fingerprint, verification); signatures_shown adds the signatures.
+  Refuses (guard.WorseThanServed) a version that would be served and scores far below the
+  served one, unless `force`.
   """
   start = time.perf_counter()
   model_dir = _resolve(checkpoint_dir)
@@ -214,6 +217,8 @@ def export_model(
   if stale:
     log(f"removed stale temp dirs of crashed exports: {', '.join(stale)}")
   try:
+    if note := guard.check_not_worse(checkpoint_dir, base, wanted, force):
+      log(note)
     featurizer = model_dir.featurizer()
     batches = _batches(featurizer, verify_sentences)
     with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
@@ -258,6 +263,7 @@ def export_model(
       )
       builder.save()
     _write_assets(tmp, model_dir, fingerprint, featurizer)
+    guard.keep_report(checkpoint_dir, tmp / ASSETS_DIR)
     sample_texts = [" ".join(words) for words in verify_sentences]
     rows = _verify(tmp, batches, expected, output.name, featurizer, sample_texts)
     final = layout.publish(tmp, base, wanted, fixed=version is not None)

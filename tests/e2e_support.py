@@ -59,17 +59,22 @@ def make_checkpoint(tiny_bert_dir, out_dir, seed=1, **ner_config):
   return Path(out_dir)
 
 
-def export_shipped_model(base):
-  """models/default exported by `python -m export` (as the image's first stage does) into the
-  model base `base`; returns the version dir."""
-  done = subprocess.run(
-    [sys.executable, "-m", "export", "--checkpoint", "models/default"]
-    + ["--model_base_path", str(base), "--verify_sentences", "4"],
+def run_export(checkpoint, base, *flags):
+  """`python -m export` of `checkpoint` into the model base `base` (4 verification sentences)."""
+  return subprocess.run(
+    [sys.executable, "-m", "export", "--checkpoint", str(checkpoint)]
+    + ["--model_base_path", str(base), "--verify_sentences", "4", *map(str, flags)],
     cwd=REPO_ROOT,
     capture_output=True,
     text=True,
     timeout=600,
   )
+
+
+def export_shipped_model(base):
+  """models/default exported by `python -m export` (as the image's first stage does) into the
+  model base `base`; returns the version dir."""
+  done = run_export("models/default", base)
   assert done.returncode == 0, done.stderr[-3000:]
   return Path(base) / "1"
 

@@ -27,6 +27,7 @@ KUSTOMIZE_KEYS = {
   "configMapGenerator",
   "generatorOptions",
   "patches",
+  "images",
 }
 
 
@@ -93,10 +94,31 @@ def render(directory):
   if generators and not kustomization.get("generatorOptions", {}).get("disableNameSuffixHash"):
     raise ValueError(f"{directory}: name suffix hashes are not computed by this loader")
   for generator in generators:
-    data = {}
-    for entry in generator["files"]:
-      key, _, source = entry.rpartition("=") if "=" in entry else (Path(entry).name, "", entry)
-      data[key] = (directory / source).read_text()
+    _generate_config_map(directory, generator, resources)
+  for patch in kustomization.get("patches", []):
+    operations = yaml.safe_load(patch["patch"])
+    selected = [i for i, r in enumerate(resources) if _matches(patch["target"], r)]
+    if not selected:
+      raise ValueError(f"{directory}: patch target {patch['target']} selects nothing")
+    for i in selected:
+      resources[i] = apply_json6902(resources[i], operations)
+  for image in kustomization.get("images", []):
+    _set_image(resources, image)
+  return resources
+
+
+def _generate_config_map(directory, generator, resources):
+  """Adds a configMapGenerator's ConfigMap to resources, or merges its files into the one of the
+  same name (`behavior: merge`) that an included kustomization generated."""
+  data = {}
+  for entry in generator["files"]:
+    key, _, source = entry.rpartition("=") if "=" in entry else (Path(entry).name, "", entry)
+    data[key] = (directory / source).read_text()
+  behavior = generator.get("behavior", "create")
+  same_name = [
+    r for r in resources if r["kind"] == "ConfigMap" and r["metadata"]["name"] == generator["name"]
+  ]
+  if behavior == "create" and not same_name:
     resources.append(
       {
         "apiVersion": "v1",
@@ -105,14 +127,26 @@ def render(directory):
         "data": data,
       }
     )
-  for patch in kustomization.get("patches", []):
-    operations = yaml.safe_load(patch["patch"])
-    selected = [i for i, r in enumerate(resources) if _matches(patch["target"], r)]
-    if not selected:
-      raise ValueError(f"{directory}: patch target {patch['target']} selects nothing")
-    for i in selected:
-      resources[i] = apply_json6902(resources[i], operations)
-  return resources
+  elif behavior == "merge" and len(same_name) == 1:
+    same_name[0]["data"] = {**same_name[0]["data"], **data}
+  else:
+    raise ValueError(
+      f"{directory}: configMapGenerator {generator['name']!r} with behavior {behavior!r} "
+      f"over {len(same_name)} ConfigMap(s) of that name is not handled by this loader"
+    )
+
+
+def _set_image(resources, image):
+  """The `images:` transformer: containers whose image is `name` (any tag) get newName/newTag."""
+  if set(image) - {"name", "newName", "newTag"}:
+    raise ValueError(f"images entry {image} is not handled by this loader")
+  for resource in resources:
+    pod = resource.get("spec", {}).get("template", {}).get("spec", {})
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+      name, _, tag = container["image"].partition(":")
+      if name == image["name"]:
+        tag = image.get("newTag", tag)
+        container["image"] = image.get("newName", name) + (f":{tag}" if tag else "")
 
 
 def by_kind_and_name(resources):

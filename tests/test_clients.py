@@ -19,7 +19,7 @@ import pytest
 
 from clients import common, grpc_client, rest_client
 from clients.tfs_protos import tfs_lite_pb2 as lite
-from e2e_support import LABELS, free_port, make_checkpoint
+from e2e_support import LABELS, free_port, make_checkpoint, run_export
 from server.process import ServerProcess
 
 REPO_ROOT = common.REPO_ROOT
@@ -172,8 +172,18 @@ def test_find_assets_takes_the_highest_version_of_the_first_root_that_has_one(
 
 def test_find_assets_without_any_export(tmp_path, monkeypatch):
   monkeypatch.delenv("BERT_NER_ASSETS", raising=False)
-  with pytest.raises(common.ClientError, match="missing assets.*--assets"):
+  with pytest.raises(common.ClientError, match="missing assets.*pass assets=DIR or set") as e:
     common.find_assets([tmp_path])
+  # A Python caller passed assets=; the scripts show their flag.
+  assert "pass --assets DIR or set" in common.command_line_message(e.value)
+  assert "--" not in str(e.value)
+
+
+def test_command_line_message_names_flags_for_parameters_only():
+  message = "server='a' mixes; pass the assets.extra as assets=DIR (see http://h/?x=assets=1)"
+  assert common.command_line_message(common.ClientError(message)) == (
+    "--server 'a' mixes; pass the assets.extra as --assets DIR (see http://h/?x=--assets 1)"
+  )
 
 
 def test_load_assets(tmp_path):
@@ -199,6 +209,60 @@ class StubClient(common.NerClient):
 
   def output_names(self):
     return self.signatures
+
+
+def served_as(fingerprint):
+  """The output names of a model exported with that fingerprint."""
+  return {"result": [f"ner_{fingerprint}/pred_label:0"]}
+
+
+def test_clients_take_the_assets_of_the_served_version(tmp_path, monkeypatch):
+  monkeypatch.delenv("BERT_NER_ASSETS", raising=False)
+  monkeypatch.chdir(tmp_path)
+  base = tmp_path / "models" / "bert_ner"
+  old, new = "0123456789abcdef", "fedcba9876543210"
+  write_assets(base / "1" / "assets.extra", fingerprint=old)
+  write_assets(base / "2" / "assets.extra", fingerprint=new)
+  (base / "0" / "assets.extra").mkdir(parents=True)  # incomplete: no ner_config.json
+  # Version 2 is on disk but the server still serves 1 (it is loading 2): the client follows.
+  client = StubClient(None, served_as(old))
+  client.check_fingerprint()
+  assert (client.fingerprint, client.assets) == (old, base / "1" / "assets.extra")
+  client.signatures = served_as(new)  # the reload is done
+  client.check_fingerprint()
+  assert (client.fingerprint, client.assets) == (new, base / "2" / "assets.extra")
+  client.signatures = served_as("aaaaaaaaaaaaaaaa")  # a version nobody has the assets of
+  with pytest.raises(common.ClientError, match="fingerprint mismatch"):
+    client.check_fingerprint()
+  # Assets passed (or named by $BERT_NER_ASSETS) are the caller's choice: refused, not swapped.
+  pinned = StubClient(base / "2" / "assets.extra", served_as(old))
+  with pytest.raises(common.ClientError, match="have fedcba9876543210; .* as assets=DIR"):
+    pinned.check_fingerprint()
+  monkeypatch.setenv("BERT_NER_ASSETS", str(base / "2" / "assets.extra"))
+  with pytest.raises(common.ClientError, match="fingerprint mismatch"):
+    StubClient(None, served_as(old)).check_fingerprint()
+
+
+@pytest.mark.parametrize(
+  "call",
+  [
+    lambda c: c.predict("EU rejects German call"),
+    lambda c: c.predict_documents("EU rejects German call"),
+    lambda c: c.predict_documents(["EU rejects", "German call"]),
+  ],
+)
+def test_a_bare_str_is_a_type_error_not_one_sentence_per_character(tmp_path, call):
+  client = StubClient(write_assets(tmp_path), served_as(FINGERPRINT))
+  with pytest.raises(TypeError, match=r"takes a list of strings, not a str: wrap it as \[text\]"):
+    call(client)
+
+
+def test_crlf_files_give_lines_without_a_carriage_return(tmp_path):
+  path = tmp_path / "crlf.txt"
+  path.write_bytes(b"EU rejects\r\n\r\nGerman call\r\nlast\r")
+  args = common.build_parser(None, "h:1").parse_args(["--file", str(path)])
+  assert common.read_texts(args) == ["EU rejects", "", "German call", "last"]
+  assert json.loads(common.format_result("EU rejects", [], True))["text"] == "EU rejects"
 
 
 @pytest.mark.parametrize(
@@ -466,6 +530,16 @@ def test_predict_checks_the_fingerprint_once_per_client(fake, fake_assets, tmp_p
   assert fake.metadata_calls == 2 and len(fake.shapes) == 3
 
 
+def test_a_client_is_a_context_manager_that_closes_its_transport(fake, fake_assets, transport):
+  with CLASSES[transport](fake.address(transport), assets=fake_assets) as client:
+    assert [e.text for e in client.predict([SENTENCE])[0]] == ["EU", "German"]
+  if transport == "grpc":
+    with pytest.raises(ValueError, match="closed channel"):
+      client.check_fingerprint()
+  else:
+    assert not client.session.adapters["http://"].poolmanager.pools
+
+
 def test_timeout(fake, fake_assets, transport):
   fake.delay = 5.0
   client = CLASSES[transport](fake.address(transport), timeout=0.3, assets=fake_assets)
@@ -545,23 +619,7 @@ def served(tiny_bert_dir, tmp_path_factory):
   work = tmp_path_factory.mktemp("served")
   base = work / "models" / "bert_ner"
   ckpt = make_checkpoint(tiny_bert_dir, work / "ckpt")
-  export = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "export",
-      "--checkpoint",
-      ckpt,
-      "--model_base_path",
-      base,
-      "--verify_sentences",
-      "4",
-    ],
-    cwd=REPO_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  export = run_export(ckpt, base)
   assert export.returncode == 0, export.stderr[-2000:]
   with ServerProcess(base, work / "server.log") as server:
     yield work, server.grpc, server.rest

@@ -127,3 +127,31 @@ def test_page_loads_nothing_from_elsewhere():
   for path in app.STATIC.iterdir():
     text = path.read_text(encoding="utf-8")
     assert not re.search(r"https?:|//[\w-]+\.[\w.-]+/|url\(|@import", text), path.name
+
+
+def test_info_shows_the_fingerprint_of_the_assets_in_use():
+  """The client switches assets when the server reloads another version; the header follows."""
+  import asyncio
+  import types
+
+  from aiohttp.test_utils import TestClient, TestServer
+
+  featurizer = types.SimpleNamespace(id2label=make_label_list(["ORG"]))
+  client = types.SimpleNamespace(
+    server="h:1", model="bert_ner", fingerprint="aaaa", featurizer=featurizer
+  )
+
+  async def fingerprints():
+    async with TestClient(TestServer(app.build_app(client, "grpc"))) as http:
+      first = await (await http.get("/api/info")).json()
+      client.fingerprint = "bbbb"
+      second = await (await http.get("/api/info")).json()
+    return first["fingerprint"], second["fingerprint"]
+
+  assert asyncio.run(fingerprints()) == ("aaaa", "bbbb")
+
+
+def test_a_wrapped_highlight_keeps_its_box_on_every_line():
+  css = (app.STATIC / "demo.css").read_text(encoding="utf-8")
+  rule = re.search(r"mark\.entity \{([^}]*)\}", css).group(1)
+  assert re.search(r"(?<!-)box-decoration-break: clone;", rule)

@@ -172,3 +172,15 @@ def test_tf218_text_signature_answers_as_the_dev_venv_does(
     assert theirs[key] == ours[key].tolist(), key
   assert np.allclose(theirs["entity_score"], ours["entity_score"], atol=1e-4)
   assert sum(ours["num_entities"]) > 100
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/volume"])
+def test_tf_serving_218_schemas_accept_the_kubernetes_configs(tf218, tmp_path, overlay):
+  import k8s_support
+
+  resources = k8s_support.by_kind_and_name(k8s_support.render(REPO_ROOT / "k8s" / overlay))
+  for name, text in resources["ConfigMap", "bert-ner-config"]["data"].items():
+    (tmp_path / name).write_text(text)
+  report = tf218("configs", tmp_path)
+  assert "num_batch_threads" in report["batching_parameters.txt"]["fields"]
+  assert report["models.config"]["fields"] == ["model_config_list"]

@@ -170,3 +170,19 @@ def test_the_help_says_how_to_pass_negative_feature_layers(capsys, monkeypatch):
   with pytest.raises(SystemExit):
     parse_args(["--help"])
   assert "--feature_layers=-4,-3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("f1,warned", [(0.0, True), (4.99, True), (5.0, False), (92.0, False)])
+def test_a_near_zero_dev_f1_is_reported_loudly(capsys, monkeypatch, f1, warned):
+  from train.__main__ import main
+
+  report = {"best_epoch": 1, "train_seconds": 1.0, "dev": {"f1": f1}}
+  monkeypatch.setattr(trainer, "run", lambda config, command: report)
+  monkeypatch.setattr("train.__main__.format_scores", lambda scores: "scores")
+  monkeypatch.setattr("train.__main__.logging.basicConfig", lambda **kwargs: None)
+  assert main(["--out", "m"]) == 0
+  err = capsys.readouterr().err
+  assert (
+    f"train: WARNING: DEV F1 IS {f1:.2f}: the model in m finds almost no entities" in err
+  ) == (warned)
+  assert err.count("\n") == int(warned)

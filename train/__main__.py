@@ -13,6 +13,10 @@ from bert_ner.quiet import quiet_tensorflow
 quiet_tensorflow()  # before train.trainer imports TensorFlow (BERT_NER_VERBOSE=1 keeps its logs)
 from train import trainer  # pylint: disable=wrong-import-position
 
+# Dev F1 points below which a model finds almost no entities: a run that diverged or stopped far
+# too early. The trainer still writes it (it may be wanted for debugging) but says so loudly.
+NEAR_ZERO_F1 = 5.0
+
 DESCRIPTION = (
   "Train a BERT (+BiLSTM) + CRF NER tagger on CoNLL files. BERT is frozen by default (its "
   "features are computed once and cached); --adapter_rank trains LoRA adapters on it, "
@@ -92,7 +96,18 @@ def main(argv=None):
     f"{report['train_seconds']:.0f} s; dev (inference graph):"
   )
   print(format_scores(report["dev"]))
+  if report["dev"]["f1"] < NEAR_ZERO_F1:
+    print(near_zero_warning(report, config.out), file=sys.stderr)
   return 0
+
+
+def near_zero_warning(report, out):
+  """The warning for a model whose dev F1 is near zero: what it means and what to do."""
+  return (
+    f"train: WARNING: DEV F1 IS {report['dev']['f1']:.2f}: the model in {out} finds almost no "
+    f"entities (too few steps, a diverged learning rate, or labels that do not match the data); "
+    f"do not serve it (python -m export refuses it over a better served version)"
+  )
 
 
 if __name__ == "__main__":

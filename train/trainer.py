@@ -28,7 +28,7 @@ import tensorflow as tf2
 import tensorflow.compat.v1 as tf
 from tqdm import tqdm
 
-from bert_ner import atomic, backbone, conll, modeling
+from bert_ner import atomic, backbone, conll, model_base, modeling
 from bert_ner import checkpoint as ckpt
 from bert_ner import head as ner_head
 from bert_ner import labels as label_maps
@@ -912,7 +912,7 @@ def run(config, command=""):
       "%(differing)d of %(words)d",
       report["merge_check"],
     )
-  write_json_atomic(Path(config.out) / "train_report.json", report)
+  write_json_atomic(Path(config.out) / model_base.TRAIN_REPORT, report)
   if config.head_only:
     write_json_atomic(
       Path(config.out) / ckpt.MANIFEST,

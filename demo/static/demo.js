@@ -92,7 +92,24 @@ function showJson(show) {
   $("toggle-json").setAttribute("aria-pressed", String(show));
 }
 
+function showModelInfo() {
+  const transport = info.transport === "grpc" ? "gRPC" : "REST";
+  $("model-info").textContent =
+    `Model ${info.model} (fingerprint ${info.fingerprint}) at ${info.server} over ${transport}.`;
+}
+
 function renderResult(answer, roundTripMs) {
+  // The demo follows the served version across reloads: the header names the one that tagged.
+  if (answer.fingerprint !== info.fingerprint) {
+    info.fingerprint = answer.fingerprint;
+    showModelInfo();
+  }
+  // A text signature names types in its answers only: learn the ones the legend lacks.
+  const unseen = answer.entities.map((e) => e.type).filter((t) => !info.types.includes(t));
+  if (unseen.length) {
+    info.types = [...new Set([...info.types, ...unseen])];
+    renderLegend();
+  }
   renderHighlights(answer.text, answer.entities);
   renderTable(answer.entities);
   $("json").textContent = JSON.stringify(answer, null, 2);
@@ -144,9 +161,7 @@ async function start() {
     showMessage("The demo server does not answer: is python -m demo still running?");
     return;
   }
-  const transport = info.transport === "grpc" ? "gRPC" : "REST";
-  $("model-info").textContent =
-    `Model ${info.model} (fingerprint ${info.fingerprint}) at ${info.server} over ${transport}.`;
+  showModelInfo();
   renderLegend();
   countCharacters();
   $("text").addEventListener("input", countCharacters);
