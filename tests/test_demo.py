@@ -136,9 +136,8 @@ def test_info_shows_the_fingerprint_of_the_assets_in_use():
 
   from aiohttp.test_utils import TestClient, TestServer
 
-  featurizer = types.SimpleNamespace(id2label=make_label_list(["ORG"]))
   client = types.SimpleNamespace(
-    server="h:1", model="bert_ner", fingerprint="aaaa", featurizer=featurizer
+    server="h:1", model="bert_ner", fingerprint="aaaa", entity_types=lambda: ["ORG"]
   )
 
   async def fingerprints():
