@@ -7,9 +7,10 @@ tests hold the two equal (sub-tokens, word offsets, windows, entities); nothing 
 opinion about tokenization. What core TF lacks (normalization, character classes) comes from
 `bert_ner.text_tables`, precomputed at export from the featurizer's own tokenizer.
 
-Tensors are flat with a row id beside them (N characters, W words, S sub-tokens of the whole
-batch); each function says its shapes. All indices are int32 and global (into the flat tensor)
-unless named `*_in_row`.
+Tensors are flat with a row id beside them (N characters, M normalized characters in words,
+W words, S sub-tokens, K windows of the whole batch); each function says its shapes. Indices are
+int32 and global (into the flat tensors); offsets become relative to their text only in the
+outputs.
 """
 
 from typing import NamedTuple
@@ -20,7 +21,8 @@ import tensorflow.compat.v1 as tf
 from bert_ner import crf, labels, model_base, text_tables
 from bert_ner import featurizer as featurizer_lib
 
-# Offsets, lengths and positions outside this are refused, so int32 holds every index.
+# Characters one text (row) may hold: bounds a request's work and memory; a longer row fails the
+# run with InvalidArgument naming the limit (docs/TEXT_SIGNATURE.md).
 MAX_TEXT_CHARS = 20_000
 REPLACEMENT_CHAR = 0xFFFD  # what an invalid UTF-8 sequence decodes to (then dropped as control)
 
@@ -73,8 +75,13 @@ def _lookup(table, code_points):
 
 
 def _previous(values, first):
-  """values shifted right by one: out[i] = values[i - 1], out[0] = first."""
-  return tf.concat([[first], values[:-1]], axis=0)
+  """values shifted right by one: out[i] = values[i - 1], out[0] = first (empty stays empty)."""
+  return tf.concat([[first], values], axis=0)[:-1]
+
+
+def _next(values, last):
+  """values shifted left by one: out[i] = values[i + 1], out[-1] = last (empty stays empty)."""
+  return tf.concat([values, [last]], axis=0)[1:]
 
 
 def decode(texts):
@@ -155,7 +162,7 @@ def basic_words(chars, tables):
   char_word = tf.cumsum(tf.cast(char_starts, tf.int32)) - 1  # [M]
   first_char = tf.cast(tf.where(char_starts)[:, 0], tf.int32)  # [W]
   num_word_chars = tf.shape(word_chars)[0]
-  next_first = tf.concat([first_char[1:], [num_word_chars]], 0)
+  next_first = _next(first_char, num_word_chars)
   row = tf.gather(chars.row, tf.gather(char_source, first_char))  # [W]
   start = tf.gather(char_source, first_char)
   end = tf.gather(char_source, next_first - 1) + 1
@@ -174,9 +181,9 @@ def _widen(chars, tables, row, start, end):
   """Word ends widened over the characters the normalizer dropped after them, up to whitespace
   (Python's `str.isspace`), the next word or the end of the text (`featurizer._words_of`)."""
   # row, start, end: [W]
-  next_row = tf.concat([row[1:], [-1]], 0)
-  next_start = tf.concat([start[1:], [0]], 0)
-  limit = tf.where_v2(tf.equal(next_row, row), next_start, tf.gather(chars.row_ends, row))
+  limit = tf.where_v2(
+    tf.equal(_next(row, -1), row), _next(start, 0), tf.gather(chars.row_ends, row)
+  )
   spaces = tf.cast(tf.where(_lookup(tables.is_space, chars.code_points) > 0)[:, 0], tf.int32)
   after = tf.searchsorted(spaces, end, side="left")
   first_space = tf.gather(tf.concat([spaces, [np.iinfo(np.int32).max]], 0), after)
@@ -458,7 +465,7 @@ def entity_spans(chars, words, tags):
     & ~line_break
   )
   opens = in_entity & ~continues
-  closes = in_entity & ~tf.concat([continues[1:], [False]], 0)
+  closes = in_entity & ~_next(continues, False)
   return Spans(tf.cast(tf.where(opens)[:, 0], tf.int32), tf.cast(tf.where(closes)[:, 0], tf.int32))
 
 
@@ -547,7 +554,11 @@ def build(model_dir, texts, build_head):
   counts = tf.math.unsorted_segment_sum(tf.ones_like(row), row, num_rows)  # [B]
   rank = tf.range(tf.shape(row)[0]) - tf.gather(tf.cumsum(counts, exclusive=True), row)
   width = tf.reduce_max(tf.concat([counts, [0]], 0))
-  dense = lambda values, pad: _dense(values, row, rank, num_rows, width, pad)  # noqa: E731
+
+  def dense(values, pad):
+    """[E] -> [B, width], padded."""
+    return _dense(values, row, rank, num_rows, width, pad)
+
   return {
     model_base.ENTITY_TYPE: dense(kind, PAD_TYPE),
     model_base.ENTITY_START: dense(start - row_start, PAD_OFFSET),

@@ -231,6 +231,8 @@ def export_model(
         entities = text_graph.build(
           model_dir, texts, lambda ids, mask: build_inference_head(model_dir, ids, mask)
         )
+      # Made before any session run: TF refuses to change ops of a graph a session has run.
+      initialize_tables = v1.tables_initializer()
       checkpoint.restore_model(sess, model_dir)
       fingerprint = _fingerprint(sess, model_dir)
       with v1.name_scope(OUTPUT_SCOPE.format(fingerprint=fingerprint)):
@@ -259,7 +261,7 @@ def export_model(
         signature_def_map=signatures,
         clear_devices=True,
         strip_default_attrs=True,
-        main_op=v1.tables_initializer(),
+        main_op=initialize_tables,
       )
       builder.save()
     _write_assets(tmp, model_dir, fingerprint, featurizer)
