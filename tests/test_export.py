@@ -481,7 +481,7 @@ def test_bad_input_exits_2_and_touches_nothing(
 
 @pytest.mark.parametrize(
   "texts",
-  [[], [b""], [b"   ", b"\x00\u200b".decode("unicode_escape").encode()], [b"", b"EU call", b""]],
+  [[], [b""], [b"   ", "\x00\u200b".encode()], [b"", b"EU call", b""]],
   ids=["no rows", "empty", "nothing but spaces and dropped characters", "empty rows around one"],
 )
 def test_text_signature_answers_rows_without_words(exported, texts):
@@ -491,4 +491,4 @@ def test_text_signature_answers_rows_without_words(exported, texts):
     got = sess.run({k: v.name for k, v in sig.outputs.items()}, {sig.inputs["text"].name: texts})
   assert got["num_entities"].shape == (len(texts),)
   assert all(v.shape[0] == len(texts) for v in got.values())
-  assert all(got["num_entities"][i] == 0 for i, t in enumerate(texts) if not t.strip(b" \x00"))
+  assert all(got["num_entities"][i] == 0 for i, t in enumerate(texts) if b"EU" not in t)
