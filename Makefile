@@ -17,7 +17,7 @@ SERVER  = $(HOST):$(if $(filter rest,$(TRANSPORT)),$(REST_PORT),$(GRPC_PORT))
 TRAIN_ARGS ?=
 DOCUMENT ?=
 
-.PHONY: help setup tf218 lint test test-fast train export serve up image eval bench demo demo-screenshot reliability-report mutate clean
+.PHONY: help setup tf218 lint test test-fast train export serve up image eval bench demo demo-screenshot reliability-report verify-text mutate clean
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -91,6 +91,9 @@ demo-screenshot: $(STAMP) ## regenerate docs/demo.png (README's screenshot) from
 
 reliability-report: $(STAMP) ## regenerate docs/RELIABILITY.md from a run of the reliability tests
 	WRITE_RELIABILITY_REPORT=1 $(PY) -m pytest -q tests/reliability
+
+verify-text: $(STAMP) ## the in-graph tokenizer against the featurizer on CoNLL and 100,000 generated strings
+	TEXT_CORPUS_SIZE=100000 $(PY) -m pytest -q tests/test_text_graph.py
 
 mutate: $(STAMP) ## break the code on purpose, one named mutation at a time (tests/mutate.py); exit 1 if one survives
 	$(PY) tests/mutate.py
