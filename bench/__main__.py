@@ -228,7 +228,10 @@ def run(args, command):
     runners = {("local", "variable"): (featurizer, model.run)}
     for transport in CLIENTS:
       client = CLIENTS[transport](
-        getattr(servers[True], transport), timeout=TIMEOUT_S, assets=model.assets
+        getattr(servers[True], transport),
+        signature=model_base.SIGNATURE,
+        timeout=TIMEOUT_S,
+        assets=model.assets,
       )
       client.check_fingerprint()
       runners[transport, "variable"] = (client.featurizer, client.run)
@@ -278,7 +281,12 @@ def run(args, command):
     for transport in CLIENTS:
       clients = {
         batching: [
-          CLIENTS[transport](getattr(server, transport), timeout=TIMEOUT_S, assets=model.assets)
+          CLIENTS[transport](
+            getattr(server, transport),
+            signature=model_base.SIGNATURE,
+            timeout=TIMEOUT_S,
+            assets=model.assets,
+          )
           for _ in range(max(CONCURRENCY))
         ]
         for batching, server in servers.items()

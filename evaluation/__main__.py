@@ -117,6 +117,7 @@ def connect(args):
   client = CLIENTS[args.transport](
     server,
     args.model,
+    model_base.SIGNATURE,  # the file's own tokens go in as ids
     timeout=args.timeout,
     assets=args.assets or default_assets(args.model_base_path),
   )

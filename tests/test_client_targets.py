@@ -371,7 +371,9 @@ HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length:
 def test_rest_timeout_bounds_the_whole_request(assets, prefix, answer):
   server = TrickleServer(answer, prefix)
   try:
-    client = rest_client.RestNerClient(server.address, timeout=TRICKLE_TIMEOUT_S, assets=assets)
+    client = rest_client.RestNerClient(
+      server.address, signature="result", timeout=TRICKLE_TIMEOUT_S, assets=assets
+    )
     started = time.monotonic()
     with pytest.raises(common.ClientError, match="timeout: no answer from .* within 2s"):
       client.output_names()
@@ -412,7 +414,7 @@ def test_rest_refuses_an_endless_answer(assets, monkeypatch):
 
   threading.Thread(target=flood, daemon=True).start()
   address = f"127.0.0.1:{listener.getsockname()[1]}"
-  client = rest_client.RestNerClient(address, timeout=5, assets=assets)
+  client = rest_client.RestNerClient(address, signature="result", timeout=5, assets=assets)
   with pytest.raises(
     common.ClientError, match=rf"^http://{address}/v1/.* answered more than 1 MiB$"
   ):
@@ -449,7 +451,7 @@ def answer_once(raw):
   ids=["redirect", "gzip that is not gzip"],
 )
 def test_rest_odd_answers_are_one_line_errors(assets, raw, error):
-  client = rest_client.RestNerClient(answer_once(raw), timeout=5, assets=assets)
+  client = rest_client.RestNerClient(answer_once(raw), signature="result", timeout=5, assets=assets)
   with pytest.raises(common.ClientError, match=error):
     client.output_names()
 
@@ -471,7 +473,9 @@ def test_rest_fails_over_to_the_next_target_and_stays_there(assets):
   server = FakeServing(VOCAB)
   try:
     dead = f"127.0.0.1:{free_port()}"
-    client = rest_client.RestNerClient(f"{dead},{server.rest_address}", assets=assets)
+    client = rest_client.RestNerClient(
+      f"{dead},{server.rest_address}", signature="result", assets=assets
+    )
     client.check_fingerprint()
     assert [[e.text for e in entities] for entities in client.predict([SENTENCE])] == [
       ["EU", "German"]
@@ -514,7 +518,9 @@ def test_rest_fails_over_on_503(assets):
   good = FakeServing(VOCAB)
   busy = ServiceUnavailable()
   try:
-    client = rest_client.RestNerClient(f"{busy.address},{good.rest_address}", assets=assets)
+    client = rest_client.RestNerClient(
+      f"{busy.address},{good.rest_address}", signature="result", assets=assets
+    )
     assert client.predict([SENTENCE])[0][0].text == "EU" and client.current == 1
     assert busy.requests == 1
   finally:
@@ -560,7 +566,7 @@ def test_grpc_retries_unavailable_calls(assets):
   port = server.add_insecure_port("127.0.0.1:0")
   server.start()
   try:
-    client = grpc_client.GrpcNerClient(f"127.0.0.1:{port}", assets=assets)
+    client = grpc_client.GrpcNerClient(f"127.0.0.1:{port}", signature="result", assets=assets)
     assert client.run(*pad_batch(client.featurizer.encode_text(SENTENCE)[1])).shape == (1, 6)
     assert len(calls) == 2
   finally:
@@ -571,7 +577,9 @@ def test_grpc_dns_target_reaches_the_server(assets):
   server = FakeServing(VOCAB)
   try:
     port = server.grpc_address.rpartition(":")[2]
-    client = grpc_client.GrpcNerClient(f"dns:///localhost:{port}", assets=assets)
+    client = grpc_client.GrpcNerClient(
+      f"dns:///localhost:{port}", signature="result", assets=assets
+    )
     client.check_fingerprint()
     assert [e.text for e in client.predict([SENTENCE])[0]] == ["EU", "German"]
   finally:

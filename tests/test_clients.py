@@ -679,7 +679,17 @@ def test_e2e_scripts_fail_with_one_line(served, transport):
     config["fingerprint"] = "f" * 16
     (skewed / "ner_config.json").write_text(json.dumps(config))
   assert_one_line_error(
-    run_script(transport, SENTENCE, "--server", address, "--assets", skewed, cwd=work),
+    run_script(
+      transport,
+      SENTENCE,
+      "--server",
+      address,
+      "--signature",
+      "result",
+      "--assets",
+      skewed,
+      cwd=work,
+    ),
     "fingerprint mismatch",
   )
 
@@ -689,6 +699,7 @@ def test_e2e_server_side_invalid_argument(served, transport):
   work, *addresses = served
   client = CLASSES[transport](
     dict(zip(SCRIPTS, addresses))[transport],
+    signature="result",
     assets=work / "models" / "bert_ner" / "1" / "assets.extra",
   )
   with pytest.raises(common.ClientError, match=r"\(INVALID_ARGUMENT\): .*outside the vocabulary"):

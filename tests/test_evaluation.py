@@ -104,7 +104,9 @@ def test_transports_give_the_same_tags_and_scores(base, server, sample, capsys):
   tags = evaluation.tag(featurizer, model.run, sentences, 64)
   assert len({tag for sentence in tags for tag in sentence}) > 1  # a real, non-constant tagger
   for transport in ("grpc", "rest"):
-    client = evaluation.CLIENTS[transport](addresses[transport], assets=model.assets)
+    client = evaluation.CLIENTS[transport](
+      addresses[transport], signature="result", assets=model.assets
+    )
     assert evaluation.tag(client.featurizer, client.run, sentences, 5) == tags
 
 

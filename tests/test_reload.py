@@ -40,7 +40,7 @@ def test_no_request_fails_across_a_reload(tiny_bert_dir, tmp_path, monkeypatch, 
     address = server.grpc if transport == "grpc" else server.rest
     client_class = CLASSES[transport]
     failures, answered = [], []  # answered: (kind, fingerprint, version 2 on disk then)
-    long_lived = client_class(address)
+    long_lived = client_class(address, signature="result")
     moved = threading.Event()
 
     def one_request(kind, client):
@@ -55,7 +55,7 @@ def test_no_request_fails_across_a_reload(tiny_bert_dir, tmp_path, monkeypatch, 
     deadline = time.monotonic() + LOOP_TIMEOUT_S
     while time.monotonic() < deadline:
       try:
-        with client_class(address) as fresh:
+        with client_class(address, signature="result") as fresh:
           one_request("new client", fresh)
       except common.ClientError as e:  # the scripts load their assets when they start
         failures.append(f"new client: {e}")

@@ -61,7 +61,7 @@ def test_a_text_over_the_limit_is_invalid_argument_naming_it(served):
   client = GrpcNerClient(server.grpc)
   with pytest.raises(ClientError, match="INVALID_ARGUMENT.*over the limit of 20000"):
     client.predict(["a " * 10_001])
-  assert client.predict(["a " * 9_999 + "Paris"])  # at the limit: answered
+  assert client.predict(["a " * 9_997 + "Paris "])  # 20,000 characters: answered
 
 
 @pytest.mark.parametrize("client_class", [GrpcNerClient, RestNerClient])

@@ -150,8 +150,12 @@ class Deployment:
 
   def client(self, transport, timeout=CLIENT_TIMEOUT_S):
     if transport == "grpc":
-      return grpc_client.GrpcNerClient(self.grpc, timeout=timeout, assets=self.assets)
-    return rest_client.RestNerClient(self.rest, timeout=timeout, assets=self.assets)
+      return grpc_client.GrpcNerClient(
+        self.grpc, signature="result", timeout=timeout, assets=self.assets
+      )
+    return rest_client.RestNerClient(
+      self.rest, signature="result", timeout=timeout, assets=self.assets
+    )
 
   def export_command(self, *extra):
     return [
