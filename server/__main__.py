@@ -27,7 +27,7 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 from aiohttp import web
 
 from server import config as server_config
-from server import grpc_service, ports, process, rest
+from server import connections, grpc_service, ports, process, rest
 from server.batching import (
   DEFAULT_PARAMETERS_FILE,
   BatchingConfigError,
@@ -140,6 +140,21 @@ def parse_flags(argv=None):
     help="REST predict deadline (default 30000)",
   )
   add(
+    "--rest_api_read_timeout_in_ms",
+    type=int,
+    default=connections.DEFAULT_READ_TIMEOUT_MS,
+    help="a REST request's line and headers must arrive this soon after the connection opens or "
+    "the previous answer, and its body may pause this long: else the connection is closed "
+    "(408 for a body); not a TF Serving flag (default 50000, libevent's timeout)",
+  )
+  add(
+    "--rest_api_max_connections",
+    type=int,
+    default=connections.DEFAULT_MAX_CONNECTIONS,
+    help="REST connections held at most; past it the longest idle one is closed; not a TF "
+    "Serving flag (default 1024)",
+  )
+  add(
     "--tensorflow_intra_op_parallelism",
     type=int,
     default=0,
@@ -163,7 +178,14 @@ _FLAG_MINIMUMS = (
   (
     1,
     "must be at least 1",
-    ("num_batch_threads", "max_batch_size", "max_request_bytes", "rest_api_timeout_in_ms"),
+    (
+      "num_batch_threads",
+      "max_batch_size",
+      "max_request_bytes",
+      "rest_api_timeout_in_ms",
+      "rest_api_read_timeout_in_ms",
+      "rest_api_max_connections",
+    ),
   ),
   (
     0,
@@ -279,18 +301,26 @@ async def serve(flags, model_server_config, monitoring):
   )
   grpc_service.add_services(grpc_server, models, metrics)
   host = f"[{flags.host}]" if ":" in flags.host else flags.host
+  limit = connections.ConnectionLimit(flags.rest_api_max_connections)
   app = rest.make_app(
     models,
     metrics,
     flags.max_request_bytes,
     flags.rest_api_timeout_in_ms,
     server_config.prometheus_path(monitoring),
+    flags.rest_api_read_timeout_in_ms,
+    [limit.track],
   )
   logging.getLogger("aiohttp.server").addFilter(rest.OneLineHttpErrors())
   runner = web.AppRunner(
-    app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **rest.PROTOCOL_OPTIONS
+    app,
+    access_log=None,
+    shutdown_timeout=SHUTDOWN_GRACE_S,
+    keepalive_timeout=flags.rest_api_read_timeout_in_ms / 1000,
+    **rest.PROTOCOL_OPTIONS,
   )
   await runner.setup()
+  limit.install(runner.server)
   try:
     grpc_port = grpc_server.add_insecure_port(f"{host}:{flags.port}")
     await web.TCPSite(runner, flags.host, flags.rest_api_port).start()
@@ -333,6 +363,8 @@ def main(argv=None):
   """Entry point of python -m server."""
   flags = parse_flags(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(connections.OutOfFilesOncePerInterval())
   tf.get_logger().propagate = False  # TensorFlow logs through its own handler already.
   try:
     model_server_config = _model_server_config(flags)
