@@ -40,6 +40,9 @@ from server.metrics import Metrics
 from server.servable import Servable
 
 SHUTDOWN_GRACE_S = 5
+# HTTP/2 streams one gRPC connection may have open (nginx's http2_max_concurrent_streams is 128,
+# Go's 250): unbounded, 40,000 streams that never sent their message held 300 MB, kept after.
+MAX_CONCURRENT_STREAMS = 128
 MAX_PORT = 65535
 
 
@@ -259,6 +262,15 @@ async def _poll_config_file(models, path, interval):
       logging.error("Failed to reload %s: %s", path, error)
 
 
+async def _load_models(models, model_server_config, flags):
+  """Applies the start-up config, then polls until every model serves a version."""
+  try:
+    await models.reload(model_server_config)
+  except ServingError as error:
+    sys.exit(f"Failed to start server. Error: {error.code.name}: {error.message}")
+  await models.wait_until_available(flags.file_system_poll_wait_seconds)
+
+
 async def serve(flags, model_server_config, monitoring):
   """Loads the configured models, serves gRPC and REST, polls until SIGTERM/SIGINT."""
   stop = asyncio.Event()
@@ -279,23 +291,20 @@ async def serve(flags, model_server_config, monitoring):
     ),
     flags.allow_version_labels_for_unavailable_models,
   )
-  try:
-    await models.reload(model_server_config)
-  except ServingError as error:
-    sys.exit(f"Failed to start server. Error: {error.code.name}: {error.message}")
-
-  loading = asyncio.create_task(models.wait_until_available(flags.file_system_poll_wait_seconds))
   stopping = asyncio.create_task(stop.wait())
+  loading = asyncio.create_task(_load_models(models, model_server_config, flags))
   await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
-  if stop.is_set():
+  if stop.is_set():  # a load may still be running: its thread does not keep the process
     loading.cancel()
     await models.close()
     return
+  loading.result()
 
   grpc_server = grpc.aio.server(
     interceptors=[grpc_service.RejectUndecodable()],
     options=[
       ("grpc.max_receive_message_length", flags.max_request_bytes),
+      ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
       ("grpc.so_reuseport", 0),
     ],
   )

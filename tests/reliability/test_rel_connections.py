@@ -2,15 +2,17 @@
 a body never sent, a chunked body never ending): closed in bounded time, held in bounded number,
 logged in bounded lines, with gRPC and REST still answering."""
 
+import asyncio
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 
-from rel_support import excerpt, good
+from rel_support import PREDICT_RPC, excerpt, good
 from server.connections import DEFAULT_MAX_CONNECTIONS
 from server.process import ServerProcess
 
@@ -153,3 +155,55 @@ def test_slow_requests_are_closed(short_timeout_server, report, mode):
     ok,
   )
   assert ok, excerpt(server.log()[-2000:], 2000)
+
+
+HALF_OPEN_STREAMS = 40_000
+STREAMS_SETTLE_S = 10.0
+STREAMS_RSS_LIMIT_MB = 50  # unbounded, the streams held +306 MB and kept +253 MB
+
+
+async def half_open_streams(server, count, settle_s):
+  """Opens count Predict streams on one gRPC connection that never send their message; the
+  server's RSS (MB) once they are open, and a probe's answer meanwhile."""
+  process = psutil.Process(server.pid)
+  stop = asyncio.Event()
+
+  async def never():
+    await stop.wait()
+    yield b""  # never reached before the calls are cancelled
+
+  async with grpc.aio.insecure_channel(server.grpc) as channel:
+    predict = channel.stream_unary(PREDICT_RPC)
+    calls = [predict(never(), timeout=OPEN_LIMIT_S) for _ in range(count)]
+    await asyncio.sleep(settle_s)
+    rss = process.memory_info().rss / 2**20
+    probe = await asyncio.to_thread(good, server, "grpc")
+    for call in calls:
+      call.cancel()
+    stop.set()
+  return rss, probe
+
+
+def test_half_open_grpc_streams_on_one_connection(env, report, tmp_path):
+  server = ServerProcess(env.base, tmp_path / "server.log").start()
+  try:
+    process = psutil.Process(server.pid)
+    idle = process.memory_info().rss / 2**20
+    rss, probe = asyncio.run(half_open_streams(server, HALF_OPEN_STREAMS, STREAMS_SETTLE_S))
+    time.sleep(STREAMS_SETTLE_S / 2)
+    kept = process.memory_info().rss / 2**20
+  finally:
+    server.stop()
+  ok = probe.code == "OK" and probe.seconds < ANSWER_LIMIT_S and rss - idle <= STREAMS_RSS_LIMIT_MB
+  report.add(
+    "load",
+    f"{HALF_OPEN_STREAMS:,} Predict streams on one gRPC connection, none sending its message",
+    "grpc",
+    f"the server opens at most grpc.max_concurrent_streams (128) of them; RSS within "
+    f"+{STREAMS_RSS_LIMIT_MB} MB; a probe on another connection answers within "
+    f"{ANSWER_LIMIT_S:g} s",
+    f"RSS {idle:.0f} MB idle, {rss:.0f} MB with the streams open, {kept:.0f} MB after they "
+    f"were cancelled; probe {probe.code} in {probe.seconds * 1000:.0f} ms",
+    ok,
+  )
+  assert ok, (idle, rss, kept, probe)
