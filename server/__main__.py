@@ -103,6 +103,16 @@ def parse_flags(argv=None):
     help="let a config label a version that has not loaded yet (default false)",
   )
   add(
+    "--enable_model_reload_api",
+    type=_bool,
+    nargs="?",
+    const=True,
+    default=None,
+    help="serve ModelService/HandleReloadConfigRequest, which loads any SavedModel path a caller "
+    "names (and so runs its code); not a TF Serving flag, which always serves it (default: true "
+    "with --model_config_file, else false)",
+  )
+  add(
     "--monitoring_config_file",
     help='text MonitoringConfig; prometheus_config { enable: true path: "..." } serves the '
     "Prometheus page on the REST port (no page without it, as in TF Serving)",
@@ -308,7 +318,12 @@ async def serve(flags, model_server_config, monitoring):
       ("grpc.so_reuseport", 0),
     ],
   )
-  grpc_service.add_services(grpc_server, models, metrics)
+  reload_api = (
+    flags.enable_model_reload_api
+    if flags.enable_model_reload_api is not None
+    else bool(flags.model_config_file)
+  )
+  grpc_service.add_services(grpc_server, models, metrics, reload_api)
   host = f"[{flags.host}]" if ":" in flags.host else flags.host
   limit = connections.ConnectionLimit(flags.rest_api_max_connections)
   app = rest.make_app(
