@@ -5,8 +5,7 @@ import os
 import shutil
 import time
 
-from rel_support import excerpt, served_version
-from server.process import ServerProcess
+from rel_support import excerpt, polling_server, served_version
 
 POLL_S = 0.5
 NEXT_VERSION_LIMIT_S = 30
@@ -14,11 +13,7 @@ STOP_LIMIT_S = 10  # SHUTDOWN_GRACE_S (5 s) plus start-up of the interpreter's e
 
 
 def test_fifo_saved_model_does_not_hold_the_manager(env, report, tmp_path):
-  base = tmp_path / "models"
-  shutil.copytree(env.base / "1", base / "1")
-  server = ServerProcess(
-    base, tmp_path / "server.log", flags=["--file_system_poll_wait_seconds", str(POLL_S)]
-  ).start()
+  base, server = polling_server(env, tmp_path, POLL_S)
   try:
     shutil.copytree(env.base / "1", base / "2", ignore=shutil.ignore_patterns("saved_model.pb"))
     os.mkfifo(base / "2" / "saved_model.pb")  # a reader blocks until a writer opens it
