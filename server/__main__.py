@@ -27,7 +27,7 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 from aiohttp import web
 
 from server import config as server_config
-from server import grpc_service, ports, process, rest
+from server import connections, grpc_service, ports, process, rest
 from server.batching import (
   DEFAULT_PARAMETERS_FILE,
   BatchingConfigError,
@@ -40,6 +40,9 @@ from server.metrics import Metrics
 from server.servable import Servable
 
 SHUTDOWN_GRACE_S = 5
+# HTTP/2 streams one gRPC connection may have open (nginx's http2_max_concurrent_streams is 128,
+# Go's 250): unbounded, 40,000 streams that never sent their message held 300 MB, kept after.
+MAX_CONCURRENT_STREAMS = 128
 MAX_PORT = 65535
 
 
@@ -100,6 +103,16 @@ def parse_flags(argv=None):
     help="let a config label a version that has not loaded yet (default false)",
   )
   add(
+    "--enable_model_reload_api",
+    type=_bool,
+    nargs="?",
+    const=True,
+    default=None,
+    help="serve ModelService/HandleReloadConfigRequest, which loads any SavedModel path a caller "
+    "names (and so runs its code); not a TF Serving flag, which always serves it (default: true "
+    "with --model_config_file, else false)",
+  )
+  add(
     "--monitoring_config_file",
     help='text MonitoringConfig; prometheus_config { enable: true path: "..." } serves the '
     "Prometheus page on the REST port (no page without it, as in TF Serving)",
@@ -140,6 +153,21 @@ def parse_flags(argv=None):
     help="REST predict deadline (default 30000)",
   )
   add(
+    "--rest_api_read_timeout_in_ms",
+    type=int,
+    default=connections.DEFAULT_READ_TIMEOUT_MS,
+    help="a REST request's line and headers must arrive this soon after the connection opens or "
+    "the previous answer, and its body may pause this long: else the connection is closed "
+    "(408 for a body); not a TF Serving flag (default 50000, libevent's timeout)",
+  )
+  add(
+    "--rest_api_max_connections",
+    type=int,
+    default=connections.DEFAULT_MAX_CONNECTIONS,
+    help="REST connections held at most; past it the longest idle one is closed; not a TF "
+    "Serving flag (default 1024)",
+  )
+  add(
     "--tensorflow_intra_op_parallelism",
     type=int,
     default=0,
@@ -163,7 +191,14 @@ _FLAG_MINIMUMS = (
   (
     1,
     "must be at least 1",
-    ("num_batch_threads", "max_batch_size", "max_request_bytes", "rest_api_timeout_in_ms"),
+    (
+      "num_batch_threads",
+      "max_batch_size",
+      "max_request_bytes",
+      "rest_api_timeout_in_ms",
+      "rest_api_read_timeout_in_ms",
+      "rest_api_max_connections",
+    ),
   ),
   (
     0,
@@ -237,6 +272,15 @@ async def _poll_config_file(models, path, interval):
       logging.error("Failed to reload %s: %s", path, error)
 
 
+async def _load_models(models, model_server_config, flags):
+  """Applies the start-up config, then polls until every model serves a version."""
+  try:
+    await models.reload(model_server_config)
+  except ServingError as error:
+    sys.exit(f"Failed to start server. Error: {error.code.name}: {error.message}")
+  await models.wait_until_available(flags.file_system_poll_wait_seconds)
+
+
 async def serve(flags, model_server_config, monitoring):
   """Loads the configured models, serves gRPC and REST, polls until SIGTERM/SIGINT."""
   stop = asyncio.Event()
@@ -257,40 +301,50 @@ async def serve(flags, model_server_config, monitoring):
     ),
     flags.allow_version_labels_for_unavailable_models,
   )
-  try:
-    await models.reload(model_server_config)
-  except ServingError as error:
-    sys.exit(f"Failed to start server. Error: {error.code.name}: {error.message}")
-
-  loading = asyncio.create_task(models.wait_until_available(flags.file_system_poll_wait_seconds))
   stopping = asyncio.create_task(stop.wait())
+  loading = asyncio.create_task(_load_models(models, model_server_config, flags))
   await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
-  if stop.is_set():
+  if stop.is_set():  # a load may still be running: its thread does not keep the process
     loading.cancel()
     await models.close()
     return
+  loading.result()
 
   grpc_server = grpc.aio.server(
     interceptors=[grpc_service.RejectUndecodable()],
     options=[
       ("grpc.max_receive_message_length", flags.max_request_bytes),
+      ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
       ("grpc.so_reuseport", 0),
     ],
   )
-  grpc_service.add_services(grpc_server, models, metrics)
+  reload_api = (
+    flags.enable_model_reload_api
+    if flags.enable_model_reload_api is not None
+    else bool(flags.model_config_file)
+  )
+  grpc_service.add_services(grpc_server, models, metrics, reload_api)
   host = f"[{flags.host}]" if ":" in flags.host else flags.host
+  limit = connections.ConnectionLimit(flags.rest_api_max_connections)
   app = rest.make_app(
     models,
     metrics,
     flags.max_request_bytes,
     flags.rest_api_timeout_in_ms,
     server_config.prometheus_path(monitoring),
+    flags.rest_api_read_timeout_in_ms,
+    [limit.track],
   )
   logging.getLogger("aiohttp.server").addFilter(rest.OneLineHttpErrors())
   runner = web.AppRunner(
-    app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **rest.PROTOCOL_OPTIONS
+    app,
+    access_log=None,
+    shutdown_timeout=SHUTDOWN_GRACE_S,
+    keepalive_timeout=flags.rest_api_read_timeout_in_ms / 1000,
+    **rest.PROTOCOL_OPTIONS,
   )
   await runner.setup()
+  limit.install(runner.server)
   try:
     grpc_port = grpc_server.add_insecure_port(f"{host}:{flags.port}")
     await web.TCPSite(runner, flags.host, flags.rest_api_port).start()
@@ -333,6 +387,8 @@ def main(argv=None):
   """Entry point of python -m server."""
   flags = parse_flags(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(connections.OutOfFilesOncePerInterval())
   tf.get_logger().propagate = False  # TensorFlow logs through its own handler already.
   try:
     model_server_config = _model_server_config(flags)

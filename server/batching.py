@@ -32,6 +32,9 @@ from server.tfs_config_pb2 import BatchingParameters
 DEFAULT_PARAMETERS_FILE = Path(__file__).resolve().parents[1] / "docker" / "batching_parameters.txt"
 # BatchingParameters fields accepted in the file but without effect here.
 _IGNORED = ("thread_pool_name",)
+# An empty queue (one per request shape without padding) is freed after this long: distinct
+# shapes would otherwise each keep a queue and its collector task for the servable's life.
+QUEUE_IDLE_S = 60.0
 
 
 class BatchingConfigError(ValueError):
@@ -203,13 +206,13 @@ class Batcher:
     self._model_name = model_name
     self._slots = asyncio.Semaphore(options.num_batch_threads)
     self._queues = {}
-    self._collectors = []
+    self._collectors = set()
     self._jobs = set()
 
   async def run(self, signature, inputs, timeout_s=None):
     """Returns one request's outputs, raising its ServingError if it failed or was refused."""
     loop = asyncio.get_running_loop()
-    rows = self.task_size(signature, inputs)
+    rows = self.task_size(signature, {a: v.shape for a, v in inputs.items()})
     deadline = None if timeout_s is None else loop.time() + timeout_s
     if not (self._options.enabled and signature.batchable):
       task = Task(inputs, rows, loop.create_future(), deadline)
@@ -224,22 +227,27 @@ class Batcher:
         piece.future.cancel()  # a no-op once done; otherwise the caller went away
     return join_pieces(results)
 
-  def task_size(self, signature, inputs):
-    """The task size, refused over max_batch_size before anything is allocated for it (also
-    for warm-up requests, which TF Serving runs through the same batching session)."""
+  def task_size(self, signature, shapes):
+    """The task size of inputs of these shapes, refused over max_batch_size before anything is
+    allocated for it (also for warm-up requests, which TF Serving runs through the same batching
+    session)."""
     if not signature.batchable:
       return 1
-    sizes = {array.shape[0] for array in inputs.values()}
+    sizes = {shape[0] for shape in shapes.values()}
     if len(sizes) > 1:  # batching_util.h ComputeTensorBatchSize
       raise invalid("Batching Run() input tensors must have equal 0th-dimension size")
     rows = sizes.pop()
-    # Also with batching off: unlike TF Serving, which would then run a [2**31, 0] request
-    # (gigabytes of per-row state), the limit holds for every request here.
-    if rows > self._options.max_batch_size:
+    self.check_rows(signature, rows)
+    return rows
+
+  def check_rows(self, signature, rows):
+    """Refuses a task of more rows than max_batch_size. Also with batching off: unlike TF
+    Serving, which would then run a [2**31, 0] request (gigabytes of per-row state), the limit
+    holds for every request here."""
+    if signature.batchable and rows > self._options.max_batch_size:
       raise invalid(
         f"Task size {rows} is larger than maximum input batch size {self._options.max_batch_size}"
       )
-    return rows
 
   def _schedule(self, queue, inputs, rows, deadline):
     """Queues a task (or its pieces) as Queue::Schedule does; refuses it if the queue is full."""
@@ -295,26 +303,33 @@ class Batcher:
       key += (tuple(a.shape[1:] for a in inputs.values()),)
     if key not in self._queues:
       self._queues[key] = _Queue()
-      self._collectors.append(asyncio.create_task(self._collect(signature, self._queues[key])))
+      collector = asyncio.create_task(self._collect(key, signature, self._queues[key]))
+      self._collectors.add(collector)
+      collector.add_done_callback(self._collectors.discard)
     return self._queues[key]
 
-  async def _collect(self, signature, queue):
-    """Hands the queue's batches to free workers for as long as the servable lives."""
-    while True:
-      await self._wait_for_work(queue)
+  async def _collect(self, key, signature, queue):
+    """Hands the queue's batches to free workers; frees the queue once it idled QUEUE_IDLE_S
+    (a later request of its shape opens a new one)."""
+    while await self._wait_for_work(queue):
       await self._slots.acquire()
       batch = await self._take_batch(queue)
       if batch:
         self._start(signature, batch)
       else:
         self._slots.release()
+    del self._queues[key]  # no await since the queue was seen empty: nothing joined it
 
   @staticmethod
   async def _wait_for_work(queue):
-    """Returns once the queue holds a task."""
+    """True once the queue holds a task; False once it stayed empty for QUEUE_IDLE_S."""
     while not any(queue.batches):
       queue.changed.clear()
-      await queue.changed.wait()
+      try:
+        await asyncio.wait_for(queue.changed.wait(), QUEUE_IDLE_S)
+      except TimeoutError:
+        return any(queue.batches)
+    return True
 
   async def _take_batch(self, queue):
     """The next batch for the worker slot the caller holds: a closed one, else the open one once
@@ -390,6 +405,6 @@ class Batcher:
 
   async def close(self):
     """Stops collecting; called when no request can reach this batcher any more."""
-    for collector in self._collectors:
+    for collector in list(self._collectors):
       collector.cancel()
     await asyncio.gather(*self._collectors, *self._jobs, return_exceptions=True)

@@ -132,10 +132,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-  """GetModelStatus and HandleReloadConfigRequest."""
+  """GetModelStatus and HandleReloadConfigRequest (when reload_api)."""
 
-  def __init__(self, models):
+  def __init__(self, models, reload_api=True):
     self._models = models
+    self._reload_api = reload_api
 
   async def GetModelStatus(self, request, context):
     """Every version's state, or the requested version's."""
@@ -151,6 +152,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     in the call's code."""
     response = model_management_pb2.ReloadConfigResponse()
     try:
+      if not self._reload_api:  # it loads (and runs) whatever SavedModel path a caller names
+        raise ServingError(
+          grpc.StatusCode.UNIMPLEMENTED,
+          "HandleReloadConfigRequest is turned off: start the server with "
+          "--enable_model_reload_api=true (the default with --model_config_file)",
+        )
       if request.config.WhichOneof("config") != "model_config_list":
         raise invalid(
           "ServerModelConfig type not supported by HandleReloadConfigRequest. "
@@ -241,9 +248,11 @@ def _check_tasks(tasks, signature_defs):
     check_example_signature(signature_defs, key, task.method_name.rsplit("/", 1)[1])
 
 
-def add_services(server, models, metrics):
-  """Registers both services on a grpc.aio server."""
+def add_services(server, models, metrics, reload_api=True):
+  """Registers both services on a grpc.aio server; reload_api: HandleReloadConfigRequest on."""
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
     PredictionService(models, metrics), server
   )
-  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(models), server)
+  model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+    ModelService(models, reload_api), server
+  )

@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
+import threading
 
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2
@@ -25,6 +27,9 @@ from server.errors import ServingError, invalid, not_found
 State = get_model_status_pb2.ModelVersionStatus.State
 UNKNOWN_MODEL_LABEL = "<unknown model>"  # metrics label for names that are not served
 HIDDEN = "."  # dot folders (the exporter's .tmp-<version>-<pid>) are skipped without a warning
+# A load (and its warm-up) still running after this long fails, and the manager moves on: one
+# that never ends (a hung mount) would otherwise hold every later poll and config reload.
+LOAD_TIMEOUT_S = 300.0
 
 
 class _Model:
@@ -192,7 +197,15 @@ class ModelManager:
     """Loads one version in a worker thread; a failure is logged and remembered, never raised."""
     self._set_state(model.name, version, State.LOADING)
     try:
-      servable = await asyncio.to_thread(self._load, model.name, version, path)
+      special = await asyncio.to_thread(_special_file, path)
+      if special:  # opening a FIFO blocks until someone writes to it
+        raise OSError(f"{special} is not a regular file")
+      try:
+        servable = await asyncio.wait_for(
+          _load_in_daemon_thread(self._load, model.name, version, path), LOAD_TIMEOUT_S
+        )
+      except TimeoutError:
+        raise TimeoutError(f"not loaded within {LOAD_TIMEOUT_S:g} s") from None
     except Exception as error:
       message = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
       logging.error("Skipping %s version %d: %s", model.name, version, message)
@@ -286,6 +299,45 @@ class ModelManager:
       model.loaded.clear()
     await asyncio.gather(*(s.close() for s in self._retired), *self._unloads)
     self._retired.clear()
+
+
+def _special_file(path):
+  """The first file under a version that is not a regular file (FIFO, device, socket), or None."""
+  for root, _, files in os.walk(path):
+    for name in sorted(files):
+      with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.stat(os.path.join(root, name)).st_mode):
+          return os.path.relpath(os.path.join(root, name), path)
+  return None
+
+
+async def _load_in_daemon_thread(load, *args):
+  """load(*args) on a daemon thread of its own: a load stuck in a read holds neither the
+  default executor nor the process's exit (SIGTERM left it alive for 50+ s). A servable that
+  arrives after its caller gave up is closed."""
+  loop = asyncio.get_running_loop()
+  future = loop.create_future()
+
+  def settle(result, error):
+    if future.cancelled():
+      if result is not None:
+        logging.warning("Closing %s version %d: loaded after its timeout", *args[:2])
+        asyncio.ensure_future(result.close())
+    elif error is not None:
+      future.set_exception(error)
+    else:
+      future.set_result(result)
+
+  def run():
+    try:
+      outcome = (load(*args), None)
+    except Exception as error:
+      outcome = (None, error)
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+      loop.call_soon_threadsafe(settle, *outcome)
+
+  threading.Thread(target=run, name="load", daemon=True).start()
+  return await future
 
 
 def _fingerprint(path):

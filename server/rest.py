@@ -18,10 +18,11 @@ from aiohttp import http_exceptions, web
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
+from server.connections import DEFAULT_READ_TIMEOUT_MS, read_body
 from server.errors import ServingError, invalid
 from server.grpc_service import check_example_signature
 from server.signature import DEFAULT_SIGNATURE
-from server.tensors import from_json, to_json
+from server.tensors import dense_shape, from_json, to_json
 
 _REST_PATH = re.compile(r"(?i)/v1/.*", re.DOTALL)
 _PREDICT_PATH = re.compile(
@@ -38,15 +39,24 @@ _NOT_FOUND_PAGE = (
 )
 # aiohttp refuses request lines over 8,190 bytes with a logged traceback; libevent has no such
 # limit by default, so long URLs reach the handler as in TF Serving. Bodies are not uncompressed
-# by aiohttp (it answers a bad gzip body 500): _read_json does it as TF Serving does.
+# by aiohttp (it answers a bad gzip body 500): _json_body does it as TF Serving does.
 PROTOCOL_OPTIONS = {"max_line_size": 1 << 20, "max_field_size": 1 << 16, "auto_decompress": False}
 
 
-def make_app(models, metrics, max_request_bytes, timeout_ms, prometheus_path=None):
-  """The aiohttp application; bodies above max_request_bytes are refused with 413. The
-  Prometheus page is served at prometheus_path only when given (--monitoring_config_file)."""
-  app = web.Application(client_max_size=max_request_bytes, middlewares=[_json_errors])
-  api = _RestApi(models, metrics, timeout_ms, prometheus_path)
+def make_app(
+  models,
+  metrics,
+  max_request_bytes,
+  timeout_ms,
+  prometheus_path=None,
+  read_timeout_ms=DEFAULT_READ_TIMEOUT_MS,
+  middlewares=(),
+):
+  """The aiohttp application; bodies above max_request_bytes are refused with 413, bodies that
+  stall for read_timeout_ms with 408. The Prometheus page is served at prometheus_path only when
+  given (--monitoring_config_file)."""
+  app = web.Application(client_max_size=max_request_bytes, middlewares=[*middlewares, _json_errors])
+  api = _RestApi(models, metrics, timeout_ms, prometheus_path, read_timeout_ms / 1000)
   app.router.add_route("*", "/{path:.*}", api.dispatch)
   return app
 
@@ -119,11 +129,15 @@ def parse_route(method, path):
 class _RestApi:
   """Handlers for predict, classify/regress, model status, model metadata and metrics."""
 
-  def __init__(self, models, metrics, timeout_ms, prometheus_path):
+  def __init__(self, models, metrics, timeout_ms, prometheus_path, read_timeout_s):
     self._models = models
     self._metrics = metrics
     self._timeout_ms = timeout_ms
     self._prometheus_path = prometheus_path
+    self._read_timeout_s = read_timeout_s
+    # JSON is parsed and converted on a worker thread, so a large body never holds the event
+    # loop that gRPC shares; one at a time, as the parser holds the GIL while it runs.
+    self._decoding = asyncio.Semaphore(1)
 
   async def dispatch(self, request):
     """Routes one request the way TF Serving's HTTP server does."""
@@ -141,7 +155,7 @@ class _RestApi:
     if action == "metadata":
       return self.metadata(spec)
     with self._metrics.track(self._models.metric_label(spec.name), action, "REST"):
-      body = await _read_json(request)
+      body = await self._read_json(request, spec)
       if action == "predict":
         return await self.predict(spec, body)
       return self.classify_or_regress(spec, body, action)
@@ -151,7 +165,7 @@ class _RestApi:
     name = _signature_name(body)
     with self._models.acquire(spec) as servable:
       signature = _signature(servable, name)
-      inputs, row_format = _inputs(body, signature)
+      inputs, row_format = await self._off_loop(_inputs, body, signature, servable.check_shapes)
       try:
         outputs = await asyncio.wait_for(
           servable.predict(signature, inputs, self._timeout_ms / 1000), self._timeout_ms / 1000
@@ -161,6 +175,28 @@ class _RestApi:
           grpc.StatusCode.DEADLINE_EXCEEDED, f"Request timed out after {self._timeout_ms} ms"
         ) from None
     return web.json_response(_outputs(outputs, row_format))
+
+  async def _read_json(self, request, spec):
+    """The request body as a JSON object, parsed as TF Serving's ParseJson does, off the loop.
+    A body holding far more arrays and objects than a valid request is refused unparsed."""
+    try:
+      body = await read_body(request, self._read_timeout_s)
+    except web.HTTPRequestEntityTooLarge as error:
+      raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, error.text, http_status=413) from None
+    try:
+      with self._models.acquire(spec) as servable:
+        max_containers = servable.max_json_containers
+    except ServingError:  # answered after parsing, as TF Serving orders it
+      max_containers = None
+    gzipped = "gzip" in request.headers.get("Content-Encoding", "")
+    return await self._off_loop(
+      _json_body, body, gzipped, request.app._client_max_size, max_containers
+    )
+
+  async def _off_loop(self, function, *args):
+    """function(*args) on a worker thread, one call at a time."""
+    async with self._decoding:
+      return await asyncio.to_thread(function, *args)
 
   def classify_or_regress(self, spec, body, action):
     """POST ...:classify / :regress: TF Serving checks the signature before the examples."""
@@ -206,14 +242,22 @@ def _to_dict(message):
   )
 
 
-async def _read_json(request):
-  """The request body as a JSON object, parsed as TF Serving's ParseJson does."""
-  try:
-    body = await request.read()
-  except web.HTTPRequestEntityTooLarge as error:
-    raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, error.text, http_status=413) from None
-  if "gzip" in request.headers.get("Content-Encoding", ""):
-    body = _gunzip(body, request.app._client_max_size)
+def _json_body(body, gzipped, max_bytes, max_containers=None):
+  """A (gzip) body's JSON object; refused unparsed if it holds more than max_containers arrays
+  and objects (brackets in strings count too: a bound, not a parse).
+
+  Parsing holds the GIL, and so the event loop gRPC shares, for as long as it runs: 8 MiB of
+  empty rows took 5 s. Brackets are counted in C, about 10 ms for 8 MiB.
+  """
+  if gzipped:
+    body = _gunzip(body, max_bytes)
+  if max_containers is not None:
+    count = body.count(b"[") + body.count(b"{")
+    if count > max_containers:
+      raise invalid(
+        f"JSON body holds {count} arrays and objects; a valid request for this model holds "
+        f"far fewer (limit {max_containers})"
+      )
   return parse_json(body)
 
 
@@ -295,8 +339,10 @@ def _named(value):
   return isinstance(value, dict) and list(value) != ["b64"]
 
 
-def _inputs(body, signature):
-  """Decodes "instances" (row format) or "inputs" (columnar format) as json_tensor.cc does."""
+def _inputs(body, signature, check_shapes):
+  """Decodes "instances" (row format) or "inputs" (columnar format) as json_tensor.cc does;
+  check_shapes(signature, {alias: shape}) sees each input's shape (its first elements') before
+  any is converted: 8 MiB of empty rows took seconds to convert before the row count was seen."""
   if ("instances" in body) == ("inputs" in body):
     raise invalid(
       "Missing 'inputs' or 'instances' key"
@@ -329,6 +375,7 @@ def _inputs(body, signature):
       "inputs is a plain value/list, but expecting an object as multiple input "
       "tensors required as per tensorinfo_map"
     )
+  check_shapes(signature, {a: dense_shape(v) for a, v in columns.items()})
   inputs = {a: from_json(v, signature.inputs[a].dtype, a) for a, v in columns.items()}
   return inputs, "instances" in body
 

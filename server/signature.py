@@ -32,8 +32,9 @@ class TensorSpec:
 class Signature:
   """A SignatureDef's tensors, and whether its requests may be merged along axis 0."""
 
-  def __init__(self, key, signature_def):
+  def __init__(self, key, signature_def, max_width=None):
     self.key = key
+    self.max_width = max_width  # the model's positions: widest rank-2 integer input, or None
     self.inputs = {a: TensorSpec.from_info(t) for a, t in sorted(signature_def.inputs.items())}
     self.outputs = {a: TensorSpec.from_info(t) for a, t in sorted(signature_def.outputs.items())}
     tensors = [*self.inputs.values(), *self.outputs.values()]
@@ -50,9 +51,28 @@ class Signature:
         f"Missing but required: {{{','.join(sorted(wanted - sent))}}}."
       )
 
+  def check_widths(self, shapes):
+    """Refuses a rank-2 integer input wider than the model's positions by its declared shape,
+    before anything is allocated: one value declared [1, 8388608] fills 32 MB per tensor, and
+    merged with others of its width in a batch, gigabytes. The graph refuses it with the same
+    message, only after the run is built."""
+    for alias, shape in sorted(shapes.items()):
+      spec = self.inputs.get(alias)
+      if (
+        self.max_width is not None
+        and spec is not None
+        and spec.dtype.is_integer
+        and len(shape) == 2
+        and shape[1] > self.max_width
+      ):
+        raise invalid(
+          f"{alias} has length {shape[1]} but the model has only {self.max_width} positions"
+        )
+
   def decode(self, tensors):
     """Decodes a PredictRequest's input TensorProtos against this signature."""
     self.check_names(tensors)
+    self.check_widths({a: [d.size for d in t.tensor_shape.dim] for a, t in tensors.items()})
     return {a: from_proto(tensors[a], self.inputs[a].dtype, a) for a in sorted(tensors)}
 
   def validate(self, inputs):

@@ -76,7 +76,7 @@ def from_json(value, dtype, alias):
   check = _LEAF_CHECKS.get(dtype)
   if check is None:
     raise invalid(f"Conversion of JSON Value: {_debug(value)} to type: {dtype.name}")
-  shape = _dense_shape(value)
+  shape = dense_shape(value)
   try:
     _check_leaves(value, 0, shape, check, dtype)
   except RecursionError:
@@ -131,7 +131,7 @@ def _strings(value, alias):
     nested = leaf(value)
   except RecursionError:
     raise invalid(f"{alias} is nested too deeply") from None
-  array = np.empty(_dense_shape(nested), dtype=object)
+  array = np.empty(dense_shape(nested), dtype=object)
   try:
     array[...] = nested
   except ValueError:
@@ -141,7 +141,7 @@ def _strings(value, alias):
   return array
 
 
-def _dense_shape(nested):
+def dense_shape(nested):
   """Shape implied by the first element at each level, as json_tensor.cc computes it."""
   shape = []
   while isinstance(nested, list):

@@ -210,3 +210,20 @@ def test_large_batch_splitting_runs_pieces_and_joins_them_in_order():
   result, model = run_batcher(options, scenario)
   np.testing.assert_array_equal(result["pred_label"], rows(10)["input_ids"])
   assert sorted(sum(model.batches, [])) == [2, 4, 4]
+
+
+def test_idle_queues_are_freed(monkeypatch):
+  """Every request shape opens its own queue (and a task): one left idle is freed, so distinct
+  shapes cannot pile up queues for the servable's life; a later request opens a new one."""
+  monkeypatch.setattr("server.batching.QUEUE_IDLE_S", 0.05)
+
+  async def scenario(batcher, model):
+    await asyncio.gather(*(batcher.run(FakeSignature(), rows(1, w)) for w in range(1, 21)))
+    opened = len(batcher._queues)
+    await asyncio.sleep(0.3)
+    idle = len(batcher._queues)
+    again = await batcher.run(FakeSignature(), rows(2, 5))
+    return opened, idle, again["pred_label"].shape
+
+  (opened, idle, shape), _ = run_batcher(BatchingOptions(max_batch_size=64), scenario)
+  assert (opened, idle, shape) == (20, 0, (2, 5))

@@ -178,3 +178,18 @@ def oversize_grpc():
   return grpc_request(
     {"input_ids": grpc_client.make_tensor(ids), "input_mask": grpc_client.make_tensor([[1]])}
   )
+
+
+def polling_server(env, work, poll_s):
+  """A server of its own on a copy of version 1 under work/models, polling it every poll_s
+  seconds (started); returns (model base, ServerProcess)."""
+  import shutil
+
+  from server.process import ServerProcess
+
+  base = work / "models"
+  shutil.copytree(env.base / "1", base / "1")
+  server = ServerProcess(
+    base, work / "server.log", flags=["--file_system_poll_wait_seconds", str(poll_s)]
+  ).start()
+  return base, server

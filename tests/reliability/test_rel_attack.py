@@ -24,10 +24,10 @@ from rel_support import (
   PREDICT_PATH,
   excerpt,
   good,
+  polling_server,
   rest_columnar,
   rest_send,
 )
-from server.process import ServerProcess
 
 CASE_TIME_LIMIT_S = 10.0
 POLL_S = 0.5
@@ -172,11 +172,7 @@ def test_warmup_request_over_the_size_limits_skips_the_version(env, report, tmp_
   batching session, which refuses the task; the version fails to load and version 1 serves."""
   import tensorflow as tf
 
-  base = tmp_path / "models"
-  shutil.copytree(env.base / "1", base / "1")
-  server = ServerProcess(
-    base, tmp_path / "server.log", flags=["--file_system_poll_wait_seconds", str(POLL_S)]
-  ).start()
+  base, server = polling_server(env, tmp_path, POLL_S)
   try:
     staging = tmp_path / "staging"
     shutil.copytree(env.base / "1", staging)

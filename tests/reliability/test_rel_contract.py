@@ -102,7 +102,7 @@ class Private:
 
 @pytest.fixture(scope="module")
 def private(env, tmp_path_factory):
-  server = Private(env, tmp_path_factory.mktemp("contract"))
+  server = Private(env, tmp_path_factory.mktemp("contract"), "--enable_model_reload_api=true")
   yield server
   server.server.stop()
 

@@ -309,3 +309,37 @@ def test_docker_image_runs_as_non_root(report):
     ok,
   )
   assert ok, users
+
+
+def test_reload_config_api_is_off_without_a_config_file(env, report):
+  """HandleReloadConfigRequest loads whatever SavedModel path a caller names, and a SavedModel's
+  ops run at load: without --model_config_file nobody needs it, so it is off."""
+  import grpc
+  from tensorflow_serving.apis import model_management_pb2
+
+  request = model_management_pb2.ReloadConfigRequest()
+  request.config.model_config_list.config.add(
+    name="bert_ner", base_path=str(env.base), model_platform="tensorflow"
+  )
+  with grpc.insecure_channel(env.grpc) as channel:
+    reload_config = channel.unary_unary(
+      "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+      request_serializer=model_management_pb2.ReloadConfigRequest.SerializeToString,
+      response_deserializer=model_management_pb2.ReloadConfigResponse.FromString,
+    )
+    try:
+      reload_config(request, timeout=30)
+      code, details = "OK", "config applied"
+    except grpc.RpcError as error:
+      code, details = error.code().name, error.details() or ""
+  after = good(env, "grpc")
+  ok = code == "UNIMPLEMENTED" and "--enable_model_reload_api" in details and after.code == "OK"
+  report.add(
+    "security",
+    "HandleReloadConfigRequest naming a model base, server started without --model_config_file",
+    "grpc",
+    "UNIMPLEMENTED naming --enable_model_reload_api; the served model unchanged",
+    f"{code}: {excerpt(details, 90)}; next Predict {after.code}",
+    ok,
+  )
+  assert ok, (code, details)
