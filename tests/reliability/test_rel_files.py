@@ -131,3 +131,80 @@ def test_hostile_checkpoint_dir_is_refused(case, edit, message, good_dir, tmp_pa
     ok,
   )
   assert ok, (status, seconds, grown_mb, err)
+
+
+# ---------------------------------------------------------------- training data
+
+CONLL = "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\n"
+TRAIN_CASES = [
+  # (case, what --train or --dev gets, what the one error line must say)
+  ("--train DIR", "train", lambda p: p.mkdir(), "is a directory, not a CoNLL file"),
+  ("--dev DIR", "dev", lambda p: p.mkdir(), "is a directory, not a CoNLL file"),
+  (
+    "--train file not UTF-8 (a Latin-1 'café')",
+    "train",
+    lambda p: p.write_bytes(CONLL.encode() + b"caf\xe9 NN B-NP O\n"),
+    "not UTF-8",
+  ),
+  (
+    "--train file with no entities (every tag O)",
+    "train",
+    lambda p: p.write_text(CONLL.replace("B-ORG", "O").replace("B-PER", "O")),
+    "has no entities",
+  ),
+]
+
+
+@pytest.mark.parametrize("case,flag,make,message", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+def test_bad_training_data_is_refused(
+  case, flag, make, message, tiny_bert_dir, tmp_path, capsys, report
+):
+  from train.__main__ import main
+
+  files = {"train": tmp_path / "train.txt", "dev": tmp_path / "dev.txt"}
+  for path in files.values():
+    path.write_text(CONLL)
+  files[flag] = tmp_path / f"bad-{flag}"
+  make(files[flag])
+  argv = ["--train", files["train"], "--dev", files["dev"], "--backbone", tiny_bert_dir]
+  argv += ["--out", tmp_path / "out", "--epochs", "1", "--cache_dir", tmp_path / "cache"]
+  started = time.monotonic()
+  status = main([str(a) for a in argv])
+  seconds = time.monotonic() - started
+  lines = capsys.readouterr().err.strip().splitlines()
+  ok = (
+    status == 2
+    and len(lines) == 1
+    and message in lines[0]
+    and str(files[flag]) in lines[0]
+    and not (tmp_path / "out").exists()
+  )
+  report.add(
+    "bad files",
+    f"python -m train {case}",
+    "python -m train",
+    "exit 2, one 'error:' line naming the file, nothing trained",
+    f"exit {status} in {seconds:.1f} s: "
+    + excerpt(" | ".join(lines).replace(str(tmp_path), "<tmp>"), 150),
+    ok,
+  )
+  assert ok, (status, lines)
+
+
+def test_a_byte_order_mark_before_docstart_is_no_sentence(tmp_path, report):
+  from bert_ner import conll
+
+  path = tmp_path / "bom.txt"
+  path.write_bytes(b"\xef\xbb\xbf" + CONLL.encode())
+  documents = conll.read_documents(path)
+  words = [s.words for d in documents for s in d]
+  ok = words == [["EU", "rejects"], ["Peter"]] and len(documents) == 1
+  report.add(
+    "bad files",
+    "CoNLL file starting with a UTF-8 byte order mark before -DOCSTART-",
+    "bert_ner.conll",
+    "the mark is skipped: 1 document, sentences [EU rejects], [Peter]",
+    f"{len(documents)} document(s), sentences {words}",
+    ok,
+  )
+  assert ok, documents
