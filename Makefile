@@ -95,8 +95,14 @@ reliability-report: $(STAMP) ## regenerate docs/RELIABILITY.md from a run of the
 verify-text: $(STAMP) ## the in-graph tokenizer against the featurizer on CoNLL and 100,000 generated strings
 	TEXT_CORPUS_SIZE=100000 $(PY) -m pytest -q tests/test_text_graph.py
 
-mutate: $(STAMP) ## break the code on purpose, one named mutation at a time (tests/mutate.py); exit 1 if one survives
+# mutmut (a dev dependency) over server/ and clients/ as [tool.mutmut] in pyproject.toml sets it;
+# MUTANTS="server.metrics.* clients.common.*" limits it to some modules (a full run takes hours).
+MUTMUT  ?= .venv/bin/mutmut
+MUTANTS ?=
+mutate: $(STAMP) ## named mutations (tests/mutate.py; exit 1 if one survives), then mutmut's over server/ and clients/, scored per folder
 	$(PY) tests/mutate.py
+	CONLL2003_DIR=$(abspath $(dir $(DATA))) $(MUTMUT) run $(MUTANTS)
+	$(PY) tests/mutation_score.py mutants
 
 clean: ## remove build/, .cache/ and .pytest_cache/
 	rm -rf build .cache .pytest_cache

@@ -17,8 +17,9 @@ from typing import Any, Self
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from bert_ner import atomic, backbone, labels, modeling
+from bert_ner import atomic, backbone, labels, model_checks, modeling
 from bert_ner.featurizer import Featurizer
+from bert_ner.jsonfile import read_json
 
 BERT_CONFIG = "bert_config.json"
 VOCAB = "vocab.txt"
@@ -68,9 +69,10 @@ class NerConfig:
 
   @classmethod
   def from_json_file(cls, path: StrPath) -> Self:
-    """Reads `ner_config.json`."""
-    with open(path, encoding="utf-8") as f:
-      return cls.from_dict(json.load(f))
+    """Reads `ner_config.json`; ValueError naming the file and field for a bad value."""
+    data = read_json(path)
+    model_checks.check_ner_fields(data, os.fspath(path))
+    return cls.from_dict(data)
 
   def to_json_file(self, path: StrPath) -> None:
     """Writes `ner_config.json`."""
@@ -109,8 +111,11 @@ def vocab_is_cased(vocab_path: StrPath) -> bool:
 
 def infer_ner_config(checkpoint_path: str, vocab_path: StrPath) -> NerConfig:
   """NerConfig for a dir without `ner_config.json` (macanv), read off its variables and vocab."""
-  shapes = dict(tf.train.list_variables(checkpoint_path))
+  shapes = variable_shapes([checkpoint_path])
   config = NerConfig(do_lower_case=not vocab_is_cased(vocab_path))
+  # The default window, unless the model has fewer positions than that.
+  positions = shapes.get(model_checks.EMBEDDINGS.format("position"), [config.max_seq_length])
+  config.max_seq_length = min(config.max_seq_length, positions[0])
   rnn_variables = sorted(name for name in shapes if name.startswith("rnn_layer/"))
   if not rnn_variables:
     config.head = "dense"
@@ -148,7 +153,7 @@ def _require_file(directory: str, name: str) -> str:
 
 def _check_num_labels(checkpoint_path: str, id2label: Sequence[str]) -> None:
   """Fails early when the label map and the checkpoint's CRF disagree on the label count."""
-  shapes = dict(tf.train.list_variables(checkpoint_path))
+  shapes = variable_shapes([checkpoint_path])
   if TRANSITIONS in shapes and shapes[TRANSITIONS][0] != len(id2label):
     raise ValueError(
       f"{checkpoint_path}: {TRANSITIONS} is {shapes[TRANSITIONS]} but the "
@@ -173,8 +178,10 @@ def _resolve_checkpoint_dir(directory: str) -> ModelDir:
 
 def _resolve_head_only_dir(directory: str) -> ModelDir:
   """A head-only dir whose `manifest.json` names the pinned backbone; converts it if needed."""
-  with open(os.path.join(directory, MANIFEST), encoding="utf-8") as f:
-    wanted = json.load(f).get("backbone") or {}
+  manifest = read_json(os.path.join(directory, MANIFEST))
+  wanted = (manifest.get("backbone") if isinstance(manifest, dict) else None) or {}
+  if not isinstance(wanted, dict):
+    raise ValueError(f"{directory}/{MANIFEST}: backbone must be an object, got {wanted!r:.40}")
   pinned = backbone.DEFAULT_BACKBONE
   for key in ("package", "version", "sha256"):
     if wanted.get(key) != pinned[key]:
@@ -202,8 +209,34 @@ def resolve(path: StrPath) -> ModelDir:
   if not os.path.isdir(path):
     raise FileNotFoundError(f"model dir {path} does not exist")
   if os.path.isfile(os.path.join(path, MANIFEST)):
-    return _resolve_head_only_dir(path)
-  return _resolve_checkpoint_dir(path)
+    model_dir = _resolve_head_only_dir(path)
+  else:
+    model_dir = _resolve_checkpoint_dir(path)
+  check_model_dir(model_dir)
+  return model_dir
+
+
+def variable_shapes(init_checkpoints: Sequence[str]) -> dict[str, list[int]]:
+  """Name -> shape of the variables restore() would read (the first checkpoint holding a name
+  wins); ValueError for a checkpoint TensorFlow cannot read."""
+  shapes: dict[str, list[int]] = {}
+  for path in reversed(init_checkpoints):
+    try:
+      shapes.update(tf.train.list_variables(path))
+    except tf.errors.OpError as e:
+      raise ValueError(f"{path}: unreadable checkpoint ({e.message.splitlines()[0]})") from e
+  return shapes
+
+
+def check_model_dir(model_dir: ModelDir) -> None:
+  """Configs, vocabulary and label count checked against the checkpoint's variable shapes, so a
+  bad dir is refused in a second with one line instead of while (or after) building its graph."""
+  shapes = variable_shapes(model_dir.init_checkpoints)
+  bert = model_checks.check_bert_config(model_dir.bert_config_path, shapes)
+  model_checks.check_vocab(model_dir.vocab_path, bert.vocab_size)
+  model_checks.check_ner_config(
+    model_dir.ner_config, bert, shapes, len(model_dir.id2label), NER_CONFIG
+  )
 
 
 def restore(

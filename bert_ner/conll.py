@@ -58,13 +58,25 @@ def read_conll(path):
 def read_documents(path):
   """Reads a CoNLL file into documents (lists of Sentences), split at `-DOCSTART-` lines.
 
-  A file without `-DOCSTART-` is one document.
+  A file without `-DOCSTART-` is one document. A UTF-8 byte order mark (what some Windows editors
+  write first) is skipped, so it never turns a first `-DOCSTART-` into a word. A directory or a
+  file that is not UTF-8 is a ConllError naming it.
   """
+  if Path(path).is_dir():
+    raise ConllError(f"{path} is a directory, not a CoNLL file")
+  try:
+    return _read_documents(path)
+  except UnicodeDecodeError as e:
+    raise ConllError(f"{path}: not UTF-8 ({e.reason}: byte {e.object[e.start]:#04x})") from None
+
+
+def _read_documents(path):
+  """read_documents of a UTF-8 file."""
   documents = [[]]
   sentences = documents[-1]
   words, tags = [], []
   num_columns = None
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8-sig") as f:
     for line_number, line in enumerate(f, 1):
       stripped = line.strip(_BLANKS)
       if not stripped:

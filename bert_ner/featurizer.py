@@ -329,6 +329,9 @@ class Featurizer:
   ) -> list[str]:
     """One tag per word from the label ids predicted for its windows (one input's windows).
 
+    A word is read from the window where it has the most context on its nearer side (the
+    input's own ends count as unlimited context); on a tie the earlier window wins, so the
+    reading of a word never depends on the windows that follow it.
     X, [CLS] or [SEP] predicted on a word start read as "O"; with `x_continues` (free text) an
     X continues the previous word's entity instead. A word the vocabulary cannot spell ([UNK]:
     an emoji, a flag) never continues an entity: its X or I- reads as "O".

@@ -9,9 +9,14 @@ import json
 import os
 import pickle
 
+from bert_ner.jsonfile import read_json
+
 LABEL2ID_JSON = "label2id.json"
 LABEL2ID_PKL = "label2id.pkl"
 SPECIAL_LABELS = ["X", "[CLS]", "[SEP]"]
+# Ids are list indices: a map is refused before id2label is allocated when an id reaches this.
+# A CRF over L labels holds L x L transitions; tag sets have tens of labels, not thousands.
+MAX_LABELS = 1024
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):
@@ -42,6 +47,8 @@ def _id2label(label2id, source):
   for label, label_id in label2id.items():
     if not isinstance(label, str) or type(label_id) is not int or label_id < 0:
       raise ValueError(f"{source}: bad entry {label!r}: {label_id!r} (need str -> int >= 0)")
+  if max(label2id.values()) >= MAX_LABELS:
+    raise ValueError(f"{source}: label id {max(label2id.values())} is not below {MAX_LABELS}")
   if len(set(label2id.values())) != len(label2id):
     raise ValueError(f"{source}: two labels share an id")
   id2label = ["O"] * (max(label2id.values()) + 1)
@@ -55,8 +62,7 @@ def load_label_map(directory):
   json_path = os.path.join(directory, LABEL2ID_JSON)
   pkl_path = os.path.join(directory, LABEL2ID_PKL)
   if os.path.isfile(json_path):
-    with open(json_path, encoding="utf-8") as f:
-      return _id2label(json.load(f), json_path)
+    return _id2label(read_json(json_path), json_path)
   if os.path.isfile(pkl_path):
     return _id2label(_read_pickle(pkl_path), pkl_path)
   raise FileNotFoundError(f"no {LABEL2ID_JSON} or {LABEL2ID_PKL} in {directory}")

@@ -118,14 +118,14 @@ def gelu_tanh(x):
   return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
 
 
-_ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "relu": tf.nn.relu, "tanh": tf.tanh}
+ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "relu": tf.nn.relu, "tanh": tf.tanh}
 
 
 def get_activation(name):
   """Maps a config's `hidden_act` to a function, failing at graph-build time on unknown names."""
-  if name not in _ACTIVATIONS:
-    raise ValueError("Unsupported hidden_act %r; expected one of %s" % (name, sorted(_ACTIVATIONS)))
-  return _ACTIVATIONS[name]
+  if name not in ACTIVATIONS:
+    raise ValueError("Unsupported hidden_act %r; expected one of %s" % (name, sorted(ACTIVATIONS)))
+  return ACTIVATIONS[name]
 
 
 def dropout(x, rate):

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -512,6 +513,16 @@ def format_result(text: str, entities: Iterable[Entity], as_json: bool) -> str:
   return "\n".join([text] + [f"  {e.text} -> {e.type} [{e.start}:{e.end}]" for e in entities])
 
 
+def stdout_gone() -> int:
+  """Exit status once the reader of stdout has gone (`| head`): stdout is pointed at /dev/null
+  so the interpreter's last flush stays silent, and the status is that of a process SIGPIPE
+  ended, as `yes | head` leaves it."""
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, sys.stdout.fileno())
+  os.close(devnull)
+  return 128 + signal.SIGPIPE
+
+
 def main(
   client_class: Callable[..., NerClient],
   description: str | None,
@@ -538,7 +549,10 @@ def main(
       )
     for text, entities in tag_lines(client, texts, args.document, args.batch_size):
       print(format_result(text, above(entities, args.min_score), args.json))
+    sys.stdout.flush()  # a reader gone shows here, not in the interpreter's exit
   except ClientError as e:
     print(f"error: {command_line_message(e)}", file=sys.stderr)
     return 1
+  except BrokenPipeError:
+    return stdout_gone()
   return 0

@@ -1,5 +1,6 @@
 """Tags sentences with the served bert_ner model over REST (TF Serving's /v1/models API)."""
 
+import http.client
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from clients.deps import imports_or_exit
 with imports_or_exit(__name__):
   import requests
   import urllib3.connection
+  import urllib3.exceptions
 
   from bert_ner import model_base
   from bert_ner.featurizer import IntArray
@@ -100,6 +102,22 @@ def error_detail(body: bytes) -> object:
   except (ValueError, KeyError, TypeError, RecursionError):
     pass
   return body[:200].decode("utf-8", "replace")
+
+
+def malformed_part(error: BaseException) -> BaseException | None:
+  """The parse error of a malformed HTTP answer inside what requests raised (it wraps
+  http.client's BadStatusLine or LineTooLong in a ConnectionError), or None when the exchange
+  failed otherwise: refused, reset, closed before answering or cut short mid-body."""
+  pending: list[BaseException] = [error]
+  while pending:
+    cause = pending.pop()
+    if isinstance(cause, urllib3.exceptions.InvalidChunkLength) or (
+      isinstance(cause, http.client.HTTPException)
+      and not isinstance(cause, http.client.RemoteDisconnected | http.client.IncompleteRead)
+    ):
+      return cause
+    pending += [arg for arg in cause.args if isinstance(arg, BaseException)]
+  return None
 
 
 def read_body(response: requests.Response, url: str) -> bytes:
@@ -211,6 +229,11 @@ class RestNerClient(common.NerClient):
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
       if time.monotonic() >= _DEADLINE.at:  # a body read that timed out comes wrapped so
         raise self.error("DEADLINE_EXCEEDED") from None
+      malformed = malformed_part(e)
+      if malformed is not None:  # the server is there, but did not speak HTTP
+        raise common.ClientError(
+          f"bad answer from {url}: {type(malformed).__name__} {common.excerpt(str(malformed))}"
+        ) from None
       reason = re.search(r"\[Errno [^\]]*\] [^'\")]*", str(e))
       raise self.error("UNAVAILABLE", reason.group(0) if reason else type(e).__name__) from None
 

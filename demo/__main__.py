@@ -10,7 +10,7 @@ from aiohttp import web
 from clients.common import ClientError, add_model_flags, command_line_message
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
-from demo.app import build_app
+from demo.app import DEFAULT_ALLOWED_HOSTS, allowed_hosts, build_app, make_runner
 
 TRANSPORTS = {"grpc": (GrpcNerClient, "localhost:8500"), "rest": (RestNerClient, "localhost:8501")}
 
@@ -39,6 +39,14 @@ def parse_args(argv=None):
     default=8080,
     help="port of the page; 0 picks a free one (default: %(default)s)",
   )
+  p.add_argument(
+    "--allowed_host",
+    action="append",
+    default=[],
+    metavar="NAME",
+    help="also answer requests addressed to NAME (Host header); by default only "
+    f"{', '.join(DEFAULT_ALLOWED_HOSTS)} and --host are, against DNS rebinding",
+  )
   args = p.parse_args(argv)
   if args.timeout <= 0:
     p.error("--timeout must be positive")
@@ -47,7 +55,7 @@ def parse_args(argv=None):
 
 async def serve(app, host, port, announce):
   """Serves app until SIGINT or SIGTERM; calls announce(url) once it listens."""
-  runner = web.AppRunner(app)
+  runner = make_runner(app)
   await runner.setup()
   try:
     await web.TCPSite(runner, host, port).start()
@@ -82,7 +90,8 @@ def main(argv=None):
     print(f"demo: {url} ({status})", flush=True)
 
   try:
-    asyncio.run(serve(build_app(client, args.transport), args.host, args.port, announce))
+    app = build_app(client, args.transport, allowed_hosts(args.host, args.allowed_host))
+    asyncio.run(serve(app, args.host, args.port, announce))
   except OSError as e:
     print(
       f"demo: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr

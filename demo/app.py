@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from aiohttp import web
+from yarl import URL
 
 from clients.common import ClientError
 
@@ -24,6 +25,13 @@ MAX_TEXT_CHARS = 10_000
 MAX_BODY_BYTES = 12 * MAX_TEXT_CHARS + 1024
 # A few taggings at once: the model server batches them; more would only queue in threads here.
 TAG_WORKERS = 4
+# Taggings running or waiting for a worker; beyond this a request is answered 503 at once rather
+# than queued behind minutes of others' work.
+MAX_PENDING_TAGS = 4 * TAG_WORKERS
+# Host header names the page answers by default. Any other name is refused, so a page on another
+# site whose name was rebound to this address (DNS rebinding) cannot read or drive the demo.
+DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
+JSON_TYPE = "application/json"
 RESPONSE_HEADERS = {
   # Only the demo's own files run: even an injected element could not load or run anything.
   "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -103,6 +111,40 @@ def tag_text(client, text):
   ]
 
 
+def host_name(value):
+  """The name part of a Host or Origin header value (no scheme, no port), lower-cased; None when
+  it is not a host."""
+  try:
+    url = URL(value if "://" in value else f"http://{value}")
+  except ValueError:
+    return None
+  return url.host.lower() if url.host else None
+
+
+def allowed_hosts(listen_host, extra=()):
+  """Host names the page answers: the loopback names, the address it listens on (unless it is a
+  wildcard, which names no host) and any the operator adds."""
+  names = {*DEFAULT_ALLOWED_HOSTS, *(name.lower() for name in extra)}
+  if listen_host not in ("", "0.0.0.0", "::"):
+    names.add(listen_host.lower())
+  return frozenset(names)
+
+
+def request_origin_error(headers, hosts):
+  """Why a request comes from outside (a foreign Host, or a foreign Origin), or None.
+
+  Browsers send Origin with every cross-site POST; a request without one (curl, the clients) is
+  judged by its Host alone.
+  """
+  host = headers.get("Host")
+  if host is None or host_name(host) not in hosts:
+    return f"host {host!r} is not served here (the demo answers {', '.join(sorted(hosts))})"
+  origin = headers.get("Origin")
+  if origin is not None and host_name(origin) not in hosts:
+    return f"cross-site request from {origin!r} refused"
+  return None
+
+
 def error_response(status, message):
   """A JSON {"error": message} the page shows as it is."""
   return web.json_response({"error": message}, status=status)
@@ -120,9 +162,30 @@ async def response_headers(request, handler):
   return response
 
 
-def build_app(client, transport):
-  """The demo app tagging through `client` (a GrpcNerClient or RestNerClient)."""
+def same_site_only(hosts):
+  """Middleware answering 403 to a request with a foreign Host or Origin (see allowed_hosts)."""
+
+  @web.middleware
+  async def check(request, handler):
+    problem = request_origin_error(request.headers, hosts)
+    if problem:
+      return error_response(403, problem)
+    return await handler(request)
+
+  return check
+
+
+def make_runner(app):
+  """The AppRunner the demo is served by: a handler whose client went away is cancelled, and
+  with it the tagging still waiting for a worker."""
+  return web.AppRunner(app, handler_cancellation=True)
+
+
+def build_app(client, transport, hosts=frozenset(DEFAULT_ALLOWED_HOSTS)):
+  """The demo app tagging through `client` (a GrpcNerClient or RestNerClient), answering only
+  requests addressed to one of `hosts`."""
   executor = concurrent.futures.ThreadPoolExecutor(TAG_WORKERS, thread_name_prefix="tag")
+  pending = 0  # taggings running or queued; only the event loop's thread changes it
   info = {
     "server": client.server,
     "transport": transport,
@@ -140,15 +203,28 @@ def build_app(client, transport):
     return web.json_response({**info, "fingerprint": client.fingerprint})
 
   async def tag(request):
+    nonlocal pending
+    # A JSON content type makes a cross-site fetch ask first (CORS preflight), which the demo
+    # never grants; text/plain or a form would be sent blind.
+    if request.content_type != JSON_TYPE:
+      return error_response(415, f"send the request as Content-Type: {JSON_TYPE}")
     try:
       text = parse_tag_request(await read_body(request))
     except RequestError as e:
       return error_response(e.status, str(e))
+    if pending >= MAX_PENDING_TAGS:
+      response = error_response(503, "the demo is busy tagging other texts: try again shortly")
+      response.headers["Retry-After"] = "1"
+      return response
     started = time.perf_counter()
+    pending += 1
     try:
+      # Cancelling this await (the client went away) also drops the job if no worker took it.
       entities = await asyncio.get_running_loop().run_in_executor(executor, tag_text, client, text)
     except (ClientError, ValueError) as e:
       return error_response(502, f"cannot tag: {e}")
+    finally:
+      pending -= 1
     return web.json_response(
       {
         "text": text,
@@ -161,7 +237,9 @@ def build_app(client, transport):
   async def stop_executor(_):
     executor.shutdown(wait=False, cancel_futures=True)
 
-  app = web.Application(middlewares=[response_headers], client_max_size=MAX_BODY_BYTES)
+  app = web.Application(
+    middlewares=[response_headers, same_site_only(hosts)], client_max_size=MAX_BODY_BYTES
+  )
   app.router.add_get("/", index)
   app.router.add_get("/api/info", get_info)
   app.router.add_post("/api/tag", tag)

@@ -91,7 +91,7 @@ def test_macanv_dir_resolves_and_predicts(macanv_dir):
     hidden_size=HIDDEN,
     feature_layers=[-1],
     do_lower_case=True,
-    max_seq_length=128,
+    max_seq_length=64,  # the default 128, cut to the tiny model's 64 positions
   )
   assert model_dir.id2label == ["O"] + MACANV_LABELS
   assert model_dir.init_checkpoints == [str(out_dir / "model.ckpt-7")]
@@ -141,7 +141,8 @@ def test_save_and_resolve_round_trip(macanv_dir, tmp_path):
 def test_head_only_dir_takes_the_backbone_from_the_manifest(macanv_dir, tiny_bert_dir, monkeypatch):
   _, expected, head_only_dir = macanv_dir
   labels.save_label_map(head_only_dir, ["O"] + MACANV_LABELS)
-  NerConfig(lstm_size=LSTM, hidden_size=HIDDEN).to_json_file(head_only_dir / "ner_config.json")
+  config = NerConfig(lstm_size=LSTM, hidden_size=HIDDEN, max_seq_length=64)
+  config.to_json_file(head_only_dir / "ner_config.json")
   (head_only_dir / "manifest.json").write_text(json.dumps({"backbone": backbone.DEFAULT_BACKBONE}))
   calls = []
   monkeypatch.setattr(backbone, "locate_default_backbone", lambda: "hf-dir")

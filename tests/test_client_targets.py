@@ -447,8 +447,24 @@ def answer_once(raw):
       b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n{}{}",
       r"answered a body its Content-Encoding does not decode$",
     ),
+    (b"garbage\r\n\r\n", r"^bad answer from http://\S+: BadStatusLine"),
+    (b"HTTP/1.1 abc OK\r\n\r\n", r"^bad answer from http://\S+: BadStatusLine"),
+    (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", r": LineTooLong \"got more"),
+    (b"HTTP/1.1 200 OK\r\n" + b"X: a\r\n" * 200 + b"\r\n", r": HTTPException \"got more"),
+    (
+      b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+      r"^bad answer from http://\S+: InvalidChunkLength",
+    ),
   ],
-  ids=["redirect", "gzip that is not gzip"],
+  ids=[
+    "redirect",
+    "gzip that is not gzip",
+    "not HTTP",
+    "bad status code",
+    "header line too long",
+    "too many headers",
+    "bad chunk length",
+  ],
 )
 def test_rest_odd_answers_are_one_line_errors(assets, raw, error):
   client = rest_client.RestNerClient(answer_once(raw), signature="result", timeout=5, assets=assets)

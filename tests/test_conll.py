@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bert_ner import conll
 from bert_ner.conll import ConllError, Sentence, iob1_to_iob2, read_conll
 
 
@@ -137,3 +138,18 @@ def test_bad_tags_name_the_line(tmp_path, tag):
   path = _write(tmp_path, f"EU B-ORG\nrejects {tag}\n")
   with pytest.raises(ConllError, match=f"{path}:2: last column '{tag}' is not an IOB tag"):
     read_conll(path)
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path):
+  path = tmp_path / "bom.txt"
+  path.write_bytes(b"\xef\xbb\xbf-DOCSTART- -X- O\n\nEU NNP B-ORG\n")
+  assert conll.read_documents(path) == [[conll.Sentence(["EU"], ["B-ORG"])]]
+
+
+def test_a_directory_or_a_file_not_utf8_is_named(tmp_path):
+  with pytest.raises(conll.ConllError, match=f"^{tmp_path} is a directory"):
+    conll.read_documents(tmp_path)
+  path = tmp_path / "latin1.txt"
+  path.write_bytes(b"EU B-ORG\ncaf\xe9 O\n")
+  with pytest.raises(conll.ConllError, match=f"^{path}: not UTF-8"):
+    conll.read_documents(path)

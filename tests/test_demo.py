@@ -154,3 +154,30 @@ def test_a_wrapped_highlight_keeps_its_box_on_every_line():
   css = (app.STATIC / "demo.css").read_text(encoding="utf-8")
   rule = re.search(r"mark\.entity \{([^}]*)\}", css).group(1)
   assert re.search(r"(?<!-)box-decoration-break: clone;", rule)
+
+
+@pytest.mark.parametrize(
+  "headers, refused",
+  [
+    ({"Host": "127.0.0.1:8080"}, None),
+    ({"Host": "localhost"}, None),
+    ({"Host": "[::1]:8080", "Origin": "http://[::1]:8080"}, None),
+    ({"Host": "LOCALHOST:8080", "Origin": "http://localhost:8080"}, None),
+    ({}, "host None is not served here"),
+    ({"Host": "evil.example"}, "host 'evil.example' is not served here"),
+    ({"Host": "127.0.0.1.evil.example"}, "is not served here"),
+    ({"Host": "a b"}, "is not served here"),
+    ({"Host": "localhost", "Origin": "null"}, "cross-site request from 'null'"),
+    ({"Host": "localhost", "Origin": "http://evil.example"}, "cross-site request"),
+  ],
+)
+def test_only_the_allowed_hosts_and_origins_are_answered(headers, refused):
+  problem = app.request_origin_error(headers, app.allowed_hosts("127.0.0.1"))
+  assert problem == refused if refused is None else refused in problem
+
+
+def test_allowed_hosts_add_the_listen_address_but_not_a_wildcard():
+  assert app.allowed_hosts("0.0.0.0") == frozenset(app.DEFAULT_ALLOWED_HOSTS)
+  assert app.allowed_hosts("::") == frozenset(app.DEFAULT_ALLOWED_HOSTS)
+  assert "192.168.1.5" in app.allowed_hosts("192.168.1.5")
+  assert "demo.lan" in app.allowed_hosts("0.0.0.0", ["Demo.lan"])

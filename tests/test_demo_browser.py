@@ -356,7 +356,12 @@ def test_too_long_text_shows_the_limit(browser, demos):
 
 def test_api_answers_bad_requests_in_json_with_the_security_headers(demos):
   url = demos["rest"].url
-  too_big = requests.post(url + "api/tag", data=b"x" * 200_000, timeout=30)
+  too_big = requests.post(
+    url + "api/tag",
+    data=b"x" * 200_000,
+    headers={"Content-Type": "application/json"},
+    timeout=30,
+  )
   assert too_big.status_code == 413
   assert too_big.json() == {
     "error": "request body is over 121,024 bytes, the most the demo accepts"

@@ -336,6 +336,8 @@ def load_data(config, featurizer_factory):
   if config.max_train_sentences:
     train = conll.first_sentences(train, config.max_train_sentences)
   types = sorted({tag[2:] for d in train for s in d for tag in s.tags if tag != "O"})
+  if not types:  # the model would learn to answer O to everything
+    raise ValueError(f"train file {config.train} has no entities: every tag is O")
   id2label = label_maps.make_label_list(types)
   return train, dev, id2label, featurizer_factory(id2label)
 

@@ -23,7 +23,7 @@ from server.process import ServerProcess
 
 DOC = REPO_ROOT / "docs" / "RELIABILITY.md"
 PARTIAL_DOC = REPO_ROOT / "build" / "RELIABILITY.md"  # build/ is not tracked
-SECTIONS = ("bad requests", "bad texts", "load", "faults", "security")
+SECTIONS = ("bad requests", "bad texts", "bad files", "load", "faults", "security")
 NOTES = [
   "REST ignores Content-Type, as TF Serving does (`curl -d` sends "
   "application/x-www-form-urlencoded): a JSON body is served whatever the header says, any "

@@ -2,6 +2,10 @@
 8 and 17): each must end in one line on stderr and a non-zero exit, never a traceback or wrong
 tags given silently."""
 
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -14,10 +18,11 @@ from test_client_targets import (
   HEADERS,
   BadServing,
   TrickleServer,
+  answer_once,
   int_tensor,
   run_bytes,
 )
-from test_clients import write_assets
+from test_clients import SCRIPTS, write_assets
 
 SENTENCE = "EU rejects German call"
 TRICKLE_TIMEOUT_S = 5
@@ -170,3 +175,67 @@ def test_unknown_pieces_never_extend_an_entity(env, report):
     found == expected,
   )
   assert found == expected
+
+
+PIPED_LINES = 3000  # about 150 KB of output: more than a pipe holds, so the writer meets the close
+
+
+def test_output_piped_into_head_ends_quietly(env, report, tmp_path):
+  lines = tmp_path / "lines.txt"
+  lines.write_text("\n".join(SENTENCE for _ in range(PIPED_LINES)) + "\n")
+  failed = []
+  for transport in SCRIPTS:
+    server = env.grpc if transport == "grpc" else env.rest
+    argv = ["--assets", str(env.assets), "--server", server, "--file", str(lines)]
+    proc = subprocess.Popen(
+      [sys.executable, str(SCRIPTS[transport]), *argv],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      env=dict(os.environ, LC_ALL="C.UTF-8"),
+    )
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -n 1` does once it has its line
+    stderr = proc.stderr.read().decode(errors="replace")
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    ok = first.startswith(SENTENCE.encode()) and stderr == ""
+    ok = ok and proc.returncode == 128 + signal.SIGPIPE
+    report.add(
+      "faults",
+      f"client --file of {PIPED_LINES} lines piped into `head -n 1`",
+      transport,
+      "no output on stderr, exit 141 (as a process ended by SIGPIPE)",
+      f"exit {proc.returncode}; stderr: {excerpt(stderr, 100) or '(none)'}",
+      ok,
+    )
+    if not ok:
+      failed.append((transport, proc.returncode, stderr[-300:]))
+  assert not failed
+
+
+MALFORMED_ANSWERS = [
+  ("a status line that is not HTTP", b"garbage\r\n\r\n"),
+  ("a 70,000-byte header line", b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n"),
+  ("200 headers", b"HTTP/1.1 200 OK\r\n" + b"X: a\r\n" * 200 + b"\r\n"),
+  ("a bad chunk length", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+]
+
+
+def test_a_malformed_http_answer_is_a_bad_answer(env, report):
+  failed = []
+  for name, raw in MALFORMED_ANSWERS:
+    address = answer_once(raw)
+    result = run_bytes("rest", ["--assets", str(env.assets), "--server", address, SENTENCE])
+    ok, observed = one_line_error(result)
+    ok = ok and result.stderr.startswith(f"error: bad answer from http://{address}/")
+    report.add(
+      "faults",
+      f"REST server answers with {name}",
+      "rest",
+      "one line 'bad answer from <url>: <what>', non-zero exit (not 'server unreachable')",
+      observed,
+      ok,
+    )
+    if not ok:
+      failed.append((name, result.stderr))
+  assert not failed
