@@ -174,8 +174,15 @@ def test_bench_ratios_put_the_named_side_on_top():
     "latency": {
       (t, on, 8): rate(rate=30.0 if on else 10.0) for t in ("grpc", "rest") for on in (True, False)
     },
+    "text_vs_ids": {
+      "grpc": {
+        "serving_default": rate(throughput=rate(rate=50.0)),
+        "result": rate(throughput=rate(rate=100.0)),
+      }
+    },
   }
   measured = {name: value for name, value, _ in report.ratios(results)}
+  assert measured["text-in / ids-in throughput (gRPC)"] == pytest.approx(0.5)
   assert measured["gRPC / in-process throughput (variable-length)"] == pytest.approx(0.8)
   assert measured["REST / in-process throughput (variable-length)"] == pytest.approx(0.6)
   assert measured["variable-length / padded-to-128 throughput (gRPC)"] == pytest.approx(2.0)
