@@ -76,6 +76,55 @@ def test_a_request_without_a_version_gets_the_newest_loaded(tmp_path, policy):
     assert servable.version == 5
 
 
+@pytest.mark.parametrize(
+  "spec, message",
+  [
+    ({}, "ModelSpec has no name specified."),
+    ({"name": "other"}, r"Servable not found for request: Latest\(other\)"),
+    ({"name": "m", "version": {"value": 9}}, r"Servable not found for request: Specific\(m, 9\)"),
+    ({"name": "m", "version_label": "canary"}, "Unrecognized servable version label: canary"),
+  ],
+)
+def test_a_spec_naming_nothing_served_gets_tf_servings_error(tmp_path, spec, message):
+  """ServerCore::GetServableHandle's errors, word for word (clients match on them)."""
+  manager, _ = manager_serving(tmp_path, [3, 5], lambda p: p.all.SetInParent())
+  with (
+    pytest.raises(ServingError, match=f"^{message}$"),
+    manager.acquire(model_pb2.ModelSpec(**spec)),
+  ):
+    pass
+
+
+def test_a_label_names_its_version_and_an_empty_model_serves_nothing(tmp_path):
+  """A version label picks its version; a model with no version loaded is NOT_FOUND, not a
+  crash of the version choice."""
+  base = tmp_path / "m"
+  base.mkdir()
+  for version in (3, 5):
+    (base / str(version)).mkdir()
+  (tmp_path / "empty").mkdir()
+  config = server_config.single_model_config("m", str(base))
+  config.model_config_list.config[0].model_version_policy.all.SetInParent()
+  config.model_config_list.config.add(
+    name="empty", base_path=str(tmp_path / "empty"), model_platform=server_config.PLATFORM
+  )
+
+  async def scenario():
+    manager = ModelManager(lambda name, version, path: FakeServable(name, version))
+    await manager.reload(config)
+    # A label may name only a version already available: TF Serving's second reload.
+    config.model_config_list.config[0].version_labels["stable"] = 3
+    await manager.reload(config)
+    return manager
+
+  manager = asyncio.run(scenario())
+  with manager.acquire(model_pb2.ModelSpec(name="m", version_label="stable")) as servable:
+    assert servable.version == 3
+  empty = model_pb2.ModelSpec(name="empty")
+  with pytest.raises(ServingError, match=r"Latest\(empty\)"), manager.acquire(empty):
+    pass
+
+
 # ---------------------------------------------------------------- deadlines
 
 
