@@ -165,7 +165,12 @@ class Servable:
       remaining_ms = math.floor((deadline - time.monotonic()) * 1000)
       if remaining_ms <= 0:
         raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-      options = tf.compat.v1.RunOptions(timeout_in_ms=remaining_ms)
+      # A run with a timeout that fails (a model check) leaks about 0.8 KB of native memory in
+      # TensorFlow 2.18's DirectSession (none without one, none when it succeeds): 82,000
+      # failing requests kept 62 MB. Runs in length groups are at most MAX_RUN_POSITIONS and
+      # the deadline is checked before each, so they go without; others keep TF Serving's.
+      if not self._runs_in_groups:
+        options = tf.compat.v1.RunOptions(timeout_in_ms=remaining_ms)
     try:
       return self._session.run(
         {a: t.name for a, t in signature.outputs.items()},
