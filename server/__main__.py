@@ -273,11 +273,9 @@ async def _poll_config_file(models, path, interval):
 
 
 async def _load_models(models, model_server_config, flags):
-  """Applies the start-up config, then polls until every model serves a version."""
-  try:
-    await models.reload(model_server_config)
-  except ServingError as error:
-    sys.exit(f"Failed to start server. Error: {error.code.name}: {error.message}")
+  """Applies the start-up config, then polls until every model serves a version; raises
+  ServingError for a refused config."""
+  await models.reload(model_server_config)
   await models.wait_until_available(flags.file_system_poll_wait_seconds)
 
 
@@ -308,7 +306,11 @@ async def serve(flags, model_server_config, monitoring):
     loading.cancel()
     await models.close()
     return
-  loading.result()
+  try:
+    loading.result()
+  except ServingError as error:
+    stopping.cancel()
+    sys.exit(f"Failed to start server. Error: {error.code.name}: {error.message}")
 
   grpc_server = grpc.aio.server(
     interceptors=[grpc_service.RejectUndecodable()],

@@ -68,7 +68,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
           signature = servable.signature(request.model_spec.signature_name)
           aliases = _output_filter(request.output_filter, signature)
           outputs = await servable.predict(
-            signature, signature.decode(request.inputs), context.time_remaining()
+            signature,
+            signature.decode(request.inputs, servable.check_shapes),
+            context.time_remaining(),
           )
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name

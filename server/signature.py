@@ -69,10 +69,12 @@ class Signature:
           f"{alias} has length {shape[1]} but the model has only {self.max_width} positions"
         )
 
-  def decode(self, tensors):
-    """Decodes a PredictRequest's input TensorProtos against this signature."""
+  def decode(self, tensors, check_shapes=None):
+    """Decodes a PredictRequest's input TensorProtos against this signature; check_shapes
+    (signature, {alias: declared shape}) may refuse them before any is allocated."""
     self.check_names(tensors)
-    self.check_widths({a: [d.size for d in t.tensor_shape.dim] for a, t in tensors.items()})
+    if check_shapes:
+      check_shapes(self, {a: [d.size for d in t.tensor_shape.dim] for a, t in tensors.items()})
     return {a: from_proto(tensors[a], self.inputs[a].dtype, a) for a in sorted(tensors)}
 
   def validate(self, inputs):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import time
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -193,3 +194,23 @@ def polling_server(env, work, poll_s):
     base, work / "server.log", flags=["--file_system_poll_wait_seconds", str(poll_s)]
   ).start()
   return base, server
+
+
+def call_all(server, requests_, concurrency):
+  """Sends the Predict requests with `concurrency` in flight; their status names."""
+  with grpc.insecure_channel(server.grpc) as channel:
+    predict = channel.unary_unary(
+      PREDICT_RPC,
+      request_serializer=lite.PredictRequest.SerializeToString,
+      response_deserializer=lite.PredictResponse.FromString,
+    )
+
+    def one(request):
+      try:
+        predict(request, timeout=HTTP_TIMEOUT_S)
+      except grpc.RpcError as error:
+        return error.code().name, error.details() or ""
+      return "OK", ""
+
+    with futures.ThreadPoolExecutor(concurrency) as pool:
+      return list(pool.map(one, requests_))

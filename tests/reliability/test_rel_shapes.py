@@ -5,9 +5,7 @@ bounded and gRPC answering while REST is flooded."""
 import statistics
 import threading
 import time
-from concurrent import futures
 
-import grpc
 import psutil
 import pytest
 import requests
@@ -17,7 +15,7 @@ from rel_support import (
   HTTP_TIMEOUT_S,
   POSITIONS,
   PREDICT_PATH,
-  PREDICT_RPC,
+  call_all,
   excerpt,
   good,
   grpc_request,
@@ -86,26 +84,6 @@ def wide_request():
   return grpc_request(
     {name: tensor(lite.DT_INT32, [1, WIDE], int_val=[1]) for name in ("input_ids", "input_mask")}
   )
-
-
-def call_all(server, requests_, concurrency):
-  """Sends the Predict requests with `concurrency` in flight; their status names."""
-  with grpc.insecure_channel(server.grpc) as channel:
-    predict = channel.unary_unary(
-      PREDICT_RPC,
-      request_serializer=lite.PredictRequest.SerializeToString,
-      response_deserializer=lite.PredictResponse.FromString,
-    )
-
-    def one(request):
-      try:
-        predict(request, timeout=HTTP_TIMEOUT_S)
-      except grpc.RpcError as error:
-        return error.code().name, error.details() or ""
-      return "OK", ""
-
-    with futures.ThreadPoolExecutor(concurrency) as pool:
-      return list(pool.map(one, requests_))
 
 
 def memory_row(rss, returned_s):
