@@ -506,10 +506,18 @@ def above(entities: Iterable[Entity], min_score: float | None) -> list[Entity]:
   return [e for e in entities if e.score is not None and e.score >= min_score]
 
 
+def entity_json(entity: Entity) -> dict[str, Any]:
+  """An entity as JSON: type, text, start, end, and score where the signature gave one."""
+  fields = dataclasses.asdict(entity)
+  if entity.score is None:
+    del fields["score"]
+  return fields
+
+
 def format_result(text: str, entities: Iterable[Entity], as_json: bool) -> str:
   """The sentence followed by its entities, or one JSON object (with each entity's score)."""
   if as_json:
-    return json.dumps({"text": text, "entities": [dataclasses.asdict(e) for e in entities]})
+    return json.dumps({"text": text, "entities": [entity_json(e) for e in entities]})
   return "\n".join([text] + [f"  {e.text} -> {e.type} [{e.start}:{e.end}]" for e in entities])
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 from yarl import URL
 
-from clients.common import ClientError
+from clients.common import ClientError, entity_json
 
 STATIC = Path(__file__).resolve().parent / "static"
 # 10,000 characters of CoNLL dev text are about 1,900 words: tagged in 1.3 s (a sentence per line)
@@ -228,7 +228,7 @@ def build_app(client, transport, hosts=frozenset(DEFAULT_ALLOWED_HOSTS)):
     return web.json_response(
       {
         "text": text,
-        "entities": [dataclasses.asdict(e) for e in entities],
+        "entities": [entity_json(e) for e in entities],
         "tag_ms": round((time.perf_counter() - started) * 1000, 1),
         "fingerprint": client.fingerprint,
       }
