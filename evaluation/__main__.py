@@ -251,7 +251,7 @@ def evaluate_text(args, documents, sentences):
   if report is not None:
     lines.append(format_calibration(report))
     if args.calibration_plot:
-      plot_calibration(report, args.calibration_plot)
+      plot_calibration(report, args.calibration_plot, os.path.basename(args.data))
   return pred, f"{args.transport} {client.server}, signature {args.signature!r}", lines
 
 

@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the display-less backend)
 
 
-def plot_calibration(report, path):
+def plot_calibration(report, path, data_name):
   """Accuracy against mean score per score bin (bert_ner.metrics.calibration), beside the
   diagonal a perfectly calibrated score would follow, with each bin's entity count."""
   fig, (top, bottom) = plt.subplots(
@@ -19,7 +19,7 @@ def plot_calibration(report, path):
   top.bar(centres, [b[4] for b in bins], width=width, alpha=0.6, label="share correct")
   top.plot([b[3] for b in bins], [b[4] for b in bins], marker="o", color="C1", label="bins")
   top.set_ylabel("share of entities correct")
-  top.set_title(f"Entity scores on CoNLL-2003 dev (ECE {report['ece']:.4f})")
+  top.set_title(f"Entity scores on {data_name} (ECE {report['ece']:.4f})")
   top.legend(loc="upper left")
   bottom.bar(centres, [b[2] for b in bins], width=width)
   bottom.set_yscale("log")
