@@ -485,7 +485,7 @@ def test_image_serves_the_stable_label_and_prometheus_metrics(image_server):
   assert [(s["version"], s["state"]) for s in status] == [("1", "AVAILABLE")]
   body = json.loads((base / "1/assets.extra/ner_config.json").read_text())
   signature = get_json(f"{rest_url}/v1/models/bert_ner/labels/stable/metadata")["metadata"]
-  outputs = signature["signature_def"]["signature_def"]["serving_default"]["outputs"]
+  outputs = signature["signature_def"]["signature_def"]["result"]["outputs"]
   assert outputs["pred_label"]["name"] == f"ner_{body['fingerprint']}/pred_label:0"
   with urllib.request.urlopen(f"{rest_url}/monitoring/prometheus/metrics", timeout=30) as r:
     metrics = r.read().decode()

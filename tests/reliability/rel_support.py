@@ -128,7 +128,7 @@ def good_inputs():
   return grpc_inputs(GOOD_IDS)
 
 
-def grpc_request(inputs, name=MODEL, signature="serving_default", version=None, label=None):
+def grpc_request(inputs, name=MODEL, signature="result", version=None, label=None):
   spec = lite.ModelSpec(name=name, signature_name=signature)
   if version is not None:
     spec.version.value = version
@@ -139,7 +139,7 @@ def grpc_request(inputs, name=MODEL, signature="serving_default", version=None, 
 
 def rest_columnar(ids, mask=None, **extra):
   inputs = {"input_ids": ids, "input_mask": mask_of(ids) if mask is None else mask, **extra}
-  return {"signature_name": "serving_default", "inputs": inputs}
+  return {"signature_name": "result", "inputs": inputs}
 
 
 def good(env, transport):
@@ -171,7 +171,9 @@ def entities_sensible(text, entities):
 def oversize_rest():
   row = b"[" + b",".join([b"1000"] * 1000) + b"]"
   rows = b",".join([row] * (OVERSIZE_BYTES // len(row) + 1))
-  return b'{"inputs": {"input_ids": [' + rows + b'], "input_mask": [[1]]}}'
+  return (
+    b'{"signature_name": "result", "inputs": {"input_ids": [' + rows + b'], "input_mask": [[1]]}}'
+  )
 
 
 def oversize_grpc():

@@ -54,7 +54,9 @@ REST_4XX = [
   (
     "integer of 5,000 digits in input_ids",
     PREDICT_PATH,
-    b'{"inputs": {"input_ids": [[101, ' + LONG_INTEGER + b', 102]], "input_mask": [[1, 1, 1]]}}',
+    b'{"signature_name": "result", "inputs": {"input_ids": [[101, '
+    + LONG_INTEGER
+    + b', 102]], "input_mask": [[1, 1, 1]]}}',
     (400,),
   ),
   (
@@ -156,7 +158,7 @@ def warmup_record(rows):
   from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
   request = predict_pb2.PredictRequest()
-  request.model_spec.name, request.model_spec.signature_name = MODEL, "serving_default"
+  request.model_spec.name, request.model_spec.signature_name = MODEL, "result"
   for name in ("input_ids", "input_mask"):
     tensor = request.inputs[name]
     tensor.dtype = 3  # DT_INT32

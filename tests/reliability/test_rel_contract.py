@@ -233,7 +233,7 @@ def test_unknown_model_flood_keeps_metrics_small(private, report):
 
 GOOD_BODY = json.dumps(rest_columnar(GOOD_IDS)).encode()
 DUPLICATE_KEYS = (
-  b'{"signature_name": "serving_default", "inputs": {"input_ids": [[101, 7327, '
+  b'{"signature_name": "result", "inputs": {"input_ids": [[101, 7327, '
   b'19164, 2446, 2655, 102]], "input_mask": [[1, 1, 1, 1, 1, 1]], "input_ids": '
   b'[[101, 102]]}, "inputs": {"input_ids": [[1]]}}'
 )
@@ -261,7 +261,8 @@ REST_CASES = [
     "JSON boolean in an int tensor [101, true, 102] (row 12)",
     "POST",
     PREDICT_PATH,
-    b'{"inputs": {"input_ids": [[101, true, 102]], "input_mask": [[1, 1, 1]]}}',
+    b'{"signature_name": "result", '
+    b'"inputs": {"input_ids": [[101, true, 102]], "input_mask": [[1, 1, 1]]}}',
     {},
     400,
     r"^JSON Value: true Type: True is not of expected type: int32$",
@@ -270,7 +271,8 @@ REST_CASES = [
     "id 2**63 (row 12)",
     "POST",
     PREDICT_PATH,
-    b'{"inputs": {"input_ids": [[101, 9223372036854775808]], "input_mask": [[1, 1]]}}',
+    b'{"signature_name": "result", '
+    b'"inputs": {"input_ids": [[101, 9223372036854775808]], "input_mask": [[1, 1]]}}',
     {},
     400,
     r"^JSON Value: 9223372036854775808 Type: Number is not of expected type: int32$",

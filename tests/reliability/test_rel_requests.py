@@ -112,7 +112,9 @@ def http11_to_grpc_port(env):
 
 
 def nested_json(depth):
-  return b'{"inputs": {"input_ids": ' + b"[" * depth + b"]" * depth + b"}}"
+  return (
+    b'{"signature_name": "result", "inputs": {"input_ids": ' + b"[" * depth + b"]" * depth + b"}}"
+  )
 
 
 def huge_ids():
@@ -124,7 +126,7 @@ LONG_IDS = [[CLS] + [7327] * (POSITIONS - 1) + [SEP]]  # POSITIONS + 1 long
 CASES = [
   Case(
     "malformed body (truncated JSON / undecodable protobuf)",
-    rest=b'{"inputs": {"input_ids": [[101, 102]',
+    rest=b'{"signature_name": "result", "inputs": {"input_ids": [[101, 102]',
     grpc=b"\x0a\xff\x01garbage",
     message=r"JSON Parse error|cannot parse the request",
   ),
@@ -132,7 +134,7 @@ CASES = [
   # the request fails on its shape, as in TF Serving.
   Case(
     "body not UTF-8",
-    rest=b'{"inputs": "\xff\xfe"}',
+    rest=b'{"signature_name": "result", "inputs": "\xff\xfe"}',
     message=r"inputs is a plain value/list, but expecting an object",
   ),
   Case(
@@ -177,7 +179,10 @@ CASES = [
   ),
   Case(
     "missing input (no input_mask)",
-    **both({"inputs": {"input_ids": GOOD_IDS}}, grpc_request({"input_ids": int_tensor(GOOD_IDS)})),
+    **both(
+      {"signature_name": "result", "inputs": {"input_ids": GOOD_IDS}},
+      grpc_request({"input_ids": int_tensor(GOOD_IDS)}),
+    ),
     message=r"Missing but required: \{input_mask\}",
   ),
   Case(

@@ -122,7 +122,7 @@ def test_wide_tensors_refused_before_allocation(server, report):
 
 def empty_rows_body():
   """8 MiB of {"inputs": {"input_ids": [[], [], ...]}}: 2.8 million rows of nothing."""
-  head, tail = b'{"inputs": {"input_ids": [', b"]}}"
+  head, tail = b'{"signature_name": "result", "inputs": {"input_ids": [', b"]}}"
   count = (EMPTY_ROWS_BYTES - len(head) - len(tail)) // 3
   return head + b",".join([b"[]"] * count) + tail
 
