@@ -335,7 +335,7 @@ REST_CASES = [
     ":classify on a predict signature (issue 9)",
     "POST",
     f"/v1/models/{MODEL}:classify",
-    b'{"examples": [{"x": 1}]}',
+    b'{"signature_name": "result", "examples": [{"x": 1}]}',
     {},
     400,
     r"^Expected one input Tensor\.$",
@@ -344,7 +344,7 @@ REST_CASES = [
     ":regress on a predict signature (issue 9)",
     "POST",
     f"/v1/models/{MODEL}:regress",
-    b'{"examples": [{"x": 1}]}',
+    b'{"signature_name": "result", "examples": [{"x": 1}]}',
     {},
     400,
     r"^Expected one input Tensor\.$",
@@ -415,6 +415,7 @@ def _unary(target, method, request, response_class):
 
 
 SPEC = {"name": MODEL}
+IDS_SPEC = {"name": MODEL, "signature_name": "result"}  # a predict signature with two inputs
 GRPC_CASES = [
   (
     "gRPC tensor dtype 9999 (row 11)",
@@ -458,7 +459,7 @@ GRPC_CASES = [
   (
     "Classify on a predict signature (row 16)",
     "/tensorflow.serving.PredictionService/Classify",
-    classification_pb2.ClassificationRequest(model_spec=SPEC),
+    classification_pb2.ClassificationRequest(model_spec=IDS_SPEC),
     classification_pb2.ClassificationResponse,
     "INVALID_ARGUMENT",
     r"^Expected one input Tensor\.$",
@@ -466,7 +467,7 @@ GRPC_CASES = [
   (
     "Regress on a predict signature (row 16)",
     "/tensorflow.serving.PredictionService/Regress",
-    regression_pb2.RegressionRequest(model_spec=SPEC),
+    regression_pb2.RegressionRequest(model_spec=IDS_SPEC),
     regression_pb2.RegressionResponse,
     "INVALID_ARGUMENT",
     r"^Expected one input Tensor\.$",
