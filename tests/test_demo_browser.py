@@ -261,10 +261,12 @@ def test_readme_sentence_highlights_eu_and_german(browser, demos, timings, trans
     "ORG",
     "PER",
   ]
-  assert shown_json(browser)["entities"] == [
+  entities = shown_json(browser)["entities"]
+  assert [{k: e[k] for k in ("type", "text", "start", "end")} for e in entities] == [
     {"type": "ORG", "text": "EU", "start": 0, "end": 2},
     {"type": "MISC", "text": "German", "start": 11, "end": 17},
   ]
+  assert all(0.9 < e["score"] <= 1 for e in entities)  # the text signature's scores
   assert re.fullmatch(
     r"round trip \d+ ms \(tagging \d+ ms\)", browser.find_element(By.ID, "timing").text
   )
@@ -326,7 +328,9 @@ def test_assets_of_another_model_show_the_mismatch(browser, served, start_demo, 
   (other / "ner_config.json").write_text(
     json.dumps({**config, "fingerprint": "0" * 16}), encoding="utf-8"
   )
-  demo = start_demo("--transport", "rest", "--server", server.rest, "--assets", other)
+  demo = start_demo(
+    "--transport", "rest", "--server", server.rest, "--signature", "result", "--assets", other
+  )
   open_page(browser, demo.url)
   type_text(browser, SENTENCE)
   _, message = click_tag(browser)
