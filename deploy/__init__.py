@@ -14,7 +14,6 @@ import docker
 import requests
 
 from bert_ner import model_base
-from bert_ner.featurizer import Featurizer, pad_batch
 from server import ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,25 +184,20 @@ def run_container(client, host, grpc_port, rest_port, timeout, image=IMAGE, name
   return container
 
 
-def example_request(base):
-  """REST predict body for EXAMPLE, featurized by the shared Featurizer from the export's assets."""
-  featurizer = Featurizer.from_dir(str(model_base.assets(latest_version(base))))
-  input_ids, input_mask = pad_batch(featurizer.encode_words(EXAMPLE.split()))
-  return {
-    "signature_name": "serving_default",
-    "inputs": {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()},
-  }
+def example_request():
+  """REST predict body for EXAMPLE: raw text to the default (text) signature."""
+  return {"instances": [EXAMPLE]}
 
 
 def how_to_query(base, host, grpc_port, rest_port):
-  """The gRPC and REST client commands and a curl line with real input_ids for EXAMPLE.
+  """The gRPC and REST client commands and a curl line sending EXAMPLE as text.
 
   --assets only when the clients would not find the export themselves (models/bert_ner here).
   """
   assets = model_base.assets(latest_version(base))
   found = Path(base).resolve() == (ROOT / "models" / model_base.MODEL_NAME).resolve()
   assets_flag = "" if found else f" --assets {assets}"
-  body = json.dumps(example_request(base), separators=(",", ":"))
+  body = json.dumps(example_request(), separators=(",", ":"))
   return "\n".join(
     [
       "query it with:",

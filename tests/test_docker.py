@@ -305,34 +305,34 @@ def model_base(tiny_bert_dir, tmp_path_factory):
 
 
 @pytest.mark.slow  # exports a model
-def test_how_to_query_prints_real_features(model_base):
+def test_how_to_query_prints_a_text_request(model_base):
   import deploy
-  from bert_ner.featurizer import Featurizer
 
-  featurizer = Featurizer.from_dir(str(model_base / "1/assets.extra"))
-  ids = [w.input_ids for w in featurizer.encode_words("EU rejects German call".split())]
   text = deploy.how_to_query(model_base, "127.0.0.1", 8500, 8501)
   assert "clients/grpc_client.py --server 127.0.0.1:8500" in text
   assert "clients/rest_client.py --server 127.0.0.1:8501" in text
   body = json.loads(re.search(r"-d '(.*)'", text).group(1))
-  assert body["inputs"]["input_ids"] == ids and ids[0][0] == 101
+  assert body == {"instances": ["EU rejects German call"]}
   assert "curl -s -X POST http://127.0.0.1:8501/v1/models/bert_ner:predict" in text
 
 
 def assert_serves_the_export(rest_port, model_base, body):
-  """REST predict of `body` on the server equals the SavedModel's own predictions."""
+  """REST predict of `body` (texts, row format) on the server gives the SavedModel's own
+  entities."""
   url = f"http://127.0.0.1:{rest_port}/v1/models/bert_ner:predict"
   with urllib.request.urlopen(
     urllib.request.Request(url, json.dumps(body).encode()), timeout=30
   ) as r:
-    served = json.load(r)["outputs"]
-  sess, sig = load_saved_model(model_base / "1")
+    [served] = json.load(r)["predictions"]
+  sess, sig = load_saved_model(model_base / "1", "serving_default")
   with sess:
     want = sess.run(
-      sig.outputs["pred_label"].name,
-      {sig.inputs[k].name: body["inputs"][k] for k in ("input_ids", "input_mask")},
+      {k: v.name for k, v in sig.outputs.items()},
+      {sig.inputs["text"].name: [t.encode() for t in body["instances"]]},
     )
-  assert served == want.tolist()
+  assert served["num_entities"] == want["num_entities"][0]
+  assert served["entity_start"] == want["entity_start"][0].tolist()
+  assert served["entity_text"] == [t.decode() for t in want["entity_text"][0]]
 
 
 @pytest.mark.slow  # exports and starts the server
@@ -374,7 +374,7 @@ def test_serve_without_engine_runs_the_embedded_server(model_base, tmp_path):
     assert f"clients/grpc_client.py --server 127.0.0.1:{grpc_port}" in "".join(seen[ready:])
     curl = next(line for line in seen if "curl -s -X POST" in line)
     body = json.loads(re.search(r"-d '(.*)'", curl).group(1))
-    assert body == deploy.example_request(model_base)
+    assert body == deploy.example_request()
     assert_serves_the_export(rest_port, model_base, body)
   finally:
     proc.terminate()
