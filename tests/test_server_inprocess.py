@@ -149,10 +149,13 @@ class DeadlineServable:
   def __init__(self):
     self.timeouts = []
     self.spec = FakeSignature(key="serving_default", outputs={"pred_label": None})
-    self.spec.decode = lambda tensors: {"input_ids": np.zeros((1, 3), np.int32)}
+    self.spec.decode = lambda tensors, check_shapes=None: {"input_ids": np.zeros((1, 3), np.int32)}
 
   def signature(self, name):
     return self.spec
+
+  def check_shapes(self, signature, shapes):
+    """Every shape is fine: this servable only records deadlines."""
 
   async def predict(self, signature, inputs, timeout_s=None):
     self.timeouts.append(timeout_s)
