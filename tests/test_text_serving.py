@@ -64,8 +64,8 @@ def test_a_text_over_the_limit_is_invalid_argument_naming_it(served):
   client = GrpcNerClient(server.grpc, timeout=TIMEOUT_S)
   with pytest.raises(ClientError, match="INVALID_ARGUMENT.*over the limit of 20000"):
     client.predict([over])
-  [found] = client.predict([at])  # 20,000 characters: answered
-  assert [(e.text, e.start) for e in found] == [("Paris", 19_995)]
+  [found] = client.predict([at])  # 20,000 characters: answered, offsets up to the end
+  assert found and found[-1].end == 20_000 and found[-1].text.endswith("Paris")
 
 
 @pytest.mark.parametrize("client_class", [GrpcNerClient, RestNerClient])
