@@ -218,8 +218,14 @@ def test_idle_queues_are_freed(monkeypatch):
   monkeypatch.setattr("server.batching.QUEUE_IDLE_S", 0.05)
 
   async def scenario(batcher, model):
-    await asyncio.gather(*(batcher.run(FakeSignature(), rows(1, w)) for w in range(1, 21)))
+    requests = [
+      asyncio.ensure_future(batcher.run(FakeSignature(), rows(1, w))) for w in range(1, 21)
+    ]
+    # Counted before the answers: once answered, a queue may idle out before the count on a
+    # loaded machine (the test shortens the idle time to 50 ms).
+    await asyncio.sleep(0)
     opened = len(batcher._queues)
+    await asyncio.gather(*requests)
     await asyncio.sleep(0.3)
     idle = len(batcher._queues)
     again = await batcher.run(FakeSignature(), rows(2, 5))
