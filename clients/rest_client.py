@@ -25,9 +25,21 @@ with imports_or_exit(__name__):
   from bert_ner.featurizer import IntArray
   from clients import common
 
+# Canonical status of an HTTP error answer: the inverse of TF Serving's mapping of its status to
+# HTTP (400 also stands for FAILED_PRECONDITION and OUT_OF_RANGE there), plus the statuses a proxy
+# in front of it answers (502 for a dead backend, 413 for a body over its limit). Others: UNKNOWN.
 HTTP_CODES = {
   400: "INVALID_ARGUMENT",
+  401: "UNAUTHENTICATED",
+  403: "PERMISSION_DENIED",
   404: "NOT_FOUND",
+  409: "ABORTED",
+  413: "RESOURCE_EXHAUSTED",
+  429: "RESOURCE_EXHAUSTED",
+  499: "CANCELLED",
+  500: "INTERNAL",
+  501: "UNIMPLEMENTED",
+  502: "UNAVAILABLE",
   503: "UNAVAILABLE",
   504: "DEADLINE_EXCEEDED",
 }
@@ -240,7 +252,7 @@ class RestNerClient(common.NerClient):
   def _answer(self, status: int, body: bytes, url: str) -> Any:
     """The JSON document of a 200 answer, else the ClientError its status maps to."""
     if status != 200:
-      raise self.error(HTTP_CODES.get(status, f"HTTP {status}"), error_detail(body))
+      raise self.error(HTTP_CODES.get(status, "UNKNOWN"), error_detail(body), f"HTTP {status}")
     try:
       return json.loads(body)
     except ValueError:

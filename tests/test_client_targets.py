@@ -472,6 +472,25 @@ def test_rest_odd_answers_are_one_line_errors(assets, raw, error):
     client.output_names()
 
 
+@pytest.mark.parametrize(
+  "status,code,error",
+  [
+    ("404 Not Found", "NOT_FOUND", r"^not found on .*: no such model$"),
+    ("504 Gateway Timeout", "DEADLINE_EXCEEDED", r"^timeout: no answer from .*: no such model$"),
+    ("502 Bad Gateway", "UNAVAILABLE", r"^server unreachable at .*: no such model$"),
+    ("500 Internal Server Error", "INTERNAL", r"^server error HTTP 500: no such model$"),
+    ("418 I'm a teapot", "UNKNOWN", r"^server error HTTP 418: no such model$"),
+  ],
+)
+def test_rest_error_answers_carry_the_status_as_a_code(assets, status, code, error):
+  body = b'{"error": "no such model"}'
+  raw = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status.encode(), len(body), body)
+  client = rest_client.RestNerClient(answer_once(raw), signature="result", timeout=5, assets=assets)
+  with pytest.raises(common.ClientError, match=error) as caught:
+    client.output_names()
+  assert caught.value.code == code
+
+
 class NotToBeEncoded:
   def __str__(self):
     raise AssertionError("excerpt encoded the whole answer")

@@ -266,30 +266,33 @@ def test_crlf_files_give_lines_without_a_carriage_return(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "signature,signatures,error",
+  "signature,signatures,error,code",
   [
-    ("result", {"result": [f"ner_{FINGERPRINT}/pred_label:0"]}, None),
-    ("result", {"result": ["x:0", f"ner_{FINGERPRINT}/pred_label:0"], "other": []}, None),
+    ("result", {"result": [f"ner_{FINGERPRINT}/pred_label:0"]}, None, None),
+    ("result", {"result": ["x:0", f"ner_{FINGERPRINT}/pred_label:0"], "other": []}, None, None),
     (
       "result",
       {"result": ["ner_fedcba9876543210/pred_label:0"]},
       "fingerprint mismatch .*server has fedcba9876543210.* have 0123456789abcdef",
+      None,
     ),
     (
       "nope",
       {"result": [f"ner_{FINGERPRINT}/pred_label:0"], "serving_default": []},
       "signature 'nope' not found in model 'bert_ner' \\(has: result, serving_default\\)",
+      "NOT_FOUND",
     ),
-    ("result", {"result": ["pred_label:0"]}, "no ner_<fingerprint> output"),
+    ("result", {"result": ["pred_label:0"]}, "no ner_<fingerprint> output", None),
   ],
 )
-def test_check_fingerprint(tmp_path, signature, signatures, error):
+def test_check_fingerprint(tmp_path, signature, signatures, error, code):
   client = StubClient(write_assets(tmp_path), signatures, signature)
   if error is None:
     client.check_fingerprint()
   else:
-    with pytest.raises(common.ClientError, match=error):
+    with pytest.raises(common.ClientError, match=error) as caught:
       client.check_fingerprint()
+    assert caught.value.code == code
 
 
 @pytest.mark.parametrize(
@@ -302,9 +305,10 @@ def test_check_fingerprint(tmp_path, signature, signatures, error):
     ("INTERNAL", "server error INTERNAL: a b"),
   ],
 )
-def test_error_messages_are_one_line(tmp_path, code, expected):
+def test_error_messages_are_one_line_and_keep_the_code(tmp_path, code, expected):
   client = StubClient(write_assets(tmp_path), {})
-  assert str(client.error(code, " a\n  b\n")) == expected
+  error = client.error(code, " a\n  b\n")
+  assert (str(error), error.code) == (expected, code)
 
 
 @pytest.mark.slow  # runs a subprocess
@@ -504,16 +508,22 @@ def test_long_input_goes_through_windowing(fake, fake_assets, transport):
 
 
 @pytest.mark.parametrize(
-  "model,signature,error",
+  "model,signature,error,code",
   [
-    ("nope", "result", "not found on .*model 'nope'.*Servable not found"),
-    ("bert_ner", "nope", r"server rejected the request \(INVALID_ARGUMENT\): Serving signature"),
+    ("nope", "result", "not found on .*model 'nope'.*Servable not found", "NOT_FOUND"),
+    (
+      "bert_ner",
+      "nope",
+      r"server rejected the request \(INVALID_ARGUMENT\): Serving signature",
+      "INVALID_ARGUMENT",
+    ),
   ],
 )
-def test_server_side_errors(fake, fake_assets, transport, model, signature, error):
+def test_server_side_errors(fake, fake_assets, transport, model, signature, error, code):
   client = CLASSES[transport](fake.address(transport), model, signature, assets=fake_assets)
-  with pytest.raises(common.ClientError, match=error):
+  with pytest.raises(common.ClientError, match=error) as caught:
     client.featurizer.predict_texts([SENTENCE], client.run)
+  assert caught.value.code == code
 
 
 def test_predict_checks_the_fingerprint_once_per_client(fake, fake_assets, tmp_path, transport):
@@ -544,9 +554,10 @@ def test_timeout(fake, fake_assets, transport):
   fake.delay = 5.0
   client = CLASSES[transport](fake.address(transport), timeout=0.3, assets=fake_assets)
   started = time.monotonic()
-  with pytest.raises(common.ClientError, match="timeout: no answer from .* within 0.3s"):
+  with pytest.raises(common.ClientError, match="timeout: no answer from .* within 0.3s") as caught:
     client.check_fingerprint()
   assert time.monotonic() - started < 3.0
+  assert caught.value.code == "DEADLINE_EXCEEDED"
 
 
 @pytest.mark.slow  # runs the client scripts
