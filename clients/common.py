@@ -29,8 +29,8 @@ from bert_ner.featurizer import (
   text_entities,
 )
 from bert_ner.labels import LABEL2ID_JSON, entity_types
+from bert_ner.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d+)")
 # Library messages name a parameter the way a Python caller passes it (`assets=DIR`); the
 # command-line tools show their flag instead (command_line_message).

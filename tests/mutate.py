@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from bert_ner.paths import REPO_ROOT
+
 TIMEOUT_S = 1800  # per selection run; the slow shipped-model tests take minutes on 2 cores
 NO_DATA = "/nonexistent/conll2003"  # CONLL2003_DIR for rows that must be caught without data
 INPROCESS = "tests/test_server_inprocess.py"

@@ -14,15 +14,16 @@ from bert_ner import model_base
 from bert_ner.featurizer import Featurizer
 from e2e_support import LABELS
 from rel_support import excerpt
-from test_client_targets import (
+from support.clients import (
   HEADERS,
+  SCRIPTS,
   BadServing,
   TrickleServer,
   answer_once,
   int_tensor,
   run_bytes,
+  write_assets,
 )
-from test_clients import SCRIPTS, write_assets
 
 SENTENCE = "EU rejects German call"
 TRICKLE_TIMEOUT_S = 5

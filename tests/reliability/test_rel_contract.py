@@ -23,8 +23,8 @@ from tensorflow_serving.apis import (
   regression_pb2,
 )
 
+from bert_ner.paths import REPO_ROOT
 from clients.tfs_protos import tfs_lite_pb2 as lite
-from e2e_support import REPO_ROOT
 from rel_support import (
   GOOD_IDS,
   MODEL,

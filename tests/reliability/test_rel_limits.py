@@ -13,6 +13,7 @@ import psutil
 import pytest
 import requests
 
+from bert_ner.paths import REPO_ROOT
 from clients.tfs_protos import tfs_lite_pb2 as lite
 from rel_support import (
   CLS,
@@ -30,7 +31,7 @@ from rel_support import (
   rest_send,
   tensor,
 )
-from server.process import REPO_ROOT, ServerProcess
+from server.process import ServerProcess
 
 MAX_BATCH_SIZE = 64  # docker/batching_parameters.txt, the server's default
 ATTACK_RSS_LIMIT_MB = 300  # server RSS after the attack cases vs before
