@@ -167,7 +167,7 @@ def test_check_labels(pred, error):
       ),
       "negative dimension",
     ),
-    # int64 products wrap: [2**32, 2**32] came out as 0 values (attack round 4)
+    # The declared size is a product: in int64, [2**32, 2**32] wraps to 0 and would pass a check.
     (int_tensor([2**32, 2**32], []), r"declares 18446744073709551616 values"),
     (int_tensor([2**62, 4], [0]), r"declares 18446744073709551616 values"),
     (

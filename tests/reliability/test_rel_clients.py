@@ -1,6 +1,5 @@
-"""The client scripts against bad arguments, bad input and bad server answers (issue 10 rows 6, 7,
-8 and 17): each must end in one line on stderr and a non-zero exit, never a traceback or wrong
-tags given silently."""
+"""The client scripts against bad arguments, bad input and bad server answers: each must end in
+one line on stderr and a non-zero exit, never a traceback or wrong tags given silently."""
 
 import os
 import signal
