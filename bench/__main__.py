@@ -23,6 +23,7 @@ import requests
 
 from bench import measure, report
 from bert_ner import conll, model_base
+from bert_ner.paths import REPO_ROOT
 from bert_ner.quiet import add_verbose_flag, quiet_tensorflow
 from clients.common import load_assets
 from clients.grpc_client import GrpcNerClient
@@ -30,7 +31,6 @@ from clients.rest_client import RestNerClient
 from server.batching import DEFAULT_PARAMETERS_FILE, read_batching_parameters
 from server.process import ServerProcess
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = conll.DEFAULT_DIR / "dev.txt"
 CLIENTS = {"grpc": GrpcNerClient, "rest": RestNerClient}
 CONCURRENCY = (1, 8, 32)

@@ -29,8 +29,8 @@ from bert_ner.featurizer import (
   text_entities,
 )
 from bert_ner.labels import LABEL2ID_JSON, entity_types
+from bert_ner.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d+)")
 # Library messages name a parameter the way a Python caller passes it (`assets=DIR`); the
 # command-line tools show their flag instead (command_line_message).
@@ -38,7 +38,17 @@ PARAMETER = re.compile(r"(?<![\w-])(assets|server)=")
 
 
 class ClientError(Exception):
-  """A failure the scripts report as one line on stderr."""
+  """A failure the scripts report as one line on stderr.
+
+  `code` names the canonical status (gRPC's StatusCode names; REST statuses mapped to them) the
+  server answered, or the client concluded from its answer (a signature the metadata lacks is
+  NOT_FOUND); None when the failure is the client's own (bad arguments, assets, a malformed
+  answer). Callers such as the demo answer by it: a wrong model name is not a server outage.
+  """
+
+  def __init__(self, message: str, code: str | None = None) -> None:
+    super().__init__(message)
+    self.code = code
 
 
 def command_line_message(error: Exception) -> str:
@@ -318,7 +328,8 @@ class NerClient:
     if self.signature not in signatures:
       raise ClientError(
         f"signature {self.signature!r} not found in model {self.model!r} "
-        f"(has: {', '.join(sorted(signatures)) or 'none'})"
+        f"(has: {', '.join(sorted(signatures)) or 'none'})",
+        "NOT_FOUND",
       )
     served = {
       m.group(1) for name in signatures[self.signature] if (m := model_base.FINGERPRINT.match(name))
@@ -362,17 +373,18 @@ class NerClient:
       self._featurizer, self.fingerprint = load_assets(found)
       self.assets = found
 
-  def error(self, code: str, detail: object = "") -> ClientError:
-    """ClientError for a canonical status code name (gRPC's, or mapped from HTTP)."""
+  def error(self, code: str, detail: object = "", answered: str | None = None) -> ClientError:
+    """ClientError carrying a canonical status code name (gRPC's, or mapped from HTTP);
+    `answered` is what the server sent when it is worth showing instead (REST: "HTTP 500")."""
     message = {
       "UNAVAILABLE": f"server unreachable at {self.server}",
       "DEADLINE_EXCEEDED": f"timeout: no answer from {self.server} within {self.timeout:g}s",
       "NOT_FOUND": f"not found on {self.server} (model {self.model!r}, "
       f"signature {self.signature!r})",
       "INVALID_ARGUMENT": "server rejected the request (INVALID_ARGUMENT)",
-    }.get(code, f"server error {code}")
+    }.get(code, f"server error {answered or code}")
     detail = " ".join(str(detail).split())
-    return ClientError(f"{message}: {detail}" if detail else message)
+    return ClientError(f"{message}: {detail}" if detail else message, code)
 
 
 def per_line(lines: Sequence[str], found: Iterable[Entity]) -> list[list[Entity]]:

@@ -1,15 +1,15 @@
 """Tags sentences with the served bert_ner model over REST (TF Serving's /v1/models API)."""
 
+import concurrent.futures
 import http.client
 import json
-import math
 import os
 import re
-import socket
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 if not __package__:  # run as a script from a checkout that is not pip-installed
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,16 +18,27 @@ from clients.deps import imports_or_exit
 
 with imports_or_exit(__name__):
   import requests
-  import urllib3.connection
   import urllib3.exceptions
 
   from bert_ner import model_base
   from bert_ner.featurizer import IntArray
   from clients import common
 
+# Canonical status of an HTTP error answer: the inverse of TF Serving's mapping of its status to
+# HTTP (400 also stands for FAILED_PRECONDITION and OUT_OF_RANGE there), plus the statuses a proxy
+# in front of it answers (502 for a dead backend, 413 for a body over its limit). Others: UNKNOWN.
 HTTP_CODES = {
   400: "INVALID_ARGUMENT",
+  401: "UNAUTHENTICATED",
+  403: "PERMISSION_DENIED",
   404: "NOT_FOUND",
+  409: "ABORTED",
+  413: "RESOURCE_EXHAUSTED",
+  429: "RESOURCE_EXHAUSTED",
+  499: "CANCELLED",
+  500: "INTERNAL",
+  501: "UNIMPLEMENTED",
+  502: "UNAVAILABLE",
   503: "UNAVAILABLE",
   504: "DEADLINE_EXCEEDED",
 }
@@ -41,57 +52,28 @@ MAX_ANSWER_BYTES = 8 << 20
 # Error answers are parsed for their "error" only up to this size (TF Serving's are a line).
 MAX_ERROR_JSON_BYTES = 64 << 10
 SCHEMES = ("http", "https")
-_DEADLINE = threading.local()  # .at: time.monotonic() by which this thread's request must end
+T = TypeVar("T")
 
 
-class DeadlineSocket(socket.socket):
-  """A socket whose every send and receive waits at most until the calling thread's deadline.
+def within(seconds: float, exchange: Callable[[], T]) -> T:
+  """exchange()'s result, or TimeoutError once `seconds` have passed.
 
-  requests' timeout bounds each socket read, so a server trickling a byte a second keeps a
-  request alive forever; this bounds the whole exchange (plain http: TLS reads bypass it).
+  requests' timeout bounds each socket operation, not the exchange: a server trickling a byte
+  a second keeps a request alive forever. The exchange runs on a daemon thread of its own and
+  the caller waits for it at most `seconds`; an exchange given up on finishes there, unobserved,
+  once its own per-read timeout, the answer size cap or the server ends it (closing it from here
+  would wait for the read it is blocked in).
   """
+  future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
-  def _wait_at_most(self) -> None:
-    remaining = getattr(_DEADLINE, "at", math.inf) - time.monotonic()
-    if remaining <= 0:
-      raise TimeoutError("request deadline passed")
-    self.settimeout(None if remaining == math.inf else remaining)
+  def run() -> None:
+    try:
+      future.set_result(exchange())
+    except BaseException as error:  # handed to the caller, who raises it
+      future.set_exception(error)
 
-  def recv_into(self, *args: Any, **kwargs: Any) -> int:
-    self._wait_at_most()
-    return super().recv_into(*args, **kwargs)
-
-  def recv(self, *args: Any, **kwargs: Any) -> bytes:
-    self._wait_at_most()
-    return super().recv(*args, **kwargs)
-
-  def sendall(self, *args: Any, **kwargs: Any) -> None:
-    self._wait_at_most()
-    return super().sendall(*args, **kwargs)
-
-
-class DeadlineConnection(urllib3.connection.HTTPConnection):
-  """urllib3's HTTP connection on a DeadlineSocket."""
-
-  def _new_conn(self) -> socket.socket:
-    sock = super()._new_conn()
-    return DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-
-
-class DeadlinePool(urllib3.HTTPConnectionPool):
-  ConnectionCls = DeadlineConnection
-
-
-def deadline_session() -> requests.Session:
-  """A requests Session whose plain-http connections honour the thread's request deadline."""
-  session = requests.Session()
-  adapter = requests.adapters.HTTPAdapter()
-  adapter.poolmanager.pool_classes_by_scheme = {
-    **adapter.poolmanager.pool_classes_by_scheme,
-    "http": DeadlinePool,
-  }
-  session.mount("http://", adapter)
-  return session
+  threading.Thread(target=run, name="rest-exchange", daemon=True).start()
+  return future.result(timeout=seconds)
 
 
 def error_detail(body: bytes) -> object:
@@ -135,11 +117,11 @@ class RestNerClient(common.NerClient):
   """bert_ner client over TensorFlow Serving's REST API."""
 
   def connect(self) -> None:
-    """The target URLs and a session that honours the request deadline."""
+    """The target URLs and the HTTP session (its connection pool)."""
     scheme, targets = common.split_servers(self.server, SCHEMES)
     self.urls = [f"{scheme or 'http'}://{target}" for target in targets]
     self.current = 0  # the target that answered last; requests start there
-    self.session = deadline_session()
+    self.session = requests.Session()
 
   def close(self) -> None:
     """Closes the session's pooled connections."""
@@ -187,47 +169,47 @@ class RestNerClient(common.NerClient):
   def _call(self, method: str, path: str, **kwargs: Any) -> Any:
     """The JSON answer of one request, within self.timeout in all, failing over target by
     target (starting at the last one that answered) while a target is unreachable."""
-    _DEADLINE.at = time.monotonic() + self.timeout
+    deadline = time.monotonic() + self.timeout
     # Read once: threads sharing this client move `current` as they fail over, and re-reading it
     # mid-loop sent a retry back to the dead target (a request lost when a replica was killed).
     start = self.current
-    try:
-      for attempt in range(len(self.urls)):
-        index = (start + attempt) % len(self.urls)
-        try:
-          response = self._send(method, self.urls[index] + path, **kwargs)
-        except common.ClientError:
-          if attempt == len(self.urls) - 1:
-            raise
-          continue
-        status, body = response
-        if status in FAIL_OVER_STATUSES and attempt < len(self.urls) - 1:
-          continue
-        self.current = index
-        return self._answer(status, body, self.urls[index] + path)
-    finally:
-      _DEADLINE.at = math.inf
+    for attempt in range(len(self.urls)):
+      index = (start + attempt) % len(self.urls)
+      try:
+        status, body = self._send(method, self.urls[index] + path, deadline, **kwargs)
+      except common.ClientError:
+        if attempt == len(self.urls) - 1:
+          raise
+        continue
+      if status in FAIL_OVER_STATUSES and attempt < len(self.urls) - 1:
+        continue
+      self.current = index
+      return self._answer(status, body, self.urls[index] + path)
 
-  def _send(self, method: str, url: str, **kwargs: Any) -> tuple[int, bytes]:
-    """(status, body) of one HTTP exchange; ClientError when the target is unreachable, the
-    deadline passes or the body is too large."""
-    remaining = _DEADLINE.at - time.monotonic()
+  def _send(self, method: str, url: str, deadline: float, **kwargs: Any) -> tuple[int, bytes]:
+    """(status, body) of one HTTP exchange ended by time.monotonic() `deadline`; ClientError
+    when the target is unreachable, the deadline passes or the body is too large."""
+    remaining = deadline - time.monotonic()
     if remaining <= 0:
       raise self.error("DEADLINE_EXCEEDED")
-    try:
+
+    def exchange() -> tuple[int, bytes]:
       # TF Serving never redirects: a Location header is answered as the error it is.
       response = self.session.request(
         method, url, timeout=remaining, stream=True, allow_redirects=False, **kwargs
       )
       return response.status_code, read_body(response, url)
-    except requests.Timeout:
+
+    try:
+      return within(remaining, exchange)
+    except (TimeoutError, requests.Timeout):
       raise self.error("DEADLINE_EXCEEDED") from None
     except requests.exceptions.ContentDecodingError:
       raise common.ClientError(
         f"{url} answered a body its Content-Encoding does not decode"
       ) from None
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
-      if time.monotonic() >= _DEADLINE.at:  # a body read that timed out comes wrapped so
+      if time.monotonic() >= deadline:  # a body read that timed out comes wrapped so
         raise self.error("DEADLINE_EXCEEDED") from None
       malformed = malformed_part(e)
       if malformed is not None:  # the server is there, but did not speak HTTP
@@ -240,7 +222,7 @@ class RestNerClient(common.NerClient):
   def _answer(self, status: int, body: bytes, url: str) -> Any:
     """The JSON document of a 200 answer, else the ClientError its status maps to."""
     if status != 200:
-      raise self.error(HTTP_CODES.get(status, f"HTTP {status}"), error_detail(body))
+      raise self.error(HTTP_CODES.get(status, "UNKNOWN"), error_detail(body), f"HTTP {status}")
     try:
       return json.loads(body)
     except ValueError:

@@ -31,6 +31,15 @@ MAX_PENDING_TAGS = 4 * TAG_WORKERS
 # Host header names the page answers by default. Any other name is refused, so a page on another
 # site whose name was rebound to this address (DNS rebinding) cannot read or drive the demo.
 DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
+# The page's status for a tagging the model server failed, by its canonical status
+# (ClientError.code), so a wrong model name, a slow server and an absent one read apart; any other
+# failure, a bad answer included, is the gateway's: 502.
+TAG_ERROR_STATUS = {
+  "NOT_FOUND": 404,
+  "INVALID_ARGUMENT": 400,
+  "UNAVAILABLE": 503,
+  "DEADLINE_EXCEEDED": 504,
+}
 JSON_TYPE = "application/json"
 RESPONSE_HEADERS = {
   # Only the demo's own files run: even an injected element could not load or run anything.
@@ -109,6 +118,12 @@ def tag_text(client, text):
     for (offset, _), entities in zip(lines, found)
     for e in entities
   ]
+
+
+def tag_error_status(error):
+  """The HTTP status the page gets for a failed tagging: TAG_ERROR_STATUS of the model server's
+  status code, 502 for anything else."""
+  return TAG_ERROR_STATUS.get(getattr(error, "code", None), 502)
 
 
 def host_name(value):
@@ -222,7 +237,7 @@ def build_app(client, transport, hosts=frozenset(DEFAULT_ALLOWED_HOSTS)):
       # Cancelling this await (the client went away) also drops the job if no worker took it.
       entities = await asyncio.get_running_loop().run_in_executor(executor, tag_text, client, text)
     except (ClientError, ValueError) as e:
-      return error_response(502, f"cannot tag: {e}")
+      return error_response(tag_error_status(e), f"cannot tag: {e}")
     finally:
       pending -= 1
     return web.json_response(

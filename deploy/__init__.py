@@ -14,9 +14,9 @@ import docker
 import requests
 
 from bert_ner import model_base
+from bert_ner.paths import REPO_ROOT
 from server import ports
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "bert-ner-serving:latest"
 CONTAINER = "bert-ner-serving"
 DEFAULT_CHECKPOINT = "models/default"
@@ -104,7 +104,7 @@ def latest_version(base):
   return found
 
 
-def build_context_path(path, context=ROOT):
+def build_context_path(path, context=REPO_ROOT):
   """`path` relative to the Docker build context (the repo root), or DeployError."""
   try:
     return Path(path).resolve().relative_to(Path(context).resolve())
@@ -112,7 +112,7 @@ def build_context_path(path, context=ROOT):
     raise DeployError(f"{path} is outside {context}, the Docker build context") from None
 
 
-def build_image(client, checkpoint=DEFAULT_CHECKPOINT, tag=IMAGE, context=ROOT):
+def build_image(client, checkpoint=DEFAULT_CHECKPOINT, tag=IMAGE, context=REPO_ROOT):
   """Builds `tag` from `<context>/docker/Dockerfile`, which exports `checkpoint` in the build."""
   if not Path(checkpoint).is_dir():
     raise DeployError(f"no checkpoint dir {checkpoint}")
@@ -195,7 +195,7 @@ def how_to_query(base, host, grpc_port, rest_port):
   --assets only when the clients would not find the export themselves (models/bert_ner here).
   """
   assets = model_base.assets(latest_version(base))
-  found = Path(base).resolve() == (ROOT / "models" / model_base.MODEL_NAME).resolve()
+  found = Path(base).resolve() == (REPO_ROOT / "models" / model_base.MODEL_NAME).resolve()
   assets_flag = "" if found else f" --assets {assets}"
   body = json.dumps(example_request(), separators=(",", ":"))
   return "\n".join(

@@ -8,6 +8,7 @@ import sys
 
 import deploy
 from bert_ner import model_base
+from bert_ner.paths import REPO_ROOT
 from bert_ner.quiet import VERBOSE_ENV, add_verbose_flag
 
 
@@ -75,7 +76,7 @@ def run_embedded_server(args, ports):
       "--rest_api_port",
       str(args.rest_port),
       "--monitoring_config_file",
-      str(deploy.ROOT / "docker/monitoring_config.txt"),
+      str(REPO_ROOT / "docker/monitoring_config.txt"),
     ],
     stdout=subprocess.PIPE,
     text=True,
@@ -114,9 +115,7 @@ def up(client, args, ports):
   query it with the assets copied out of the image."""
   deploy.build_image(client, args.checkpoint)
   container = deploy.run_container(client, *ports, args.health_timeout)
-  served = deploy.copy_served_assets(
-    container, deploy.ROOT / "build/docker" / model_base.MODEL_NAME
-  )
+  served = deploy.copy_served_assets(container, REPO_ROOT / "build/docker" / model_base.MODEL_NAME)
   print(deploy.how_to_query(served, *ports))
   return 0
 

@@ -5,6 +5,7 @@ import sys
 
 from bert_ner import conll
 from bert_ner.quiet import add_verbose_flag, quiet_tensorflow, verbose
+from export.errors import ExportError, ExportRefused
 
 DEFAULT_VERIFY_FILE = conll.DEFAULT_DIR / "dev.txt"
 
@@ -51,10 +52,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-  """Runs the export; exit 2 on bad input, 1 when verification refuses the SavedModel."""
+  """Runs the export; exit 2 on bad input, 1 when the model is refused (ExportRefused)."""
   args = parse_args(argv)
   quiet_tensorflow(args.verbose)  # TF loads after --help, and quietly
-  from export import exporter, guard  # pylint: disable=import-outside-toplevel
+  from export import exporter  # pylint: disable=import-outside-toplevel
 
   verify_file = args.verify_file or (DEFAULT_VERIFY_FILE if DEFAULT_VERIFY_FILE.is_file() else None)
   try:
@@ -62,7 +63,7 @@ def main(argv=None):
       [s.words for s in conll.read_conll(verify_file)] if verify_file else exporter.SAMPLES
     )[: args.verify_sentences or None]
     if not sentences:
-      raise exporter.ExportError(f"no sentences in {verify_file}")
+      raise ExportError(f"no sentences in {verify_file}")
     if verbose():
       print(f"verification: {len(sentences)} sentences of {verify_file or 'built-in samples'}")
     exporter.export_model(
@@ -73,10 +74,10 @@ def main(argv=None):
       signatures_shown=verbose(),
       force=args.force,
     )
-  except (exporter.ExportError, conll.ConllError, OSError, guard.ReportError) as e:
+  except (ExportError, conll.ConllError, OSError) as e:
     print(f"export: error: {e}", file=sys.stderr)
     return 2
-  except (exporter.VerificationError, guard.WorseThanServed) as e:
+  except ExportRefused as e:
     print(f"export: refused: {e}; nothing was published", file=sys.stderr)
     return 1
   return 0

@@ -32,6 +32,7 @@ from bert_ner.model_base import (
   WARMUP_FILE,
 )
 from export import guard, layout
+from export.errors import ExportError, ExportRefused
 
 v1 = tf.compat.v1
 SERVE = v1.saved_model.tag_constants.SERVING
@@ -45,14 +46,6 @@ SAMPLES = [
   "said on Wednesday consumers should buy sheepmeat from countries other than Britain until "
   "the scientific advice was clearer .".split(),
 ]
-
-
-class ExportError(Exception):
-  """Bad input (missing dir, no checkpoint, unwritable base): nothing exported is touched."""
-
-
-class VerificationError(Exception):
-  """The reloaded SavedModel disagrees with the checkpoint graph: the export is refused."""
 
 
 def _resolve(checkpoint_dir):
@@ -130,7 +123,7 @@ def _verify(path, batches, expected, output_name, featurizer, texts):
     meta = v1.saved_model.loader.load(sess, [SERVE], str(path))
     sig = meta.signature_def[SIGNATURE]
     if sig.outputs[OUTPUT].name != output_name:
-      raise VerificationError(
+      raise ExportRefused(
         f"signature {SIGNATURE!r} outputs {sig.outputs[OUTPUT].name}, expected {output_name}"
       )
     rows = differ = 0
@@ -142,7 +135,7 @@ def _verify(path, batches, expected, output_name, featurizer, texts):
       differ += int(np.any((got != want) & (mask > 0), axis=1).sum())
       rows += len(ids)
     if differ:
-      raise VerificationError(
+      raise ExportRefused(
         f"SavedModel predictions differ from the checkpoint's on {differ} of {rows} rows"
       )
     run_ids = lambda ids, mask: sess.run(  # noqa: E731
@@ -158,7 +151,7 @@ def _verify(path, batches, expected, output_name, featurizer, texts):
       t for t, want, have in zip(texts, want_entities, text_entities(texts, got)) if want != have
     ]
     if mismatched:
-      raise VerificationError(
+      raise ExportRefused(
         f"text signature entities differ from the ids path on {len(mismatched)} of {len(texts)} "
         f"texts, first: {mismatched[0]!r}"
       )
@@ -198,7 +191,7 @@ def export_model(
   """Exports `checkpoint_dir` as the next (or given) version of `model_base_path`; returns it.
 
   Logs one line (where to, fingerprint, verification); signatures_shown adds the signatures.
-  Refuses (guard.WorseThanServed) a version that would be served and scores far below the
+  Refuses (ExportRefused) a version that would be served and scores far below the
   served one, unless `force`.
   """
   start = time.perf_counter()

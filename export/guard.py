@@ -12,19 +12,12 @@ import shutil
 from pathlib import Path
 
 from bert_ner import model_base
+from export.errors import ExportError, ExportRefused
 
 # F1 points (dev, by sentence). Retraining the shipped recipe moves dev F1 by a few tenths, and
 # the other recipes of docs/QUALITY.md lie within 1.5 points of it; a model 2 points worse is a
 # regression, not noise.
 DEV_F1_MARGIN = 2.0
-
-
-class WorseThanServed(Exception):
-  """The new model's dev F1 is too far below the served version's; the message is one line."""
-
-
-class ReportError(Exception):
-  """A train_report.json that holds no readable dev F1."""
 
 
 def dev_f1(directory):
@@ -35,11 +28,11 @@ def dev_f1(directory):
   try:
     return float(json.loads(path.read_text())["dev"]["f1"])
   except (ValueError, KeyError, TypeError) as e:
-    raise ReportError(f"{path} holds no dev F1 (dev.f1): {e!r}") from e
+    raise ExportError(f"{path} holds no dev F1 (dev.f1): {e!r}") from e
 
 
 def check_not_worse(checkpoint_dir, base, version, force=False, margin=DEV_F1_MARGIN):
-  """Raises WorseThanServed when `version` would become the served (highest) version of `base`
+  """Raises ExportRefused when `version` would become the served (highest) version of `base`
   with a dev F1 more than `margin` points below the current one's. Returns a note to log when
   the comparison could not be made or was overridden, else None."""
   found = model_base.version_dirs(base)
@@ -58,7 +51,7 @@ def check_not_worse(checkpoint_dir, base, version, force=False, margin=DEV_F1_MA
   )
   if force:
     return f"export guard: {verdict}; published anyway (--force)"
-  raise WorseThanServed(
+  raise ExportRefused(
     f"{verdict}; a running server would switch to it. To try it: another --model_base_path, "
     f"or a canary version label (README: Trying a model); --force publishes it here"
   )

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from bert_ner.paths import REPO_ROOT
+
 READY = re.compile(r"gRPC (\S+) REST http://(\S+)")
 READY_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 30

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Google-format BERT dir (real MiniLM vocab) and the CoNLL files.
+"""Shared fixtures: a tiny random Google-format BERT dir (real MiniLM vocab), the CoNLL files and
+small samples of them.
 
 TensorFlow is imported inside the fixtures only, so tests that must not load it (clients) can
 still check `sys.modules`.
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from bert_ner.paths import REPO_ROOT
+from conll_sample import write_first_sentences
 
 TINY_BERT_CONFIG = {
   "vocab_size": 30522,
@@ -89,3 +91,13 @@ def conll_dev_path():
 def conll_train_path():
   """The CoNLL-2003 train split (eng.train)."""
   return _conll_path("train.txt")
+
+
+@pytest.fixture(scope="module")
+def sample_files(tmp_path_factory, conll_train_path, conll_dev_path):
+  """Small train/dev CoNLL files (40 and 20 sentences) for quick training runs."""
+  root = tmp_path_factory.mktemp("conll_sample")
+  return (
+    str(write_first_sentences(conll_train_path, root / "train.txt", 40)),
+    str(write_first_sentences(conll_dev_path, root / "dev.txt", 20)),
+  )

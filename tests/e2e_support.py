@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from bert_ner import labels, model_base
+from bert_ner.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LABELS = labels.make_label_list(["LOC", "MISC", "ORG", "PER"])
 
 

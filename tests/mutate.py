@@ -1,10 +1,10 @@
 """`make mutate`: named mutations the test suite must kill, each run on its own copy of the tree.
 
-Every mutation breaks one thing a test is there to guard (issue 16's table and a few more): it
-names the file, the original snippet (which must occur exactly once), the mutated snippet and the
-test selection that must fail. For each, the tracked files are copied into a temporary directory,
-the snippet is replaced, and pytest runs the selection there (PYTHONPATH points at the copy, so
-subprocesses such as `python -m export` run the mutated code too). A mutation is killed when a
+Every mutation breaks one thing a test is there to guard: it names the file, the original snippet
+(which must occur exactly once), the mutated snippet and the test selection that must fail. For
+each, the tracked files are copied into a temporary directory, the snippet is replaced, and pytest
+runs the selection there (PYTHONPATH points at the copy, so subprocesses such as
+`python -m export` run the mutated code too). A mutation is killed when a
 selected test fails, survived when they all pass. A baseline run of every selection on the
 unmutated copy comes first: a test that fails anyway kills nothing.
 
@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from bert_ner.paths import REPO_ROOT
+
 TIMEOUT_S = 1800  # per selection run; the slow shipped-model tests take minutes on 2 cores
 NO_DATA = "/nonexistent/conll2003"  # CONLL2003_DIR for rows that must be caught without data
 INPROCESS = "tests/test_server_inprocess.py"
@@ -34,7 +35,7 @@ PINNED = "tests/test_pinned_rules.py"
 @dataclasses.dataclass(frozen=True)
 class Mutation:
   name: str
-  row: str  # what breaks, as issue 16 words it
+  breaks: str  # the promise the mutation breaks, in a few words
   file: str
   original: str
   mutated: str
@@ -128,7 +129,7 @@ MUTATIONS = [
     "",
     ("tests/test_evaluation.py::test_assets_of_another_version_are_refused",),
   ),
-  # Beyond the table: the other promises issue 16 asks tests for.
+  # Further guards: what the clients, server, batching, demo, bench and export promise.
   Mutation(
     "predict-skips-fingerprint",
     "NerClient.predict() never checks the fingerprint",
@@ -258,16 +259,16 @@ MUTATIONS = [
     "rest-skips-the-last-targets-503",
     "the REST client fails over past its last target (nothing left to report)",
     "clients/rest_client.py",
-    "        if status in FAIL_OVER_STATUSES and attempt < len(self.urls) - 1:\n",
-    "        if status in FAIL_OVER_STATUSES:\n",
+    "      if status in FAIL_OVER_STATUSES and attempt < len(self.urls) - 1:\n",
+    "      if status in FAIL_OVER_STATUSES:\n",
     (f"{PINNED}::test_rest_reports_the_last_targets_503_after_trying_each_once",),
   ),
   Mutation(
     "rest-fail-over-never-wraps",
     "the REST client's fail-over stops at the last target instead of wrapping to the first",
     "clients/rest_client.py",
-    "        index = (start + attempt) % len(self.urls)\n",
-    "        index = min(start + attempt, len(self.urls) - 1)\n",
+    "      index = (start + attempt) % len(self.urls)\n",
+    "      index = min(start + attempt, len(self.urls) - 1)\n",
     (f"{PINNED}::test_rest_fails_over_from_the_last_target_back_to_the_first",),
   ),
   Mutation(
@@ -437,7 +438,7 @@ def main(argv=None):
     parser.error(f"unknown mutations: {', '.join(sorted(unknown))}")
   if args.list:
     for m in MUTATIONS:
-      print(f"{m.name}: {m.row} ({m.file}) <- {' '.join(m.selection)}")
+      print(f"{m.name}: {m.breaks} ({m.file}) <- {' '.join(m.selection)}")
     return 0
   rows, bad = [], 0
   with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
@@ -469,7 +470,7 @@ def main(argv=None):
       shutil.rmtree(repo.parent)
   print("\n| mutation | what breaks | file | result | s |\n|---|---|---|---|---|")
   for m, verdict, seconds in rows:
-    print(f"| {m.name} | {m.row} | {m.file} | {verdict} | {seconds:.0f} |")
+    print(f"| {m.name} | {m.breaks} | {m.file} | {verdict} | {seconds:.0f} |")
   return 1 if bad else 0
 
 

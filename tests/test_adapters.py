@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bert_ner import checkpoint, modeling
-from test_train import _config, sample_files  # noqa: F401  (sample_files: a fixture)
+from support.train import train_config
 from train import trainer
 
 pytestmark = pytest.mark.slow  # trains and exports
@@ -72,7 +72,7 @@ def test_adapter_training_keeps_bert_frozen_and_exports_merged(
 
   out = tmp_path / "adapters"
   report = trainer.run(
-    _config(
+    train_config(
       tiny_bert_dir,
       sample_files,
       out,

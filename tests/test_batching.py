@@ -1,9 +1,6 @@
 """Embedded batching against TF Serving 2.18's rules, with a fake model (no session)."""
 
 import asyncio
-import dataclasses
-import threading
-from concurrent import futures
 
 import grpc
 import numpy as np
@@ -11,61 +8,14 @@ import pytest
 
 from server.batching import (
   DEFAULT_PARAMETERS_FILE,
-  Batcher,
   BatchingConfigError,
   BatchingOptions,
   read_batching_parameters,
   split_sizes,
 )
 from server.errors import ServingError
-from server.metrics import Metrics
 from server.stacking import merge, pad_tensor, padded_batch_size
-
-
-@dataclasses.dataclass
-class FakeSignature:
-  """What the Batcher reads of a Signature."""
-
-  key: str = "serving_default"
-  batchable: bool = True
-  inputs: dict = dataclasses.field(default_factory=dict)
-  outputs: dict = dataclasses.field(default_factory=dict)
-
-
-class FakeModel:
-  """Runs batches on the worker threads: echoes each request's ids, records the batches."""
-
-  def __init__(self):
-    self.batches, self.abandoned = [], []  # abandoned(): once per batch, when it is released
-    self.started, self.release = threading.Event(), threading.Event()
-    self.release.set()
-
-  def __call__(self, signature, requests, deadline, abandoned):
-    self.started.set()
-    self.release.wait(10)
-    self.abandoned.append(abandoned())
-    self.batches.append([len(r["input_ids"]) for r in requests])
-    return [{"pred_label": r["input_ids"]} for r in requests]
-
-
-def rows(count, width=3):
-  return {"input_ids": np.arange(count * width).reshape(count, width)}
-
-
-def run_batcher(options, scenario):
-  """Runs scenario(batcher, model) in a fresh event loop with 2 worker threads."""
-  model = FakeModel()
-
-  async def main():
-    with futures.ThreadPoolExecutor(2) as executor:
-      batcher = Batcher(model, options, executor, Metrics(options.max_batch_size), "m")
-      try:
-        return await scenario(batcher, model)
-      finally:
-        model.release.set()
-        await batcher.close()
-
-  return asyncio.run(main()), model
+from support.batching import FakeSignature, rows, run_batcher
 
 
 def test_the_image_settings_parse_and_fit_the_clients_rows_per_request():

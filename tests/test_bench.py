@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench import measure
-from test_export import make_checkpoint
+from support.export import make_checkpoint
 
 pytestmark = pytest.mark.slow  # exports and starts servers
 

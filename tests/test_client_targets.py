@@ -3,12 +3,8 @@ bad arguments, bad input and bad server answers, and a REST --timeout that bound
 request. Fast: fake servers on loopback; the replicas test is tests/reliability."""
 
 import contextlib
-import http.server
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent import futures
@@ -22,19 +18,23 @@ from bert_ner.featurizer import pad_batch
 from clients import common, grpc_client, rest_client
 from clients.tfs_protos import tfs_lite_pb2 as lite
 from e2e_support import free_port
-from test_clients import (
-  CALL_TIMEOUT,
+from support.clients import (
+  HEADERS,
   SCRIPTS,
   SENTENCE,
   VOCAB,
+  BadServing,
   FakeServing,
+  ServiceUnavailable,
+  TrickleServer,
+  answer_once,
   assert_one_line_error,
+  int_tensor,
+  run_bytes,
   run_script,
   write_assets,
 )
 
-# A server trickling one byte this often is never idle for a whole socket read timeout.
-TRICKLE_INTERVAL_S = 0.5
 TRICKLE_TIMEOUT_S = 2.0
 TIMEOUT_SLACK_S = 1.5
 SCRIPT_START_S = 3.0  # interpreter and imports on a loaded 2-core machine
@@ -146,14 +146,6 @@ def test_check_labels(pred, error):
       common.check_labels(pred, IDS, 12)
 
 
-def int_tensor(shape, values):
-  return lite.TensorProto(
-    dtype=lite.DT_INT32,
-    tensor_shape=lite.TensorShapeProto(dim=[lite.TensorShapeProto.Dim(size=n) for n in shape]),
-    int_val=values,
-  )
-
-
 @pytest.mark.parametrize(
   "tensor,error",
   [
@@ -175,7 +167,7 @@ def int_tensor(shape, values):
       ),
       "negative dimension",
     ),
-    # int64 products wrap: [2**32, 2**32] came out as 0 values (attack round 4)
+    # The declared size is a product: in int64, [2**32, 2**32] wraps to 0 and would pass a check.
     (int_tensor([2**32, 2**32], []), r"declares 18446744073709551616 values"),
     (int_tensor([2**62, 4], [0]), r"declares 18446744073709551616 values"),
     (
@@ -196,22 +188,6 @@ def test_grpc_output_tensor_checks(tensor, error):
 
 
 # ---------------------------------------------------------------- bad answers, end to end
-
-
-class BadServing(FakeServing):
-  """A fake TF Serving whose Predict answers a canned body (REST) or tensor (gRPC)."""
-
-  def __init__(self):
-    super().__init__(VOCAB)
-    self.rest_answer = self.grpc_answer = None
-
-  def rest(self, method, path, body):
-    if method == "POST" and self.rest_answer is not None:
-      return 200, self.rest_answer
-    return super().rest(method, path, body)
-
-  def _grpc_predict(self, request, context):
-    return lite.PredictResponse(outputs={"pred_label": self.grpc_answer})
 
 
 @pytest.fixture(scope="module")
@@ -281,21 +257,6 @@ def test_bad_arguments_are_one_line_errors(assets, transport, args, error):
   assert_one_line_error(result, error)
 
 
-def run_bytes(transport, args, stdin=b""):
-  """A client script with raw bytes arguments and stdin; returns the CompletedProcess."""
-  env = dict(os.environ, LC_ALL="C.UTF-8")
-  env.pop("BERT_NER_ASSETS", None)
-  result = subprocess.run(
-    [sys.executable, str(SCRIPTS[transport]), *args],
-    input=stdin,
-    capture_output=True,
-    env=env,
-    timeout=CALL_TIMEOUT,
-  )
-  result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
-  return result
-
-
 @pytest.mark.slow  # runs the client scripts
 @pytest.mark.parametrize("transport", SCRIPTS)
 def test_invalid_utf8_in_argv_is_a_one_line_error(assets, transport):
@@ -321,45 +282,6 @@ def test_invalid_utf8_on_stdin_is_a_one_line_error(assets, transport):
 
 
 # ---------------------------------------------------------------- REST --timeout, whole request
-
-
-class TrickleServer:
-  """Loopback TCP server that reads a request, sends `prefix` at once, then `answer` one byte at
-  a time."""
-
-  def __init__(self, answer, prefix=b"", interval=TRICKLE_INTERVAL_S):
-    self.answer, self.prefix, self.interval = answer, prefix, interval
-    self.listener = socket.create_server(("127.0.0.1", 0))
-    self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
-    self.stop = threading.Event()
-    threading.Thread(target=self._serve, daemon=True).start()
-
-  def _serve(self):
-    while not self.stop.is_set():
-      try:
-        conn, _ = self.listener.accept()
-      except OSError:
-        return
-      threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
-
-  def _trickle(self, conn):
-    with conn:
-      try:
-        conn.recv(65536)
-        conn.sendall(self.prefix)
-        for byte in self.answer:
-          if self.stop.wait(self.interval):
-            return
-          conn.sendall(bytes([byte]))
-      except OSError:
-        return  # the client gave up and closed
-
-  def close(self):
-    self.stop.set()
-    self.listener.close()
-
-
-HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n"
 
 
 @pytest.mark.parametrize(
@@ -421,20 +343,6 @@ def test_rest_refuses_an_endless_answer(assets, monkeypatch):
     client.output_names()
 
 
-def answer_once(raw):
-  """host:port of a loopback server that answers one connection with the bytes `raw`."""
-  listener = socket.create_server(("127.0.0.1", 0))
-
-  def serve():
-    conn, _ = listener.accept()
-    with conn, listener:
-      conn.recv(65536)
-      conn.sendall(raw)
-
-  threading.Thread(target=serve, daemon=True).start()
-  return f"127.0.0.1:{listener.getsockname()[1]}"
-
-
 @pytest.mark.parametrize(
   "raw,error",
   [
@@ -472,6 +380,25 @@ def test_rest_odd_answers_are_one_line_errors(assets, raw, error):
     client.output_names()
 
 
+@pytest.mark.parametrize(
+  "status,code,error",
+  [
+    ("404 Not Found", "NOT_FOUND", r"^not found on .*: no such model$"),
+    ("504 Gateway Timeout", "DEADLINE_EXCEEDED", r"^timeout: no answer from .*: no such model$"),
+    ("502 Bad Gateway", "UNAVAILABLE", r"^server unreachable at .*: no such model$"),
+    ("500 Internal Server Error", "INTERNAL", r"^server error HTTP 500: no such model$"),
+    ("418 I'm a teapot", "UNKNOWN", r"^server error HTTP 418: no such model$"),
+  ],
+)
+def test_rest_error_answers_carry_the_status_as_a_code(assets, status, code, error):
+  body = b'{"error": "no such model"}'
+  raw = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status.encode(), len(body), body)
+  client = rest_client.RestNerClient(answer_once(raw), signature="result", timeout=5, assets=assets)
+  with pytest.raises(common.ClientError, match=error) as caught:
+    client.output_names()
+  assert caught.value.code == code
+
+
 class NotToBeEncoded:
   def __str__(self):
     raise AssertionError("excerpt encoded the whole answer")
@@ -499,35 +426,6 @@ def test_rest_fails_over_to_the_next_target_and_stays_there(assets):
     assert client.current == 1
   finally:
     server.close()
-
-
-class ServiceUnavailable:
-  """Answers every request 503, counting them."""
-
-  def __init__(self):
-    owner = self
-    self.requests = 0
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-      def do_GET(self):  # the client's first call: the fingerprint's metadata request
-        owner.requests += 1
-        self.send_response(503)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-      def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.do_GET()
-
-      def log_message(self, *args):
-        pass
-
-    self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.address = f"127.0.0.1:{self.http.server_port}"
-    threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-  def close(self):
-    self.http.shutdown()
 
 
 def test_rest_fails_over_on_503(assets):

@@ -1,87 +1,35 @@
 """gRPC and REST clients: flags, assets, errors and fingerprints against an in-process fake TF
 Serving, then both scripts end to end against `python -m server` serving a tiny real export."""
 
-import http.server
 import json
 import operator
 import os
-import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from concurrent import futures
 
-import grpc
 import numpy as np
 import pytest
 
+from bert_ner.paths import REPO_ROOT
 from clients import common, grpc_client, rest_client
-from clients.tfs_protos import tfs_lite_pb2 as lite
-from e2e_support import LABELS, free_port, make_checkpoint, run_export
+from e2e_support import free_port, make_checkpoint, run_export
 from server.process import ServerProcess
+from support.clients import (
+  CALL_TIMEOUT,
+  FINGERPRINT,
+  SCRIPTS,
+  SENTENCE,
+  VOCAB,
+  FakeServing,
+  assert_one_line_error,
+  run_script,
+  write_assets,
+)
 
-REPO_ROOT = common.REPO_ROOT
-SCRIPTS = {
-  "grpc": REPO_ROOT / "clients" / "grpc_client.py",
-  "rest": REPO_ROOT / "clients" / "rest_client.py",
-}
 CLASSES = {"grpc": grpc_client.GrpcNerClient, "rest": rest_client.RestNerClient}
-VOCAB = [
-  "[PAD]",
-  "[UNK]",
-  "[CLS]",
-  "[SEP]",
-  "eu",
-  "rejects",
-  "german",
-  "call",
-  "to",
-  "boycott",
-  "british",
-  "lamb",
-  ".",
-]
-FAKE_TAGS = {"eu": "B-ORG", "german": "B-MISC", "british": "B-MISC"}
-FINGERPRINT = "0123456789abcdef"
-SENTENCE = "EU rejects German call"
 SENTENCE_OUT = f"{SENTENCE}\n  EU -> ORG [0:2]\n  German -> MISC [11:17]\n"
-CALL_TIMEOUT = 60
-
-
-def write_assets(path, fingerprint=FINGERPRINT, max_seq_length=16):
-  """A tiny assets.extra: vocab, label map and ner_config with labels and fingerprint."""
-  path.mkdir(parents=True, exist_ok=True)
-  (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-  (path / "label2id.json").write_text(json.dumps({label: i for i, label in enumerate(LABELS)}))
-  (path / "ner_config.json").write_text(
-    json.dumps(
-      {
-        "head": "dense",
-        "do_lower_case": True,
-        "max_seq_length": max_seq_length,
-        "labels": LABELS,
-        "fingerprint": fingerprint,
-      }
-    )
-  )
-  return path
-
-
-def run_script(transport, *args, stdin=None, env=None, cwd=None, timeout=CALL_TIMEOUT):
-  """Runs a client script; returns the CompletedProcess."""
-  if env is None:
-    env = {k: v for k, v in os.environ.items() if k != "BERT_NER_ASSETS"}
-  command = [sys.executable, str(SCRIPTS[transport]), *map(str, args)]
-  run_in = {"env": env, "cwd": cwd, "timeout": timeout}
-  return subprocess.run(command, input=stdin, capture_output=True, text=True, **run_in)
-
-
-def assert_one_line_error(result, pattern):
-  assert result.returncode != 0 and result.stdout == ""
-  assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
-  assert re.search(pattern, result.stderr), result.stderr
 
 
 # ---------------------------------------------------------------- without a server
@@ -266,30 +214,33 @@ def test_crlf_files_give_lines_without_a_carriage_return(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "signature,signatures,error",
+  "signature,signatures,error,code",
   [
-    ("result", {"result": [f"ner_{FINGERPRINT}/pred_label:0"]}, None),
-    ("result", {"result": ["x:0", f"ner_{FINGERPRINT}/pred_label:0"], "other": []}, None),
+    ("result", {"result": [f"ner_{FINGERPRINT}/pred_label:0"]}, None, None),
+    ("result", {"result": ["x:0", f"ner_{FINGERPRINT}/pred_label:0"], "other": []}, None, None),
     (
       "result",
       {"result": ["ner_fedcba9876543210/pred_label:0"]},
       "fingerprint mismatch .*server has fedcba9876543210.* have 0123456789abcdef",
+      None,
     ),
     (
       "nope",
       {"result": [f"ner_{FINGERPRINT}/pred_label:0"], "serving_default": []},
       "signature 'nope' not found in model 'bert_ner' \\(has: result, serving_default\\)",
+      "NOT_FOUND",
     ),
-    ("result", {"result": ["pred_label:0"]}, "no ner_<fingerprint> output"),
+    ("result", {"result": ["pred_label:0"]}, "no ner_<fingerprint> output", None),
   ],
 )
-def test_check_fingerprint(tmp_path, signature, signatures, error):
+def test_check_fingerprint(tmp_path, signature, signatures, error, code):
   client = StubClient(write_assets(tmp_path), signatures, signature)
   if error is None:
     client.check_fingerprint()
   else:
-    with pytest.raises(common.ClientError, match=error):
+    with pytest.raises(common.ClientError, match=error) as caught:
       client.check_fingerprint()
+    assert caught.value.code == code
 
 
 @pytest.mark.parametrize(
@@ -302,9 +253,10 @@ def test_check_fingerprint(tmp_path, signature, signatures, error):
     ("INTERNAL", "server error INTERNAL: a b"),
   ],
 )
-def test_error_messages_are_one_line(tmp_path, code, expected):
+def test_error_messages_are_one_line_and_keep_the_code(tmp_path, code, expected):
   client = StubClient(write_assets(tmp_path), {})
-  assert str(client.error(code, " a\n  b\n")) == expected
+  error = client.error(code, " a\n  b\n")
+  assert (str(error), error.code) == (expected, code)
 
 
 @pytest.mark.slow  # runs a subprocess
@@ -328,132 +280,6 @@ def test_client_modules_do_not_import_tensorflow(modules):
 
 
 # ---------------------------------------------------------------- against a fake TF Serving
-
-
-class FakeServing:
-  """TF Serving stand-in on loopback: gRPC and REST, tags eu ORG and german/british MISC."""
-
-  def __init__(self, vocab, fingerprint=FINGERPRINT):
-    self.tag_of_id = np.zeros(len(vocab), np.int32)
-    for token, tag in FAKE_TAGS.items():
-      self.tag_of_id[vocab.index(token)] = LABELS.index(tag)
-    self.output_name = f"ner_{fingerprint}/pred_label:0"
-    self.delay, self.shapes, self.metadata_calls = 0.0, [], 0
-    self.grpc = grpc.server(futures.ThreadPoolExecutor(4))
-    self.grpc.add_generic_rpc_handlers(
-      [
-        grpc.method_handlers_generic_handler(
-          "tensorflow.serving.PredictionService",
-          {
-            "Predict": grpc.unary_unary_rpc_method_handler(
-              self._grpc_predict,
-              lite.PredictRequest.FromString,
-              lite.PredictResponse.SerializeToString,
-            ),
-            "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
-              self._grpc_metadata,
-              lite.GetModelMetadataRequest.FromString,
-              lite.GetModelMetadataResponse.SerializeToString,
-            ),
-          },
-        )
-      ]
-    )
-    self.grpc_address = f"127.0.0.1:{self.grpc.add_insecure_port('127.0.0.1:0')}"
-    self.grpc.start()
-    fake = self
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-      """REST: GET /v1/models/<m>/metadata, POST /v1/models/<m>:predict."""
-
-      def do_GET(self):
-        self._answer(*fake.rest("GET", self.path, None))
-
-      def do_POST(self):
-        self._answer(
-          *fake.rest("POST", self.path, self.rfile.read(int(self.headers["Content-Length"])))
-        )
-
-      def _answer(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-      def log_message(self, *args):
-        pass
-
-    self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.http.handle_error = lambda request, address: None  # a client that timed out and left
-    self.rest_address = f"127.0.0.1:{self.http.server_port}"
-    threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-  def close(self):
-    self.http.shutdown()
-    self.grpc.stop(0)
-
-  def address(self, transport):
-    return self.grpc_address if transport == "grpc" else self.rest_address
-
-  def check(self, model, signature=None):
-    """(status name, message) of TF Serving for a bad request, else None."""
-    time.sleep(self.delay)
-    if model != "bert_ner":
-      return "NOT_FOUND", f"Servable not found for request: Latest({model})"
-    if signature is not None and signature not in ("result", "serving_default"):
-      return "INVALID_ARGUMENT", f'Serving signature key "{signature}" not found.'
-    return None
-
-  def predict(self, input_ids):
-    self.shapes.append(input_ids.shape)
-    return self.tag_of_id[input_ids]
-
-  def signature_def_map(self):
-    signatures = lite.SignatureDefMap()
-    for name in ("result", "serving_default"):
-      signatures.signature_def[name].outputs["pred_label"].name = self.output_name
-    return signatures
-
-  def _grpc_predict(self, request, context):
-    error = self.check(request.model_spec.name, request.model_spec.signature_name)
-    if error:
-      context.abort(getattr(grpc.StatusCode, error[0]), error[1])
-    pred = self.predict(grpc_client.make_array(request.inputs["input_ids"]))
-    return lite.PredictResponse(outputs={"pred_label": grpc_client.make_tensor(pred)})
-
-  def _grpc_metadata(self, request, context):
-    self.metadata_calls += 1
-    error = self.check(request.model_spec.name)
-    if error:
-      context.abort(getattr(grpc.StatusCode, error[0]), error[1])
-    response = lite.GetModelMetadataResponse(model_spec=request.model_spec)
-    response.metadata[
-      "signature_def"
-    ].type_url = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
-    response.metadata["signature_def"].value = self.signature_def_map().SerializeToString()
-    return response
-
-  def rest(self, method, path, body):
-    """(HTTP status, JSON body) the way TF Serving's REST API answers."""
-    match = re.fullmatch(r"/v1/models/([^/:]+)(/metadata|:predict)", path)
-    if not match:
-      return 404, {"error": "Malformed request"}
-    body = json.loads(body) if body else {}
-    error = self.check(
-      match.group(1), body.get("signature_name", "serving_default") if method == "POST" else None
-    )
-    if error:
-      return {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400}[error[0]], {"error": error[1]}
-    if method == "POST":
-      return 200, {"outputs": self.predict(np.array(body["inputs"]["input_ids"])).tolist()}
-    self.metadata_calls += 1
-    signatures = {
-      name: {"outputs": {"pred_label": {"name": self.output_name}}}
-      for name in self.signature_def_map().signature_def
-    }
-    return 200, {"metadata": {"signature_def": {"signature_def": signatures}}}
 
 
 @pytest.fixture(scope="module")
@@ -504,16 +330,22 @@ def test_long_input_goes_through_windowing(fake, fake_assets, transport):
 
 
 @pytest.mark.parametrize(
-  "model,signature,error",
+  "model,signature,error,code",
   [
-    ("nope", "result", "not found on .*model 'nope'.*Servable not found"),
-    ("bert_ner", "nope", r"server rejected the request \(INVALID_ARGUMENT\): Serving signature"),
+    ("nope", "result", "not found on .*model 'nope'.*Servable not found", "NOT_FOUND"),
+    (
+      "bert_ner",
+      "nope",
+      r"server rejected the request \(INVALID_ARGUMENT\): Serving signature",
+      "INVALID_ARGUMENT",
+    ),
   ],
 )
-def test_server_side_errors(fake, fake_assets, transport, model, signature, error):
+def test_server_side_errors(fake, fake_assets, transport, model, signature, error, code):
   client = CLASSES[transport](fake.address(transport), model, signature, assets=fake_assets)
-  with pytest.raises(common.ClientError, match=error):
+  with pytest.raises(common.ClientError, match=error) as caught:
     client.featurizer.predict_texts([SENTENCE], client.run)
+  assert caught.value.code == code
 
 
 def test_predict_checks_the_fingerprint_once_per_client(fake, fake_assets, tmp_path, transport):
@@ -544,9 +376,10 @@ def test_timeout(fake, fake_assets, transport):
   fake.delay = 5.0
   client = CLASSES[transport](fake.address(transport), timeout=0.3, assets=fake_assets)
   started = time.monotonic()
-  with pytest.raises(common.ClientError, match="timeout: no answer from .* within 0.3s"):
+  with pytest.raises(common.ClientError, match="timeout: no answer from .* within 0.3s") as caught:
     client.check_fingerprint()
   assert time.monotonic() - started < 3.0
+  assert caught.value.code == "DEADLINE_EXCEEDED"
 
 
 @pytest.mark.slow  # runs the client scripts

@@ -3,13 +3,11 @@
 import itertools
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from bert_ner import backbone, checkpoint
-
-DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
+from support.export import DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +17,7 @@ def tagger():
 
   from bert_ner import head
 
-  model_dir = checkpoint.resolve(DEFAULT)
+  model_dir = checkpoint.resolve(DEFAULT_MODEL)
   featurizer = model_dir.featurizer()
   graph = tf.Graph()
   with graph.as_default():
@@ -35,7 +33,7 @@ def tagger():
 
 
 def test_manifest_names_the_pinned_backbone_and_dev_scores():
-  manifest = json.loads((DEFAULT / "manifest.json").read_text())
+  manifest = json.loads((DEFAULT_MODEL / "manifest.json").read_text())
   assert manifest["backbone"] == backbone.DEFAULT_BACKBONE
   assert manifest["train_command"].startswith("python -m train")
   assert manifest["dev"]["f1"] >= 90.0
@@ -45,12 +43,12 @@ def test_manifest_names_the_pinned_backbone_and_dev_scores():
 def test_head_and_adapters_only_and_small():
   import tensorflow.compat.v1 as tf
 
-  names = [name for name, _ in tf.train.list_variables(str(DEFAULT))]
+  names = [name for name, _ in tf.train.list_variables(str(DEFAULT_MODEL))]
   adapters = [n for n in names if n.startswith("bert/") and n.endswith(("/lora_a", "/lora_b"))]
   assert adapters and all(
     n.startswith(("rnn_layer/", "project/", "crf_loss/")) for n in set(names) - set(adapters)
   )
-  size = sum(p.stat().st_size for p in DEFAULT.rglob("*") if p.is_file())
+  size = sum(p.stat().st_size for p in DEFAULT_MODEL.rglob("*") if p.is_file())
   assert size <= 10 * 1024 * 1024, f"models/default is {size} bytes, over 10 MB"
 
 
@@ -131,7 +129,7 @@ def exported_default(tmp_path_factory):
   from export import exporter
 
   base = tmp_path_factory.mktemp("default") / "bert_ner"
-  exporter.export_model(str(DEFAULT), str(base), log=lambda *_: None)
+  exporter.export_model(str(DEFAULT_MODEL), str(base), log=lambda *_: None)
   return base
 
 
@@ -142,7 +140,7 @@ def test_dev_scores_through_the_served_model_match_the_manifest(
 ):
   from evaluation import __main__ as evaluation
 
-  stated = dev_figures(json.loads((DEFAULT / "manifest.json").read_text())).get(mode)
+  stated = dev_figures(json.loads((DEFAULT_MODEL / "manifest.json").read_text())).get(mode)
   if stated is None:
     assert mode == "document", "the manifest has no sentence-mode dev figure"
     pytest.skip("models/default/manifest.json states no document-mode dev figure")

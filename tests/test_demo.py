@@ -73,12 +73,16 @@ def test_split_lines_keeps_offsets_and_skips_blank_lines():
 class FakeClient:
   """Tags the first word of every line as ORG; records the lines it was given."""
 
-  def __init__(self, failure=None):
-    self.failure, self.lines = failure, None
+  def __init__(self, failure=None, code=None):
+    self.failure, self.code, self.lines = failure, code, None
+    self.server, self.model, self.fingerprint = "h:1", "bert_ner", "aaaa"
 
   def check_fingerprint(self):
     if self.failure:
-      raise ClientError(self.failure)
+      raise ClientError(self.failure, self.code)
+
+  def entity_types(self):
+    return ["ORG"]
 
   def predict(self, lines):
     self.lines = lines
@@ -109,6 +113,48 @@ def test_tag_text_checks_the_fingerprint_before_tagging():
   with pytest.raises(ClientError, match="fingerprint mismatch"):
     tag_text(client, "EU rejects German call")
   assert client.lines is None
+
+
+async def tag_answer(client, text="EU rejects German call"):
+  """(status, JSON body) of POST /api/tag through the demo app tagging with `client`."""
+  from aiohttp.test_utils import TestClient, TestServer
+
+  async with TestClient(TestServer(app.build_app(client, "grpc"))) as http:
+    response = await http.post("/api/tag", json={"text": text}, headers={"Host": "localhost"})
+    return response.status, await response.json()
+
+
+@pytest.mark.parametrize(
+  "code, status",
+  [
+    ("NOT_FOUND", 404),
+    ("DEADLINE_EXCEEDED", 504),
+    ("INVALID_ARGUMENT", 400),
+    ("UNAVAILABLE", 503),
+    ("INTERNAL", 502),
+    (None, 502),
+  ],
+)
+def test_a_failed_tagging_answers_the_model_servers_status(code, status):
+  """A wrong model name (404), a slow (504) or absent (503) server and a refused text (400)
+  read apart on the page; anything else is a bad gateway (502). The message is the client's."""
+  import asyncio
+
+  client = FakeClient(failure="server said no", code=code)
+  assert asyncio.run(tag_answer(client)) == (status, {"error": "cannot tag: server said no"})
+
+
+def test_a_tagging_the_client_cannot_read_is_a_bad_gateway():
+  import asyncio
+
+  class Unreadable(FakeClient):
+    def predict(self, lines):
+      raise ValueError("label id out of range")
+
+  assert asyncio.run(tag_answer(Unreadable())) == (
+    502,
+    {"error": "cannot tag: label id out of range"},
+  )
 
 
 def test_entity_types_inverts_make_label_list():

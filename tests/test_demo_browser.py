@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from bert_ner import model_base
-from e2e_support import REPO_ROOT, free_port, served_shipped_model
+from bert_ner.paths import REPO_ROOT
+from e2e_support import free_port, served_shipped_model
 
 pytestmark = pytest.mark.slow  # needs chromium and starts the demo and a server
 

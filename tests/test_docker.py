@@ -17,23 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bert_ner.paths import REPO_ROOT
 from e2e_support import free_port
-from test_export import load_saved_model, make_checkpoint
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DOCKER = REPO_ROOT / "docker"
-
-
-def dockerfile_instructions():
-  """(INSTRUCTION, arguments) pairs of docker/Dockerfile, continuation lines joined."""
-  text = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text())
-  lines = [line.strip() for line in text.splitlines()]
-  return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
-
-
-def instruction(name):
-  """Arguments of every `name` instruction."""
-  return [args for inst, args in dockerfile_instructions() if inst.upper() == name]
+from support.docker import DOCKER, instruction
+from support.export import load_saved_model, make_checkpoint
 
 
 def text_proto(name):

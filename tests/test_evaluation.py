@@ -14,7 +14,7 @@ from conll_sample import write_first_sentences
 from evaluation import __main__ as evaluation
 from evaluation.local import LocalModel
 from server.process import ServerProcess
-from test_export import make_checkpoint
+from support.export import make_checkpoint
 
 OVERALL = re.compile(r"^overall precision \d+\.\d\d recall \d+\.\d\d f1 \d+\.\d\d$")
 FOUR_COLUMNS = """-DOCSTART- -X- -X- O

@@ -13,21 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import e2e_support
+from bert_ner.paths import REPO_ROOT
+from support.export import load_saved_model, make_checkpoint
 
 pytestmark = pytest.mark.slow  # exports models and runs the export CLI
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SAVED_MODEL_CLI = REPO_ROOT / ".venv/bin/saved_model_cli"
 SIGNATURES = ("result", "serving_default")
 CONLL = "EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n\nBRUSSELS B-LOC\n"
-
-
-def make_checkpoint(tiny_bert_dir, out_dir, seed=0):
-  """Tiny BiLSTM-CRF checkpoint dir (two feature layers, so the export's layer wiring shows)."""
-  return e2e_support.make_checkpoint(
-    tiny_bert_dir, out_dir, seed, head="bilstm", lstm_size=8, hidden_size=8, feature_layers=[-2, -1]
-  )
 
 
 def start_export_script(code, ckpt, base):
@@ -67,15 +60,6 @@ def listing(base):
     str(p.relative_to(base)): (p.stat().st_size, p.stat().st_mtime_ns)
     for p in sorted(Path(base).rglob("*"))
   }
-
-
-def load_saved_model(path, signature="result"):
-  """(session, SignatureDef) of a SavedModel loaded in a fresh graph (tables initialized)."""
-  import tensorflow as tf
-
-  sess = tf.compat.v1.Session(graph=tf.Graph())
-  meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
-  return sess, meta.signature_def[signature]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 import e2e_support
 from bert_ner import model_base
 from export import guard
+from export.errors import ExportError, ExportRefused
 
 SERVED_F1, BAD_F1 = 92.02, 44.1
 
@@ -28,7 +29,7 @@ def base(tmp_path):
 
 def test_a_far_worse_model_is_refused_in_one_line(base, tmp_path):
   checkpoint = report_dir(tmp_path / "smoke", BAD_F1)
-  with pytest.raises(guard.WorseThanServed) as refused:
+  with pytest.raises(ExportRefused) as refused:
     guard.check_not_worse(checkpoint, base, 2)
   message = str(refused.value)
   assert "\n" not in message
@@ -67,7 +68,7 @@ def test_without_reports_the_guard_says_it_did_not_compare(base, tmp_path):
 
 def test_a_report_without_dev_f1_is_one_clear_error(base, tmp_path):
   (tmp_path / model_base.TRAIN_REPORT).write_text("{}")
-  with pytest.raises(guard.ReportError, match=r"holds no dev F1 \(dev\.f1\)"):
+  with pytest.raises(ExportError, match=r"holds no dev F1 \(dev\.f1\)"):
     guard.check_not_worse(tmp_path, base, 2)
 
 

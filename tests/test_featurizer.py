@@ -17,9 +17,9 @@ import pytest
 from bert_ner import conll
 from bert_ner.featurizer import Entity, Featurizer, Word, entities, pad_batch
 from bert_ner.labels import load_label_map
+from bert_ner.paths import REPO_ROOT
 from e2e_support import LABELS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Long enough that no test sentence or text needs a second window.
 ONE_WINDOW = 4096
 

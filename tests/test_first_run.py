@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from e2e_support import REPO_ROOT, free_port
+from bert_ner.paths import REPO_ROOT
+from e2e_support import free_port
 
 SERVE_TIMEOUT_S = 300  # export + server start on 2 busy cores took 70 s
 STOP_TIMEOUT_S = 30

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 import k8s_support
-from e2e_support import REPO_ROOT, free_port
-from test_docker import instruction
+from bert_ner.paths import REPO_ROOT
+from e2e_support import free_port
+from support.docker import instruction
 
 K8S = REPO_ROOT / "k8s"
 KUSTOMIZATIONS = [K8S, K8S / "base", K8S / "overlays" / "volume"]

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from bert_ner.paths import REPO_ROOT
 
 
 def make_dry_run(target, *assignments):

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 import server_fixtures
-from e2e_support import REPO_ROOT, free_port
+from bert_ner.paths import REPO_ROOT
+from e2e_support import free_port
 from server.process import ServerProcess
 
 MONITORING = REPO_ROOT / "monitoring"

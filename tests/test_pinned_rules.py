@@ -14,8 +14,7 @@ from bert_ner import atomic, labels, model_checks
 from bert_ner.featurizer import Featurizer, Window
 from clients import common, rest_client
 from demo import app as demo_app
-from test_client_targets import ServiceUnavailable
-from test_clients import SENTENCE, VOCAB, FakeServing, write_assets
+from support.clients import SENTENCE, VOCAB, FakeServing, ServiceUnavailable, write_assets
 
 # ---------------------------------------------------------------- atomic writes
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from e2e_support import REPO_ROOT, served_shipped_model
+from bert_ner.paths import REPO_ROOT
+from e2e_support import served_shipped_model
 
 pytestmark = pytest.mark.slow  # exports the shipped model (MiniLM) and starts the server
 

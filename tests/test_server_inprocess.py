@@ -21,7 +21,7 @@ from server.errors import ServingError
 from server.manager import ModelManager
 from server.metrics import Histogram, Metrics
 from server.tensors import from_proto
-from test_batching import FakeModel, FakeSignature, rows, run_batcher
+from support.batching import FakeModel, FakeSignature, rows, run_batcher
 
 # ---------------------------------------------------------------- version selection
 

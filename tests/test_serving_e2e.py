@@ -12,7 +12,8 @@ import pytest
 import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from e2e_support import REPO_ROOT, make_checkpoint
+from bert_ner.paths import REPO_ROOT
+from e2e_support import make_checkpoint
 from server.process import ServerProcess
 
 pytestmark = pytest.mark.slow  # exports and starts the server

@@ -11,10 +11,11 @@ import pytest
 import requests
 
 from bert_ner import conll
+from bert_ner.paths import REPO_ROOT
 from clients.common import ClientError
 from clients.grpc_client import GrpcNerClient
 from clients.rest_client import RestNerClient
-from e2e_support import REPO_ROOT, served_shipped_model
+from e2e_support import served_shipped_model
 
 pytestmark = pytest.mark.slow  # exports the shipped model (MiniLM) and starts the server
 README_SENTENCE = "EU rejects German call"

@@ -9,9 +9,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from bert_ner.paths import REPO_ROOT
 from e2e_support import export_shipped_model
-from test_export import load_saved_model
+from support.export import load_saved_model
 
 pytestmark = pytest.mark.slow  # needs TF 2.18 (.venv-tf218)
 

@@ -25,7 +25,7 @@ import pytest
 
 from bert_ner import conll, model_base
 from bert_ner.featurizer import Featurizer, pad_batch
-from tests.test_default_model import DEFAULT
+from support.export import DEFAULT_MODEL
 
 pytestmark = pytest.mark.slow
 MAX_BATCH_SIZE = 32  # rows of a merged batch; the tasks of one merge never exceed it
@@ -65,7 +65,7 @@ def exported(tmp_path_factory):
   from export import exporter
 
   version = exporter.export_model(
-    str(DEFAULT), str(tmp_path_factory.mktemp("base")), log=lambda message: None
+    str(DEFAULT_MODEL), str(tmp_path_factory.mktemp("base")), log=lambda message: None
   )
   return version, Featurizer.from_dir(model_base.assets(version))
 

@@ -8,47 +8,11 @@ import numpy as np
 import pytest
 
 from bert_ner.metrics import format_scores, seqeval_scores
-from conll_sample import write_first_sentences
+from support.train import train_config
 from train import trainer
 from train.__main__ import main, parse_args
 
 pytestmark = pytest.mark.slow  # trains a model
-
-
-def _sample(path, out, count):
-  """First `count` sentences of a CoNLL file, written to `out`."""
-  return str(write_first_sentences(path, out, count))
-
-
-@pytest.fixture(scope="module")
-def sample_files(tmp_path_factory, conll_train_path, conll_dev_path):
-  """Small train/dev CoNLL files (40 and 20 sentences)."""
-  root = tmp_path_factory.mktemp("conll_sample")
-  return (
-    _sample(conll_train_path, root / "train.txt", 40),
-    _sample(conll_dev_path, root / "dev.txt", 20),
-  )
-
-
-def _config(tiny_bert_dir, sample_files, out, **overrides):
-  """A quick TrainConfig on the tiny BERT (its position table holds 64)."""
-  train_path, dev_path = sample_files
-  values = dict(
-    train=train_path,
-    dev=dev_path,
-    out=str(out),
-    backbone=str(tiny_bert_dir),
-    max_seq_length=64,
-    epochs=2,
-    batch_size=8,
-    lstm_size=8,
-    hidden_size=8,
-    feature_layers=[-2, -1],
-    cache_dir=str(out) + ".cache",
-    logdir=str(out) + ".tb",
-  )
-  values.update(overrides)
-  return trainer.TrainConfig(**values)
 
 
 def _predict(model_path, words):
@@ -71,7 +35,7 @@ def test_frozen_training_writes_macanv_layout_and_selects_on_dev(
   tiny_bert_dir, sample_files, tmp_path
 ):
   out = tmp_path / "model"
-  report = trainer.run(_config(tiny_bert_dir, sample_files, out, epochs=3))
+  report = trainer.run(train_config(tiny_bert_dir, sample_files, out, epochs=3))
   names = {p.name for p in out.iterdir()}
   step = report["history"][report["best_epoch"] - 1]
   assert {
@@ -96,7 +60,7 @@ def test_frozen_training_writes_macanv_layout_and_selects_on_dev(
 
 
 def test_second_run_reads_the_feature_cache(tiny_bert_dir, sample_files, tmp_path, monkeypatch):
-  config = _config(tiny_bert_dir, sample_files, tmp_path / "a", epochs=1)
+  config = train_config(tiny_bert_dir, sample_files, tmp_path / "a", epochs=1)
   first = trainer.run(config)
   cached = sorted(p.name for p in (tmp_path / "a.cache").iterdir())
   assert len(cached) == 2  # train rows and dev rows
@@ -106,7 +70,7 @@ def test_second_run_reads_the_feature_cache(tiny_bert_dir, sample_files, tmp_pat
 
   monkeypatch.setattr(trainer.FeatureCache, "_encode", no_encoder)
   again = trainer.run(
-    _config(
+    train_config(
       tiny_bert_dir, sample_files, tmp_path / "b", epochs=1, cache_dir=str(tmp_path / "a.cache")
     )
   )
@@ -122,7 +86,7 @@ def learnable(tiny_bert_dir, sample_files, tmp_path_factory):
   """
   _, dev_path = sample_files
   out = tmp_path_factory.mktemp("learnable") / "model"
-  config = _config(
+  config = train_config(
     tiny_bert_dir,
     (dev_path, dev_path),
     out,
@@ -157,7 +121,9 @@ def test_fine_tune_changes_bert_weights(tiny_bert_dir, sample_files, tmp_path):
 
   out = tmp_path / "ft"
   trainer.run(
-    _config(tiny_bert_dir, sample_files, out, epochs=1, fine_tune=True, bert_learning_rate=1e-3)
+    train_config(
+      tiny_bert_dir, sample_files, out, epochs=1, fine_tune=True, bert_learning_rate=1e-3
+    )
   )
   name = "bert/encoder/layer_0/attention/self/query/kernel"
   saved = tf.train.load_variable(str(out), name)
@@ -167,7 +133,7 @@ def test_fine_tune_changes_bert_weights(tiny_bert_dir, sample_files, tmp_path):
 
 def test_head_only_needs_the_pinned_backbone(tiny_bert_dir, sample_files, tmp_path):
   with pytest.raises(ValueError, match="head_only"):
-    trainer.run(_config(tiny_bert_dir, sample_files, tmp_path / "h", head_only=True))
+    trainer.run(train_config(tiny_bert_dir, sample_files, tmp_path / "h", head_only=True))
 
 
 def test_seqeval_scores_match_conlleval_counts():

@@ -16,8 +16,9 @@ import time
 import pytest
 
 from bert_ner import model_base
+from bert_ner.paths import REPO_ROOT
 from clients import grpc_client, rest_client
-from e2e_support import REPO_ROOT, free_port, make_checkpoint
+from e2e_support import free_port, make_checkpoint
 from rel_support import CLIENT_TIMEOUT_S, MODEL, POSITIONS, SENTENCES, VOCAB_SIZE
 from server.process import ServerProcess
 

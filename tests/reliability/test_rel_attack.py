@@ -1,8 +1,7 @@
-"""Attack round 3 (independent tester): hostile inputs the other case modules do not send.
-
-Each case failed on main at ca9fe8a when written: a REST 500 where TF Serving answers 4xx, a
-traceback in the server log for a malformed or abandoned HTTP request, a warm-up record that skips
-the request-size checks, a client traceback on a deeply nested JSON answer.
+"""Hostile inputs the other case modules do not send: bodies and connections TF Serving answers
+4xx where a naive server answers 500, malformed or abandoned HTTP requests that must not log a
+traceback, a warm-up record that must pass the request-size checks, and a deeply nested JSON
+answer the client must refuse in one line.
 """
 
 import json

@@ -1,6 +1,5 @@
-"""The client scripts against bad arguments, bad input and bad server answers (issue 10 rows 6, 7,
-8 and 17): each must end in one line on stderr and a non-zero exit, never a traceback or wrong
-tags given silently."""
+"""The client scripts against bad arguments, bad input and bad server answers: each must end in
+one line on stderr and a non-zero exit, never a traceback or wrong tags given silently."""
 
 import os
 import signal
@@ -14,15 +13,16 @@ from bert_ner import model_base
 from bert_ner.featurizer import Featurizer
 from e2e_support import LABELS
 from rel_support import excerpt
-from test_client_targets import (
+from support.clients import (
   HEADERS,
+  SCRIPTS,
   BadServing,
   TrickleServer,
   answer_once,
   int_tensor,
   run_bytes,
+  write_assets,
 )
-from test_clients import SCRIPTS, write_assets
 
 SENTENCE = "EU rejects German call"
 TRICKLE_TIMEOUT_S = 5

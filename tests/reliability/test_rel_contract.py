@@ -1,7 +1,7 @@
-"""The embedded server answers as TF Serving 2.18 (issue 9's contract cases, issue 10's rows 3, 4,
-5, 9, 11, 12, 13, 15, 16): odd version folders, unknown-model floods against the metrics page,
-request bodies, flags, Classify/Regress/MultiInference/HandleReloadConfigRequest, a model config
-file with labels. Each case records its answer, time and, where it matters, the server's RSS."""
+"""The embedded server answers as TF Serving 2.18: odd version folders, unknown-model floods
+against the metrics page, request bodies, flags, Classify/Regress/MultiInference/
+HandleReloadConfigRequest, a model config file with labels. Each case records its answer, time
+and, where it matters, the server's RSS."""
 
 import gzip
 import http.client
@@ -23,8 +23,8 @@ from tensorflow_serving.apis import (
   regression_pb2,
 )
 
+from bert_ner.paths import REPO_ROOT
 from clients.tfs_protos import tfs_lite_pb2 as lite
-from e2e_support import REPO_ROOT
 from rel_support import (
   GOOD_IDS,
   MODEL,
@@ -170,7 +170,7 @@ def test_deleted_served_version_falls_back(private, report):
   ok = seconds is not None and ended is not None and status.get(1) == "AVAILABLE"
   report.add(
     "faults",
-    "delete the served version 2 while 1 remains (row 13)",
+    "delete the served version 2 while 1 remains",
     "server",
     "falls back to 1 (availability-preserving), status 2 END, 1 AVAILABLE",
     f"served by 1 after {seconds or 0:.1f} s; status {status}; "
@@ -219,7 +219,7 @@ def test_unknown_model_flood_keeps_metrics_small(private, report):
   )
   report.add(
     "load",
-    f"{FLOOD_REQUESTS:,} REST predicts naming distinct unknown models (row 4)",
+    f"{FLOOD_REQUESTS:,} REST predicts naming distinct unknown models",
     "rest",
     f"404 each; metrics page < {METRICS_PAGE_LIMIT >> 10} KiB, one shared "
     "series for unknown names, built in < 1 s",
@@ -240,7 +240,7 @@ DUPLICATE_KEYS = (
 REST_CASES = [
   # name, method, path, body, headers, expected status, message regex
   (
-    "gzip Content-Encoding, body not gzip (row 9)",
+    "gzip Content-Encoding, body not gzip",
     "POST",
     PREDICT_PATH,
     GOOD_BODY,
@@ -258,7 +258,7 @@ REST_CASES = [
     r"^$",
   ),
   (
-    "JSON boolean in an int tensor [101, true, 102] (row 12)",
+    "JSON boolean in an int tensor [101, true, 102]",
     "POST",
     PREDICT_PATH,
     b'{"signature_name": "result", '
@@ -268,7 +268,7 @@ REST_CASES = [
     r"^JSON Value: true Type: True is not of expected type: int32$",
   ),
   (
-    "id 2**63 (row 12)",
+    "id 2**63",
     "POST",
     PREDICT_PATH,
     b'{"signature_name": "result", '
@@ -278,7 +278,7 @@ REST_CASES = [
     r"^JSON Value: 9223372036854775808 Type: Number is not of expected type: int32$",
   ),
   (
-    "UTF-16 body (row 12)",
+    "UTF-16 body",
     "POST",
     PREDICT_PATH,
     GOOD_BODY.decode().encode("utf-16"),
@@ -287,7 +287,7 @@ REST_CASES = [
     r"^JSON Parse error",
   ),
   (
-    "duplicated keys: the first wins (row 12)",
+    "duplicated keys: the first wins",
     "POST",
     PREDICT_PATH,
     DUPLICATE_KEYS,
@@ -296,7 +296,7 @@ REST_CASES = [
     r"^$",
   ),
   (
-    "GET on :predict (issue 9)",
+    "GET on :predict",
     "GET",
     PREDICT_PATH,
     b"",
@@ -305,7 +305,7 @@ REST_CASES = [
     rf"^Malformed request: GET {re.escape(PREDICT_PATH)}$",
   ),
   (
-    "unmatched /v1 path (issue 9)",
+    "unmatched /v1 path",
     "GET",
     "/v1/nothing/here",
     b"",
@@ -314,7 +314,7 @@ REST_CASES = [
     r"^Malformed request: GET /v1/nothing/here$",
   ),
   (
-    "upper-case path /V1/MODELS/bert_ner (issue 9)",
+    "upper-case path /V1/MODELS/bert_ner",
     "GET",
     f"/V1/MODELS/{MODEL}",
     b"",
@@ -332,7 +332,7 @@ REST_CASES = [
     r"^$",
   ),
   (
-    ":classify on a predict signature (issue 9)",
+    ":classify on a predict signature",
     "POST",
     f"/v1/models/{MODEL}:classify",
     b'{"signature_name": "result", "examples": [{"x": 1}]}',
@@ -341,7 +341,7 @@ REST_CASES = [
     r"^Expected one input Tensor\.$",
   ),
   (
-    ":regress on a predict signature (issue 9)",
+    ":regress on a predict signature",
     "POST",
     f"/v1/models/{MODEL}:regress",
     b'{"signature_name": "result", "examples": [{"x": 1}]}',
@@ -351,7 +351,7 @@ REST_CASES = [
   ),
   ("path outside /v1 (libevent 404)", "GET", "/v2/models", b"", {}, 404, r"404 Not Found"),
   (
-    "URL of 9,000 bytes (row 16)",
+    "URL of 9,000 bytes",
     "POST",
     "/v1/models/" + "a" * 9000 + ":predict",
     GOOD_BODY,
@@ -418,7 +418,7 @@ SPEC = {"name": MODEL}
 IDS_SPEC = {"name": MODEL, "signature_name": "result"}  # a predict signature with two inputs
 GRPC_CASES = [
   (
-    "gRPC tensor dtype 9999 (row 11)",
+    "gRPC tensor dtype 9999",
     "/tensorflow.serving.PredictionService/Predict",
     grpc_request(
       {"input_ids": tensor(9999, [1, 2], int_val=[101, 102]), "input_mask": int_tensor([[1, 1]])}
@@ -441,7 +441,7 @@ GRPC_CASES = [
     r"^$",
   ),
   (
-    "unknown signature (issue 9)",
+    "unknown signature",
     "/tensorflow.serving.PredictionService/Predict",
     grpc_request(good_inputs(), signature="nope"),
     lite.PredictResponse,
@@ -449,7 +449,7 @@ GRPC_CASES = [
     r'^Serving signature key "nope" not found\.$',
   ),
   (
-    "unknown version label (issue 9)",
+    "unknown version label",
     "/tensorflow.serving.PredictionService/Predict",
     grpc_request(good_inputs(), label="canary"),
     lite.PredictResponse,
@@ -457,7 +457,7 @@ GRPC_CASES = [
     r"^Unrecognized servable version label: canary$",
   ),
   (
-    "Classify on a predict signature (row 16)",
+    "Classify on a predict signature",
     "/tensorflow.serving.PredictionService/Classify",
     classification_pb2.ClassificationRequest(model_spec=IDS_SPEC),
     classification_pb2.ClassificationResponse,
@@ -465,7 +465,7 @@ GRPC_CASES = [
     r"^Expected one input Tensor\.$",
   ),
   (
-    "Regress on a predict signature (row 16)",
+    "Regress on a predict signature",
     "/tensorflow.serving.PredictionService/Regress",
     regression_pb2.RegressionRequest(model_spec=IDS_SPEC),
     regression_pb2.RegressionResponse,
@@ -473,7 +473,7 @@ GRPC_CASES = [
     r"^Expected one input Tensor\.$",
   ),
   (
-    "MultiInference without tasks (row 16)",
+    "MultiInference without tasks",
     "/tensorflow.serving.PredictionService/MultiInference",
     inference_pb2.MultiInferenceRequest(),
     inference_pb2.MultiInferenceResponse,
@@ -481,7 +481,7 @@ GRPC_CASES = [
     r"^ModelSpec has no name specified\.$",
   ),
   (
-    "HandleReloadConfigRequest without a model_config_list (row 16)",
+    "HandleReloadConfigRequest without a model_config_list",
     "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
     model_management_pb2.ReloadConfigRequest(),
     model_management_pb2.ReloadConfigResponse,
@@ -707,7 +707,7 @@ def test_bad_flags_are_one_line_errors(env, report, tmp_path):
     )
     report.add(
       "faults",
-      f"python -m server {name} (row 15)",
+      f"python -m server {name}",
       "server",
       "one clear line on stderr, non-zero exit, no traceback",
       f"exit {result.returncode} in {seconds:.1f} s: "

@@ -1,5 +1,5 @@
-"""Request size and queue limits (issue 10 rows 1, 2, 10, 14): refused before any allocation with
-TF Serving's batching errors, abandoned work dropped, server memory unchanged by the attacks."""
+"""Request size and queue limits: refused before any allocation with TF Serving's batching
+errors, abandoned work dropped, server memory unchanged by the attacks."""
 
 import json
 import re
@@ -13,6 +13,7 @@ import psutil
 import pytest
 import requests
 
+from bert_ner.paths import REPO_ROOT
 from clients.tfs_protos import tfs_lite_pb2 as lite
 from rel_support import (
   CLS,
@@ -30,7 +31,7 @@ from rel_support import (
   rest_send,
   tensor,
 )
-from server.process import REPO_ROOT, ServerProcess
+from server.process import ServerProcess
 
 MAX_BATCH_SIZE = 64  # docker/batching_parameters.txt, the server's default
 ATTACK_RSS_LIMIT_MB = 300  # server RSS after the attack cases vs before
@@ -62,7 +63,7 @@ def attack_rss(env, report):
   )
   report.add(
     "load",
-    "server memory after the size-limit attacks (rows 1, 2, 10)",
+    "server memory after the size-limit attacks (shape, batch size, input_mask)",
     "server",
     f"RSS within {ATTACK_RSS_LIMIT_MB} MB of before",
     f"{before:.0f} MB -> {after:.0f} MB",
@@ -89,9 +90,9 @@ def task_size_message(rows):
 
 
 ATTACKS = [
-  # (issue row, case, transport, send(env) -> Observed, codes, message regex)
+  # (limit, case, transport, send(env) -> Observed, codes, message regex)
   (
-    1,
+    "shape",
     f"shape [2**31, 0] without values ({len(shape_only_request(2**31).SerializeToString())} bytes)",
     "grpc",
     lambda env: grpc_send(env, shape_only_request(2**31)),
@@ -99,7 +100,7 @@ ATTACKS = [
     task_size_message(2**31),
   ),
   (
-    2,
+    "batch size",
     "2,000 rows x 128 (under the 8 MiB body limit)",
     "rest",
     lambda env: rest_send(env, rest_columnar(rows_of(2000, 128))),
@@ -107,7 +108,7 @@ ATTACKS = [
     task_size_message(2000),
   ),
   (
-    2,
+    "batch size",
     "5,000 rows x 128 (under the 8 MiB body limit)",
     "rest",
     lambda env: rest_send(env, rest_columnar(rows_of(5000, 128))),
@@ -115,7 +116,7 @@ ATTACKS = [
     task_size_message(5000),
   ),
   (
-    2,
+    "batch size",
     "5,000 rows x 128",
     "grpc",
     lambda env: grpc_send(
@@ -126,7 +127,7 @@ ATTACKS = [
     task_size_message(5000),
   ),
   (
-    2,
+    "batch size",
     f"{MAX_BATCH_SIZE + 1} rows, one over max_batch_size",
     "rest",
     lambda env: rest_send(env, rest_columnar(rows_of(MAX_BATCH_SIZE + 1, 8))),
@@ -163,16 +164,25 @@ for transport in ("rest", "grpc"):
     else:
       send = lambda env: grpc_send(env, shape_only_request(1))
     ATTACKS.append(
-      (10, name, transport, send, (400,) if transport == "rest" else ("INVALID_ARGUMENT",), message)
+      (
+        "input_mask",
+        name,
+        transport,
+        send,
+        (400,) if transport == "rest" else ("INVALID_ARGUMENT",),
+        message,
+      )
     )
 
 
 @pytest.mark.parametrize(
-  "row, name, transport, send, codes, message",
+  "limit, name, transport, send, codes, message",
   ATTACKS,
-  ids=[f"row{a[0]}-{a[2]}-{re.sub(r'[^a-z0-9]+', '_', a[1].lower())}" for a in ATTACKS],
+  ids=[f"{a[0]}-{a[2]}-{re.sub(r'[^a-z0-9]+', '_', a[1].lower())}" for a in ATTACKS],
 )
-def test_size_and_mask_attacks(env, report, attack_rss, row, name, transport, send, codes, message):
+def test_size_and_mask_attacks(
+  env, report, attack_rss, limit, name, transport, send, codes, message
+):
   before = rss_mb(env)
   observed = send(env)
   after_rss = rss_mb(env)
@@ -185,7 +195,7 @@ def test_size_and_mask_attacks(env, report, attack_rss, row, name, transport, se
   )
   report.add(
     "bad requests",
-    f"issue 10 row {row}: {name}",
+    f"{limit}: {name}",
     transport,
     f"{' or '.join(map(str, codes))}, message ~ /{message}/, "
     f"< {ATTACK_TIME_LIMIT_S:g} s; then a good request succeeds",
@@ -201,7 +211,7 @@ def test_size_and_mask_attacks(env, report, attack_rss, row, name, transport, se
 
 @pytest.fixture(scope="module")
 def shipped_server(tmp_path_factory):
-  """The shipped model exported and served with --rest_api_timeout_in_ms 1000 (row 14)."""
+  """The shipped model exported and served with --rest_api_timeout_in_ms 1000."""
   from export import exporter
 
   work = tmp_path_factory.mktemp("flood")
@@ -262,7 +272,7 @@ def test_abandoned_work_is_dropped(shipped_server, report):
   )
   report.add(
     "load",
-    f"issue 10 row 14: --rest_api_timeout_in_ms {FLOOD_TIMEOUT_MS}, "
+    f"--rest_api_timeout_in_ms {FLOOD_TIMEOUT_MS}, "
     f"{FLOOD_REQUESTS} concurrent {FLOOD_ROWS}x{FLOOD_WIDTH} requests on the shipped model, "
     f"then a one-sentence request {SETTLE_S:g} s after their answers",
     "rest",

@@ -11,10 +11,11 @@ import pytest
 import requests
 
 from bert_ner import model_base
+from bert_ner.paths import REPO_ROOT
 from clients import grpc_client, rest_client
 from e2e_support import free_port, make_checkpoint
 from rel_support import HTTP_TIMEOUT_S, MODEL, SENTENCES
-from server.process import REPO_ROOT, ServerProcess
+from server.process import ServerProcess
 
 REPLICAS = 3
 REQUESTS = 3000

@@ -10,7 +10,7 @@ import shutil
 import psutil
 import pytest
 
-from e2e_support import REPO_ROOT
+from bert_ner.paths import REPO_ROOT
 from rel_support import (
   OVERSIZE_BYTES,
   excerpt,
