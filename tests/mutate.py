@@ -125,8 +125,8 @@ MUTATIONS = [
     "evaluation-skips-fingerprint",
     "evaluation skips the fingerprint check",
     "evaluation/__main__.py",
-    "  client.check_fingerprint()\n",
-    "",
+    "  client.check_fingerprint()\n  return client.featurizer",
+    "  return client.featurizer",
     ("tests/test_evaluation.py::test_assets_of_another_version_are_refused",),
   ),
   # Further guards: what the clients, server, batching, demo, bench and export promise.
@@ -134,9 +134,8 @@ MUTATIONS = [
     "predict-skips-fingerprint",
     "NerClient.predict() never checks the fingerprint",
     "clients/common.py",
-    "    if not self.fingerprint_checked:\n      self.check_fingerprint()\n"
-    "    return self.featurizer.predict_texts(",
-    "    return self.featurizer.predict_texts(",
+    "    if not self.fingerprint_checked:\n      self.check_fingerprint()\n    if self.text_in:",
+    "    if self.text_in:",
     ("tests/test_clients.py::test_predict_checks_the_fingerprint_once_per_client",),
   ),
   Mutation(
