@@ -155,7 +155,16 @@ def test_the_layers_differ(bert_dir):
 
 
 def test_training_refuses_a_layer_the_encoder_lacks(bert_dir, tmp_path):
-  """Before any data is read: the served graph could not be built from such a checkpoint."""
-  config = TrainConfig(out=str(tmp_path / "m"), backbone=str(bert_dir), feature_layers=[-1, 3])
+  """Before the encoder runs: the served graph could not be built from such a checkpoint."""
+  conll = tmp_path / "data.txt"
+  conll.write_text("John B-PER\nlives O\nhere O\n", encoding="utf-8")
+  config = TrainConfig(
+    train=str(conll),
+    dev=str(conll),
+    out=str(tmp_path / "m"),
+    backbone=str(bert_dir),
+    feature_layers=[-1, 3],
+    cache_dir=str(tmp_path / "cache"),
+  )
   with pytest.raises(ValueError, match="--feature_layers has 3; the encoder has 3 layers"):
     trainer.run(config)

@@ -58,9 +58,6 @@ def run(config: TrainConfig, command: str = "") -> dict[str, Any]:
   check_config(config)
   started = time.time()
   bert = bert_files(config)
-  num_layers = modeling.BertConfig.from_json_file(bert.config).num_hidden_layers
-  for layer in config.feature_layers:
-    layer_index(layer, num_layers)  # refused now rather than after encoding the data
   ner_config = ner_config_of(config, bert.vocab)
   train, dev, id2label, featurizer = load_data(
     config,
@@ -68,6 +65,9 @@ def run(config: TrainConfig, command: str = "") -> dict[str, Any]:
       bert.vocab, ner_config.do_lower_case, ner_config.max_seq_length, id2label
     ),
   )
+  num_layers = modeling.BertConfig.from_json_file(bert.config).num_hidden_layers
+  for layer in config.feature_layers:
+    layer_index(layer, num_layers)  # refused now rather than after encoding the data
   logging.info("train %d documents, dev %d, labels %s", len(train), len(dev), id2label)
   ctx = Context(
     config, ner_config, bert, featurizer, train, dev, id2label, summary_writer(config.logdir)
