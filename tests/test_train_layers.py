@@ -2,13 +2,13 @@
 trainer computes (frozen: its feature cache; adapters: its graph over the cached input of the
 first adapted layer) are the served graph's features for the same ids."""
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 
 from bert_ner import backbone, checkpoint, head, labels, modeling
-from conftest import TINY_BERT_CONFIG
 from train import features, graphs, trainer
 from train.config import TrainConfig
 
@@ -16,23 +16,24 @@ pytestmark = pytest.mark.slow  # builds and runs a BERT graph per case (about 30
 
 # [CLS] ... [SEP] rows of the MiniLM vocabulary, of different lengths (padded in one batch).
 ROWS = [[101, 7592, 2088, 1010, 2003, 102], [101, 2023, 102], [101, 3000, 2001, 1037, 102]]
-# Layers 0, 1, 2, or -3, -2, -1 counted from the top; weights large enough that every layer
-# changes its input a lot (the shared tiny BERT's 0.02 leaves its layers within 0.02 of each
-# other, too close to tell apart at the float16 cache's precision).
-LAYERS_CONFIG = {**TINY_BERT_CONFIG, "num_hidden_layers": 3, "initializer_range": 0.5}
+# Layers 0, 1, 2, or -3, -2, -1 counted from the top, of the shared tiny BERT's shape but with
+# weights large enough that every layer changes its input a lot (its own 0.02 leaves its layers
+# within 0.02 of each other, too close to tell apart at the float16 cache's precision).
+LAYERS = {"num_hidden_layers": 3, "initializer_range": 0.5}
 LAYER_CHOICES = [[0], [-1], [1], [-3, 2]]
 TOLERANCE = 1e-2
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-  """Google-format BERT dir: LAYERS_CONFIG, random weights, the MiniLM vocab."""
+def bert_dir(tiny_bert_dir, tmp_path_factory):
+  """Google-format BERT dir: the tiny BERT's config with LAYERS, random weights, its vocab."""
   import tensorflow.compat.v1 as tf
 
   out_dir = tmp_path_factory.mktemp("layers_bert")
-  config = modeling.BertConfig.from_dict(LAYERS_CONFIG)
+  tiny = json.loads((tiny_bert_dir / "bert_config.json").read_text(encoding="utf-8"))
+  config = modeling.BertConfig.from_dict({**tiny, **LAYERS})
   (out_dir / "bert_config.json").write_text(config.to_json_string(), encoding="utf-8")
-  shutil.copyfile(backbone.locate_default_backbone() / "vocab.txt", out_dir / "vocab.txt")
+  shutil.copyfile(tiny_bert_dir / "vocab.txt", out_dir / "vocab.txt")
   with tf.Graph().as_default():
     tf.set_random_seed(0)
     input_ids = tf.placeholder(tf.int32, [None, None])
