@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import tensorflow.compat.v1 as tf
 
-from bert_ner import crf, featurizer, modeling
+from bert_ner import crf, featurizer, model_base, modeling
 
 HEADS = ("bilstm", "dense")
 
@@ -25,6 +25,15 @@ class NerHead(NamedTuple):
   loss: tf.Tensor | None
   transitions: tf.Tensor
   lengths: tf.Tensor
+
+
+def input_placeholders():
+  """The model's inputs in the default graph: `input_ids` and `input_mask`, [B, T] int32, under
+  the served signature's names; the one declaration every graph of the model starts from."""
+  return (
+    tf.placeholder(tf.int32, [None, None], model_base.INPUT_IDS),
+    tf.placeholder(tf.int32, [None, None], model_base.INPUT_MASK),
+  )
 
 
 def concat_features(all_encoder_layers, feature_layers):

@@ -22,9 +22,7 @@ def write_merged(checkpoint_dir, out_dir):
   model_dir = checkpoint.resolve(checkpoint_dir)
   step = re.search(r"-(\d+)$", model_dir.init_checkpoints[0])
   with tf.Graph().as_default(), tf.Session() as sess:
-    input_ids = tf.placeholder(tf.int32, [None, None], "input_ids")
-    input_mask = tf.placeholder(tf.int32, [None, None], "input_mask")
-    head.build_inference_graph(model_dir, input_ids, input_mask)
+    head.build_inference_graph(model_dir, *head.input_placeholders())
     checkpoint.restore_model(sess, model_dir)
     merged_config = dataclasses.replace(
       model_dir.ner_config, adapter_rank=0, adapter_alpha=0.0, adapter_first_layer=0

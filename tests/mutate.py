@@ -47,7 +47,7 @@ MUTATIONS = [
   Mutation(
     "trainer-never-applies-gradients",
     "frozen trainer never applies gradients",
-    "train/trainer.py",
+    "train/graphs.py",
     "    train_op = minimize(trained.loss, head_variables, config.learning_rate)\n",
     "    train_op = tf.no_op()\n",
     ("tests/test_train.py",),
@@ -55,7 +55,7 @@ MUTATIONS = [
   Mutation(
     "trainer-cache-never-read",
     "feature cache written but never read",
-    "train/trainer.py",
+    "train/features.py",
     "    if path.is_file():\n      with np.load(path) as data:\n",
     "    if False:\n      with np.load(path) as data:\n",
     ("tests/test_train.py",),
@@ -63,7 +63,7 @@ MUTATIONS = [
   Mutation(
     "trainer-saves-last-epoch",
     "last epoch's weights saved instead of the best",
-    "train/trainer.py",
+    "train/loop.py",
     '    if best is None or history[-1]["dev_f1"] > best["dev_f1"]:\n',
     "    if True:\n",
     ("tests/test_train.py",),
@@ -308,7 +308,7 @@ MUTATIONS = [
   Mutation(
     "trainer-global-step-frozen",
     "the trainer's global step never advances (the learning rate never decays)",
-    "train/trainer.py",
+    "train/graphs.py",
     "    global_step.assign_add(1),\n",
     "",
     (f"{PINNED}::test_the_decayed_train_op_advances_the_global_step",),
@@ -316,7 +316,7 @@ MUTATIONS = [
   Mutation(
     "trainer-epoch-step-frozen",
     "the epoch loop's step never advances (every checkpoint is model.ckpt-0)",
-    "train/trainer.py",
+    "train/loop.py",
     "      step += 1\n",
     "      step += 0\n",
     (f"{PINNED}::test_the_best_epoch_records_the_step_it_ended_at",),

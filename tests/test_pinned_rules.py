@@ -120,13 +120,13 @@ def test_the_decayed_train_op_advances_the_global_step():
   """Bug: the global step never advances (the learning rate never decays)."""
   import tensorflow.compat.v1 as tf
 
-  from train import trainer
+  from train import graphs
 
   config = types.SimpleNamespace(batch_size=4, epochs=2, learning_rate=0.1)
   with tf.Graph().as_default(), tf.Session() as sess:
     bert, head = tf.Variable(0.0), tf.Variable(0.0)
     loss = tf.square(bert - 1.0) + tf.square(head - 1.0)
-    train_op = trainer.decayed_train_op(config, loss, [bert], 0.1, [head], num_examples=8)
+    train_op = graphs.decayed_train_op(config, loss, [bert], 0.1, [head], num_examples=8)
     sess.run(tf.global_variables_initializer())
     for _ in range(3):
       sess.run(train_op)
@@ -135,21 +135,21 @@ def test_the_decayed_train_op_advances_the_global_step():
 
 def test_the_best_epoch_records_the_step_it_ended_at(monkeypatch):
   """Bug: the epoch loop's step counter never advances (every checkpoint is model.ckpt-0)."""
-  from train import trainer
+  from train import loop
 
   dev_f1 = iter([0.5, 0.7])  # the second epoch is the better one
 
   def scores(*args):
     f1 = next(dev_f1)
-    return {mode: {"precision": 0.0, "recall": 0.0, "f1": f1} for mode in trainer.MODES}
+    return {mode: {"precision": 0.0, "recall": 0.0, "f1": f1} for mode in loop.MODES}
 
-  monkeypatch.setattr(trainer, "predict_dev", lambda *args: {})
-  monkeypatch.setattr(trainer, "score_dev", scores)
+  monkeypatch.setattr(loop, "predict_dev", lambda *args: {})
+  monkeypatch.setattr(loop, "score_dev", scores)
   config = types.SimpleNamespace(seed=0, epochs=2, batch_size=4)
   ctx = types.SimpleNamespace(config=config, writer=None, featurizer=None, dev=[])
   examples = [types.SimpleNamespace(input_ids=[1, 2, 3])] * 10  # 3 batches an epoch
   model = types.SimpleNamespace(train_step=lambda batch: 1.0, run_dev=None, snapshot=dict)
-  best, history = trainer.fit_epochs(ctx, examples, model)
+  best, history = loop.fit_epochs(ctx, examples, model)
   assert [h["epoch"] for h in history] == [1, 2]
   assert best["epoch"] == 2 and best["step"] == 6
 

@@ -9,7 +9,7 @@ import pytest
 
 from bert_ner.metrics import format_scores, seqeval_scores
 from support.train import train_config
-from train import trainer
+from train import features, loop, trainer
 from train.__main__ import main, parse_args
 
 pytestmark = pytest.mark.slow  # trains a model
@@ -68,7 +68,7 @@ def test_second_run_reads_the_feature_cache(tiny_bert_dir, sample_files, tmp_pat
   def no_encoder(*args):
     raise AssertionError("the encoder ran although its features are cached")
 
-  monkeypatch.setattr(trainer.FeatureCache, "_encode", no_encoder)
+  monkeypatch.setattr(features.FeatureCache, "_encode", no_encoder)
   again = trainer.run(
     train_config(
       tiny_bert_dir, sample_files, tmp_path / "b", epochs=1, cache_dir=str(tmp_path / "a.cache")
@@ -106,7 +106,7 @@ def test_frozen_training_lowers_the_loss_and_raises_dev_f1(learnable):
 
 def test_the_best_epoch_is_saved_not_the_last(learnable, monkeypatch):
   scores = iter(range(100, 0, -1))  # dev selection says: each epoch is worse than the one before
-  monkeypatch.setattr(trainer, "selection_f1", lambda _: next(scores))
+  monkeypatch.setattr(loop, "selection_f1", lambda _: next(scores))
   report = trainer.run(learnable)
   history = report["history"]
   first, last = history[0]["dev_f1_sentence"], history[-1]["dev_f1_sentence"]

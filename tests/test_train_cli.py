@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from train import config as train_config
 from train import trainer
 from train.__main__ import parse_args
 
@@ -38,14 +39,14 @@ SWITCHES = {"fine_tune", "head_only"}
 
 
 def test_defaults_are_the_configs_and_logdir_follows_out():
-  assert parse_args(["--out", "m"]) == trainer.TrainConfig(out="m", logdir="m.tensorboard")
+  assert parse_args(["--out", "m"]) == train_config.TrainConfig(out="m", logdir="m.tensorboard")
 
 
 def test_every_field_has_a_flag_of_its_type(monkeypatch):
   # Every flag at once makes settings that do not go together (--fine_tune with --adapter_rank);
   # this test is about parsing, the checks have tests of their own below.
-  monkeypatch.setattr(trainer, "check_config", lambda config: None)
-  assert set(VALUES) | SWITCHES == {f.name for f in dataclasses.fields(trainer.TrainConfig)}
+  monkeypatch.setattr(train_config, "check_config", lambda config: None)
+  assert set(VALUES) | SWITCHES == {f.name for f in dataclasses.fields(train_config.TrainConfig)}
   argv = [f"--{name}={text}" for name, (text, _) in VALUES.items()]  # "=": values like -1,-3
   config = parse_args(argv + ["--fine_tune", "--head_only"])
   assert {name: getattr(config, name) for name in VALUES} == {
@@ -60,8 +61,8 @@ def test_help_shows_every_default(capsys, monkeypatch):
   with pytest.raises(SystemExit):
     parse_args(["--help"])
   text = capsys.readouterr().out
-  defaults = trainer.TrainConfig(out="m")
-  for field in dataclasses.fields(trainer.TrainConfig):
+  defaults = train_config.TrainConfig(out="m")
+  for field in dataclasses.fields(train_config.TrainConfig):
     value = getattr(defaults, field.name)
     assert f"--{field.name}" in text
     if field.type is not bool and field.name not in ("out", "backbone", "logdir"):

@@ -11,6 +11,7 @@ from bert_ner.metrics import format_scores
 from bert_ner.quiet import quiet_tensorflow
 
 quiet_tensorflow()  # before train.trainer imports TensorFlow (BERT_NER_VERBOSE=1 keeps its logs)
+from train import config as train_config  # pylint: disable=wrong-import-position
 from train import trainer  # pylint: disable=wrong-import-position
 
 # Dev F1 points below which a model finds almost no entities: a run that diverged or stopped far
@@ -67,15 +68,15 @@ def parse_args(argv):
   is in models/default/manifest.json); values out of bounds are refused here, before any data or
   model is read."""
   parser = OneLineParser(prog="python -m train", description=DESCRIPTION)
-  kinds = typing.get_type_hints(trainer.TrainConfig)
-  for field in dataclasses.fields(trainer.TrainConfig):
+  kinds = typing.get_type_hints(train_config.TrainConfig)
+  for field in dataclasses.fields(train_config.TrainConfig):
     add_flag(parser, field, kinds[field.name])
   args = parser.parse_args(argv)
-  int_lists(parser, args, trainer.TrainConfig)
+  int_lists(parser, args, train_config.TrainConfig)
   args.logdir = args.logdir or f"{args.out}.tensorboard"
-  config = trainer.TrainConfig(**vars(args))
+  config = train_config.TrainConfig(**vars(args))
   try:
-    trainer.check_config(config)
+    train_config.check_config(config)
   except ValueError as error:
     parser.error(str(error))
   return config

@@ -1,6 +1,6 @@
 """Training test helpers: a quick TrainConfig on the tiny BERT."""
 
-from train import trainer
+from train.config import TrainConfig
 
 
 def train_config(tiny_bert_dir, sample_files, out, **overrides):
@@ -21,4 +21,4 @@ def train_config(tiny_bert_dir, sample_files, out, **overrides):
     logdir=str(out) + ".tb",
   )
   values.update(overrides)
-  return trainer.TrainConfig(**values)
+  return TrainConfig(**values)
