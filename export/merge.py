@@ -17,13 +17,13 @@ def write_merged(checkpoint_dir, out_dir):
   """Writes the merged checkpoint dir of `checkpoint_dir`; returns its checkpoint prefix."""
   import tensorflow.compat.v1 as tf  # pylint: disable=import-outside-toplevel  (fast --help)
 
-  from bert_ner import checkpoint, head  # pylint: disable=import-outside-toplevel
+  from bert_ner import checkpoint, head, model_base  # pylint: disable=import-outside-toplevel
 
   model_dir = checkpoint.resolve(checkpoint_dir)
   step = re.search(r"-(\d+)$", model_dir.init_checkpoints[0])
   with tf.Graph().as_default(), tf.Session() as sess:
-    input_ids = tf.placeholder(tf.int32, [None, None], "input_ids")
-    input_mask = tf.placeholder(tf.int32, [None, None], "input_mask")
+    input_ids = tf.placeholder(tf.int32, [None, None], model_base.INPUT_IDS)
+    input_mask = tf.placeholder(tf.int32, [None, None], model_base.INPUT_MASK)
     head.build_inference_graph(model_dir, input_ids, input_mask)
     checkpoint.restore_model(sess, model_dir)
     merged_config = dataclasses.replace(

@@ -39,7 +39,7 @@ class _Model:
     self.name = model_config.name
     self.update(model_config)
     self.loaded = {}  # version -> Servable (loaded, serving unless retired)
-    self.failed = {}  # version -> fingerprint of the files that failed to load
+    self.failed = {}  # version -> _dir_snapshot of the files that failed to load
     self.listing_error = None  # last listing problem, logged once per change
     self.warned = set()  # folder names already reported as not versions
 
@@ -180,10 +180,10 @@ class ModelManager:
     available, as AvailabilityPreservingPolicy orders actions."""
     for version in sorted(aspired - set(model.loaded), reverse=True):
       path = os.path.join(model.base_path, folders[version])
-      fingerprint = await asyncio.to_thread(_fingerprint, path)
-      if model.failed.get(version) == fingerprint:
+      snapshot = await asyncio.to_thread(_dir_snapshot, path)
+      if model.failed.get(version) == snapshot:
         continue
-      servable = await self._load_version(model, version, path, fingerprint)
+      servable = await self._load_version(model, version, path, snapshot)
       if servable:
         model.loaded[version] = servable
         self._set_state(model.name, version, State.AVAILABLE)
@@ -193,7 +193,7 @@ class ModelManager:
       for version in sorted(unaspired):
         self._retire(model.loaded.pop(version))
 
-  async def _load_version(self, model, version, path, fingerprint):
+  async def _load_version(self, model, version, path, snapshot):
     """Loads one version in a worker thread; a failure is logged and remembered, never raised."""
     self._set_state(model.name, version, State.LOADING)
     try:
@@ -209,7 +209,7 @@ class ModelManager:
     except Exception as error:
       message = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
       logging.error("Skipping %s version %d: %s", model.name, version, message)
-      model.failed[version] = fingerprint
+      model.failed[version] = snapshot
       self._set_state(model.name, version, State.END, grpc.StatusCode.UNKNOWN, message)
       return None
     model.failed.pop(version, None)
@@ -340,7 +340,7 @@ async def _load_in_daemon_thread(load, *args):
   return await future
 
 
-def _fingerprint(path):
+def _dir_snapshot(path):
   """Names, sizes and mtimes of a version's files: a failed version is retried if they change."""
   entries = []
   for root, _, files in os.walk(path):

@@ -27,8 +27,9 @@ def ready_line(served, host, grpc_port, rest_port):
   return f"Serving {served}: gRPC {host}:{grpc_port} REST http://{host}:{rest_port}"
 
 
-class ServerError(Exception):
-  """The server exited or did not get ready in time; the message ends with its log."""
+class ServerProcessError(Exception):
+  """The server child process exited or did not get ready in time (not a request's failure:
+  that is server.errors.ServingError); the message ends with its log."""
 
 
 class ServerProcess:
@@ -49,7 +50,7 @@ class ServerProcess:
     self._stop_sampling = threading.Event()
 
   def start(self, timeout=READY_TIMEOUT_S):
-    """Starts the server and waits for its ready line; returns self (ServerError otherwise)."""
+    """Starts the server and waits for its ready line; returns self, else ServerProcessError."""
     offset = self.log_path.stat().st_size if self.log_path.exists() else 0
     started = time.monotonic()
     with open(self.log_path, "a") as out:
@@ -77,7 +78,7 @@ class ServerProcess:
     while not (ready := READY.search(self.log()[offset:])):
       if self.proc.poll() is not None or time.monotonic() - started > timeout:
         self.kill()
-        raise ServerError(f"server not ready: {self.log()[offset:][-3000:]}")
+        raise ServerProcessError(f"server not ready: {self.log()[offset:][-3000:]}")
       time.sleep(0.05)
     self.ready_seconds = time.monotonic() - started
     self.grpc, self.rest = ready.group(1), ready.group(2)

@@ -18,10 +18,10 @@ from aiohttp import http_exceptions, web
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
+from bert_ner import model_base
 from server.connections import DEFAULT_READ_TIMEOUT_MS, read_body
 from server.errors import ServingError, invalid
 from server.grpc_service import check_example_signature
-from server.signature import DEFAULT_SIGNATURE
 from server.tensors import dense_shape, from_json, to_json
 
 _REST_PATH = re.compile(r"(?i)/v1/.*", re.DOTALL)
@@ -328,7 +328,7 @@ def _signature_name(body):
 
 def _signature(servable, name):
   """The signature a REST body names (HttpRestApiHandler::GetInfoMap: INVALID_ARGUMENT)."""
-  key = name or DEFAULT_SIGNATURE
+  key = name or model_base.DEFAULT_SIGNATURE
   if key not in servable.signatures:
     raise invalid(f'Serving signature name: "{key}" not found in signature def')
   return servable.signatures[key]

@@ -20,7 +20,7 @@ from bert_ner.featurizer import NER_CONFIG_FILE
 from server import stacking
 from server.batching import Batcher
 from server.errors import ServingError
-from server.signature import DEFAULT_SIGNATURE, Signature
+from server.signature import Signature
 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit on tf_serving_warmup_requests.
 # Parsed before refusal whatever the model: 10,000 rows or JSON nested 100,000 deep get TF
@@ -103,7 +103,7 @@ class Servable:
 
   def signature(self, key):
     """The named signature; an empty name means serving_default, as in TF Serving."""
-    key = key or DEFAULT_SIGNATURE
+    key = key or model_base.DEFAULT_SIGNATURE
     if key not in self.signatures:  # predict_util.cc RunPredict
       raise ServingError(
         grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.'

@@ -7,8 +7,6 @@ import tensorflow as tf
 from server.errors import invalid
 from server.tensors import from_proto, shape_str
 
-DEFAULT_SIGNATURE = tf.compat.v1.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
-
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
