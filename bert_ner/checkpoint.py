@@ -8,22 +8,22 @@ Layouts `resolve` understands:
 """
 
 import dataclasses
-import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from bert_ner import atomic, backbone, labels, model_checks, modeling
+from bert_ner import atomic, backbone, labels, model_checks, modeling, ner_schema
 from bert_ner.featurizer import Featurizer
 from bert_ner.jsonfile import read_json
+from bert_ner.ner_schema import NerConfig
 
 BERT_CONFIG = "bert_config.json"
 VOCAB = "vocab.txt"
-NER_CONFIG = "ner_config.json"
+NER_CONFIG = ner_schema.FILE_NAME
 MANIFEST = "manifest.json"
 CHECKPOINT_STATE = "checkpoint"
 LSTM_KERNEL = "rnn_layer/bidirectional_rnn/fw/lstm_cell/kernel"
@@ -33,52 +33,6 @@ StrPath = str | os.PathLike[str]  # a file name as open() takes it
 # TensorFlow ships no type information: its sessions and variables are Any here.
 Session = Any
 Variable = Any
-
-
-@dataclasses.dataclass
-class NerConfig:
-  """Head hyper-parameters (`ner_config.json`); the defaults are what a macanv dir implies."""
-
-  head: str = "bilstm"  # "bilstm" or "dense"
-  lstm_size: int = 128
-  hidden_size: int = 128
-  feature_layers: list[int] = dataclasses.field(default_factory=lambda: [-1])
-  do_lower_case: bool = True
-  max_seq_length: int = 128
-  dropout: float = 0.5  # rate on the BERT features while training (macanv's keep_prob 0.5)
-  adapter_rank: int = 0  # LoRA rank of the encoder's adapters; 0 = none in the checkpoint
-  adapter_alpha: float = 0.0  # LoRA alpha: the adapters add (alpha / rank) * A B to a kernel
-  adapter_first_layer: int = 0  # encoder layers from this one up have adapters
-
-  def adapters(self) -> modeling.Adapters | None:
-    """`modeling.Adapters` of this config, or None without adapters."""
-    if not self.adapter_rank:
-      return None
-    return modeling.Adapters(
-      self.adapter_rank, self.adapter_alpha / self.adapter_rank, self.adapter_first_layer
-    )
-
-  @classmethod
-  def from_dict(cls, data: Mapping[str, Any]) -> Self:
-    """Builds a config from a dict; missing keys take defaults, unknown keys (export's extras
-    such as "labels" and "fingerprint") are ignored."""
-    fields = {field.name for field in dataclasses.fields(cls)}
-    config = cls(**{key: value for key, value in data.items() if key in fields})
-    config.feature_layers = [int(layer) for layer in config.feature_layers]
-    return config
-
-  @classmethod
-  def from_json_file(cls, path: StrPath) -> Self:
-    """Reads `ner_config.json`; ValueError naming the file and field for a bad value."""
-    data = read_json(path)
-    model_checks.check_ner_fields(data, os.fspath(path))
-    return cls.from_dict(data)
-
-  def to_json_file(self, path: StrPath) -> None:
-    """Writes `ner_config.json`."""
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(dataclasses.asdict(self), f, indent=1)
-      f.write("\n")
 
 
 @dataclasses.dataclass
