@@ -8,7 +8,7 @@ package ships no monitoring_config_pb2, so it comes from server/tfs_config.proto
 import dataclasses
 
 import grpc
-from google.protobuf import text_format
+from google.protobuf import text_format  # type: ignore[import-untyped]
 from tensorflow_serving.config import model_server_config_pb2
 
 from server.errors import ServingError

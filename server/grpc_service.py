@@ -9,7 +9,7 @@ import inspect
 import logging
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from tensorflow_serving.apis import (
   model_management_pb2,
   model_service_pb2_grpc,

@@ -6,6 +6,7 @@ No TensorFlow here: the command line is checked before TensorFlow loads.
 """
 
 import dataclasses
+from pathlib import Path
 
 from bert_ner import model_base
 from server import connections
@@ -39,7 +40,7 @@ class Options:
   enable_model_reload_api: bool | None = None
   monitoring_config_file: str | None = None
   enable_batching: bool = True
-  batching_parameters_file: str | None = DEFAULT_PARAMETERS_FILE
+  batching_parameters_file: str | Path | None = DEFAULT_PARAMETERS_FILE
   # None: the batching parameters file (or TF Serving's default) decides.
   max_batch_size: int | None = None
   batch_timeout_micros: int | None = None

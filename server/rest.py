@@ -12,10 +12,11 @@ import logging
 import re
 import urllib.parse
 import zlib
+from typing import Any
 
 import grpc
 from aiohttp import http_exceptions, web
-from google.protobuf import json_format
+from google.protobuf import json_format  # type: ignore[import-untyped]
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from bert_ner import model_base
@@ -40,7 +41,11 @@ _NOT_FOUND_PAGE = (
 # aiohttp refuses request lines over 8,190 bytes with a logged traceback; libevent has no such
 # limit by default, so long URLs reach the handler as in TF Serving. Bodies are not uncompressed
 # by aiohttp (it answers a bad gzip body 500): _json_body does it as TF Serving does.
-PROTOCOL_OPTIONS = {"max_line_size": 1 << 20, "max_field_size": 1 << 16, "auto_decompress": False}
+PROTOCOL_OPTIONS: dict[str, Any] = {
+  "max_line_size": 1 << 20,
+  "max_field_size": 1 << 16,
+  "auto_decompress": False,
+}
 
 
 def make_app(
