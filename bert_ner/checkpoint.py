@@ -23,7 +23,6 @@ from bert_ner.ner_schema import NerConfig
 
 BERT_CONFIG = "bert_config.json"
 VOCAB = "vocab.txt"
-NER_CONFIG = ner_schema.FILE_NAME
 MANIFEST = "manifest.json"
 CHECKPOINT_STATE = "checkpoint"
 LSTM_KERNEL = "rnn_layer/bidirectional_rnn/fw/lstm_cell/kernel"
@@ -120,7 +119,7 @@ def _resolve_checkpoint_dir(directory: str) -> ModelDir:
   checkpoint_path = latest_checkpoint(directory)
   bert_config_path = _require_file(directory, BERT_CONFIG)
   vocab_path = _require_file(directory, VOCAB)
-  ner_config_path = os.path.join(directory, NER_CONFIG)
+  ner_config_path = os.path.join(directory, ner_schema.FILE_NAME)
   if os.path.isfile(ner_config_path):
     ner_config = NerConfig.from_json_file(ner_config_path)
   else:
@@ -144,7 +143,7 @@ def _resolve_head_only_dir(directory: str) -> ModelDir:
         f"pinned {pinned[key]!r}"
       )
   head_checkpoint = latest_checkpoint(directory)
-  ner_config = NerConfig.from_json_file(_require_file(directory, NER_CONFIG))
+  ner_config = NerConfig.from_json_file(_require_file(directory, ner_schema.FILE_NAME))
   id2label = labels.load_label_map(directory)
   _check_num_labels(head_checkpoint, id2label)
   backbone_dir = backbone.ensure_converted(backbone.locate_default_backbone(), pinned["sha256"])
@@ -189,7 +188,7 @@ def check_model_dir(model_dir: ModelDir) -> None:
   bert = model_checks.check_bert_config(model_dir.bert_config_path, shapes)
   model_checks.check_vocab(model_dir.vocab_path, bert.vocab_size)
   model_checks.check_ner_config(
-    model_dir.ner_config, bert, shapes, len(model_dir.id2label), NER_CONFIG
+    model_dir.ner_config, bert, shapes, len(model_dir.id2label), ner_schema.FILE_NAME
   )
 
 
@@ -290,5 +289,5 @@ def save_checkpoint_dir(
     shutil.copyfile(bert_config_path, os.path.join(tmp_dir, BERT_CONFIG))
     shutil.copyfile(vocab_path, os.path.join(tmp_dir, VOCAB))
     labels.save_label_map(tmp_dir, id2label)
-    ner_config.to_json_file(os.path.join(tmp_dir, NER_CONFIG))
+    ner_config.to_json_file(os.path.join(tmp_dir, ner_schema.FILE_NAME))
   return os.path.join(out_dir, prefix)
