@@ -129,7 +129,9 @@ def write(path: StrPath, content: NerConfigFile) -> None:
   """Writes `content` as one flat JSON object at the current schema version."""
   data = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(content.config)}
   if content.export is not None:
-    data.update(dataclasses.asdict(content.export))
+    # A field not known (None) is left out: absent, it reads back as None.
+    export = dataclasses.asdict(content.export)
+    data.update({key: value for key, value in export.items() if value is not None})
   with open(path, "w", encoding="utf-8") as f:
     json.dump(data, f, indent=1)
     f.write("\n")

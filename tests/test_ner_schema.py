@@ -67,6 +67,12 @@ def test_an_export_written_reads_back_the_same_at_the_current_version(tmp_path):
   assert data["fingerprint"] == "fedcba9876543210" and data["max_seq_length"] == 32
 
 
+def test_export_info_fields_not_known_read_back_as_not_known(tmp_path):
+  content = NerConfigFile(NerConfig(), ExportInfo("0123456789abcdef"))
+  ner_schema.write(tmp_path / "ner_config.json", content)
+  assert ner_schema.read(tmp_path / "ner_config.json") == content
+
+
 def test_a_checkpoint_config_written_has_no_export_info(tmp_path):
   NerConfig(lstm_size=64).to_json_file(tmp_path / "ner_config.json")
   content = ner_schema.read(tmp_path / "ner_config.json")
