@@ -1,6 +1,6 @@
 """`python -m server` as a child process, for tests and benchmarks: start, ready, stop, RSS.
 
-The one home of the ready line's format (printed by server/__main__.py when every model is
+The one home of the ready line's format (printed by server/serving.py when every model is
 served): tests, bench and deploy wait for it instead of polling ports.
 """
 
