@@ -8,22 +8,21 @@ Layouts `resolve` understands:
 """
 
 import dataclasses
-import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from bert_ner import atomic, backbone, labels, model_checks, modeling
+from bert_ner import atomic, backbone, labels, model_checks, modeling, ner_schema
 from bert_ner.featurizer import Featurizer
 from bert_ner.jsonfile import read_json
+from bert_ner.ner_schema import NerConfig
 
 BERT_CONFIG = "bert_config.json"
 VOCAB = "vocab.txt"
-NER_CONFIG = "ner_config.json"
 MANIFEST = "manifest.json"
 CHECKPOINT_STATE = "checkpoint"
 LSTM_KERNEL = "rnn_layer/bidirectional_rnn/fw/lstm_cell/kernel"
@@ -33,52 +32,6 @@ StrPath = str | os.PathLike[str]  # a file name as open() takes it
 # TensorFlow ships no type information: its sessions and variables are Any here.
 Session = Any
 Variable = Any
-
-
-@dataclasses.dataclass
-class NerConfig:
-  """Head hyper-parameters (`ner_config.json`); the defaults are what a macanv dir implies."""
-
-  head: str = "bilstm"  # "bilstm" or "dense"
-  lstm_size: int = 128
-  hidden_size: int = 128
-  feature_layers: list[int] = dataclasses.field(default_factory=lambda: [-1])
-  do_lower_case: bool = True
-  max_seq_length: int = 128
-  dropout: float = 0.5  # rate on the BERT features while training (macanv's keep_prob 0.5)
-  adapter_rank: int = 0  # LoRA rank of the encoder's adapters; 0 = none in the checkpoint
-  adapter_alpha: float = 0.0  # LoRA alpha: the adapters add (alpha / rank) * A B to a kernel
-  adapter_first_layer: int = 0  # encoder layers from this one up have adapters
-
-  def adapters(self) -> modeling.Adapters | None:
-    """`modeling.Adapters` of this config, or None without adapters."""
-    if not self.adapter_rank:
-      return None
-    return modeling.Adapters(
-      self.adapter_rank, self.adapter_alpha / self.adapter_rank, self.adapter_first_layer
-    )
-
-  @classmethod
-  def from_dict(cls, data: Mapping[str, Any]) -> Self:
-    """Builds a config from a dict; missing keys take defaults, unknown keys (export's extras
-    such as "labels" and "fingerprint") are ignored."""
-    fields = {field.name for field in dataclasses.fields(cls)}
-    config = cls(**{key: value for key, value in data.items() if key in fields})
-    config.feature_layers = [int(layer) for layer in config.feature_layers]
-    return config
-
-  @classmethod
-  def from_json_file(cls, path: StrPath) -> Self:
-    """Reads `ner_config.json`; ValueError naming the file and field for a bad value."""
-    data = read_json(path)
-    model_checks.check_ner_fields(data, os.fspath(path))
-    return cls.from_dict(data)
-
-  def to_json_file(self, path: StrPath) -> None:
-    """Writes `ner_config.json`."""
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(dataclasses.asdict(self), f, indent=1)
-      f.write("\n")
 
 
 @dataclasses.dataclass
@@ -166,7 +119,7 @@ def _resolve_checkpoint_dir(directory: str) -> ModelDir:
   checkpoint_path = latest_checkpoint(directory)
   bert_config_path = _require_file(directory, BERT_CONFIG)
   vocab_path = _require_file(directory, VOCAB)
-  ner_config_path = os.path.join(directory, NER_CONFIG)
+  ner_config_path = os.path.join(directory, ner_schema.FILE_NAME)
   if os.path.isfile(ner_config_path):
     ner_config = NerConfig.from_json_file(ner_config_path)
   else:
@@ -190,7 +143,7 @@ def _resolve_head_only_dir(directory: str) -> ModelDir:
         f"pinned {pinned[key]!r}"
       )
   head_checkpoint = latest_checkpoint(directory)
-  ner_config = NerConfig.from_json_file(_require_file(directory, NER_CONFIG))
+  ner_config = NerConfig.from_json_file(_require_file(directory, ner_schema.FILE_NAME))
   id2label = labels.load_label_map(directory)
   _check_num_labels(head_checkpoint, id2label)
   backbone_dir = backbone.ensure_converted(backbone.locate_default_backbone(), pinned["sha256"])
@@ -235,7 +188,7 @@ def check_model_dir(model_dir: ModelDir) -> None:
   bert = model_checks.check_bert_config(model_dir.bert_config_path, shapes)
   model_checks.check_vocab(model_dir.vocab_path, bert.vocab_size)
   model_checks.check_ner_config(
-    model_dir.ner_config, bert, shapes, len(model_dir.id2label), NER_CONFIG
+    model_dir.ner_config, bert, shapes, len(model_dir.id2label), ner_schema.FILE_NAME
   )
 
 
@@ -336,5 +289,5 @@ def save_checkpoint_dir(
     shutil.copyfile(bert_config_path, os.path.join(tmp_dir, BERT_CONFIG))
     shutil.copyfile(vocab_path, os.path.join(tmp_dir, VOCAB))
     labels.save_label_map(tmp_dir, id2label)
-    ner_config.to_json_file(os.path.join(tmp_dir, NER_CONFIG))
+    ner_config.to_json_file(os.path.join(tmp_dir, ner_schema.FILE_NAME))
   return os.path.join(out_dir, prefix)

@@ -28,7 +28,6 @@ continuations, and the word is read where it begins).
 
 import dataclasses
 import itertools
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self, TypeVar, cast
@@ -38,7 +37,7 @@ import numpy.typing as npt
 from tokenizers import Encoding, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from bert_ner import labels, model_base
+from bert_ner import labels, model_base, ner_schema
 
 StrPath = str | os.PathLike[str]  # a file name as open() takes it
 IntArray = npt.NDArray[np.int32]
@@ -49,7 +48,6 @@ RunFn = Callable[[IntArray, IntArray], npt.ArrayLike]
 T = TypeVar("T")
 
 VOCAB_FILE = "vocab.txt"
-NER_CONFIG_FILE = "ner_config.json"
 CLS, SEP, UNK = "[CLS]", "[SEP]", "[UNK]"
 X = "X"
 # google's WordpieceTokenizer default: a longer basic token becomes a single [UNK].
@@ -285,16 +283,11 @@ class Featurizer:
   @classmethod
   def from_dir(cls, path: StrPath) -> Self:
     """Builds the featurizer of a checkpoint dir or an export's `assets.extra/`."""
-    config_path = os.path.join(path, NER_CONFIG_FILE)
-    with open(config_path, encoding="utf-8") as f:
-      config = json.load(f)
-    missing = [k for k in ("do_lower_case", "max_seq_length") if k not in config]
-    if missing:
-      raise ValueError(f"{config_path} lacks {missing}")
+    config = ner_schema.read(ner_schema.path_in(path), ner_schema.FEATURIZER_FIELDS).config
     return cls(
       os.path.join(path, VOCAB_FILE),
-      config["do_lower_case"],
-      config["max_seq_length"],
+      config.do_lower_case,
+      config.max_seq_length,
       labels.load_label_map(path),
     )
 

@@ -12,8 +12,7 @@ from typing import NamedTuple
 import tensorflow.compat.v1 as tf
 
 from bert_ner import crf, featurizer, model_base, modeling
-
-HEADS = ("bilstm", "dense")
+from bert_ner.ner_schema import HEADS
 
 
 class NerHead(NamedTuple):

@@ -1,6 +1,8 @@
-"""JSON config files read with one clear error (no TensorFlow: the clients read label maps too)."""
+"""JSON config files read with one clear error (no TensorFlow: the clients read label maps too),
+and the checks of their fields' values."""
 
 import json
+import math
 import os
 from typing import Any
 
@@ -20,3 +22,25 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno} column {e.colno})") from e
   except RecursionError as e:
     raise ValueError(f"{path}: not a config: JSON nested too deep") from e
+
+
+def shown(value: Any) -> str:
+  """A config value as an error message shows it: its repr, cut short."""
+  text = repr(value)
+  return text if len(text) <= 40 else text[:37] + "..."
+
+
+def is_int(value: Any) -> bool:
+  """An integer as JSON gives one: true/false and 1e9 are not sizes."""
+  return type(value) is int
+
+
+def is_number(value: Any) -> bool:
+  """A finite number (not a boolean)."""
+  return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require_field(ok: bool, source: str, field: str, rule: str, value: Any) -> None:
+  """ValueError `<source>: <field> must be <rule>, got <value>` unless ok."""
+  if not ok:
+    raise ValueError(f"{source}: {field} must be {rule}, got {shown(value)}")

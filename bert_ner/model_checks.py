@@ -7,15 +7,13 @@ exported as if it worked. Here each config is read as data (types and ranges), t
 the shapes the checkpoint's variables actually have; every refusal is a ValueError of one line.
 """
 
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bert_ner import featurizer, modeling
-from bert_ner.head import HEADS
-from bert_ner.jsonfile import read_json
+from bert_ner.jsonfile import is_int, is_number, read_json, require_field
 
 Shapes = Mapping[str, Sequence[int]]  # variable name -> shape, as tf.train.list_variables gives
 EMBEDDINGS = "bert/embeddings/{}_embeddings"
@@ -35,26 +33,6 @@ BERT_SIZES = (
 )
 BERT_RATES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 BERT_POSITIVE = ("initializer_range", "layer_norm_eps")
-MIN_SEQ_LENGTH = 3  # [CLS] + one sub-token + [SEP]
-
-
-def _shown(value: Any) -> str:
-  """A config value as an error message shows it: its repr, cut short."""
-  text = repr(value)
-  return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _is_int(value: Any) -> bool:
-  return type(value) is int  # JSON's true/false and 1e9 are not sizes
-
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _require(ok: bool, source: str, field: str, rule: str, value: Any) -> None:
-  if not ok:
-    raise ValueError(f"{source}: {field} must be {rule}, got {_shown(value)}")
 
 
 def _require_shape(shapes: Shapes, name: str, want: list[int], source: str) -> None:
@@ -78,18 +56,20 @@ def check_bert_config(path: str, shapes: Shapes) -> modeling.BertConfig:
     raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
   config = modeling.BertConfig.from_dict({"vocab_size": None, **raw})
   for field in BERT_SIZES:
-    _require(
-      _is_int(getattr(config, field)), path, field, "an integer >= 1", getattr(config, field)
+    require_field(
+      is_int(getattr(config, field)), path, field, "an integer >= 1", getattr(config, field)
     )
-    _require(getattr(config, field) >= 1, path, field, "an integer >= 1", getattr(config, field))
+    require_field(
+      getattr(config, field) >= 1, path, field, "an integer >= 1", getattr(config, field)
+    )
   for field in BERT_RATES:
     value = getattr(config, field)
-    _require(_is_number(value) and 0 <= value < 1, path, field, "a number in [0, 1)", value)
+    require_field(is_number(value) and 0 <= value < 1, path, field, "a number in [0, 1)", value)
   for field in BERT_POSITIVE:
     value = getattr(config, field)
-    _require(_is_number(value) and value > 0, path, field, "a number > 0", value)
+    require_field(is_number(value) and value > 0, path, field, "a number > 0", value)
   activations = sorted(modeling.ACTIVATIONS)
-  _require(
+  require_field(
     config.hidden_act in activations, path, "hidden_act", f"one of {activations}", config.hidden_act
   )
   if config.hidden_size % config.num_attention_heads:
@@ -115,33 +95,6 @@ def check_bert_config(path: str, shapes: Shapes) -> modeling.BertConfig:
       want = [getattr(config, rows), getattr(config, columns)]
       _require_shape(shapes, f"bert/encoder/layer_{layer}/{kernel}", want, path)
   return config
-
-
-def check_ner_fields(data: Any, source: str) -> None:
-  """Types and ranges of the `ner_config.json` fields present in `data` (the rest default)."""
-  if not isinstance(data, dict):
-    raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
-  rules = {
-    "head": (lambda v: v in HEADS, f"one of {HEADS}"),
-    "lstm_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "hidden_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "feature_layers": (
-      lambda v: isinstance(v, list) and bool(v) and all(map(_is_int, v)),
-      "a non-empty list of layer indices",
-    ),
-    "do_lower_case": (lambda v: isinstance(v, bool), "true or false"),
-    "max_seq_length": (
-      lambda v: _is_int(v) and v >= MIN_SEQ_LENGTH,
-      f"an integer >= {MIN_SEQ_LENGTH}",
-    ),
-    "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "adapter_rank": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "adapter_alpha": (_is_number, "a finite number"),
-    "adapter_first_layer": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-  }
-  for field, (ok, rule) in rules.items():
-    if field in data:
-      _require(ok(data[field]), source, field, rule, data[field])
 
 
 def head_shapes(

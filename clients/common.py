@@ -17,10 +17,9 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from bert_ner import model_base
+from bert_ner import model_base, ner_schema
 from bert_ner.cli import OneLineParser
 from bert_ner.featurizer import (
-  NER_CONFIG_FILE,
   VOCAB_FILE,
   Entity,
   Featurizer,
@@ -94,13 +93,14 @@ def assets_with_fingerprint(
 
 def read_fingerprint(path: Path) -> str | None:
   """The fingerprint an export recorded in assets.extra/ner_config.json (None if none)."""
-  return json.loads((path / NER_CONFIG_FILE).read_text(encoding="utf-8")).get("fingerprint")
+  export = ner_schema.read(ner_schema.path_in(path)).export
+  return export.fingerprint if export else None
 
 
 def load_assets(path: StrPath) -> tuple[Featurizer, str]:
   """(Featurizer, fingerprint) from an export's assets.extra directory."""
   path = Path(path)
-  for name in (VOCAB_FILE, NER_CONFIG_FILE, LABEL2ID_JSON):
+  for name in (VOCAB_FILE, ner_schema.FILE_NAME, LABEL2ID_JSON):
     if not (path / name).is_file():
       raise ClientError(f"missing assets: {path / name} not found (pass assets=DIR)")
   try:
@@ -109,7 +109,7 @@ def load_assets(path: StrPath) -> tuple[Featurizer, str]:
   except (OSError, ValueError) as e:
     raise ClientError(f"bad assets in {path}: {e}") from None
   if not fingerprint:
-    raise ClientError(f"missing assets: {path / NER_CONFIG_FILE} has no fingerprint")
+    raise ClientError(f"missing assets: {ner_schema.path_in(path)} has no fingerprint")
   return featurizer, fingerprint
 
 

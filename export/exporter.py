@@ -16,9 +16,9 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from bert_ner import backbone, checkpoint, labels, text_graph
-from bert_ner.featurizer import NER_CONFIG_FILE, VOCAB_FILE, pad_batch, text_entities
-from bert_ner.head import build_inference_head
+from bert_ner import backbone, checkpoint, labels, ner_schema, text_graph
+from bert_ner.featurizer import VOCAB_FILE, pad_batch, text_entities
+from bert_ner.head import build_inference_head, input_placeholders
 from bert_ner.model_base import (
   ASSETS_DIR,
   INPUT_IDS,
@@ -78,20 +78,22 @@ def _batches(featurizer, sentences):
 
 
 def _write_assets(out, model_dir, fingerprint, featurizer):
-  """assets.extra/: vocab, label map, ner_config (+ labels, fingerprint, sizes) and warm-up log."""
+  """assets.extra/: vocab, label map, ner_config with the ExportInfo, and the warm-up log."""
   assets = out / ASSETS_DIR
   assets.mkdir()
   shutil.copyfile(model_dir.vocab_path, assets / VOCAB_FILE)
   labels.save_label_map(str(assets), model_dir.id2label)
   bert = json.loads(Path(model_dir.bert_config_path).read_text())
-  config = dict(
-    asdict(model_dir.ner_config),
-    labels=model_dir.id2label,
+  export = ner_schema.ExportInfo(
     fingerprint=fingerprint,
+    labels=list(model_dir.id2label),
     vocab_size=bert["vocab_size"],
     max_position_embeddings=bert["max_position_embeddings"],
+    outputs_zero_past_length=True,  # build_inference_head: 0 beyond each row's length
   )
-  (assets / NER_CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+  ner_schema.write(
+    ner_schema.path_in(assets), ner_schema.NerConfigFile(model_dir.ner_config, export)
+  )
   # One request per sample plus one batch of all, for each signature: TF Serving replays them at
   # load, so the first real request of either kind finds its kernels ready.
   id_requests = [pad_batch(featurizer.encode_words(words)) for words in SAMPLES]
@@ -215,8 +217,7 @@ def export_model(
     featurizer = model_dir.featurizer()
     batches = _batches(featurizer, verify_sentences)
     with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
-      input_ids = v1.placeholder(tf.int32, [None, None], name=INPUT_IDS)
-      input_mask = v1.placeholder(tf.int32, [None, None], name=INPUT_MASK)
+      input_ids, input_mask = input_placeholders()
       pred_label = build_inference_head(model_dir, input_ids, input_mask).pred_label
       texts = v1.placeholder(tf.string, [None], name=TEXT)
       # The text signature runs the same model on its windows: the same variables, reused.

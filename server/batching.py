@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 import grpc
-from google.protobuf import text_format
+from google.protobuf import text_format  # type: ignore[import-untyped]
 
 from server.errors import ServingError, invalid
 from server.stacking import join_pieces, padded_batch_size

@@ -6,9 +6,11 @@ package ships no monitoring_config_pb2, so it comes from server/tfs_config.proto
 """
 
 import dataclasses
+from collections.abc import Iterable
+from typing import Any, Self, TypeAlias
 
 import grpc
-from google.protobuf import text_format
+from google.protobuf import text_format  # type: ignore[import-untyped]
 from tensorflow_serving.config import model_server_config_pb2
 
 from server.errors import ServingError
@@ -17,7 +19,8 @@ from server.tfs_config_pb2 import MonitoringConfig
 PLATFORM = "tensorflow"
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 
-ModelServerConfig = model_server_config_pb2.ModelServerConfig
+# TF Serving's generated messages carry no types: to mypy this alias is Any.
+ModelServerConfig: TypeAlias = model_server_config_pb2.ModelServerConfig
 ModelConfig = model_server_config_pb2.ModelConfig
 
 
@@ -25,7 +28,7 @@ class ConfigError(Exception):
   """A config file that cannot be used; the message is one line naming the file."""
 
 
-def _read_text_proto(path, message_class):
+def _read_text_proto(path: str, message_class: Any) -> Any:
   """Parses a text-format proto file; any failure is one ConfigError line."""
   try:
     with open(path, encoding="utf-8") as f:
@@ -38,17 +41,17 @@ def _read_text_proto(path, message_class):
     raise ConfigError(f"{path} is not a text {message_class.DESCRIPTOR.name}: {error}") from None
 
 
-def read_model_server_config(path):
+def read_model_server_config(path: str) -> ModelServerConfig:
   """The ModelServerConfig in a --model_config_file."""
   return _read_text_proto(path, ModelServerConfig)
 
 
-def read_monitoring_config(path):
+def read_monitoring_config(path: str) -> MonitoringConfig:
   """The MonitoringConfig in a --monitoring_config_file."""
   return _read_text_proto(path, MonitoringConfig)
 
 
-def prometheus_path(monitoring):
+def prometheus_path(monitoring: MonitoringConfig | None) -> str | None:
   """The Prometheus page's path, or None when the config does not enable it (TF Serving's
   default: no metrics page without --monitoring_config_file)."""
   if monitoring is None or not monitoring.prometheus_config.enable:
@@ -56,14 +59,14 @@ def prometheus_path(monitoring):
   return monitoring.prometheus_config.path or PROMETHEUS_PATH
 
 
-def single_model_config(name, base_path):
+def single_model_config(name: str, base_path: str) -> ModelServerConfig:
   """The config --model_name/--model_base_path stand for (server.cc BuildSingleModelConfig)."""
   config = ModelServerConfig()
   config.model_config_list.config.add(name=name, base_path=base_path, model_platform=PLATFORM)
   return config
 
 
-def validate(config):
+def validate(config: ModelServerConfig) -> None:
   """Refuses what ServerCore::ReloadConfig refuses, with its codes and messages."""
   kind = config.WhichOneof("config")
   if kind is None:
@@ -108,15 +111,15 @@ class VersionPolicy:
 
   kind: str = "latest"
   num_versions: int = 1
-  versions: frozenset = frozenset()
+  versions: frozenset[int] = frozenset()
 
   @classmethod
-  def from_proto(cls, policy):
+  def from_proto(cls, policy: Any) -> Self:
     """Reads a ServableVersionPolicy; unset means latest with one version."""
     kind = policy.WhichOneof("policy_choice") or "latest"
     return cls(kind, max(policy.latest.num_versions, 1), frozenset(policy.specific.versions))
 
-  def aspired(self, versions):
+  def aspired(self, versions: Iterable[int]) -> set[int]:
     """The versions to serve among those present on disk."""
     if self.kind == "all":
       return set(versions)

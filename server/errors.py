@@ -1,5 +1,7 @@
 """Request failures carried as TF Serving status codes, mapped to HTTP as TF Serving maps them."""
 
+from typing import Any
+
 import grpc
 
 # tensorflow_serving/model_servers/http_server.cc ToHTTPStatusCode; anything else is 500.
@@ -26,14 +28,14 @@ _NOT_THE_MESSAGE = (" ", "\t", "Graph execution error", "Detected at node", "Nod
 class ServingError(Exception):
   """A failed request: the gRPC status code and the message both front-ends return."""
 
-  def __init__(self, code, message, http_status=None):
+  def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None) -> None:
     super().__init__(message)
     self.code = code
     self.message = message
     self._http_status = http_status
 
   @classmethod
-  def from_op_error(cls, error):
+  def from_op_error(cls, error: Any) -> "ServingError":
     """Keeps an OpError's code (TF and gRPC share numbers) and the op's message, no stack."""
     lines = [
       line
@@ -46,16 +48,16 @@ class ServingError(Exception):
     )
 
   @property
-  def http_status(self):
+  def http_status(self) -> int:
     """The HTTP status TF Serving's REST API answers with for this code, unless overridden."""
     return self._http_status or _HTTP_STATUS.get(self.code, 500)
 
 
-def invalid(message):
+def invalid(message: str) -> ServingError:
   """INVALID_ARGUMENT: the client sent something the signature does not accept."""
   return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def not_found(message):
+def not_found(message: str) -> ServingError:
   """NOT_FOUND: unknown model, version or signature."""
   return ServingError(grpc.StatusCode.NOT_FOUND, message)

@@ -9,7 +9,7 @@ import inspect
 import logging
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from tensorflow_serving.apis import (
   model_management_pb2,
   model_service_pb2_grpc,
@@ -17,11 +17,11 @@ from tensorflow_serving.apis import (
   prediction_service_pb2_grpc,
 )
 
+from bert_ner import model_base
 from server.errors import ServingError, invalid
 from server.tensors import to_proto
 
 SIGNATURE_DEF = "signature_def"
-DEFAULT_SIGNATURE = "serving_default"
 _EXAMPLE_INPUT = "inputs"  # kClassifyInputs / kRegressInputs
 _EXAMPLE_OUTPUTS = {"classify": ("classes", "scores"), "regress": ("outputs",)}
 
@@ -29,7 +29,7 @@ _EXAMPLE_OUTPUTS = {"classify": ("classes", "scores"), "regress": ("outputs",)}
 def check_example_signature(signature_defs, name, method):
   """Checks a Classify/Regress signature as classifier.cc / regressor.cc PreProcess* do; the
   embedded server has no Example parser, so a signature that passes is UNIMPLEMENTED here."""
-  key = name or DEFAULT_SIGNATURE
+  key = name or model_base.DEFAULT_SIGNATURE
   if key not in signature_defs:
     raise invalid(f"No signature was found with the name: {key}")
   signature = signature_defs[key]
@@ -237,7 +237,7 @@ def _check_tasks(tasks, signature_defs):
       raise invalid("Found ModelSpec with an empty model name.")
     if task.model_spec.name != name:
       raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-    key = task.model_spec.signature_name or DEFAULT_SIGNATURE
+    key = task.model_spec.signature_name or model_base.DEFAULT_SIGNATURE
     if key in seen:
       raise invalid(f"Duplicate evaluation of signature: {key}")
     seen.add(key)

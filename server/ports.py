@@ -7,7 +7,7 @@ import socket
 COMMAND_CHARS = 80  # a holder's command line, shortened to keep the report on one line
 
 
-def listen_problem(host, port):
+def listen_problem(host: str, port: int) -> str | None:
   """Why `port` on `host` cannot be listened on, naming the holder if it can; None if it can.
 
   A trial bind with SO_REUSEADDR, as aiohttp binds: a port left in TIME_WAIT is free, one that
@@ -27,7 +27,7 @@ def listen_problem(host, port):
   return None
 
 
-def holder(port):
+def holder(port: int) -> str:
   """'pid N (command line)' of the process listening on `port`, as far as this user may see."""
   import psutil  # pylint: disable=import-outside-toplevel  (only when a port is busy)
 

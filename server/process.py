@@ -1,6 +1,6 @@
 """`python -m server` as a child process, for tests and benchmarks: start, ready, stop, RSS.
 
-The one home of the ready line's format (printed by server/__main__.py when every model is
+The one home of the ready line's format (printed by server/serving.py when every model is
 served): tests, bench and deploy wait for it instead of polling ports.
 """
 
@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, Self
 
 import psutil
 
@@ -23,13 +25,14 @@ STOP_TIMEOUT_S = 30
 RSS_SAMPLE_S = 0.05
 
 
-def ready_line(served, host, grpc_port, rest_port):
+def ready_line(served: str, host: str, grpc_port: int, rest_port: int) -> str:
   """What the server prints once it serves: READY matches it."""
   return f"Serving {served}: gRPC {host}:{grpc_port} REST http://{host}:{rest_port}"
 
 
-class ServerError(Exception):
-  """The server exited or did not get ready in time; the message ends with its log."""
+class ServerProcessError(Exception):
+  """The server child process exited or did not get ready in time (not a request's failure:
+  that is server.errors.ServingError); the message ends with its log."""
 
 
 class ServerProcess:
@@ -41,16 +44,26 @@ class ServerProcess:
   largest RSS of the server and its children seen while it ran.
   """
 
-  def __init__(self, base_path, log_path, grpc_port=0, rest_port=0, flags=(), sample_rss=False):
+  def __init__(
+    self,
+    base_path: str | os.PathLike[str],
+    log_path: str | os.PathLike[str],
+    grpc_port: int = 0,
+    rest_port: int = 0,
+    flags: Iterable[str] = (),
+    sample_rss: bool = False,
+  ) -> None:
     self.base_path, self.log_path = Path(base_path), Path(log_path)
     self.grpc_port, self.rest_port, self.flags = grpc_port, rest_port, list(flags)
     self.sample_rss, self.peak_rss = sample_rss, 0
-    self.proc = self.grpc = self.rest = None
-    self.ready_seconds = None
+    self.proc: subprocess.Popen[bytes] | None = None
+    self.grpc: str | None = None  # host:port, once ready
+    self.rest: str | None = None
+    self.ready_seconds: float | None = None
     self._stop_sampling = threading.Event()
 
-  def start(self, timeout=READY_TIMEOUT_S):
-    """Starts the server and waits for its ready line; returns self (ServerError otherwise)."""
+  def start(self, timeout: float = READY_TIMEOUT_S) -> Self:
+    """Starts the server and waits for its ready line; returns self, else ServerProcessError."""
     offset = self.log_path.stat().st_size if self.log_path.exists() else 0
     started = time.monotonic()
     with open(self.log_path, "a") as out:
@@ -78,30 +91,36 @@ class ServerProcess:
     while not (ready := READY.search(self.log()[offset:])):
       if self.proc.poll() is not None or time.monotonic() - started > timeout:
         self.kill()
-        raise ServerError(f"server not ready: {self.log()[offset:][-3000:]}")
+        raise ServerProcessError(f"server not ready: {self.log()[offset:][-3000:]}")
       time.sleep(0.05)
     self.ready_seconds = time.monotonic() - started
     self.grpc, self.rest = ready.group(1), ready.group(2)
     return self
 
-  @property
-  def pid(self):
-    return self.proc.pid
+  def _started(self) -> subprocess.Popen[bytes]:
+    """The child process; ServerProcessError before start()."""
+    if self.proc is None:
+      raise ServerProcessError("server not started")
+    return self.proc
 
   @property
-  def rest_url(self):
+  def pid(self) -> int:
+    return self._started().pid
+
+  @property
+  def rest_url(self) -> str:
     return f"http://{self.rest}"
 
-  def log(self):
+  def log(self) -> str:
     """Everything the server printed so far (all its runs)."""
     return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-  def cpu_seconds(self):
+  def cpu_seconds(self) -> float:
     """User + system CPU time the server has used so far."""
-    times = psutil.Process(self.proc.pid).cpu_times()
+    times = psutil.Process(self.pid).cpu_times()
     return times.user + times.system
 
-  def kill(self):
+  def kill(self) -> int | None:
     """SIGKILL; returns the exit status."""
     self._stop_sampling.set()
     if self.proc is None or self.proc.poll() is not None:
@@ -109,7 +128,7 @@ class ServerProcess:
     self.proc.send_signal(signal.SIGKILL)
     return self.proc.wait(timeout=STOP_TIMEOUT_S)
 
-  def stop(self, timeout=STOP_TIMEOUT_S):
+  def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
     """SIGTERM, then the exit status (SIGKILL after timeout seconds: returns None)."""
     self._stop_sampling.set()
     if self.proc is None or self.proc.poll() is not None:
@@ -121,13 +140,13 @@ class ServerProcess:
       self.kill()
       return None
 
-  def __enter__(self):
+  def __enter__(self) -> Self:
     return self.start()
 
-  def __exit__(self, *exc):
+  def __exit__(self, *exc: Any) -> None:
     self.stop()
 
-  def _sample_rss(self, pid):
+  def _sample_rss(self, pid: int) -> None:
     """Keeps the largest RSS of the server and its children, every RSS_SAMPLE_S seconds."""
     try:
       process = psutil.Process(pid)

@@ -12,16 +12,17 @@ import logging
 import re
 import urllib.parse
 import zlib
+from typing import Any
 
 import grpc
 from aiohttp import http_exceptions, web
-from google.protobuf import json_format
+from google.protobuf import json_format  # type: ignore[import-untyped]
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
+from bert_ner import model_base
 from server.connections import DEFAULT_READ_TIMEOUT_MS, read_body
 from server.errors import ServingError, invalid
 from server.grpc_service import check_example_signature
-from server.signature import DEFAULT_SIGNATURE
 from server.tensors import dense_shape, from_json, to_json
 
 _REST_PATH = re.compile(r"(?i)/v1/.*", re.DOTALL)
@@ -40,7 +41,11 @@ _NOT_FOUND_PAGE = (
 # aiohttp refuses request lines over 8,190 bytes with a logged traceback; libevent has no such
 # limit by default, so long URLs reach the handler as in TF Serving. Bodies are not uncompressed
 # by aiohttp (it answers a bad gzip body 500): _json_body does it as TF Serving does.
-PROTOCOL_OPTIONS = {"max_line_size": 1 << 20, "max_field_size": 1 << 16, "auto_decompress": False}
+PROTOCOL_OPTIONS: dict[str, Any] = {
+  "max_line_size": 1 << 20,
+  "max_field_size": 1 << 16,
+  "auto_decompress": False,
+}
 
 
 def make_app(
@@ -328,7 +333,7 @@ def _signature_name(body):
 
 def _signature(servable, name):
   """The signature a REST body names (HttpRestApiHandler::GetInfoMap: INVALID_ARGUMENT)."""
-  key = name or DEFAULT_SIGNATURE
+  key = name or model_base.DEFAULT_SIGNATURE
   if key not in servable.signatures:
     raise invalid(f'Serving signature name: "{key}" not found in signature def')
   return servable.signatures[key]

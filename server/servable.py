@@ -5,7 +5,6 @@ and merged into one batch, run in length groups for this project's exports, by s
 """
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -15,19 +14,16 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
-from bert_ner import model_base
-from bert_ner.featurizer import NER_CONFIG_FILE
+from bert_ner import model_base, ner_schema
 from server import stacking
 from server.batching import Batcher
 from server.errors import ServingError
-from server.signature import DEFAULT_SIGNATURE, Signature
+from server.signature import Signature
 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit on tf_serving_warmup_requests.
 # Parsed before refusal whatever the model: 10,000 rows or JSON nested 100,000 deep get TF
 # Serving's answer (the task size, the parse error), at most about 60 ms of parsing.
 MIN_JSON_CONTAINERS = 1 << 17
-# Written by the exporter only: marks a graph whose outputs are 0 beyond each row's length.
-NER_CONFIG = os.path.join(model_base.ASSETS_DIR, NER_CONFIG_FILE)
 # A batch that stopped for these is not rerun request by request: every request would stop too.
 STOPPED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
@@ -49,8 +45,10 @@ class Servable:
       raise
     self.signature_defs = meta_graph.signature_def
     self._metadata = None  # GetModelMetadataResponse, built once by metadata()
-    self._runs_in_groups = os.path.exists(os.path.join(path, NER_CONFIG))
-    positions = _positions(path) if self._runs_in_groups else None
+    export = _export_info(path)
+    # Rows run in length groups only where the export says its outputs allow it.
+    self._runs_in_groups = export is not None and export.outputs_zero_past_length
+    positions = export.max_position_embeddings if self._runs_in_groups else None
     self.signatures = {k: Signature(k, v, positions) for k, v in meta_graph.signature_def.items()}
     self._batching = batching
     # JSON arrays and objects a REST request may hold, far more than a valid one needs (rows + 1
@@ -103,7 +101,7 @@ class Servable:
 
   def signature(self, key):
     """The named signature; an empty name means serving_default, as in TF Serving."""
-    key = key or DEFAULT_SIGNATURE
+    key = key or model_base.DEFAULT_SIGNATURE
     if key not in self.signatures:  # predict_util.cc RunPredict
       raise ServingError(
         grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.'
@@ -206,8 +204,8 @@ class Servable:
     await asyncio.to_thread(self._session.close)
 
 
-def _positions(path):
-  """The positions of this project's export (assets.extra/ner_config.json), or None for an
-  export written before the exporter recorded them."""
-  with open(os.path.join(path, NER_CONFIG), encoding="utf-8") as f:
-    return json.load(f).get("max_position_embeddings")
+def _export_info(path):
+  """What this project's exporter recorded about the version at path (its ner_config.json), or
+  None for any other SavedModel."""
+  config = ner_schema.path_in(model_base.assets(path))
+  return ner_schema.read(config).export if config.is_file() else None

@@ -1,13 +1,17 @@
 """A SavedModel signature as the server checks requests against it: tensors, names and shapes."""
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Self
 
+import numpy as np
 import tensorflow as tf
 
 from server.errors import invalid
 from server.tensors import from_proto, shape_str
 
-DEFAULT_SIGNATURE = tf.compat.v1.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+# (signature, {alias: declared shape}) -> None, raising ServingError to refuse the request.
+ShapeCheck = Callable[["Signature", dict[str, list[int]]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,10 +20,10 @@ class TensorSpec:
 
   name: str
   dtype: tf.DType
-  shape: tuple | None
+  shape: tuple[int | None, ...] | None
 
   @classmethod
-  def from_info(cls, info):
+  def from_info(cls, info: Any) -> Self:
     """Reads a TensorInfo from the MetaGraphDef's SignatureDef."""
     shape = (
       None
@@ -32,7 +36,7 @@ class TensorSpec:
 class Signature:
   """A SignatureDef's tensors, and whether its requests may be merged along axis 0."""
 
-  def __init__(self, key, signature_def, max_width=None):
+  def __init__(self, key: str, signature_def: Any, max_width: int | None = None) -> None:
     self.key = key
     self.max_width = max_width  # the model's positions: widest rank-2 integer input, or None
     self.inputs = {a: TensorSpec.from_info(t) for a, t in sorted(signature_def.inputs.items())}
@@ -40,7 +44,7 @@ class Signature:
     tensors = [*self.inputs.values(), *self.outputs.values()]
     self.batchable = bool(self.inputs) and all(t.shape and t.shape[0] is None for t in tensors)
 
-  def check_names(self, aliases):
+  def check_names(self, aliases: Iterable[str]) -> None:
     """Refuses missing or unknown input aliases with TF Serving's message."""
     sent, wanted = set(aliases), set(self.inputs)
     if sent != wanted:
@@ -51,7 +55,7 @@ class Signature:
         f"Missing but required: {{{','.join(sorted(wanted - sent))}}}."
       )
 
-  def check_widths(self, shapes):
+  def check_widths(self, shapes: Mapping[str, Sequence[int]]) -> None:
     """Refuses a rank-2 integer input wider than the model's positions by its declared shape,
     before anything is allocated: one value declared [1, 8388608] fills 32 MB per tensor, and
     merged with others of its width in a batch, gigabytes. The graph refuses it with the same
@@ -69,7 +73,9 @@ class Signature:
           f"{alias} has length {shape[1]} but the model has only {self.max_width} positions"
         )
 
-  def decode(self, tensors, check_shapes=None):
+  def decode(
+    self, tensors: Mapping[str, Any], check_shapes: ShapeCheck | None = None
+  ) -> dict[str, np.ndarray]:
     """Decodes a PredictRequest's input TensorProtos against this signature; check_shapes
     (signature, {alias: declared shape}) may refuse them before any is allocated."""
     self.check_names(tensors)
@@ -77,7 +83,7 @@ class Signature:
       check_shapes(self, {a: [d.size for d in t.tensor_shape.dim] for a, t in tensors.items()})
     return {a: from_proto(tensors[a], self.inputs[a].dtype, a) for a in sorted(tensors)}
 
-  def validate(self, inputs):
+  def validate(self, inputs: Mapping[str, np.ndarray]) -> None:
     """Checks inputs against the signature before any batching. What the model itself requires
     (vocabulary, positions, mask values) its graph checks, for TF Serving as for this server."""
     self.check_names(inputs)
