@@ -109,7 +109,7 @@ def read_batching_parameters(path, defaults=BatchingOptions()):
   try:
     with open(path, encoding="utf-8") as f:
       text = f.read()
-  except UnicodeDecodeError as error:  # was a 26-line traceback (attack round 4)
+  except UnicodeDecodeError as error:  # a file that is not UTF-8: one line, not a traceback
     raise BatchingConfigError(f"cannot read {path}: {error}") from None
   try:
     params = text_format.Parse(text, BatchingParameters())

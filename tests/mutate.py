@@ -178,8 +178,8 @@ MUTATIONS = [
     "grpc-predict-ignores-deadline",
     "gRPC Predict runs without the caller's deadline",
     "server/grpc_service.py",
-    "signature.decode(request.inputs), context.time_remaining()\n",
-    "signature.decode(request.inputs), None\n",
+    "            context.time_remaining(),\n",
+    "            None,\n",
     (f"{INPROCESS}::test_grpc_predict_passes_the_callers_deadline_on",),
   ),
   Mutation(
@@ -194,8 +194,8 @@ MUTATIONS = [
     "max-batch-size-refuses-its-own-size",
     "max_batch_size checked with >=",
     "server/batching.py",
-    "    if rows > self._options.max_batch_size:\n",
-    "    if rows >= self._options.max_batch_size:\n",
+    "    if signature.batchable and rows > self._options.max_batch_size:\n",
+    "    if signature.batchable and rows >= self._options.max_batch_size:\n",
     (f"{INPROCESS}::test_max_batch_size_admits_its_own_size_and_refuses_one_more",),
   ),
   Mutation(
