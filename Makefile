@@ -16,13 +16,14 @@ DEMO_PORT ?= 8080
 # `make eval GRPC_PORT=9500` reaches the server `make serve GRPC_PORT=9500` started.
 SERVER  = $(HOST):$(if $(filter rest,$(TRANSPORT)),$(REST_PORT),$(GRPC_PORT))
 TRAIN_ARGS ?=
+BENCH_ARGS ?=
 DOCUMENT ?=
 
 .PHONY: help setup tf218 lint test test-fast train export serve up image eval bench demo demo-screenshot reliability-report verify-text mutate clean
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DEMO_PORT DATA TRANSPORT INPUT SIGNATURE TRAIN_ARGS;" \
+	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DEMO_PORT DATA TRANSPORT INPUT SIGNATURE TRAIN_ARGS BENCH_ARGS;" \
 		"BERT_NER_VERBOSE=1 keeps TensorFlow's start-up logs"
 
 setup: $(STAMP) ## create .venv with the pinned dependencies (done by every target on first use)
@@ -92,7 +93,7 @@ $(BENCH_VENV)/.installed: requirements-bench.lock
 # A peer venv that cannot be made leaves the bench to run with its peers marked skipped.
 bench: $(STAMP) ## throughput, latency, memory and two peers of the shipped model -> bench/results.*, docs/SCALING.md
 	@$(MAKE) --no-print-directory $(BENCH_VENV)/.installed || echo "bench: no $(BENCH_VENV); peers skipped"
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 demo: $(STAMP) ## the tagging page on http://127.0.0.1:DEMO_PORT (8080), talking to the server on HOST:GRPC_PORT/REST_PORT
 	$(PY) -m demo --transport $(TRANSPORT) --server $(SERVER) --port $(DEMO_PORT)

@@ -80,16 +80,23 @@ def parse_args(argv=None):
   p.add_argument("--batch_size", type=int, default=64, help="rows per throughput request")
   p.add_argument("--requests", type=int, default=300, help="requests per latency cell")
   p.add_argument(
+    "--sentences",
+    type=int,
+    default=None,
+    help="tag only the file's first N sentences in the throughput, document and text runs (a "
+    "loaded machine's smaller setting); the peer comparison still tags the whole file",
+  )
+  p.add_argument(
     "--quick",
     action="store_true",
-    help=f"first {QUICK_SENTENCES} sentences and {QUICK_REQUESTS} requests per cell",
+    help=f"first {QUICK_SENTENCES} sentences (peers too) and {QUICK_REQUESTS} requests per cell",
   )
   add_verbose_flag(p)
   args = p.parse_args(argv)
   if args.quick:
     args.requests = QUICK_REQUESTS
-  if args.batch_size < 1 or args.requests < 1:
-    p.error("--batch_size and --requests must be >= 1")
+  if args.batch_size < 1 or args.requests < 1 or (args.sentences or 1) < 1:
+    p.error("--batch_size, --requests and --sentences must be >= 1")
   if args.scaling_doc is None:
     args.scaling_doc = SCALING_DOC if Path(args.out).resolve() == REPO_ROOT / "bench" else None
   elif args.scaling_doc == "none":
@@ -224,9 +231,10 @@ def run(args, command):
   from evaluation.local import LocalModel  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
 
-  documents = conll.read_documents(args.data)
+  whole = conll.read_documents(args.data)
   if args.quick:
-    documents = conll.first_sentences(documents, QUICK_SENTENCES)
+    whole = conll.first_sentences(whole, QUICK_SENTENCES)
+  documents = whole if args.sentences is None else conll.first_sentences(whole, args.sentences)
   sentences = [s.words for d in documents for s in d]
   results = {
     "command": command,
@@ -313,7 +321,7 @@ def run(args, command):
       featurizer, model.run, sentences, max(CONCURRENCY), MERGED_GROUPS, MERGED_SPLIT
     )
     say(f"merged batch costs (ms/sentence): {results['merged']}")
-    results["peers"] = peer_comparison(args, featurizer, model.run, documents)
+    results["peers"] = peer_comparison(args, featurizer, model.run, whole)
     say(f"peers: {report.peer_summary(results['peers'])}")
     model.close()
     texts = [" ".join(words) for words in sentences]
