@@ -95,7 +95,8 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.quick:
     args.requests = QUICK_REQUESTS
-  if args.batch_size < 1 or args.requests < 1 or (args.sentences or 1) < 1:
+  sizes = [args.batch_size, args.requests] + ([] if args.sentences is None else [args.sentences])
+  if min(sizes) < 1:
     p.error("--batch_size, --requests and --sentences must be >= 1")
   if args.scaling_doc is None:
     args.scaling_doc = SCALING_DOC if Path(args.out).resolve() == REPO_ROOT / "bench" else None

@@ -84,3 +84,20 @@ def test_missing_peer_python_skips_both_peers_with_the_reason(tmp_path):
   found = peers.measure(tmp_path / "none" / "python", [["a"]], [], 64, 10)
   assert set(found) == {"spacy", "onnx"}
   assert all("make bench" in peer["skipped"] for peer in found.values())
+
+
+def test_only_a_run_into_bench_rewrites_scaling_doc(tmp_path):
+  from bench.__main__ import SCALING_DOC as DEFAULT_DOC
+  from bench.__main__ import parse_args
+
+  assert parse_args([]).scaling_doc == DEFAULT_DOC
+  assert parse_args(["--out", str(tmp_path)]).scaling_doc is None
+  assert parse_args(["--scaling_doc", "none"]).scaling_doc is None
+
+
+def test_sentences_below_one_is_refused(capsys):
+  from bench.__main__ import parse_args
+
+  with pytest.raises(SystemExit):
+    parse_args(["--sentences", "0"])
+  assert "--sentences must be >= 1" in capsys.readouterr().err
