@@ -403,6 +403,12 @@ def _online(figures, batching=True):
   }
 
 
+def _share_range(shares):
+  """'97% to 99%' of a list of fractions, or '99%' when they round alike."""
+  low, high = f"{min(shares):.0%}", f"{max(shares):.0%}"
+  return low if low == high else f"{low} to {high}"
+
+
 def _replicas(target, rate):
   """ceil(target / rate, as shown rounded) + 1: enough with one replica down."""
   return math.ceil(target / max(round(rate), 1)) + 1
@@ -445,8 +451,8 @@ def scaling_blocks(figures):
     f"(requests of {figures['batch_size']} rows of up to {figures['width']} sub-tokens, then the "
     f"latency cells) and at {servers['batching_off']['peak_rss_mib']:.0f} MiB for single "
     f"sentences with batching off. Start to ready takes {servers['batching_on']['ready_s']:.1f} s. "
-    f"In the bulk runs {min(shares):.0%} to {max(shares):.0%} of the client's time went to the "
-    f"model call, so CPU use tracks the load.",
+    f"In the bulk runs {_share_range(shares)} of the client's time went to the model call, so "
+    f"CPU use tracks the load.",
   ]
   per_day = BULK_PER_DAY / 86400
   examples = [
