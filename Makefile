@@ -3,6 +3,7 @@
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 TF218   := .venv-tf218
+BENCH_VENV := .venv-bench
 CKPT    ?= models/default
 MODEL_BASE ?= models/bert_ner
 DATA    ?= ../shared/data/conll2003/dev.txt
@@ -15,13 +16,14 @@ DEMO_PORT ?= 8080
 # `make eval GRPC_PORT=9500` reaches the server `make serve GRPC_PORT=9500` started.
 SERVER  = $(HOST):$(if $(filter rest,$(TRANSPORT)),$(REST_PORT),$(GRPC_PORT))
 TRAIN_ARGS ?=
+BENCH_ARGS ?=
 DOCUMENT ?=
 
 .PHONY: help setup tf218 lint test test-fast train export serve up image eval bench demo demo-screenshot reliability-report verify-text mutate clean
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DEMO_PORT DATA TRANSPORT INPUT SIGNATURE TRAIN_ARGS;" \
+	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DEMO_PORT DATA TRANSPORT INPUT SIGNATURE TRAIN_ARGS BENCH_ARGS;" \
 		"BERT_NER_VERBOSE=1 keeps TensorFlow's start-up logs"
 
 setup: $(STAMP) ## create .venv with the pinned dependencies (done by every target on first use)
@@ -80,8 +82,18 @@ eval: $(STAMP) ## tag DATA through TRANSPORT (grpc, rest or local) on HOST:GRPC_
 		$(if $(filter local,$(TRANSPORT)),,--server $(SERVER)) \
 		$(if $(INPUT),--input $(INPUT)) $(if $(SIGNATURE),--signature $(SIGNATURE))
 
-bench: $(STAMP) ## throughput, latency and memory of the shipped model -> bench/results.md
-	$(PY) -m bench
+# The bench's peers (spaCy, the int8 ONNX encoder: pyproject's `bench` extra) in a venv of their
+# own, so TensorFlow and they never share one; bench/peers.py runs in it as a subprocess.
+$(BENCH_VENV)/.installed: requirements-bench.lock
+	rm -rf $(BENCH_VENV)
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-bench.lock
+	touch $@
+
+# A peer venv that cannot be made leaves the bench to run with its peers marked skipped.
+bench: $(STAMP) ## throughput, latency, memory and two peers of the shipped model -> bench/results.*, docs/SCALING.md
+	@$(MAKE) --no-print-directory $(BENCH_VENV)/.installed || echo "bench: no $(BENCH_VENV); peers skipped"
+	$(PY) -m bench $(BENCH_ARGS)
 
 demo: $(STAMP) ## the tagging page on http://127.0.0.1:DEMO_PORT (8080), talking to the server on HOST:GRPC_PORT/REST_PORT
 	$(PY) -m demo --transport $(TRANSPORT) --server $(SERVER) --port $(DEMO_PORT)

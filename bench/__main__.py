@@ -3,7 +3,9 @@
 Exports the checkpoint into a temp model base and loads it in-process; starts `python -m server`
 twice on it (batching on, batching off). Tags the whole file in-process, over gRPC and over REST
 (variable-length batches vs rows padded to max_seq_length), then measures single-sentence latency
-at several concurrencies against both servers. Writes results.md and results.png into --out.
+at several concurrencies against both servers; then two CPU peers side by side (bench/peers.py, in
+.venv-bench). Writes results.md, results.json and results.png into --out, and the figures
+docs/SCALING.md quotes into its `<!-- bench:... -->` blocks when --out is bench/.
 """
 
 import argparse
@@ -21,8 +23,9 @@ import numpy as np
 import psutil
 import requests
 
-from bench import measure, report
+from bench import measure, peers, report
 from bert_ner import conll, model_base
+from bert_ner.metrics import seqeval_scores
 from bert_ner.paths import REPO_ROOT
 from bert_ner.quiet import add_verbose_flag, quiet_tensorflow
 from clients.common import load_assets
@@ -44,6 +47,9 @@ MERGED_SPLIT = 8
 QUICK_SENTENCES = 64
 QUICK_REQUESTS = 32
 TIMEOUT_S = 120.0
+PEER_PYTHON = REPO_ROOT / ".venv-bench" / "bin" / "python"
+PEER_TIMEOUT_S = 1800.0
+SCALING_DOC = REPO_ROOT / "docs" / "SCALING.md"
 
 
 def parse_args(argv=None):
@@ -56,21 +62,46 @@ def parse_args(argv=None):
   )
   p.add_argument("--data", default=str(DEFAULT_DATA), help="CoNLL file to tag")
   p.add_argument(
-    "--out", default=str(REPO_ROOT / "bench"), help="where results.md and results.png go"
+    "--out",
+    default=str(REPO_ROOT / "bench"),
+    help="where results.md, results.json and results.png go",
+  )
+  p.add_argument(
+    "--scaling_doc",
+    default=None,
+    help="doc whose <!-- bench:... --> blocks get this run's figures (default: docs/SCALING.md "
+    "when --out is bench/, else none; 'none' for none)",
+  )
+  p.add_argument(
+    "--peer_python",
+    default=str(PEER_PYTHON),
+    help="python of the venv with the `bench` extra (spaCy, onnxruntime); missing = peers skipped",
   )
   p.add_argument("--batch_size", type=int, default=64, help="rows per throughput request")
   p.add_argument("--requests", type=int, default=300, help="requests per latency cell")
   p.add_argument(
+    "--sentences",
+    type=int,
+    default=None,
+    help="tag only the file's first N sentences in the throughput, document and text runs (a "
+    "loaded machine's smaller setting); the peer comparison still tags the whole file",
+  )
+  p.add_argument(
     "--quick",
     action="store_true",
-    help=f"first {QUICK_SENTENCES} sentences and {QUICK_REQUESTS} requests per cell",
+    help=f"first {QUICK_SENTENCES} sentences (peers too) and {QUICK_REQUESTS} requests per cell",
   )
   add_verbose_flag(p)
   args = p.parse_args(argv)
   if args.quick:
     args.requests = QUICK_REQUESTS
-  if args.batch_size < 1 or args.requests < 1:
-    p.error("--batch_size and --requests must be >= 1")
+  sizes = [args.batch_size, args.requests] + ([] if args.sentences is None else [args.sentences])
+  if min(sizes) < 1:
+    p.error("--batch_size, --requests and --sentences must be >= 1")
+  if args.scaling_doc is None:
+    args.scaling_doc = SCALING_DOC if Path(args.out).resolve() == REPO_ROOT / "bench" else None
+  elif args.scaling_doc == "none":
+    args.scaling_doc = None
   return args
 
 
@@ -158,6 +189,41 @@ def latency_cell(server, clients, sentences, request_count):
   return cell
 
 
+def f1(gold, tags):
+  """seqeval's entity F1 (percent) of tags against gold, or None for a file without tags."""
+  if any(g is None for g in gold):
+    return None
+  return seqeval_scores(gold, tags)["f1"]
+
+
+def peer_comparison(args, featurizer, run_fn, documents):
+  """The in-process model, then spaCy and the int8 ONNX encoder on the same sentences, back to
+  back: F1 where a peer tags, sentences/s; the ONNX encoder runs the batches the model ran."""
+  sentences = [s.words for d in documents for s in d]
+  gold = [s.tags for d in documents for s in d]
+  load = os.getloadavg()[0]
+  tags, ours, batches = measure.tag_recorded(featurizer, run_fn, sentences, args.batch_size)
+  found = peers.measure(args.peer_python, sentences, batches, args.batch_size, PEER_TIMEOUT_S)
+  spacy = found["spacy"]
+  if "tags" in spacy:
+    spacy["f1"] = f1(gold, spacy.pop("tags"))
+  return {
+    "load_before": load,
+    "load_after": os.getloadavg()[0],
+    "sentences": len(sentences),
+    "batch_size": args.batch_size,
+    "ours": {
+      "f1": f1(gold, tags),
+      "rate": ours.rate,
+      "model_rate": ours.sentences / ours.run_seconds,
+      "batches": len(batches),
+      "rows": sum(len(ids) for ids, _ in batches),
+    },
+    "spacy": spacy,
+    "onnx": found["onnx"],
+  }
+
+
 def run(args, command):
   """Every measurement; returns the results dict the report reads."""
   quiet_tensorflow(args.verbose)  # the servers it starts inherit the choice
@@ -166,9 +232,10 @@ def run(args, command):
   from evaluation.local import LocalModel  # pylint: disable=import-outside-toplevel
   from export import exporter  # pylint: disable=import-outside-toplevel
 
-  documents = conll.read_documents(args.data)
+  whole = conll.read_documents(args.data)
   if args.quick:
-    documents = conll.first_sentences(documents, QUICK_SENTENCES)
+    whole = conll.first_sentences(whole, QUICK_SENTENCES)
+  documents = whole if args.sentences is None else conll.first_sentences(whole, args.sentences)
   sentences = [s.words for d in documents for s in d]
   results = {
     "command": command,
@@ -255,6 +322,8 @@ def run(args, command):
       featurizer, model.run, sentences, max(CONCURRENCY), MERGED_GROUPS, MERGED_SPLIT
     )
     say(f"merged batch costs (ms/sentence): {results['merged']}")
+    results["peers"] = peer_comparison(args, featurizer, model.run, whole)
+    say(f"peers: {report.peer_summary(results['peers'])}")
     model.close()
     texts = [" ".join(words) for words in sentences]
     results["text_vs_ids"] = {}
@@ -316,8 +385,8 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   results = run(args, shlex.join(["python", "-m", "bench", *argv]))
-  md, png = report.write(results, args.out)
-  say(f"wrote {md} and {png}")
+  written = report.write(results, args.out, args.scaling_doc)
+  say("wrote " + ", ".join(str(path) for path in written))
   return 0
 
 

@@ -35,7 +35,8 @@ class Throughput:
 
 
 def tag_all(featurizer, run_fn, sentences, batch_size, into):
-  """Tags sentences (tokenize, batch_size rows per call, restore word tags), timed into `into`."""
+  """Tags sentences (tokenize, batch_size rows per call, restore word tags), timed into `into`;
+  returns the tags."""
 
   def timed(input_ids, input_mask):
     started = time.perf_counter()
@@ -44,9 +45,23 @@ def tag_all(featurizer, run_fn, sentences, batch_size, into):
     return pred
 
   started = time.perf_counter()
-  featurizer.predict_words(sentences, timed, batch_size)
+  tags = featurizer.predict_words(sentences, timed, batch_size)
   into.seconds += time.perf_counter() - started
   into.sentences += len(sentences)
+  return tags
+
+
+def tag_recorded(featurizer, run_fn, sentences, batch_size):
+  """tag_all over all sentences at once: (tags, Throughput, the (input_ids, input_mask) batches
+  run_fn was given), so a peer can run exactly the batches this runner ran."""
+  batches, cell = [], Throughput()
+
+  def recorded(input_ids, input_mask):
+    batches.append((input_ids, input_mask))
+    return run_fn(input_ids, input_mask)
+
+  tags = tag_all(featurizer, recorded, sentences, batch_size, cell)
+  return tags, cell, batches
 
 
 def throughput(runners, sentences, batch_size, rounds):

@@ -1,5 +1,9 @@
-"""bench/results.md (tables and acceptance ratios) and bench/results.png (bars) from one run."""
+"""bench/results.md (tables and acceptance ratios), results.json (the figures docs quote) and
+results.png (bars) from one run; docs/SCALING.md's `<!-- bench:NAME -->` blocks from the json."""
 
+import json
+import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 TRANSPORTS = {"local": "in-process", "grpc": "gRPC", "rest": "REST"}
 BATCHING = {True: "on", False: "off"}
 MIB = 1 << 20
+ONLINE_TARGET = 500  # sentences/s of SCALING's online worked examples
+BULK_PER_DAY = 10_000_000  # sentences a day of its bulk example
+BLOCK = re.compile(r"(<!-- bench:(\w+) -->\n)(.*?)(<!-- /bench -->)", re.S)
 SERVED = {
   True: "throughput runs ({batch_size} x {width} rows at most) and latency cells",
   False: "latency cells (single sentences)",
@@ -249,6 +256,8 @@ def markdown(results):
       ],
     ),
     "",
+    *peers_section(results["peers"], results["data"]),
+    "",
     "## Ratios",
     "",
     *_table(
@@ -266,6 +275,210 @@ def markdown(results):
     "",
   ]
   return "\n".join(lines)
+
+
+def _peer_cell(peer, key, fmt):
+  """A peer's figure formatted, or `skipped` when the peer did not run or gave none."""
+  value = peer.get(key)
+  return "skipped" if value is None else format(value, fmt)
+
+
+def peer_summary(peers):
+  """One line: sentences/s (and F1) of this model and of each peer, or why a peer was skipped."""
+  parts = [f"this model {peers['ours']['rate']:.1f} sentences/s, F1 {peers['ours']['f1']}"]
+  for key in ("spacy", "onnx"):
+    peer = peers[key]
+    if "skipped" in peer:
+      parts.append(f"{key} skipped: {peer['skipped']}")
+    else:
+      parts.append(f"{key} {peers['sentences'] / peer['seconds']:.1f} sentences/s")
+  return "; ".join(parts)
+
+
+def peers_section(peers, data):
+  """results.md's side-by-side table of this model, spaCy and the int8 ONNX encoder."""
+  ours, spacy, onnx = peers["ours"], peers["spacy"], peers["onnx"]
+  n, batch = peers["sentences"], peers["batch_size"]
+
+  def rate(peer):
+    return "-" if "seconds" not in peer else f"{n / peer['seconds']:.1f}"
+
+  def f1(value):
+    return "-" if value is None else f"{value:.1f}"
+
+  rows = [
+    [
+      "this model, in-process",
+      f1(ours["f1"]),
+      f"{ours['rate']:.1f}",
+      f"tokenize, {ours['batches']} batches of at most {batch} rows (length-sorted), "
+      f"model (encoder, head, CRF), tags restored",
+    ],
+    [
+      "this model, model call only",
+      "-",
+      f"{ours['model_rate']:.1f}",
+      "the session runs of the same batches",
+    ],
+    [
+      spacy.get("name", "spaCy en_core_web_sm"),
+      f1(spacy.get("f1")),
+      rate(spacy),
+      f"`nlp.pipe(batch_size={batch})` over the sentences joined by spaces, pipes: "
+      f"{', '.join(spacy.get('pipes', []))}"
+      if "skipped" not in spacy
+      else f"skipped: {spacy['skipped']}",
+    ],
+    [
+      onnx.get("name", "all-MiniLM-L6-v2 int8 ONNX"),
+      "-",
+      rate(onnx),
+      f"`session.run` over the same {onnx['batches']} batches ({onnx['rows']} rows): encoder "
+      f"only, no head, CRF or tag restoration"
+      if "skipped" not in onnx
+      else f"skipped: {onnx['skipped']}",
+    ],
+  ]
+  return [
+    "## Peers: spaCy and an int8 ONNX encoder",
+    "",
+    f"The {n} sentences of `{data}`, tagged back to back in this run by this model in-process "
+    f"and by the two peers (bench/peers.py in .venv-bench, the `bench` extra; load average "
+    f"{peers['load_before']:.2f} before, {peers['load_after']:.2f} after). F1: seqeval, "
+    f"entity level, strict IOB2. spaCy's OntoNotes types map to CoNLL's: PERSON -> PER, "
+    f"ORG -> ORG, GPE/LOC/FAC -> LOC, NORP/EVENT/WORK_OF_ART/LAW/LANGUAGE/PRODUCT -> MISC; "
+    f"the numeric and date types are dropped; a CoNLL token takes the first entity its "
+    f"characters overlap. The ONNX encoder is the backbone alone with the same sub-tokens "
+    f"(this model's featurizer, token types 0): an upper bound for an int8 version of this "
+    f"model.",
+    "",
+    *_table(["tagger", "F1", "sentences/s", "what is timed"], rows),
+  ]
+
+
+def summary(results):
+  """The run's figures as plain JSON data (results.json): what docs quote, peers included."""
+  thr, lat = results["throughput"], results["latency"]
+  return {
+    "command": results["command"],
+    "date": results["date"],
+    "checkpoint": results["checkpoint"],
+    "fingerprint": results["fingerprint"],
+    "data": results["data"],
+    "sentences": results["sentences"],
+    "machine": results["machine"],
+    "batch_size": results["batch_size"],
+    "width": results["width"],
+    "bulk": {
+      t: {
+        "rate": thr[t, "variable"].rate,
+        "run_share": thr[t, "variable"].run_seconds / thr[t, "variable"].seconds,
+      }
+      for t in TRANSPORTS
+    },
+    "online": [
+      {
+        "transport": t,
+        "batching": b,
+        "concurrency": c,
+        "rate": cell.rate,
+        "p50_ms": cell.percentile(50),
+        "p95_ms": cell.percentile(95),
+        "p99_ms": cell.percentile(99),
+      }
+      for (t, b, c), cell in lat.items()
+    ],
+    "servers": {
+      f"batching_{BATCHING[b]}": {"ready_s": s["ready_s"], "peak_rss_mib": s["peak_rss"] / MIB}
+      for b, s in results["servers"].items()
+    },
+    "peers": results["peers"],
+  }
+
+
+def _online(figures, batching=True):
+  """{(transport, concurrency): cell} of the latency cells with server batching on (or off)."""
+  return {
+    (c["transport"], c["concurrency"]): c for c in figures["online"] if c["batching"] is batching
+  }
+
+
+def _share_range(shares):
+  """'97% to 99%' of a list of fractions, or '99%' when they round alike."""
+  low, high = f"{min(shares):.0%}", f"{max(shares):.0%}"
+  return low if low == high else f"{low} to {high}"
+
+
+def _replicas(target, rate):
+  """ceil(target / rate, as shown rounded) + 1: enough with one replica down."""
+  return math.ceil(target / max(round(rate), 1)) + 1
+
+
+def scaling_blocks(figures):
+  """{block name: markdown} of docs/SCALING.md's generated blocks, from results.json's data."""
+  m, online, bulk = figures["machine"], _online(figures), figures["bulk"]
+  levels = sorted({c for _, c in online})
+  servers = figures["servers"]
+  shares = [bulk[t]["run_share"] for t in ("grpc", "rest")]
+  rows = [
+    [
+      f"bulk: files, {figures['batch_size']} sentences per request (`--file`)",
+      f"{bulk['grpc']['rate']:.0f} (gRPC), {bulk['rest']['rate']:.0f} (REST)",
+      "-",
+    ]
+  ]
+  for c in levels:
+    g, r = online["grpc", c], online["rest", c]
+    rows.append(
+      [
+        "online, one sentence per request, 1 caller"
+        if c == 1
+        else f"online, {c} concurrent callers",
+        f"{g['rate']:.0f} (gRPC), {r['rate']:.0f} (REST)",
+        f"p50 {g['p50_ms']:.0f} / {r['p50_ms']:.0f} ms, p95 {g['p95_ms']:.0f} / "
+        f"{r['p95_ms']:.0f} ms",
+      ]
+    )
+  scaling = [
+    f"Measured by `{figures['command']}` on {figures['date']}: model `{figures['checkpoint']}` "
+    f"(fingerprint `{figures['fingerprint']}`), the embedded server `python -m server` on "
+    f"loopback, {m['cores']} CPU cores shared with other jobs (load average {m['load_before']:.2f} "
+    f"at the start, {m['load_after']:.2f} at the end), server batching on in every cell.",
+    "",
+    *_table(["load", "sentences/s per replica", "latency"], rows),
+    "",
+    f"Memory peaks at {servers['batching_on']['peak_rss_mib']:.0f} MiB with batching on "
+    f"(requests of {figures['batch_size']} rows of up to {figures['width']} sub-tokens, then the "
+    f"latency cells) and at {servers['batching_off']['peak_rss_mib']:.0f} MiB for single "
+    f"sentences with batching off. Start to ready takes {servers['batching_on']['ready_s']:.1f} s. "
+    f"In the bulk runs {_share_range(shares)} of the client's time went to the model call, so "
+    f"CPU use tracks the load.",
+  ]
+  per_day = BULK_PER_DAY / 86400
+  examples = [
+    f"- **Online, {ONLINE_TARGET} sentences/s, {c} callers per replica** (p95 "
+    f"{online['grpc', c]['p95_ms']:.0f} ms over gRPC): {online['grpc', c]['rate']:.0f} sentences/s "
+    f"per replica, ceil({ONLINE_TARGET} / {online['grpc', c]['rate']:.0f}) + 1 = "
+    f"{_replicas(ONLINE_TARGET, online['grpc', c]['rate'])} replicas."
+    for c in levels
+    if c > 1
+  ]
+  examples.append(
+    f"- **Bulk, {BULK_PER_DAY:,} sentences a day** ({per_day:.0f}/s on average): "
+    f"{bulk['grpc']['rate']:.0f} sentences/s per replica over gRPC, ceil({per_day:.0f} / "
+    f"{bulk['grpc']['rate']:.0f}) + 1 = {_replicas(per_day, bulk['grpc']['rate'])} replicas."
+  )
+  return {"scaling": "\n".join(scaling) + "\n", "replicas": "\n".join(examples) + "\n"}
+
+
+def replace_blocks(text, blocks):
+  """text with each `<!-- bench:NAME -->` ... `<!-- /bench -->` body set to blocks[NAME];
+  ValueError naming the blocks the text lacks or has no figures for."""
+  found = [m.group(2) for m in BLOCK.finditer(text)]
+  missing, unknown = sorted(set(blocks) - set(found)), sorted(set(found) - set(blocks))
+  if missing or unknown:
+    raise ValueError(f"bench blocks missing {missing}, unknown {unknown}")
+  return BLOCK.sub(lambda m: m.group(1) + blocks[m.group(2)] + m.group(4), text)
 
 
 def plot(results, path):
@@ -308,11 +521,19 @@ def plot(results, path):
   plt.close(fig)
 
 
-def write(results, out_dir):
-  """Writes results.md and results.png into out_dir; returns their paths."""
+def write(results, out_dir, scaling_doc=None):
+  """Writes results.md, results.json and results.png into out_dir, and scaling_doc's blocks from
+  results.json when given; returns the paths written."""
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  md, png = out / "results.md", out / "results.png"
+  md, js, png = out / "results.md", out / "results.json", out / "results.png"
   md.write_text(markdown(results), encoding="utf-8")
+  js.write_text(json.dumps(summary(results), indent=1) + "\n", encoding="utf-8")
   plot(results, png)
-  return md, png
+  written = [md, js, png]
+  if scaling_doc is not None:
+    figures = json.loads(js.read_text(encoding="utf-8"))
+    doc = Path(scaling_doc)
+    doc.write_text(replace_blocks(doc.read_text(encoding="utf-8"), scaling_blocks(figures)))
+    written.append(doc)
+  return written

@@ -1,5 +1,6 @@
 """python -m bench --quick end to end on a tiny model, into a temp dir (not bench/results.*)."""
 
+import json
 import subprocess
 import sys
 import time
@@ -7,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from bench import measure
+from bench import measure, report
 from support.export import make_checkpoint
 
 pytestmark = pytest.mark.slow  # exports and starts servers
@@ -20,6 +21,7 @@ HEADERS = [
   "| mode | sentences/s | document / sentence |",
   "| server | served | peak RSS MiB |",
   "| ratio | measured | target | met |",
+  "| tagger | F1 | sentences/s | what is timed |",
 ]
 
 
@@ -67,7 +69,10 @@ def test_quick_run_writes_both_files(tiny_bert_dir, conll_dev_path, tmp_path):
     "| REST | off | 1 |",
     "| gRPC / in-process throughput (variable-length) |",
     "| batching on / off throughput at concurrency 32 (REST) |",
+    "| this model, model call only |",
   ):
     assert row in text, row
+  figures = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert set(report.scaling_blocks(figures)) == {"scaling", "replicas"}
   assert "nan" not in text and (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
   assert seconds < 300, f"--quick took {seconds:.0f}s"
