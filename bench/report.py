@@ -114,7 +114,7 @@ def markdown(results):
       ],
     ),
     "",
-    "## Throughput over the whole file",
+    f"## Throughput over {results['sentences']} sentences of the file",
     "",
     f"One client thread, {results['batch_size']} rows per request (windows sorted by length), "
     f"tokenization and tag restoration included; server batching on. The file is cut in "
@@ -482,7 +482,7 @@ def replace_blocks(text, blocks):
 
 
 def plot(results, path):
-  """Throughput bars (whole file) and latency bars (p50, whiskers to p99) side by side."""
+  """Throughput bars (the run's sentences) and latency bars (p50, whiskers to p99) side by side."""
   thr, lat = results["throughput"], results["latency"]
   fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.8))
   x = range(len(TRANSPORTS))
@@ -493,7 +493,7 @@ def plot(results, path):
     left.bar([i + offset for i in x], [thr[t, mode].rate for t in TRANSPORTS], 0.4, label=label)
   left.set_xticks(list(x), list(TRANSPORTS.values()))
   left.set_ylabel("sentences / s")
-  left.set_title(f"Throughput, whole file, {results['batch_size']} rows/request")
+  left.set_title(f"Throughput, {results['sentences']} sentences, {results['batch_size']} rows/request")
   left.margins(y=0.2)
   left.legend(ncol=2)
   series = [(t, b) for t in ("grpc", "rest") for b in (True, False)]
