@@ -493,7 +493,9 @@ def plot(results, path):
     left.bar([i + offset for i in x], [thr[t, mode].rate for t in TRANSPORTS], 0.4, label=label)
   left.set_xticks(list(x), list(TRANSPORTS.values()))
   left.set_ylabel("sentences / s")
-  left.set_title(f"Throughput, {results['sentences']} sentences, {results['batch_size']} rows/request")
+  left.set_title(
+    f"Throughput, {results['sentences']} sentences, {results['batch_size']} rows/request"
+  )
   left.margins(y=0.2)
   left.legend(ncol=2)
   series = [(t, b) for t in ("grpc", "rest") for b in (True, False)]
