@@ -23,7 +23,7 @@ DOCUMENT ?=
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DEMO_PORT DATA TRANSPORT INPUT SIGNATURE TRAIN_ARGS BENCH_ARGS;" \
+	@echo "variables: CKPT MODEL_BASE HOST GRPC_PORT REST_PORT DEMO_PORT DATA TRANSPORT INPUT SIGNATURE TRAIN_ARGS BENCH_ARGS TEST_WORKERS MUTANTS MUTANT_SAMPLE;" \
 		"BERT_NER_VERBOSE=1 keeps TensorFlow's start-up logs"
 
 setup: $(STAMP) ## create .venv with the pinned dependencies (done by every target on first use)
@@ -52,8 +52,11 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy on the typed interfaces
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-test: $(STAMP) $(TF218)/.installed ## the whole test suite
-	$(PY) -m pytest -q
+# One pytest worker per core (pytest-xdist), each running whole test modules, so a module's
+# export and server are built once; most slow tests wait on a subprocess, a socket or a timeout.
+TEST_WORKERS ?= 2
+test: $(STAMP) $(TF218)/.installed ## the whole test suite, on TEST_WORKERS (2) workers
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The unit tests: no training, real export, server or other subprocess, MiniLM, TF 2.18,
 # chromium or Docker, none over ~1 s (tests marked `slow` or `docker` are left out).
@@ -61,29 +64,29 @@ test-fast: $(STAMP) ## the unit tests only (under a minute): pytest -m "not slow
 	$(PY) -m pytest -q -m "not slow and not docker"
 
 train: $(STAMP) ## train a model into build/train (TRAIN_ARGS=... adds flags)
-	$(PY) -m train --out build/train $(TRAIN_ARGS)
+	$(PY) -m bert_ner.train --out build/train $(TRAIN_ARGS)
 
 export: $(STAMP) ## export CKPT (default: the shipped model) as the next version under MODEL_BASE
-	$(PY) -m export --checkpoint $(CKPT) --model_base_path $(MODEL_BASE)
+	$(PY) -m bert_ner.export --checkpoint $(CKPT) --model_base_path $(MODEL_BASE)
 
 serve: $(STAMP) ## serve the latest export on HOST:GRPC_PORT/REST_PORT (exports CKPT first if none)
-	@$(PY) -m deploy serve --checkpoint $(CKPT) --model_base_path $(MODEL_BASE) --host $(HOST) \
+	@$(PY) -m bert_ner.deploy serve --checkpoint $(CKPT) --model_base_path $(MODEL_BASE) --host $(HOST) \
 		--grpc_port $(GRPC_PORT) --rest_port $(REST_PORT)
 
 up: $(STAMP) ## Docker: build the TF Serving image and run it (needs a Docker engine)
-	$(PY) -m deploy up --checkpoint $(CKPT) --host $(HOST) \
+	$(PY) -m bert_ner.deploy up --checkpoint $(CKPT) --host $(HOST) \
 		--grpc_port $(GRPC_PORT) --rest_port $(REST_PORT)
 
 image: $(STAMP) ## Docker: build the TF Serving image; its first stage exports CKPT
-	$(PY) -m deploy image --checkpoint $(CKPT)
+	$(PY) -m bert_ner.deploy image --checkpoint $(CKPT)
 
 eval: $(STAMP) ## tag DATA through TRANSPORT (grpc, rest or local) on HOST:GRPC_PORT/REST_PORT, DOCUMENT=1 by documents, INPUT=text as text
-	$(PY) -m evaluation --data $(DATA) --transport $(TRANSPORT) $(if $(DOCUMENT),--document) \
+	$(PY) -m bert_ner.evaluation --data $(DATA) --transport $(TRANSPORT) $(if $(DOCUMENT),--document) \
 		$(if $(filter local,$(TRANSPORT)),,--server $(SERVER)) \
 		$(if $(INPUT),--input $(INPUT)) $(if $(SIGNATURE),--signature $(SIGNATURE))
 
 # The bench's peers (spaCy, the int8 ONNX encoder: pyproject's `bench` extra) in a venv of their
-# own, so TensorFlow and they never share one; bench/peers.py runs in it as a subprocess.
+# own, so TensorFlow and they never share one; bert_ner/bench/peers.py runs in it as a subprocess.
 $(BENCH_VENV)/.installed: requirements-bench.lock
 	rm -rf $(BENCH_VENV)
 	python3 -m venv $(BENCH_VENV)
@@ -93,10 +96,10 @@ $(BENCH_VENV)/.installed: requirements-bench.lock
 # A peer venv that cannot be made leaves the bench to run with its peers marked skipped.
 bench: $(STAMP) ## throughput, latency, memory and two peers of the shipped model -> bench/results.*, docs/SCALING.md
 	@$(MAKE) --no-print-directory $(BENCH_VENV)/.installed || echo "bench: no $(BENCH_VENV); peers skipped"
-	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bert_ner.bench $(BENCH_ARGS)
 
 demo: $(STAMP) ## the tagging page on http://127.0.0.1:DEMO_PORT (8080), talking to the server on HOST:GRPC_PORT/REST_PORT
-	$(PY) -m demo --transport $(TRANSPORT) --server $(SERVER) --port $(DEMO_PORT)
+	$(PY) -m bert_ner.demo --transport $(TRANSPORT) --server $(SERVER) --port $(DEMO_PORT)
 
 demo-screenshot: $(STAMP) ## regenerate docs/demo.png (README's screenshot) from the browser test
 	WRITE_DEMO_SCREENSHOT=1 $(PY) -m pytest -q tests/test_demo_browser.py
@@ -107,13 +110,24 @@ reliability-report: $(STAMP) ## regenerate docs/RELIABILITY.md from a run of the
 verify-text: $(STAMP) ## the in-graph tokenizer against the featurizer on CoNLL and 100,000 generated strings
 	TEXT_CORPUS_SIZE=100000 $(PY) -m pytest -q tests/test_text_graph.py
 
-# mutmut (a dev dependency) over server/ and clients/ as [tool.mutmut] in pyproject.toml sets it;
-# MUTANTS="server.metrics.* clients.common.*" limits it to some modules (a full run takes hours).
+# mutmut (a dev dependency) over bert_ner/server and bert_ner/clients as [tool.mutmut] in
+# pyproject.toml sets it, judged by the fast tests. A whole run is hours on 2 cores:
+# MUTANTS="bert_ner.server.metrics.* bert_ner.clients.common.*" runs some modules only, and
+# MUTANT_SAMPLE=150 a seeded random sample of that many mutants per folder (about 15 minutes).
 MUTMUT  ?= .venv/bin/mutmut
 MUTANTS ?=
-mutate: $(STAMP) ## named mutations (tests/mutate.py; exit 1 if one survives), then mutmut's over server/ and clients/, scored per folder
+MUTANT_SAMPLE ?=
+MUTMUT_RUN = CONLL2003_DIR=$(abspath $(dir $(DATA))) $(MUTMUT) run
+mutate: $(STAMP) ## named mutations (tests/mutate.py; exit 1 if one survives), then mutmut's over the server and clients, scored per folder
 	$(PY) tests/mutate.py
-	CONLL2003_DIR=$(abspath $(dir $(DATA))) $(MUTMUT) run $(MUTANTS)
+ifeq ($(MUTANT_SAMPLE),)
+	$(MUTMUT_RUN) $(MUTANTS)
+else
+	@# mutmut has no generate-only command: a filter matching nothing makes it write the mutants
+	@# and collect which tests reach them, then stop (with an error this ignores).
+	-$(MUTMUT_RUN) "no-such-mutant*" >/dev/null 2>&1
+	$(MUTMUT_RUN) $$($(PY) tests/mutation_score.py --sample $(MUTANT_SAMPLE) mutants)
+endif
 	$(PY) tests/mutation_score.py mutants
 
 clean: ## remove build/, .cache/ and .pytest_cache/

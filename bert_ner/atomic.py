@@ -6,8 +6,8 @@ sees half a file or half a directory. Replacing a dir is one `renameat2(RENAME_E
 Linux (two renames elsewhere, with a moment where the dir is missing). Temp and old entries carry
 the writer's pid, so the next write to the same name deletes those of writers that died (kill -9)
 before cleaning up. Nothing is fsync'd: this guards readers and crashed writers, not power loss.
-The exporter's version dirs follow TF Serving's rules instead (`export.layout`: pid-named temp
-dirs, a version that moves up when taken).
+The exporter's version dirs follow TF Serving's rules instead (`bert_ner.export.layout`: pid-named
+temp dirs, a version that moves up when taken).
 """
 
 import contextlib

@@ -25,7 +25,7 @@ TEXT_OUTPUTS = (ENTITY_TYPE, ENTITY_START, ENTITY_END, ENTITY_TEXT, ENTITY_SCORE
 ASSETS_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 # The trainer's report in a checkpoint dir; the exporter copies it into assets.extra so that the
-# next export can compare its dev F1 with the served version's (export/guard.py).
+# next export can compare its dev F1 with the served version's (bert_ner/export/guard.py).
 TRAIN_REPORT = "train_report.json"
 # The exported output tensor is `ner_<fingerprint>/pred_label`: GetModelMetadata shows any
 # TF Serving client which assets the served version needs.

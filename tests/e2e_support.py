@@ -1,14 +1,17 @@
 """End-to-end helpers shared by test_clients and tests/reliability: free loopback ports, a tiny
-NER checkpoint built on the `tiny_bert_dir` fixture (`python -m server` as a subprocess is
+NER checkpoint built on the `tiny_bert_dir` fixture (`python -m bert_ner.server` as a subprocess is
 server.process.ServerProcess).
 
 TensorFlow is imported inside the functions only (test_clients checks clients stay TF-free).
 """
 
+import atexit
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from bert_ner import labels, model_base
@@ -60,9 +63,10 @@ def make_checkpoint(tiny_bert_dir, out_dir, seed=1, **ner_config):
 
 
 def run_export(checkpoint, base, *flags):
-  """`python -m export` of `checkpoint` into the model base `base` (4 verification sentences)."""
+  """`python -m bert_ner.export` of `checkpoint` into the model base `base` (4 verification
+  sentences)."""
   return subprocess.run(
-    [sys.executable, "-m", "export", "--checkpoint", str(checkpoint)]
+    [sys.executable, "-m", "bert_ner.export", "--checkpoint", str(checkpoint)]
     + ["--model_base_path", str(base), "--verify_sentences", "4", *map(str, flags)],
     cwd=REPO_ROOT,
     capture_output=True,
@@ -71,18 +75,31 @@ def run_export(checkpoint, base, *flags):
   )
 
 
+_shipped_export = None  # this process's export of models/default (its version dir)
+
+
 def export_shipped_model(base):
-  """models/default exported by `python -m export` (as the image's first stage does) into the
-  model base `base`; returns the version dir."""
-  done = run_export("models/default", base)
-  assert done.returncode == 0, done.stderr[-3000:]
-  return Path(base) / "1"
+  """models/default exported by `python -m bert_ner.export` (as the image's first stage does) into
+  the model base `base`; returns the version dir.
+
+  The export (about half a minute of CPU) runs once per test process; later calls copy that
+  version into their own base, so a test that changes its copy changes nobody else's."""
+  global _shipped_export
+  if _shipped_export is None:
+    first = Path(tempfile.mkdtemp(prefix="shipped-export-")) / "bert_ner"
+    atexit.register(shutil.rmtree, first.parent, True)
+    done = run_export("models/default", first)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _shipped_export = first / "1"
+  version = Path(base) / "1"
+  shutil.copytree(_shipped_export, version)
+  return version
 
 
 @contextlib.contextmanager
 def served_shipped_model(base):
   """The shipped model exported into `base`, served on free loopback ports: (server, assets)."""
-  from server.process import ServerProcess
+  from bert_ner.server.process import ServerProcess
 
   version = export_shipped_model(base)
   server = ServerProcess(base, Path(base).parent / "server.log").start()

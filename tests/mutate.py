@@ -4,7 +4,7 @@ Every mutation breaks one thing a test is there to guard: it names the file, the
 (which must occur exactly once), the mutated snippet and the test selection that must fail. For
 each, the tracked files are copied into a temporary directory, the snippet is replaced, and pytest
 runs the selection there (PYTHONPATH points at the copy, so subprocesses such as
-`python -m export` run the mutated code too). A mutation is killed when a
+`python -m bert_ner.export` run the mutated code too). A mutation is killed when a
 selected test fails, survived when they all pass. A baseline run of every selection on the
 unmutated copy comes first: a test that fails anyway kills nothing.
 
@@ -47,7 +47,7 @@ MUTATIONS = [
   Mutation(
     "trainer-never-applies-gradients",
     "frozen trainer never applies gradients",
-    "train/graphs.py",
+    "bert_ner/train/graphs.py",
     "    train_op = minimize(trained.loss, head_variables, config.learning_rate)\n",
     "    train_op = tf.no_op()\n",
     ("tests/test_train.py",),
@@ -55,7 +55,7 @@ MUTATIONS = [
   Mutation(
     "trainer-cache-never-read",
     "feature cache written but never read",
-    "train/features.py",
+    "bert_ner/train/features.py",
     "    if path.is_file():\n      with np.load(path) as data:\n",
     "    if False:\n      with np.load(path) as data:\n",
     ("tests/test_train.py",),
@@ -63,7 +63,7 @@ MUTATIONS = [
   Mutation(
     "trainer-saves-last-epoch",
     "last epoch's weights saved instead of the best",
-    "train/loop.py",
+    "bert_ner/train/loop.py",
     '    if best is None or history[-1]["dev_f1"] > best["dev_f1"]:\n',
     "    if True:\n",
     ("tests/test_train.py",),
@@ -71,7 +71,7 @@ MUTATIONS = [
   Mutation(
     "publish-copy-then-delete",
     "publish a version by copy-then-delete (non-atomic)",
-    "export/layout.py",
+    "bert_ner/export/layout.py",
     "      os.rename(tmp, target)\n",
     "      shutil.copytree(tmp, target)\n      shutil.rmtree(tmp)\n",
     ("tests/test_export.py::test_a_version_appears_whole_or_not_at_all",),
@@ -79,7 +79,7 @@ MUTATIONS = [
   Mutation(
     "fingerprint-ignores-labels",
     "fingerprint ignores labels",
-    "export/exporter.py",
+    "bert_ner/export/exporter.py",
     "  h.update(json.dumps(model_dir.id2label).encode())\n",
     "",
     ("tests/test_export.py::test_fingerprint_covers_labels_vocab_and_config",),
@@ -87,7 +87,7 @@ MUTATIONS = [
   Mutation(
     "fingerprint-ignores-vocab",
     "fingerprint ignores vocab",
-    "export/exporter.py",
+    "bert_ner/export/exporter.py",
     "  h.update(Path(model_dir.vocab_path).read_bytes())\n",
     "",
     ("tests/test_export.py::test_fingerprint_covers_labels_vocab_and_config",),
@@ -95,7 +95,7 @@ MUTATIONS = [
   Mutation(
     "fingerprint-ignores-config",
     "fingerprint ignores config",
-    "export/exporter.py",
+    "bert_ner/export/exporter.py",
     "  h.update(json.dumps(asdict(model_dir.ner_config), sort_keys=True).encode())\n",
     "",
     ("tests/test_export.py::test_fingerprint_covers_labels_vocab_and_config",),
@@ -124,7 +124,7 @@ MUTATIONS = [
   Mutation(
     "evaluation-skips-fingerprint",
     "evaluation skips the fingerprint check",
-    "evaluation/__main__.py",
+    "bert_ner/evaluation/__main__.py",
     "  client.check_fingerprint()\n  return client.featurizer",
     "  return client.featurizer",
     ("tests/test_evaluation.py::test_assets_of_another_version_are_refused",),
@@ -133,7 +133,7 @@ MUTATIONS = [
   Mutation(
     "predict-skips-fingerprint",
     "NerClient.predict() never checks the fingerprint",
-    "clients/common.py",
+    "bert_ner/clients/common.py",
     "    if not self.fingerprint_checked:\n      self.check_fingerprint()\n    if self.text_in:",
     "    if self.text_in:",
     ("tests/test_clients.py::test_predict_checks_the_fingerprint_once_per_client",),
@@ -141,7 +141,7 @@ MUTATIONS = [
   Mutation(
     "server-imports-unpickler",
     "server unpickles (from pickle import loads, aliased)",
-    "server/rest.py",
+    "bert_ner/server/rest.py",
     "import json\n",
     "import json\nfrom pickle import loads as decode\n",
     ("tests/reliability/test_rel_security.py::test_server_and_clients_never_unpickle",),
@@ -149,7 +149,7 @@ MUTATIONS = [
   Mutation(
     "server-leaks-per-request",
     "server keeps 16 KB per request (a leak)",
-    "server/servable.py",
+    "bert_ner/server/servable.py",
     "    signature.validate(inputs)\n    return await self._batcher.run(",
     "    signature.validate(inputs)\n"
     "    self.__dict__.setdefault('leaked', []).append(b'x' * (16 << 10))\n"
@@ -169,7 +169,7 @@ MUTATIONS = [
   Mutation(
     "manager-serves-lowest-version",
     "the lowest loaded version serves a request naming none (TF Serving: the newest)",
-    "server/manager.py",
+    "bert_ner/server/manager.py",
     "    return self.loaded[max(self.loaded)] if self.loaded else None\n",
     "    return self.loaded[min(self.loaded)] if self.loaded else None\n",
     (f"{INPROCESS}::test_a_request_without_a_version_gets_the_newest_loaded",),
@@ -177,7 +177,7 @@ MUTATIONS = [
   Mutation(
     "grpc-predict-ignores-deadline",
     "gRPC Predict runs without the caller's deadline",
-    "server/grpc_service.py",
+    "bert_ner/server/grpc_service.py",
     "            context.time_remaining(),\n",
     "            None,\n",
     (f"{INPROCESS}::test_grpc_predict_passes_the_callers_deadline_on",),
@@ -185,7 +185,7 @@ MUTATIONS = [
   Mutation(
     "batch-takes-earliest-deadline",
     "a merged batch runs with its earliest caller's deadline instead of the latest",
-    "server/batching.py",
+    "bert_ner/server/batching.py",
     "    deadline = None if None in deadlines else max(deadlines, default=None)\n",
     "    deadline = None if None in deadlines else min(deadlines, default=None)\n",
     (f"{INPROCESS}::test_a_merged_batch_runs_until_its_latest_callers_deadline",),
@@ -193,7 +193,7 @@ MUTATIONS = [
   Mutation(
     "max-batch-size-refuses-its-own-size",
     "max_batch_size checked with >=",
-    "server/batching.py",
+    "bert_ner/server/batching.py",
     "    if signature.batchable and rows > self._options.max_batch_size:\n",
     "    if signature.batchable and rows >= self._options.max_batch_size:\n",
     (f"{INPROCESS}::test_max_batch_size_admits_its_own_size_and_refuses_one_more",),
@@ -201,7 +201,7 @@ MUTATIONS = [
   Mutation(
     "tensor-elements-refuses-its-own-size",
     "the per-tensor element limit checked with >=",
-    "server/tensors.py",
+    "bert_ner/server/tensors.py",
     "  if count > max_elements:\n",
     "  if count >= max_elements:\n",
     (f"{INPROCESS}::test_tensor_element_limit_admits_its_own_size_and_refuses_one_more",),
@@ -209,15 +209,15 @@ MUTATIONS = [
   Mutation(
     "gzip-limit-refuses-its-own-size",
     "the uncompressed REST body limit checked with >=",
-    "server/rest.py",
+    "bert_ner/server/rest.py",
     "  if len(data) > max_bytes:\n",
     "  if len(data) >= max_bytes:\n",
     (f"{INPROCESS}::test_uncompressed_body_limit_admits_its_own_size_and_refuses_one_more",),
   ),
   Mutation(
     "run-splitting-rounds-down",
-    "server/stacking.py counts a merged batch's runs rounding down",
-    "server/stacking.py",
+    "bert_ner/server/stacking.py counts a merged batch's runs rounding down",
+    "bert_ner/server/stacking.py",
     "math.ceil(len(index) * width / MAX_RUN_POSITIONS) or 1",
     "len(index) * width // MAX_RUN_POSITIONS or 1",
     (f"{INPROCESS}::test_a_batch_over_max_run_positions_splits_into_enough_runs",),
@@ -225,7 +225,7 @@ MUTATIONS = [
   Mutation(
     "histogram-bound-in-next-bucket",
     "a latency exactly on a bucket bound counts in the next bucket (buckets are le)",
-    "server/metrics.py",
+    "bert_ner/server/metrics.py",
     "bisect.bisect_left(self.bounds, value)",
     "bisect.bisect_right(self.bounds, value)",
     (f"{INPROCESS}::test_a_value_on_a_bucket_bound_counts_in_that_bucket",),
@@ -249,7 +249,7 @@ MUTATIONS = [
   Mutation(
     "client-accepts-label-id-equal-to-count",
     "the clients accept a label id equal to the label count",
-    "clients/common.py",
+    "bert_ner/clients/common.py",
     "  bad = pred[(pred < 0) | (pred >= num_labels)]\n",
     "  bad = pred[(pred < 0) | (pred > num_labels)]\n",
     (f"{PINNED}::test_a_label_id_equal_to_the_label_count_is_refused",),
@@ -281,7 +281,7 @@ MUTATIONS = [
   Mutation(
     "demo-inserts-html",
     "the demo page inserts text with innerHTML",
-    "demo/static/demo.js",
+    "bert_ner/demo/static/demo.js",
     "  if (text !== undefined) node.textContent = text;\n",
     "  if (text !== undefined) node.innerHTML = text;\n",
     (
@@ -292,7 +292,7 @@ MUTATIONS = [
   Mutation(
     "demo-answers-any-host",
     "the demo answers a foreign Host or Origin (DNS rebinding, blind cross-site posts)",
-    "demo/app.py",
+    "bert_ner/demo/app.py",
     "    if problem:\n",
     "    if False:\n",
     ("tests/test_demo.py", "tests/reliability/test_rel_demo.py"),
@@ -300,7 +300,7 @@ MUTATIONS = [
   Mutation(
     "demo-queue-unbounded",
     "the demo queues every tagging request (no 503 beyond its bound)",
-    "demo/app.py",
+    "bert_ner/demo/app.py",
     "    if pending >= MAX_PENDING_TAGS:\n",
     "    if False:\n",
     ("tests/reliability/test_rel_demo.py",),
@@ -308,7 +308,7 @@ MUTATIONS = [
   Mutation(
     "trainer-global-step-frozen",
     "the trainer's global step never advances (the learning rate never decays)",
-    "train/graphs.py",
+    "bert_ner/train/graphs.py",
     "    global_step.assign_add(1),\n",
     "",
     (f"{PINNED}::test_the_decayed_train_op_advances_the_global_step",),
@@ -316,7 +316,7 @@ MUTATIONS = [
   Mutation(
     "trainer-epoch-step-frozen",
     "the epoch loop's step never advances (every checkpoint is model.ckpt-0)",
-    "train/loop.py",
+    "bert_ner/train/loop.py",
     "      step += 1\n",
     "      step += 0\n",
     (f"{PINNED}::test_the_best_epoch_records_the_step_it_ended_at",),
@@ -324,7 +324,7 @@ MUTATIONS = [
   Mutation(
     "bench-ratio-upside-down",
     "a bench ratio computed upside down",
-    "bench/report.py",
+    "bert_ner/bench/report.py",
     '      thr[t, "variable"].rate / thr["local", "variable"].rate,\n',
     '      thr["local", "variable"].rate / thr[t, "variable"].rate,\n',
     (f"{PINNED}::test_bench_ratios_put_the_named_side_on_top",),

@@ -1,4 +1,5 @@
-"""Tiny TF1 SavedModels in TF Serving's layout, and python -m server run on free loopback ports."""
+"""Tiny TF1 SavedModels in TF Serving's layout, and python -m bert_ner.server run on free loopback
+ports."""
 
 import os
 import pathlib

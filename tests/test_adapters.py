@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bert_ner import checkpoint, modeling
+from bert_ner.train import trainer
 from support.train import train_config
-from train import trainer
 
 pytestmark = pytest.mark.slow  # trains and exports
 
@@ -68,7 +68,7 @@ def test_adapter_training_keeps_bert_frozen_and_exports_merged(
 ):
   import tensorflow.compat.v1 as tf
 
-  from export import exporter, merge
+  from bert_ner.export import exporter, merge
 
   out = tmp_path / "adapters"
   report = trainer.run(

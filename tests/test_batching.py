@@ -6,15 +6,15 @@ import grpc
 import numpy as np
 import pytest
 
-from server.batching import (
+from bert_ner.server.batching import (
   DEFAULT_PARAMETERS_FILE,
   BatchingConfigError,
   BatchingOptions,
   read_batching_parameters,
   split_sizes,
 )
-from server.errors import ServingError
-from server.stacking import merge, pad_tensor, padded_batch_size
+from bert_ner.server.errors import ServingError
+from bert_ner.server.stacking import merge, pad_tensor, padded_batch_size
 from support.batching import FakeSignature, rows, run_batcher
 
 
@@ -165,7 +165,7 @@ def test_large_batch_splitting_runs_pieces_and_joins_them_in_order():
 def test_idle_queues_are_freed(monkeypatch):
   """Every request shape opens its own queue (and a task): one left idle is freed, so distinct
   shapes cannot pile up queues for the servable's life; a later request opens a new one."""
-  monkeypatch.setattr("server.batching.QUEUE_IDLE_S", 0.05)
+  monkeypatch.setattr("bert_ner.server.batching.QUEUE_IDLE_S", 0.05)
 
   async def scenario(batcher, model):
     requests = [

@@ -1,4 +1,5 @@
-"""python -m bench --quick end to end on a tiny model, into a temp dir (not bench/results.*)."""
+"""python -m bert_ner.bench --quick end to end on a tiny model, into a temp dir (not
+bench/results.*)."""
 
 import json
 import subprocess
@@ -8,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from bench import measure, report
+from bert_ner.bench import measure, report
 from support.export import make_checkpoint
 
 pytestmark = pytest.mark.slow  # exports and starts servers
@@ -44,7 +45,7 @@ def test_quick_run_writes_both_files(tiny_bert_dir, conll_dev_path, tmp_path):
     [
       sys.executable,
       "-m",
-      "bench",
+      "bert_ner.bench",
       "--quick",
       "--checkpoint",
       checkpoint,

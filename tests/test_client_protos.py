@@ -1,4 +1,5 @@
-"""Wire compatibility of the lite TF Serving protos (clients/tfs_protos) with the real ones."""
+"""Wire compatibility of the lite TF Serving protos (bert_ner/clients/tfs_protos) with the real
+ones."""
 
 import numpy as np
 import pytest
@@ -8,8 +9,8 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_pb2
 
-from clients import common, grpc_client
-from clients.tfs_protos import tfs_lite_pb2 as lite
+from bert_ner.clients import common, grpc_client
+from bert_ner.clients.tfs_protos import tfs_lite_pb2 as lite
 
 IDS = np.array([[101, 7327, 102, 0], [101, 2446, 2655, 102]], np.int32)
 MASK = (IDS != 0).astype(np.int32)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from bert_ner import model_base
+from bert_ner.clients import common, grpc_client, rest_client
+from bert_ner.clients.tfs_protos import tfs_lite_pb2 as lite
 from bert_ner.featurizer import pad_batch
-from clients import common, grpc_client, rest_client
-from clients.tfs_protos import tfs_lite_pb2 as lite
 from e2e_support import free_port
 from support.clients import (
   HEADERS,

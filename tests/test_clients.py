@@ -1,21 +1,25 @@
 """gRPC and REST clients: flags, assets, errors and fingerprints against an in-process fake TF
-Serving, then both scripts end to end against `python -m server` serving a tiny real export."""
+Serving, then both scripts end to end against `python -m bert_ner.server` serving a tiny real
+export."""
 
 import json
 import operator
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
+from packaging.version import Version
 
+from bert_ner.clients import common, grpc_client, rest_client
 from bert_ner.paths import REPO_ROOT
-from clients import common, grpc_client, rest_client
+from bert_ner.server.process import ServerProcess
 from e2e_support import free_port, make_checkpoint, run_export
-from server.process import ServerProcess
 from support.clients import (
   CALL_TIMEOUT,
   FINGERPRINT,
@@ -261,7 +265,10 @@ def test_error_messages_are_one_line_and_keep_the_code(tmp_path, code, expected)
 
 @pytest.mark.slow  # runs a subprocess
 # The demo too: it runs where only the clients' dependencies and aiohttp are installed.
-@pytest.mark.parametrize("modules", ["clients.grpc_client, clients.rest_client", "demo.__main__"])
+@pytest.mark.parametrize(
+  "modules",
+  ["bert_ner.clients.grpc_client, bert_ner.clients.rest_client", "bert_ner.demo.__main__"],
+)
 def test_client_modules_do_not_import_tensorflow(modules):
   code = (
     f"import sys, {modules}; "
@@ -447,8 +454,8 @@ E2E_SENTENCES = [SENTENCE, "Peter Blackburn", "BRUSSELS 1996-08-22", LONG]  # LO
 
 @pytest.fixture(scope="module")
 def served(tiny_bert_dir, tmp_path_factory):
-  """(workdir, grpc address, rest address): `python -m server` on free loopback ports serving
-  a tiny export in workdir/models/bert_ner/1."""
+  """(workdir, grpc address, rest address): `python -m bert_ner.server` on free loopback ports
+  serving a tiny export in workdir/models/bert_ner/1."""
   work = tmp_path_factory.mktemp("served")
   base = work / "models" / "bert_ner"
   ckpt = make_checkpoint(tiny_bert_dir, work / "ckpt")
@@ -537,3 +544,124 @@ def test_e2e_server_side_invalid_argument(served, transport):
   )
   with pytest.raises(common.ClientError, match=r"\(INVALID_ARGUMENT\): .*outside the vocabulary"):
     client.run(np.array([[101, 10**6, 102]], np.int32), np.ones((1, 3), np.int32))
+
+
+# ---------------------------------------------------------------- the wheel, installed elsewhere
+
+
+def build_wheel(out):
+  """Builds the distribution's wheel from a copy of what it packages (the clone stays clean)."""
+  src = out / "src"
+  shutil.copytree(
+    REPO_ROOT / "bert_ner", src / "bert_ner", ignore=shutil.ignore_patterns("__pycache__")
+  )
+  shutil.copy(REPO_ROOT / "pyproject.toml", src)
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "wheel",
+      "-q",
+      "--no-deps",
+      "--no-build-isolation",
+      "-w",
+      out,
+      src,
+    ],
+    check=True,
+    capture_output=True,
+  )
+  (wheel,) = out.glob("*.whl")
+  return wheel
+
+
+def wheel_requirements(wheel):
+  """{name: specifier} of the wheel's unconditional Requires-Dist (the client install's)."""
+  with zipfile.ZipFile(wheel) as z:
+    meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+    lines = z.read(meta).decode().splitlines()
+  found = {}
+  for line in lines:
+    if line.startswith("Requires-Dist:") and ";" not in line:
+      name, spec = re.fullmatch(r"Requires-Dist: ([A-Za-z0-9_.-]+)\s*\(?([^)]*)\)?", line).groups()
+      found[name.lower()] = spec.replace(" ", "")
+  return found
+
+
+def client_venv(where, wheel, constraints=()):
+  """A scratch venv with the wheel's client install (and `constraints`, as `name==version`)."""
+  subprocess.run([sys.executable, "-m", "venv", where], check=True)
+  pip = [where / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+  (where / "constraints.txt").write_text("".join(f"{c}\n" for c in constraints))
+  subprocess.run([*pip, "-c", where / "constraints.txt", f"{wheel}[client]"], check=True)
+  return where / "bin"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+  return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.mark.slow  # builds a wheel
+def test_the_wheel_holds_one_package_console_scripts_and_dependency_ranges(wheel):
+  with zipfile.ZipFile(wheel) as z:
+    names = z.namelist()
+    entry_points = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+  assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"bert_ner"}
+  assert "bert-ner-grpc = bert_ner.clients.grpc_client:main" in entry_points
+  assert "bert-ner-rest = bert_ner.clients.rest_client:main" in entry_points
+  requirements = wheel_requirements(wheel)
+  assert set(requirements) == {"numpy", "tokenizers", "grpcio", "protobuf", "requests"}
+  lock = (REPO_ROOT / "requirements.lock").read_text().lower().splitlines()
+  pinned = dict(line.split("==") for line in lock if "==" in line)
+  for name, spec in requirements.items():
+    # From a floor the wheel tests (below) up to the next major of the version the repo pins.
+    floor = Version(re.search(r">=([0-9.]+)", spec).group(1))
+    ceiling = Version(re.search(r"<([0-9.]+)", spec).group(1))
+    assert floor <= Version(pinned[name]) < ceiling == Version(str(Version(pinned[name]).major + 1))
+
+
+@pytest.mark.slow  # builds a wheel, installs it twice from the package index, exports, serves
+@pytest.mark.parametrize("versions", ["newest", "floors"])
+def test_the_installed_console_scripts_tag_text_like_the_clone_s_clients(
+  versions, wheel, served, tmp_path
+):
+  floors = [
+    f"{n}=={re.search(r'>=([0-9.]+)', s).group(1)}" for n, s in wheel_requirements(wheel).items()
+  ]
+  bin_dir = client_venv(tmp_path / "venv", wheel, floors if versions == "floors" else ())
+  listed = subprocess.run(
+    [bin_dir / "python", "-m", "pip", "show", "-f", "bert-ner-serving"],
+    capture_output=True,
+    text=True,
+  ).stdout
+  files = listed.split("Files:")[1].split()
+  assert {f.split("/")[0] for f in files if not f.startswith(("..", "bert_ner_serving-"))} == {
+    "bert_ner"
+  }
+  installed = subprocess.run(
+    [bin_dir / "python", "-m", "pip", "freeze"], capture_output=True, text=True
+  )
+  assert "tensorflow" not in installed.stdout.lower()
+  if versions == "floors":
+    pins = dict(line.lower().split("==") for line in installed.stdout.splitlines() if "==" in line)
+    for floor in floors:
+      name, version = floor.split("==")
+      assert Version(pins[name]) == Version(version), (floor, pins.get(name))
+  work, grpc_address, rest_address = served
+  env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+  for command, address in (("bert-ner-grpc", grpc_address), ("bert-ner-rest", rest_address)):
+    transport = command.rsplit("-", 1)[1]
+    ours = run_script(transport, *E2E_SENTENCES, "--json", "--server", address, cwd=work)
+    theirs = subprocess.run(
+      [bin_dir / command, *E2E_SENTENCES, "--json", "--server", address],
+      cwd=tmp_path,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    assert theirs.returncode == ours.returncode == 0, theirs.stderr
+    assert theirs.stdout == ours.stdout
+    assert [json.loads(line)["text"] for line in theirs.stdout.splitlines()] == E2E_SENTENCES

@@ -4,7 +4,7 @@ per interval."""
 import errno
 import logging
 
-from server.connections import ConnectionLimit, OutOfFilesOncePerInterval
+from bert_ner.server.connections import ConnectionLimit, OutOfFilesOncePerInterval
 
 
 class FakeServer:

@@ -35,7 +35,8 @@ def tagger():
 def test_manifest_names_the_pinned_backbone_and_dev_scores():
   manifest = json.loads((DEFAULT_MODEL / "manifest.json").read_text())
   assert manifest["backbone"] == backbone.DEFAULT_BACKBONE
-  assert manifest["train_command"].startswith("python -m train")
+  # The command as it ran when the model was trained; `python -m bert_ner.train` takes its flags.
+  assert manifest["train_command"].startswith("python -m train ")
   assert manifest["dev"]["f1"] >= 90.0
   assert set(manifest["dev"]["per_type"]) == {"LOC", "MISC", "ORG", "PER"}
 
@@ -126,7 +127,7 @@ def dev_figures(manifest):
 @pytest.fixture(scope="module")
 def exported_default(tmp_path_factory):
   """models/default exported as version 1 of a fresh model base: what `make serve` serves."""
-  from export import exporter
+  from bert_ner.export import exporter
 
   base = tmp_path_factory.mktemp("default") / "bert_ner"
   exporter.export_model(str(DEFAULT_MODEL), str(base), log=lambda *_: None)
@@ -138,7 +139,7 @@ def exported_default(tmp_path_factory):
 def test_dev_scores_through_the_served_model_match_the_manifest(
   exported_default, conll_dev_path, capsys, mode
 ):
-  from evaluation import __main__ as evaluation
+  from bert_ner.evaluation import __main__ as evaluation
 
   stated = dev_figures(json.loads((DEFAULT_MODEL / "manifest.json").read_text())).get(mode)
   if stated is None:

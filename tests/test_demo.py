@@ -5,11 +5,11 @@ import re
 
 import pytest
 
+from bert_ner.clients.common import ClientError
+from bert_ner.demo import app
+from bert_ner.demo.app import MAX_TEXT_CHARS, RequestError, parse_tag_request, split_lines, tag_text
 from bert_ner.featurizer import Entity
 from bert_ner.labels import entity_types, make_label_list
-from clients.common import ClientError
-from demo import app
-from demo.app import MAX_TEXT_CHARS, RequestError, parse_tag_request, split_lines, tag_text
 
 
 def body(value):

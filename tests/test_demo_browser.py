@@ -1,6 +1,7 @@
 """The demo page in a real browser: Debian's chromium, headless, driven by selenium through the
 system chromedriver (nothing is downloaded). The shipped model is exported and served by
-`python -m server` on free loopback ports, `python -m demo` runs beside it on another one.
+`python -m bert_ner.server` on free loopback ports, `python -m bert_ner.demo` runs beside it on
+another one.
 
 Screenshots and the measured page-load and tag round-trip times go to build/demo/; with
 WRITE_DEMO_SCREENSHOT=1 (`make demo-screenshot`) the README's docs/demo.png is replaced too, so a
@@ -64,13 +65,13 @@ LOAD_TIMES_JS = """
 
 
 class DemoProcess:
-  """`python -m demo` on a free loopback port; `url` once it printed its ready line."""
+  """`python -m bert_ner.demo` on a free loopback port; `url` once it printed its ready line."""
 
   def __init__(self, log_path, *flags):
     self.log_path = log_path
     with open(log_path, "w") as out:
       self.proc = subprocess.Popen(
-        [sys.executable, "-m", "demo", "--port", "0", *flags],
+        [sys.executable, "-m", "bert_ner.demo", "--port", "0", *flags],
         cwd=REPO_ROOT,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -108,7 +109,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def start_demo(tmp_path_factory):
-  """Starts `python -m demo` with flags; every demo started stops (exit 0) at the end."""
+  """Starts `python -m bert_ner.demo` with flags; every demo started stops (exit 0) at the end."""
   logs, demos = tmp_path_factory.mktemp("demo_logs"), []
 
   def start(*flags):

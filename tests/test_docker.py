@@ -21,6 +21,7 @@ from bert_ner.paths import REPO_ROOT
 from e2e_support import free_port
 from support.docker import DOCKER, instruction
 from support.export import load_saved_model, make_checkpoint
+from support.readme import code_blocks
 
 
 def text_proto(name):
@@ -51,7 +52,7 @@ def test_dockerfile_exports_in_a_pinned_python_stage_then_serves_on_pinned_tf_se
   assert "-c requirements.lock" in runs
   assert "--no-deps --require-hashes -r requirements-nodeps.txt" in runs
   assert re.search(
-    r"python -m export --checkpoint \S+ --model_base_path /models/bert_ner "
+    r"python -m bert_ner.export --checkpoint \S+ --model_base_path /models/bert_ner "
     r"--version 1\b",
     runs,
   )
@@ -152,7 +153,7 @@ def test_dockerignore_sends_the_sources_and_checkpoint_but_no_venvs_or_exports()
     "requirements.lock",
     "requirements-nodeps.txt",
     "bert_ner/featurizer.py",
-    "export/__main__.py",
+    "bert_ner/export/__main__.py",
     "docker/models.config",
     "models/default/vocab.txt",
   ]
@@ -208,11 +209,11 @@ def test_workflow_builds_with_compose_waits_for_health_and_runs_the_docker_tests
   assert job["env"]["BERT_NER_REQUIRE_DOCKER"] == "1" and job["timeout-minutes"] <= 25
 
 
-@pytest.mark.slow  # runs python -m deploy
+@pytest.mark.slow  # runs python -m bert_ner.deploy
 def test_deploy_help_and_no_engine_errors(tmp_path):
   env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
   run = lambda *a: subprocess.run(
-    [sys.executable, "-m", "deploy", *a],
+    [sys.executable, "-m", "bert_ner.deploy", *a],
     cwd=REPO_ROOT,
     env=env,
     capture_output=True,
@@ -245,7 +246,7 @@ def test_deploy_help_and_no_engine_errors(tmp_path):
 
 
 def test_build_image_refuses_a_checkpoint_outside_the_build_context(tmp_path):
-  import deploy
+  from bert_ner import deploy
 
   with pytest.raises(deploy.DeployError, match="outside .*the Docker build context"):
     deploy.build_image(None, tmp_path)
@@ -271,7 +272,7 @@ class ArchiveContainer:
 
 
 def test_copy_served_assets_gives_the_clients_the_images_version(tmp_path):
-  import deploy
+  from bert_ner import deploy
 
   container = ArchiveContainer({"vocab.txt": b"[PAD]\n", "ner_config.json": b"{}"})
   base = deploy.copy_served_assets(container, tmp_path / "bert_ner")
@@ -283,7 +284,7 @@ def test_copy_served_assets_gives_the_clients_the_images_version(tmp_path):
 @pytest.fixture(scope="module")
 def model_base(tiny_bert_dir, tmp_path_factory):
   """A model base holding the tiny model's export as version 1."""
-  from export.exporter import export_model
+  from bert_ner.export.exporter import export_model
 
   ckpt = make_checkpoint(tiny_bert_dir, tmp_path_factory.mktemp("ckpt") / "ckpt")
   base = tmp_path_factory.mktemp("context") / "models/bert_ner"
@@ -293,7 +294,7 @@ def model_base(tiny_bert_dir, tmp_path_factory):
 
 @pytest.mark.slow  # exports a model
 def test_how_to_query_prints_a_text_request(model_base):
-  import deploy
+  from bert_ner import deploy
 
   text = deploy.how_to_query(model_base, "127.0.0.1", 8500, 8501)
   assert "clients/grpc_client.py --server 127.0.0.1:8500" in text
@@ -324,7 +325,7 @@ def assert_serves_the_export(rest_port, model_base, body):
 
 @pytest.mark.slow  # exports and starts the server
 def test_serve_without_engine_runs_the_embedded_server(model_base, tmp_path):
-  import deploy
+  from bert_ner import deploy
 
   grpc_port, rest_port = free_port(), free_port()
   env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
@@ -332,7 +333,7 @@ def test_serve_without_engine_runs_the_embedded_server(model_base, tmp_path):
     [
       sys.executable,
       "-m",
-      "deploy",
+      "bert_ner.deploy",
       "serve",
       "--model_base_path",
       str(model_base),
@@ -355,7 +356,9 @@ def test_serve_without_engine_runs_the_embedded_server(model_base, tmp_path):
       seen.append(lines.get(timeout=120))
     assert seen[0].startswith("no Docker engine answers at unix://")
     assert (
-      seen[0].rstrip().endswith("; serving with the embedded server (python -m server) instead")
+      seen[0]
+      .rstrip()
+      .endswith("; serving with the embedded server (python -m bert_ner.server) instead")
     )
     ready = next(i for i, line in enumerate(seen) if line.startswith("Serving bert_ner version 1"))
     assert f"clients/grpc_client.py --server 127.0.0.1:{grpc_port}" in "".join(seen[ready:])
@@ -377,7 +380,7 @@ def image_server(tmp_path_factory):
   """
   import docker
 
-  import deploy
+  from bert_ner import deploy
 
   try:
     client = deploy.engine(timeout=3)
@@ -417,8 +420,6 @@ def get_json(url, body=None):
 
 @pytest.mark.docker
 def test_image_answers_the_readme_example_over_both_transports(image_server):
-  from test_readme import code_blocks
-
   _, grpc_address, rest_url, base = image_server
   commands = [
     line

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bert_ner import backbone, conll
+from bert_ner.clients import common
 from bert_ner.featurizer import Entity, Featurizer
-from clients import common
 from e2e_support import LABELS
 
 VOCAB = backbone.locate_default_backbone() / "vocab.txt"

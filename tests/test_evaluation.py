@@ -1,4 +1,5 @@
-"""python -m evaluation: CoNLL layouts, same scores in-process, over gRPC and REST, errors."""
+"""python -m bert_ner.evaluation: CoNLL layouts, same scores in-process, over gRPC and REST,
+errors."""
 
 import json
 import re
@@ -9,11 +10,11 @@ import sys
 import pytest
 
 from bert_ner import conll, model_base
+from bert_ner.evaluation import __main__ as evaluation
+from bert_ner.evaluation.local import LocalModel
 from bert_ner.featurizer import Featurizer
+from bert_ner.server.process import ServerProcess
 from conll_sample import write_first_sentences
-from evaluation import __main__ as evaluation
-from evaluation.local import LocalModel
-from server.process import ServerProcess
 from support.export import make_checkpoint
 
 OVERALL = re.compile(r"^overall precision \d+\.\d\d recall \d+\.\d\d f1 \d+\.\d\d$")
@@ -46,7 +47,7 @@ def columns(text, keep):
 @pytest.fixture(scope="module")
 def base(tiny_bert_dir, tmp_path_factory):
   """A model base holding version 1 of the tiny export."""
-  from export import exporter
+  from bert_ner.export import exporter
 
   work = tmp_path_factory.mktemp("evaluation")
   exporter.export_model(
@@ -230,7 +231,7 @@ def test_assets_of_another_version_are_refused(base, server, tmp_path, capsys, t
 @pytest.mark.slow  # exports and starts the server
 def test_cli_over_grpc_does_not_import_tensorflow(base, server, sample):
   code = (
-    "import sys; from evaluation.__main__ import main; status = main(sys.argv[1:]); "
+    "import sys; from bert_ner.evaluation.__main__ import main; status = main(sys.argv[1:]); "
     "print('tensorflow' in sys.modules); sys.exit(status)"
   )
   result = subprocess.run(

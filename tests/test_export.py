@@ -35,9 +35,9 @@ def start_export_script(code, ckpt, base):
 
 
 def run_cli(*args):
-  """`python -m export ARGS` in a subprocess from the repo root."""
+  """`python -m bert_ner.export ARGS` in a subprocess from the repo root."""
   return subprocess.run(
-    [sys.executable, "-m", "export", *map(str, args)],
+    [sys.executable, "-m", "bert_ner.export", *map(str, args)],
     cwd=REPO_ROOT,
     capture_output=True,
     text=True,
@@ -46,8 +46,8 @@ def run_cli(*args):
 
 
 def export_main(capsys, *args):
-  """`export.__main__.main(ARGS)` in-process: (exit status, stdout, stderr)."""
-  from export.__main__ import main
+  """`bert_ner.export.__main__.main(ARGS)` in-process: (exit status, stdout, stderr)."""
+  from bert_ner.export.__main__ import main
 
   status = main([str(a) for a in args])
   out, err = capsys.readouterr()
@@ -72,7 +72,7 @@ def ckpt(tiny_bert_dir, tmp_path_factory):
 def exported(ckpt, tmp_path_factory):
   """A model base exported twice: version 1 by the CLI subprocess (--verbose: signatures shown),
   version 2 in-process."""
-  from export.__main__ import main
+  from bert_ner.export.__main__ import main
 
   base = tmp_path_factory.mktemp("models") / "bert_ner"
   first = run_cli("--checkpoint", ckpt, "--model_base_path", base, "--verbose")
@@ -310,9 +310,9 @@ def test_saved_model_matches_checkpoint_graph(exported, ckpt):
   import tensorflow.compat.v1 as tf
 
   from bert_ner import checkpoint
+  from bert_ner.export.exporter import SAMPLES
   from bert_ner.featurizer import Featurizer
   from bert_ner.head import build_inference_graph
-  from export.exporter import SAMPLES
 
   base, _ = exported
   featurizer = Featurizer.from_dir(str(ckpt))
@@ -337,7 +337,7 @@ def test_saved_model_matches_checkpoint_graph(exported, ckpt):
 def test_mismatch_is_refused(ckpt, tmp_path, capsys, monkeypatch):
   import tensorflow as tf
 
-  from export import exporter
+  from bert_ner.export import exporter
 
   class CorruptingBuilder(tf.compat.v1.saved_model.Builder):
     """Saves a model whose logits favour one label everywhere: predictions must change."""
@@ -363,7 +363,7 @@ def test_crash_mid_export_leaves_no_partial_version(ckpt, tmp_path, capsys):
   before = listing(base)
   # The export dies (SIGKILL, no cleanup possible) right before publishing its complete version.
   crash = (
-    "import os, signal, sys; from export import layout, __main__ as cli; "
+    "import os, signal, sys; from bert_ner.export import layout, __main__ as cli; "
     "layout.publish = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
     "sys.exit(cli.main(sys.argv[1:]))"
   )
@@ -390,7 +390,7 @@ def test_crash_mid_export_leaves_no_partial_version(ckpt, tmp_path, capsys):
 KILL_WHILE_PUBLISHING = """
 import os, signal, sys
 from bert_ner import model_base
-from export import layout, __main__ as cli
+from bert_ner.export import layout, __main__ as cli
 
 publishing, inside = [], []
 
@@ -422,7 +422,8 @@ def test_a_version_appears_whole_or_not_at_all(ckpt, tmp_path, capsys):
   base = tmp_path / "bert_ner"
   assert export_main(capsys, "--checkpoint", ckpt, "--model_base_path", base)[0] == 0
   sizes = lambda version: {k: v[0] for k, v in listing(base / str(version)).items()}
-  # The server's version discovery (server/manager.py lists the base with it), newest first.
+  # The server's version discovery (bert_ner/server/manager.py lists the base with it), newest
+  # first.
   discover = lambda: sorted(model_base.version_names(os.listdir(base)), reverse=True)
   proc = start_export_script(KILL_WHILE_PUBLISHING, ckpt, base)
   seen = []

@@ -1,4 +1,5 @@
-"""The export guard (export/guard.py): a version that would be served must not score far below
+"""The export guard (bert_ner/export/guard.py): a version that would be served must not score far
+below
 the served one. Unit tests on fake model bases, then the CLI refusing and forcing a real export."""
 
 import json
@@ -7,8 +8,8 @@ import pytest
 
 import e2e_support
 from bert_ner import model_base
-from export import guard
-from export.errors import ExportError, ExportRefused
+from bert_ner.export import guard
+from bert_ner.export.errors import ExportError, ExportRefused
 
 SERVED_F1, BAD_F1 = 92.02, 44.1
 

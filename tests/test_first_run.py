@@ -144,7 +144,7 @@ def test_server_reports_a_busy_port_before_loading(clone, busy_port):
     [
       sys.executable,
       "-m",
-      "server",
+      "bert_ner.server",
       "--model_base_path",
       "models/default",
       "--port",
@@ -209,7 +209,7 @@ def test_make_serve_on_a_fresh_clone_is_short_quiet_and_right(clone):
   ), output
   assert seen[1] == (
     f"no Docker engine answers at unix://{clone}/no-docker.sock (No such file "
-    f"or directory); serving with the embedded server (python -m server) instead"
+    f"or directory); serving with the embedded server (python -m bert_ner.server) instead"
   )
   ready = seen.index(
     f"Serving bert_ner version 1: gRPC 127.0.0.1:{grpc_port} REST http://127.0.0.1:{rest_port}"

@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from server import config as server_config
-from server import manager as manager_module
-from server.manager import ModelManager, State
+from bert_ner.server import config as server_config
+from bert_ner.server import manager as manager_module
+from bert_ner.server.manager import ModelManager, State
 
 
 class FakeServable:

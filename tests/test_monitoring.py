@@ -17,8 +17,8 @@ import yaml
 
 import server_fixtures
 from bert_ner.paths import REPO_ROOT
+from bert_ner.server.process import ServerProcess
 from e2e_support import free_port
-from server.process import ServerProcess
 
 MONITORING = REPO_ROOT / "monitoring"
 RULES = MONITORING / "rules.yml"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from bert_ner import atomic, labels, model_checks
+from bert_ner.clients import common, rest_client
+from bert_ner.demo import app as demo_app
 from bert_ner.featurizer import Featurizer, Window
-from clients import common, rest_client
-from demo import app as demo_app
 from support.clients import SENTENCE, VOCAB, FakeServing, ServiceUnavailable, write_assets
 
 # ---------------------------------------------------------------- atomic writes
@@ -120,7 +120,7 @@ def test_the_decayed_train_op_advances_the_global_step():
   """Bug: the global step never advances (the learning rate never decays)."""
   import tensorflow.compat.v1 as tf
 
-  from train import graphs
+  from bert_ner.train import graphs
 
   config = types.SimpleNamespace(batch_size=4, epochs=2, learning_rate=0.1)
   with tf.Graph().as_default(), tf.Session() as sess:
@@ -135,7 +135,7 @@ def test_the_decayed_train_op_advances_the_global_step():
 
 def test_the_best_epoch_records_the_step_it_ended_at(monkeypatch):
   """Bug: the epoch loop's step counter never advances (every checkpoint is model.ckpt-0)."""
-  from train import loop
+  from bert_ner.train import loop
 
   dev_f1 = iter([0.5, 0.7])  # the second epoch is the better one
 
@@ -159,7 +159,7 @@ def test_the_best_epoch_records_the_step_it_ended_at(monkeypatch):
 
 def test_bench_ratios_put_the_named_side_on_top():
   """Bug: a ratio computed upside down (0.8 of in-process throughput reported as 1.25)."""
-  from bench import report
+  from bert_ner.bench import report
 
   rate = types.SimpleNamespace
   results = {
@@ -190,7 +190,7 @@ def test_bench_ratios_put_the_named_side_on_top():
 
 def test_bench_padding_is_padded_over_real_positions():
   """Bug: padding computed as real / padded (below 1 for any padded batch)."""
-  from bench.__main__ import padding
+  from bert_ner.bench.__main__ import padding
 
   assert padding([2, 4], merged=2, batch_size=2)["sorted"] == pytest.approx(8 / 6)
 

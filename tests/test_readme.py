@@ -1,4 +1,5 @@
-"""README's query examples run as written against the shipped model served by `python -m server`."""
+"""README's query examples run as written against the shipped model served by `python -m
+bert_ner.server`."""
 
 import json
 import re
@@ -11,15 +12,9 @@ import pytest
 
 from bert_ner.paths import REPO_ROOT
 from e2e_support import served_shipped_model
+from support.readme import code_blocks
 
 pytestmark = pytest.mark.slow  # exports the shipped model (MiniLM) and starts the server
-
-README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-
-
-def code_blocks(language):
-  """Bodies of the README's fenced code blocks of one language, in order."""
-  return re.findall(rf"```{language}\n(.*?)```", README, re.S)
 
 
 @pytest.fixture(scope="module")

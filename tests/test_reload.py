@@ -10,9 +10,9 @@ import time
 import pytest
 
 from bert_ner import model_base
-from clients import common, grpc_client, rest_client
+from bert_ner.clients import common, grpc_client, rest_client
+from bert_ner.server.process import ServerProcess
 from e2e_support import make_checkpoint, run_export
-from server.process import ServerProcess
 
 CLASSES = {"grpc": grpc_client.GrpcNerClient, "rest": rest_client.RestNerClient}
 SENTENCE = "EU rejects German call"
@@ -21,7 +21,7 @@ AFTER_SWITCH = 40  # requests of each kind once every new client has the new ver
 
 
 def export(checkpoint, base, version):
-  """`python -m export` of checkpoint as `version` of base; returns the fingerprint."""
+  """`python -m bert_ner.export` of checkpoint as `version` of base; returns the fingerprint."""
   done = run_export(checkpoint, base, "--version", version)
   assert done.returncode == 0, done.stderr[-2000:]
   return common.read_fingerprint(model_base.assets(base / str(version)))

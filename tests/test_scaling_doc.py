@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench import peers, report
+from bert_ner.bench import peers, report
 from conftest import REPO_ROOT
 
 RESULTS_JSON = REPO_ROOT / "bench" / "results.json"
@@ -87,8 +87,8 @@ def test_missing_peer_python_skips_both_peers_with_the_reason(tmp_path):
 
 
 def test_only_a_run_into_bench_rewrites_scaling_doc(tmp_path):
-  from bench.__main__ import SCALING_DOC as DEFAULT_DOC
-  from bench.__main__ import parse_args
+  from bert_ner.bench.__main__ import SCALING_DOC as DEFAULT_DOC
+  from bert_ner.bench.__main__ import parse_args
 
   assert parse_args([]).scaling_doc == DEFAULT_DOC
   assert parse_args(["--out", str(tmp_path)]).scaling_doc is None
@@ -96,7 +96,7 @@ def test_only_a_run_into_bench_rewrites_scaling_doc(tmp_path):
 
 
 def test_sentences_below_one_is_refused(capsys):
-  from bench.__main__ import parse_args
+  from bert_ner.bench.__main__ import parse_args
 
   with pytest.raises(SystemExit):
     parse_args(["--sentences", "0"])

@@ -1,4 +1,5 @@
-"""python -m server against TF Serving's REST and gRPC contracts, on a tiny fixture SavedModel."""
+"""python -m bert_ner.server against TF Serving's REST and gRPC contracts, on a tiny fixture
+SavedModel."""
 
 import concurrent.futures
 import re
@@ -19,8 +20,8 @@ from tensorflow_serving.apis import (
   prediction_service_pb2_grpc,
 )
 
-from server.batching import BatchingOptions, read_batching_parameters
-from server.process import ServerProcess
+from bert_ner.server.batching import BatchingOptions, read_batching_parameters
+from bert_ner.server.process import ServerProcess
 from server_fixtures import MODEL, POISON, POSITIONS, REPO, build_model, expected
 
 MAX_REQUEST_BYTES = 1 << 20
@@ -457,7 +458,7 @@ def _wait(condition, what, timeout=30):
 
 
 def test_length_groups_bound_padding_and_keep_every_request():
-  from server.stacking import PADDING_BUDGET, length_groups
+  from bert_ner.server.stacking import PADDING_BUDGET, length_groups
 
   lengths = [5, 40, 7, 41, 6, 12, 39, 5, 13, 90]
   requests = [{"input_ids": np.ones((1, n), np.int32)} for n in lengths]

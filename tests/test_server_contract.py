@@ -10,11 +10,11 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 
 from bert_ner import model_base
-from server import config
-from server.__main__ import parse_flags
-from server.errors import ServingError
-from server.rest import _gunzip, _signature_name, parse_json, parse_route
-from server.tensors import from_json, from_proto
+from bert_ner.server import config
+from bert_ner.server.__main__ import parse_flags
+from bert_ner.server.errors import ServingError
+from bert_ner.server.rest import _gunzip, _signature_name, parse_json, parse_route
+from bert_ner.server.tensors import from_json, from_proto
 
 
 def _error(call, *args):
@@ -318,7 +318,7 @@ def test_out_of_range_flags_are_one_line_errors(argv, message, capsys):
   with pytest.raises(SystemExit) as exit_info:
     parse_flags(argv.split())
   assert exit_info.value.code == 2
-  assert capsys.readouterr().err == f"python -m server: error: {message}\n"
+  assert capsys.readouterr().err == f"python -m bert_ner.server: error: {message}\n"
 
 
 def test_unset_batching_flags_and_zero_waits_are_accepted():

@@ -14,13 +14,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2
 
-from server import config as server_config
-from server import grpc_service, rest, stacking
-from server.batching import Batcher, BatchingOptions
-from server.errors import ServingError
-from server.manager import ModelManager
-from server.metrics import Histogram, Metrics
-from server.tensors import from_proto
+from bert_ner.server import config as server_config
+from bert_ner.server import grpc_service, rest, stacking
+from bert_ner.server.batching import Batcher, BatchingOptions
+from bert_ner.server.errors import ServingError
+from bert_ner.server.manager import ModelManager
+from bert_ner.server.metrics import Histogram, Metrics
+from bert_ner.server.tensors import from_proto
 from support.batching import FakeModel, FakeSignature, rows, run_batcher
 
 # ---------------------------------------------------------------- version selection

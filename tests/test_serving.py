@@ -1,5 +1,5 @@
-"""`server.serving.serve(options)` run in this process: real gRPC and REST answers from a small
-export on free loopback ports, a clean stop, and bad options or paths raised, never exited."""
+"""`bert_ner.server.serving.serve(options)` run in this process: real gRPC and REST answers from a
+small export on free loopback ports, a clean stop, and bad options or paths raised, never exited."""
 
 import asyncio
 import dataclasses
@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from server.options import Options, OptionsError, StartError
-from server.serving import Ready, serve
+from bert_ner.server.options import Options, OptionsError, StartError
+from bert_ner.server.serving import Ready, serve
 from server_fixtures import MODEL, build_model, expected
 
 IDS, MASK = [5, 9, 12], [1, 1, 0]

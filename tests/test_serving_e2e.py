@@ -1,5 +1,5 @@
 """Exporter + embedded server end to end: one request over REST and gRPC, and a new version
-exported by `python -m export` while requests keep coming."""
+exported by `python -m bert_ner.export` while requests keep coming."""
 
 import subprocess
 import sys
@@ -13,8 +13,8 @@ import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from bert_ner.paths import REPO_ROOT
+from bert_ner.server.process import ServerProcess
 from e2e_support import make_checkpoint
-from server.process import ServerProcess
 
 pytestmark = pytest.mark.slow  # exports and starts the server
 
@@ -23,12 +23,12 @@ LOAD_SECONDS = 60  # upper bound on the request loop
 
 
 def export(checkpoint_dir, base):
-  """`python -m export` as a user runs it; returns the completed process."""
+  """`python -m bert_ner.export` as a user runs it; returns the completed process."""
   return subprocess.run(
     [
       sys.executable,
       "-m",
-      "export",
+      "bert_ner.export",
       "--checkpoint",
       str(checkpoint_dir),
       "--model_base_path",

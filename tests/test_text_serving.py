@@ -1,4 +1,5 @@
-"""The text signature served by `python -m server`: raw text over REST and gRPC, the clients'
+"""The text signature served by `python -m bert_ner.server`: raw text over REST and gRPC, the
+clients'
 text mode against their ids mode, the length limit, and concurrent requests merged by batching."""
 
 import base64
@@ -11,10 +12,10 @@ import pytest
 import requests
 
 from bert_ner import conll
+from bert_ner.clients.common import ClientError
+from bert_ner.clients.grpc_client import GrpcNerClient
+from bert_ner.clients.rest_client import RestNerClient
 from bert_ner.paths import REPO_ROOT
-from clients.common import ClientError
-from clients.grpc_client import GrpcNerClient
-from clients.rest_client import RestNerClient
 from e2e_support import served_shipped_model
 
 pytestmark = pytest.mark.slow  # exports the shipped model (MiniLM) and starts the server

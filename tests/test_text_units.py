@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bert_ner import metrics, text_tables
+from bert_ner.clients.common import above, per_line
 from bert_ner.featurizer import Entity, Word, entities, text_entities
-from clients.common import above, per_line
 
 
 def test_range_table_runs_and_lookup():

@@ -112,7 +112,7 @@ def test_tf_serving_218_schemas_accept_the_image_configs(tf218):
   assert report["models.config"]["fields"] == ["model_config_list"]
   for name in ("batching_parameters.txt", "monitoring_config.txt"):
     assert (
-      "declared in server/tfs_config.proto (tensorflow-serving-api 2.18.0 lacks"
+      "declared in bert_ner/server/tfs_config.proto (tensorflow-serving-api 2.18.0 lacks"
       in report[name]["schema"]
     )
   assert "max_batch_size" in report["batching_parameters.txt"]["fields"]

@@ -61,8 +61,9 @@ def tfs_split(outputs, tasks):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-  """The shipped model exported by `python -m export`'s exporter: (version dir, featurizer)."""
-  from export import exporter
+  """The shipped model exported by `python -m bert_ner.export`'s exporter: (version dir,
+  featurizer)."""
+  from bert_ner.export import exporter
 
   version = exporter.export_model(
     str(DEFAULT_MODEL), str(tmp_path_factory.mktemp("base")), log=lambda message: None
@@ -172,9 +173,9 @@ def servable(exported):
 
   import tensorflow as tf
 
-  from server.batching import DEFAULT_PARAMETERS_FILE, read_batching_parameters
-  from server.metrics import Metrics
-  from server.servable import Servable
+  from bert_ner.server.batching import DEFAULT_PARAMETERS_FILE, read_batching_parameters
+  from bert_ner.server.metrics import Metrics
+  from bert_ner.server.servable import Servable
 
   options = dataclasses.replace(
     read_batching_parameters(DEFAULT_PARAMETERS_FILE),
@@ -198,7 +199,7 @@ def servable(exported):
 def test_embedded_length_groups_return_the_bytes_of_one_merged_run(
   servable, session_run, dev_requests
 ):
-  from server.stacking import length_groups
+  from bert_ner.server.stacking import length_groups
 
   signature = servable.signature("result")
   grouped = 0

@@ -1,4 +1,5 @@
-"""server/tfs_config.proto declares TF Serving 2.18.0's BatchingParameters and MonitoringConfig.
+"""bert_ner/server/tfs_config.proto declares TF Serving 2.18.0's BatchingParameters and
+MonitoringConfig.
 
 TF_SERVING_2_18 holds those messages' fields as TF Serving 2.18.0 declares them, read once from its
 session_bundle_config.proto and monitoring_config.proto at tag 2.18.0. The embedded server's
@@ -10,7 +11,7 @@ pass here that the image refuses at start-up.
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from server import tfs_config_pb2
+from bert_ner.server import tfs_config_pb2
 
 TF_SERVING_2_18 = {
   "BatchingParameters": [

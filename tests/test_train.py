@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from bert_ner.metrics import format_scores, seqeval_scores
+from bert_ner.train import features, loop, trainer
+from bert_ner.train.__main__ import main, parse_args
 from support.train import train_config
-from train import features, loop, trainer
-from train.__main__ import main, parse_args
 
 pytestmark = pytest.mark.slow  # trains a model
 
@@ -148,7 +148,7 @@ def test_seqeval_scores_match_conlleval_counts():
 
 def test_cli_help_and_bad_input(tmp_path, capsys):
   help_run = subprocess.run(
-    [sys.executable, "-m", "train", "--help"], capture_output=True, text=True, timeout=60
+    [sys.executable, "-m", "bert_ner.train", "--help"], capture_output=True, text=True, timeout=60
   )
   assert help_run.returncode == 0 and "--fine_tune" in help_run.stdout
   with pytest.raises(SystemExit):

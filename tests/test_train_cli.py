@@ -1,12 +1,12 @@
-"""`python -m train` flags: one per TrainConfig field, with its type, default and help."""
+"""`python -m bert_ner.train` flags: one per TrainConfig field, with its type, default and help."""
 
 import dataclasses
 
 import pytest
 
-from train import config as train_config
-from train import trainer
-from train.__main__ import parse_args
+from bert_ner.train import config as train_config
+from bert_ner.train import trainer
+from bert_ner.train.__main__ import parse_args
 
 # A value other than the default for every field that takes one, as typed on the command line.
 VALUES = {
@@ -175,12 +175,12 @@ def test_the_help_says_how_to_pass_negative_feature_layers(capsys, monkeypatch):
 
 @pytest.mark.parametrize("f1,warned", [(0.0, True), (4.99, True), (5.0, False), (92.0, False)])
 def test_a_near_zero_dev_f1_is_reported_loudly(capsys, monkeypatch, f1, warned):
-  from train.__main__ import main
+  from bert_ner.train.__main__ import main
 
   report = {"best_epoch": 1, "train_seconds": 1.0, "dev": {"f1": f1}}
   monkeypatch.setattr(trainer, "run", lambda config, command: report)
-  monkeypatch.setattr("train.__main__.format_scores", lambda scores: "scores")
-  monkeypatch.setattr("train.__main__.logging.basicConfig", lambda **kwargs: None)
+  monkeypatch.setattr("bert_ner.train.__main__.format_scores", lambda scores: "scores")
+  monkeypatch.setattr("bert_ner.train.__main__.logging.basicConfig", lambda **kwargs: None)
   assert main(["--out", "m"]) == 0
   err = capsys.readouterr().err
   assert (

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bert_ner import backbone, checkpoint, head, labels, modeling
-from train import features, graphs, trainer
-from train.config import TrainConfig
+from bert_ner.train import features, graphs, trainer
+from bert_ner.train.config import TrainConfig
 
 pytestmark = pytest.mark.slow  # builds and runs a BERT graph per case (about 30 s in all)
 

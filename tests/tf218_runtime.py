@@ -12,8 +12,8 @@
         parses models.config, batching_parameters.txt and monitoring_config.txt strictly (no
         unknown field) and prints, as JSON, which schema parsed which file
 
-Only TensorFlow, numpy, protobuf and server/tfs_config_pb2.py (protobuf only) are imported: nothing
-else of the project, whose dependencies this venv does not have.
+Only TensorFlow, numpy, protobuf and bert_ner/server/tfs_config_pb2.py (protobuf only) are
+imported: nothing else of the project, whose dependencies this venv does not have.
 """
 
 import json
@@ -25,10 +25,11 @@ from google.protobuf import text_format
 
 # tensorflow-serving-api 2.18 carries ModelServerConfig but neither BatchingParameters
 # (session_bundle_config.proto) nor MonitoringConfig (monitoring_config.proto): those come from
-# server/tfs_config.proto, whose fields are TF Serving 2.18.0's (tests/test_tfs_config_proto.py).
+# bert_ner/server/tfs_config.proto, whose fields are TF Serving 2.18.0's
+# (tests/test_tfs_config_proto.py).
 # Its generated module needs protobuf only, and regen.sh writes gencode this venv's protobuf loads.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from server import tfs_config_pb2  # noqa: E402
+from bert_ner.server import tfs_config_pb2  # noqa: E402
 
 
 def packaged_schema(module, message):
@@ -61,7 +62,7 @@ def configs(docker_dir):
     source = f"{package} {module}.{message}"
     if schema is None:
       schema = getattr(tfs_config_pb2, message)
-      source = f"{message} declared in server/tfs_config.proto ({package} lacks {module})"
+      source = f"{message} declared in bert_ner/server/tfs_config.proto ({package} lacks {module})"
     with open(f"{docker_dir}/{name}", encoding="utf-8") as f:
       parsed = text_format.Parse(f.read(), schema())
     report[name] = {

@@ -1,7 +1,7 @@
 """Reliability of the served model end to end: bad inputs, load, faults and security.
 
-A tiny random export served by `python -m server` on free loopback ports (127.0.0.1 only) gets
-a corpus of bad requests on REST and gRPC, bad texts through both client classes, 5,000
+A tiny random export served by `python -m bert_ner.server` on free loopback ports (127.0.0.1 only)
+gets a corpus of bad requests on REST and gRPC, bad texts through both client classes, 5,000
 concurrent requests, SIGKILLs of the server and of an export, a corrupt version directory and
 static security checks, one module per section (test_rel_*.py). Every case records what it
 expected and what it observed; when the session ends the collector writes build/RELIABILITY.md,
@@ -16,11 +16,11 @@ import time
 import pytest
 
 from bert_ner import model_base
+from bert_ner.clients import grpc_client, rest_client
 from bert_ner.paths import REPO_ROOT
-from clients import grpc_client, rest_client
+from bert_ner.server.process import ServerProcess
 from e2e_support import free_port, make_checkpoint
 from rel_support import CLIENT_TIMEOUT_S, MODEL, POSITIONS, SENTENCES, VOCAB_SIZE
-from server.process import ServerProcess
 
 DOC = REPO_ROOT / "docs" / "RELIABILITY.md"
 PARTIAL_DOC = REPO_ROOT / "build" / "RELIABILITY.md"  # build/ is not tracked
@@ -79,8 +79,8 @@ class Report:
       "`.venv/bin/python -m pytest -q tests/reliability`) from what the run observed; "
       "do not edit by hand. A tiny random BERT-NER export (2 layers, hidden 32, vocabulary "
       f"{VOCAB_SIZE}, {POSITIONS} positions, max_seq_length 32) is served by "
-      "`python -m server` with its default flags on free 127.0.0.1 ports; nothing is sent to "
-      "any other address.",
+      "`python -m bert_ner.server` with its default flags on free 127.0.0.1 ports; nothing is "
+      "sent to any other address.",
       "",
       "## Counts",
       "",
@@ -162,7 +162,7 @@ class Deployment:
     return [
       sys.executable,
       "-m",
-      "export",
+      "bert_ner.export",
       "--checkpoint",
       str(self.ckpt),
       "--model_base_path",
@@ -177,8 +177,9 @@ class Deployment:
 
 @pytest.fixture(scope="session")
 def env(tiny_bert_dir, tmp_path_factory, report):
-  """Version 1 exported in-process, served by `python -m server` (defaults, fixed free ports)."""
-  from export import exporter
+  """Version 1 exported in-process, served by `python -m bert_ner.server` (defaults, fixed free
+  ports)."""
+  from bert_ner.export import exporter
 
   work = tmp_path_factory.mktemp("reliability")
   ckpt = make_checkpoint(tiny_bert_dir, work / "ckpt")

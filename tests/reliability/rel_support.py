@@ -13,8 +13,8 @@ import grpc
 import numpy as np
 import requests
 
-from clients import grpc_client
-from clients.tfs_protos import tfs_lite_pb2 as lite
+from bert_ner.clients import grpc_client
+from bert_ner.clients.tfs_protos import tfs_lite_pb2 as lite
 
 MODEL = "bert_ner"
 VOCAB_SIZE, POSITIONS = 30522, 64  # conftest.TINY_BERT_CONFIG
@@ -188,7 +188,7 @@ def polling_server(env, work, poll_s):
   seconds (started); returns (model base, ServerProcess)."""
   import shutil
 
-  from server.process import ServerProcess
+  from bert_ner.server.process import ServerProcess
 
   base = work / "models"
   shutil.copytree(env.base / "1", base / "1")

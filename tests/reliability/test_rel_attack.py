@@ -244,7 +244,7 @@ def test_rest_client_on_a_deeply_nested_answer_is_one_line(env, report):
       [
         sys.executable,
         "-m",
-        "clients.rest_client",
+        "bert_ner.clients.rest_client",
         "--assets",
         str(env.assets),
         "--server",

@@ -12,9 +12,9 @@ import grpc
 import psutil
 import pytest
 
+from bert_ner.server.connections import DEFAULT_MAX_CONNECTIONS
+from bert_ner.server.process import ServerProcess
 from rel_support import PREDICT_RPC, excerpt, good
-from server.connections import DEFAULT_MAX_CONNECTIONS
-from server.process import ServerProcess
 
 HOLDER = Path(__file__).with_name("idle_clients.py")
 # Two processes of 10,000 each: the test's own descriptor limit stays out of it.

@@ -23,8 +23,9 @@ from tensorflow_serving.apis import (
   regression_pb2,
 )
 
+from bert_ner.clients.tfs_protos import tfs_lite_pb2 as lite
 from bert_ner.paths import REPO_ROOT
-from clients.tfs_protos import tfs_lite_pb2 as lite
+from bert_ner.server.process import ServerProcess
 from rel_support import (
   GOOD_IDS,
   MODEL,
@@ -38,7 +39,6 @@ from rel_support import (
   rest_send,
   tensor,
 )
-from server.process import ServerProcess
 
 MONITORING = REPO_ROOT / "docker" / "monitoring_config.txt"
 METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -595,7 +595,7 @@ def test_model_config_file_two_models_labels_and_polling(env, report, tmp_path):
     [
       sys.executable,
       "-m",
-      "server",
+      "bert_ner.server",
       "--port",
       "0",
       "--rest_api_port",
@@ -686,7 +686,7 @@ def test_bad_flags_are_one_line_errors(env, report, tmp_path):
   for name, flags in _flag_cases(tmp_path):
     started = time.monotonic()
     result = subprocess.run(
-      [sys.executable, "-m", "server", "--model_base_path", str(env.base), *flags],
+      [sys.executable, "-m", "bert_ner.server", "--model_base_path", str(env.base), *flags],
       cwd=REPO_ROOT,
       capture_output=True,
       text=True,
@@ -707,7 +707,7 @@ def test_bad_flags_are_one_line_errors(env, report, tmp_path):
     )
     report.add(
       "faults",
-      f"python -m server {name}",
+      f"python -m bert_ner.server {name}",
       "server",
       "one clear line on stderr, non-zero exit, no traceback",
       f"exit {result.returncode} in {seconds:.1f} s: "

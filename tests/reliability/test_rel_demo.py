@@ -1,6 +1,7 @@
 """The demo page's API under abandoned requests, a flood, and cross-site or rebound requests.
 
-The page runs in-process (its own event loop in a thread, as `python -m demo` serves it) over a
+The page runs in-process (its own event loop in a thread, as `python -m bert_ner.demo` serves it)
+over a
 fake client whose tagging takes a fixed time, so queueing shows in seconds, not in model noise.
 """
 
@@ -14,7 +15,7 @@ from concurrent import futures
 
 import requests
 
-from demo import app as demo_app
+from bert_ner.demo import app as demo_app
 from e2e_support import free_port
 from rel_support import excerpt
 

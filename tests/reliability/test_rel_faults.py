@@ -10,8 +10,8 @@ from concurrent import futures
 
 import requests
 
+from bert_ner.clients import common
 from bert_ner.paths import REPO_ROOT
-from clients import common
 from rel_support import (
   CLIENT_TIMEOUT_S,
   EXPORT_TIMEOUT_S,

@@ -98,7 +98,7 @@ def good_dir(tiny_bert_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("case,edit,message", CASES, ids=[c[0] for c in CASES])
 def test_hostile_checkpoint_dir_is_refused(case, edit, message, good_dir, tmp_path, capsys, report):
-  from export.__main__ import main
+  from bert_ner.export.__main__ import main
 
   ckpt = tmp_path / "ckpt"
   shutil.copytree(good_dir, ckpt)
@@ -124,7 +124,7 @@ def test_hostile_checkpoint_dir_is_refused(case, edit, message, good_dir, tmp_pa
   report.add(
     "bad files",
     f"export of a checkpoint dir with {case}",
-    "python -m export",
+    "python -m bert_ner.export",
     f"exit 2, one 'error:' line naming the problem, nothing exported, < {REFUSAL_LIMIT_S:.0f} s",
     f"exit {status} in {seconds:.2f} s, RSS +{grown_mb:.0f} MB: "
     + excerpt(err.replace(f"cannot export {ckpt}: ", "").replace(str(ckpt), "<dir>"), 150),
@@ -159,7 +159,7 @@ TRAIN_CASES = [
 def test_bad_training_data_is_refused(
   case, flag, make, message, tiny_bert_dir, tmp_path, capsys, report
 ):
-  from train.__main__ import main
+  from bert_ner.train.__main__ import main
 
   files = {"train": tmp_path / "train.txt", "dev": tmp_path / "dev.txt"}
   for path in files.values():
@@ -181,8 +181,8 @@ def test_bad_training_data_is_refused(
   )
   report.add(
     "bad files",
-    f"python -m train {case}",
-    "python -m train",
+    f"python -m bert_ner.train {case}",
+    "python -m bert_ner.train",
     "exit 2, one 'error:' line naming the file, nothing trained",
     f"exit {status} in {seconds:.1f} s: "
     + excerpt(" | ".join(lines).replace(str(tmp_path), "<tmp>"), 150),

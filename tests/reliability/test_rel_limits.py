@@ -13,8 +13,9 @@ import psutil
 import pytest
 import requests
 
+from bert_ner.clients.tfs_protos import tfs_lite_pb2 as lite
 from bert_ner.paths import REPO_ROOT
-from clients.tfs_protos import tfs_lite_pb2 as lite
+from bert_ner.server.process import ServerProcess
 from rel_support import (
   CLS,
   GOOD_IDS,
@@ -31,7 +32,6 @@ from rel_support import (
   rest_send,
   tensor,
 )
-from server.process import ServerProcess
 
 MAX_BATCH_SIZE = 64  # docker/batching_parameters.txt, the server's default
 ATTACK_RSS_LIMIT_MB = 300  # server RSS after the attack cases vs before
@@ -212,7 +212,7 @@ def test_size_and_mask_attacks(
 @pytest.fixture(scope="module")
 def shipped_server(tmp_path_factory):
   """The shipped model exported and served with --rest_api_timeout_in_ms 1000."""
-  from export import exporter
+  from bert_ner.export import exporter
 
   work = tmp_path_factory.mktemp("flood")
   exporter.export_model(str(SHIPPED), str(work / "models"), log=lambda message: None)

@@ -1,5 +1,5 @@
-"""Three replicas of `python -m server` on 127.0.0.1 behind one client: gRPC round robin spreads
-the requests (each replica's Prometheus request counter), REST fails over, and a replica
+"""Three replicas of `python -m bert_ner.server` on 127.0.0.1 behind one client: gRPC round robin
+spreads the requests (each replica's Prometheus request counter), REST fails over, and a replica
 SIGKILLed mid-run costs no request on either transport."""
 
 import re
@@ -11,11 +11,11 @@ import pytest
 import requests
 
 from bert_ner import model_base
+from bert_ner.clients import grpc_client, rest_client
 from bert_ner.paths import REPO_ROOT
-from clients import grpc_client, rest_client
+from bert_ner.server.process import ServerProcess
 from e2e_support import free_port, make_checkpoint
 from rel_support import HTTP_TIMEOUT_S, MODEL, SENTENCES
-from server.process import ServerProcess
 
 REPLICAS = 3
 REQUESTS = 3000
@@ -30,7 +30,7 @@ REQUEST_COUNT = re.compile(r"^:tensorflow:serving:request_count\{[^}]*\} (\d+)$"
 @pytest.fixture(scope="module")
 def replicas(tiny_bert_dir, tmp_path_factory):
   """Three servers of one tiny export on free loopback ports, started side by side."""
-  from export import exporter
+  from bert_ner.export import exporter
 
   work = tmp_path_factory.mktemp("replicas")
   base = work / "models" / MODEL

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from clients.tfs_protos import tfs_lite_pb2 as lite
+from bert_ner.clients.tfs_protos import tfs_lite_pb2 as lite
 from rel_support import (
   CASE_TIME_LIMIT_S,
   CLS,

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from bert_ner.paths import REPO_ROOT
+from bert_ner.server.process import ServerProcess
 from rel_support import (
   OVERSIZE_BYTES,
   excerpt,
@@ -20,7 +21,6 @@ from rel_support import (
   oversize_rest,
   rest_send,
 )
-from server.process import ServerProcess
 
 
 def listening(pid):
@@ -107,7 +107,7 @@ class _Payload:
 
 def test_malicious_label_pickle_is_refused(env, report, tmp_path):
   from bert_ner import labels
-  from export import exporter
+  from bert_ner.export import exporter
 
   macanv = tmp_path / "macanv"
   shutil.copytree(env.ckpt, macanv)
@@ -266,7 +266,9 @@ def test_unpickling_check_knows_every_spelling():
 
 def test_server_and_clients_never_unpickle(report):
   paths = [
-    path for folder in ("server", "clients") for path in sorted((REPO_ROOT / folder).rglob("*.py"))
+    path
+    for folder in ("bert_ner/server", "bert_ner/clients")
+    for path in sorted((REPO_ROOT / folder).rglob("*.py"))
   ]
   hits = [
     f"{path.relative_to(REPO_ROOT)}:{line}: {what}"

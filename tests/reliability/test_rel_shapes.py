@@ -10,7 +10,8 @@ import psutil
 import pytest
 import requests
 
-from clients.tfs_protos import tfs_lite_pb2 as lite
+from bert_ner.clients.tfs_protos import tfs_lite_pb2 as lite
+from bert_ner.server.process import ServerProcess
 from rel_support import (
   HTTP_TIMEOUT_S,
   POSITIONS,
@@ -21,12 +22,11 @@ from rel_support import (
   grpc_request,
   tensor,
 )
-from server.process import ServerProcess
 
 RSS_PEAK_LIMIT_MB = 300  # over the idle server, while the attack runs
 RSS_RETURN_S = 60  # the kept RSS must be back within the limit this soon
 RSS_SAMPLE_S = 0.02
-WIDE = 8 << 20  # the most elements one tensor may declare (server/tensors.py MAX_ELEMENTS)
+WIDE = 8 << 20  # the most elements one tensor may declare (bert_ner/server/tensors.py MAX_ELEMENTS)
 WIDE_CALLS = 8
 EMPTY_ROWS_BYTES = 8 << 20  # the default --max_request_bytes
 REST_FLOODERS, FLOOD_S = 4, 10.0

@@ -7,8 +7,8 @@ from concurrent import futures
 
 import numpy as np
 
-from server.batching import Batcher
-from server.metrics import Metrics
+from bert_ner.server.batching import Batcher
+from bert_ner.server.metrics import Metrics
 
 
 @dataclasses.dataclass

@@ -15,9 +15,9 @@ from concurrent import futures
 import grpc
 import numpy as np
 
+from bert_ner.clients import grpc_client
+from bert_ner.clients.tfs_protos import tfs_lite_pb2 as lite
 from bert_ner.paths import REPO_ROOT
-from clients import grpc_client
-from clients.tfs_protos import tfs_lite_pb2 as lite
 from e2e_support import LABELS
 
 SCRIPTS = {

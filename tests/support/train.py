@@ -1,6 +1,6 @@
 """Training test helpers: a quick TrainConfig on the tiny BERT."""
 
-from train.config import TrainConfig
+from bert_ner.train.config import TrainConfig
 
 
 def train_config(tiny_bert_dir, sample_files, out, **overrides):

@@ -1,0 +1,1 @@
+"""python -m bert_ner.demo: a web page that tags text through the project's gRPC or REST client."""

@@ -1,1 +1,0 @@
-"""Trainer for the BERT (+BiLSTM) + CRF NER head: `python -m train --help`."""
