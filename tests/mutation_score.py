@@ -1,6 +1,11 @@
 """Mutation score per folder and per file from mutmut's results (`mutants/**/*.py.meta`).
 
     .venv/bin/python tests/mutation_score.py [MUTANTS_DIR]
+    .venv/bin/python tests/mutation_score.py --sample N [MUTANTS_DIR]
+
+--sample prints the names of N mutants per folder drawn at random with a fixed seed, for
+`mutmut run NAMES...`: a whole run is hours on 2 cores, a sample of 150 per folder about 15
+minutes, and its score estimates the folder's within about 8 points (95 %).
 
 A mutant counts as killed when a test failed or timed out on it; the score is killed / judged,
 where judged leaves out the mutants mutmut did not run. A mutant no fast test reaches ("no
@@ -9,6 +14,7 @@ tests") counts against the score: the code it changed is untested.
 
 import collections
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -27,7 +33,7 @@ def tally(mutants_dir):
       if code in NOT_RUN:
         continue
       kind = "killed" if code in KILLED_CODES else "no tests" if code in NO_TESTS else "survived"
-      counts[source.parts[0], str(source)][kind] += 1
+      counts[str(source.parent), str(source)][kind] += 1
   return counts
 
 
@@ -41,7 +47,21 @@ def score_line(name, counter):
   )
 
 
+def sample(mutants_dir, per_folder, seed=20261207):
+  """Names of `per_folder` mutants of each folder, drawn with a fixed seed (all if fewer)."""
+  names = collections.defaultdict(list)
+  for meta in sorted(Path(mutants_dir).rglob("*.py.meta")):
+    folder = str(meta.relative_to(mutants_dir).parent)
+    codes = json.loads(meta.read_text(encoding="utf-8")).get("exit_code_by_key", {})
+    names[folder] += sorted(codes)
+  rng = random.Random(seed)
+  return [n for f in sorted(names) for n in rng.sample(names[f], min(per_folder, len(names[f])))]
+
+
 def main(argv):
+  if argv[:1] == ["--sample"]:
+    print("\n".join(sample(Path(argv[2] if len(argv) > 2 else "mutants"), int(argv[1]))))
+    return 0
   mutants = Path(argv[0] if argv else "mutants")
   counts = tally(mutants)
   if not counts:
