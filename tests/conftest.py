@@ -101,3 +101,26 @@ def sample_files(tmp_path_factory, conll_train_path, conll_dev_path):
     str(write_first_sentences(conll_train_path, root / "train.txt", 40)),
     str(write_first_sentences(conll_dev_path, root / "dev.txt", 20)),
   )
+
+
+# The longest test modules (minutes each on 2 cores), longest first. `make test` hands whole
+# modules to its workers in collection order: started first, they cannot leave one worker busy at
+# the end while the other idles. Order inside a module is kept.
+LONGEST_MODULES = (
+  "tests/test_tf218_runtime.py",
+  "tests/test_tfs_batching.py",
+  "tests/test_default_model.py",
+  "tests/test_reload.py",
+  "tests/test_export.py",
+  "tests/reliability/test_rel_memory.py",
+  "tests/reliability/test_rel_connections.py",
+  "tests/test_text_graph.py",
+  "tests/test_clients.py",
+  "tests/reliability/test_rel_faults.py",
+  "tests/test_text_serving.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {path: i for i, path in enumerate(LONGEST_MODULES)}
+  items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
