@@ -6,13 +6,13 @@ still check `sys.modules`.
 """
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from bert_ner.paths import REPO_ROOT
 from conll_sample import write_first_sentences
+from support.bert import write_random_bert
 
 TINY_BERT_CONFIG = {
   "vocab_size": 30522,
@@ -37,24 +37,11 @@ def tiny_bert_dir(tmp_path_factory):
   Holds `bert_config.json`, `vocab.txt` and `bert_model.ckpt.{index,data-00000-of-00001}`.
   Shared by the whole session: copy it before adding files.
   """
-  import tensorflow.compat.v1 as tf
-
   from bert_ner import backbone, modeling
 
   out_dir = tmp_path_factory.mktemp("tiny_bert")
   config = modeling.BertConfig.from_dict(TINY_BERT_CONFIG)
-  (out_dir / "bert_config.json").write_text(config.to_json_string(), encoding="utf-8")
-  shutil.copyfile(backbone.locate_default_backbone() / "vocab.txt", out_dir / "vocab.txt")
-  with tf.Graph().as_default():
-    tf.set_random_seed(0)
-    input_ids = tf.placeholder(tf.int32, [None, None])
-    modeling.BertModel(config, False, input_ids, tf.ones_like(input_ids))
-    with tf.Session() as sess:
-      sess.run(tf.global_variables_initializer())
-      tf.train.Saver().save(
-        sess, str(out_dir / backbone.CHECKPOINT_NAME), write_meta_graph=False, write_state=False
-      )
-  return out_dir
+  return write_random_bert(out_dir, config, backbone.locate_default_backbone() / "vocab.txt")
 
 
 # Where the CoNLL-2003 files are looked for; CONLL2003_DIR moves it (for tests only).

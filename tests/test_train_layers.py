@@ -3,7 +3,6 @@ trainer computes (frozen: its feature cache; adapters: its graph over the cached
 first adapted layer) are the served graph's features for the same ids."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from bert_ner import backbone, checkpoint, head, labels, modeling
 from bert_ner.train import features, graphs, trainer
 from bert_ner.train.config import TrainConfig
+from support.bert import write_random_bert
 
 pytestmark = pytest.mark.slow  # builds and runs a BERT graph per case (about 30 s in all)
 
@@ -27,21 +27,10 @@ TOLERANCE = 1e-2
 @pytest.fixture(scope="module")
 def bert_dir(tiny_bert_dir, tmp_path_factory):
   """Google-format BERT dir: the tiny BERT's config with LAYERS, random weights, its vocab."""
-  import tensorflow.compat.v1 as tf
-
   out_dir = tmp_path_factory.mktemp("layers_bert")
   tiny = json.loads((tiny_bert_dir / "bert_config.json").read_text(encoding="utf-8"))
   config = modeling.BertConfig.from_dict({**tiny, **LAYERS})
-  (out_dir / "bert_config.json").write_text(config.to_json_string(), encoding="utf-8")
-  shutil.copyfile(tiny_bert_dir / "vocab.txt", out_dir / "vocab.txt")
-  with tf.Graph().as_default():
-    tf.set_random_seed(0)
-    input_ids = tf.placeholder(tf.int32, [None, None])
-    modeling.BertModel(config, False, input_ids, tf.ones_like(input_ids))
-    with tf.Session() as sess:
-      sess.run(tf.global_variables_initializer())
-      tf.train.Saver().save(sess, str(out_dir / backbone.CHECKPOINT_NAME), write_meta_graph=False)
-  return out_dir
+  return write_random_bert(out_dir, config, tiny_bert_dir / "vocab.txt")
 
 
 def _files(bert_dir):
