@@ -37,14 +37,15 @@ import numpy.typing as npt
 from tokenizers import Encoding, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from bert_ner import labels, model_base, ner_schema
+from bert_ner import labels, model_base, ner_schema, word_shape
 
 StrPath = str | os.PathLike[str]  # a file name as open() takes it
 IntArray = npt.NDArray[np.int32]
 # Label ids of one row: a numpy row of a model's output, or a list.
 LabelRow = Sequence[int] | npt.NDArray[np.integer]
-# (input_ids, input_mask) of one padded batch -> label ids [B, >= T] (TF Serving may pad wider).
-RunFn = Callable[[IntArray, IntArray], npt.ArrayLike]
+# (input_ids, input_mask) of one padded batch -> label ids [B, >= T] (TF Serving may pad wider);
+# for a featurizer built with `word_shape=True`: (input_ids, input_mask, word_shape).
+RunFn = Callable[..., npt.ArrayLike]
 T = TypeVar("T")
 
 VOCAB_FILE = "vocab.txt"
@@ -69,12 +70,14 @@ class Window:
 
   `word_ids[i]` is the index of the word whose first sub-token is at position i, or -1 for
   [CLS], [SEP] and continuation pieces; `num_words` counts the words of the whole input the row
-  was cut from.
+  was cut from. `word_shape[i]` is the `bert_ner.word_shape` id of the word position i belongs to
+  (every piece of a word carries it), 0 for [CLS] and [SEP]; empty means all 0.
   """
 
   input_ids: list[int]
   word_ids: list[int]
   num_words: int
+  word_shape: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,15 +102,18 @@ def load_vocab(vocab_path: StrPath) -> dict[str, int]:
   return vocab
 
 
-def pad_batch(windows: Sequence[Window]) -> tuple[IntArray, IntArray]:
-  """Stacks windows into int32 (input_ids, input_mask) arrays padded to the longest row."""
+def pad_batch(windows: Sequence[Window], with_word_shape: bool = False) -> tuple[IntArray, ...]:
+  """Stacks windows into int32 (input_ids, input_mask) arrays padded to the longest row, and
+  with `with_word_shape` their word_shape as a third array (0 in the padding)."""
   width = max((len(w.input_ids) for w in windows), default=0)
   input_ids = np.zeros((len(windows), width), np.int32)
   input_mask = np.zeros((len(windows), width), np.int32)
+  shapes = np.zeros((len(windows), width), np.int32)
   for row, window in enumerate(windows):
     input_ids[row, : len(window.input_ids)] = window.input_ids
     input_mask[row, : len(window.input_ids)] = 1
-  return input_ids, input_mask
+    shapes[row, : len(window.word_shape)] = window.word_shape
+  return (input_ids, input_mask, shapes) if with_word_shape else (input_ids, input_mask)
 
 
 def entities(text: str, words: Sequence[Word], tags: Sequence[str]) -> list[Entity]:
@@ -210,6 +216,22 @@ def _words_of(text: str, encoding: Encoding) -> tuple[list[Word], list[int]]:
   return words, token_words
 
 
+def text_shapes(text: str, words: Sequence[Word]) -> list[int]:
+  """Word shape ids of free-text words, each line of `text` (split at "\\n") a sentence."""
+  shapes: list[int] = []
+  line: list[str] = []
+  line_end = -1  # offset of the newline ending the current line (-1: none yet)
+  for word in words:
+    if word.start > line_end:
+      shapes += word_shape.sentence_shapes(line)
+      line = []
+      line_end = text.find("\n", word.start)
+      if line_end < 0:
+        line_end = len(text)
+    line.append(word.text)
+  return shapes + word_shape.sentence_shapes(line)
+
+
 def _window_spans(begins: Sequence[int], capacity: int, overlap: int) -> list[tuple[int, int]]:
   """[lo, hi) sub-token spans of the windows: cut at word starts, neighbours share >= `overlap`."""
   n = len(begins)
@@ -255,7 +277,10 @@ class Featurizer:
     max_seq_length: int = 128,
     id2label: Iterable[str] | None = None,
     stride: int | None = None,
+    word_shape: bool = False,
   ) -> None:
+    """`word_shape`: the model takes the optional word_shape input, so run functions get it as
+    a third argument (the windows always carry it)."""
     if max_seq_length < 3:
       raise ValueError(
         f"max_seq_length must be >= 3 ([CLS] + a sub-token + [SEP]), got {max_seq_length}"
@@ -276,6 +301,7 @@ class Featurizer:
     self.max_seq_length = max_seq_length
     self.stride = stride
     self.id2label = None if id2label is None else list(id2label)
+    self.word_shape = word_shape
     # For a repeated "O" (macanv leaves id 0 unused) the highest id wins: the real one.
     self._label2id = {label: i for i, label in enumerate(self.id2label or [])}
     self._tokenizer = _build_tokenizer(self.vocab, do_lower_case)
@@ -289,6 +315,7 @@ class Featurizer:
       config.do_lower_case,
       config.max_seq_length,
       labels.load_label_map(path),
+      word_shape=config.word_shape_dim > 0,
     )
 
   pad_batch = staticmethod(pad_batch)
@@ -298,20 +325,29 @@ class Featurizer:
     """Free text -> (words, windows)."""
     return self._encode_text(text, self._tokenizer.encode(text, add_special_tokens=False))
 
-  def encode_words(self, words: Sequence[str]) -> list[Window]:
-    """Pre-split words (a CoNLL sentence) -> windows; word_ids index `words`."""
+  def encode_words(
+    self, words: Sequence[str], sentence_lengths: Iterable[int] | None = None
+  ) -> list[Window]:
+    """Pre-split words (a CoNLL sentence, or with `sentence_lengths` consecutive sentences of a
+    document) -> windows; word_ids index `words`."""
     encoding = self._tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
+    shapes = word_shape.document_shapes(word_shape.split_lengths(words, sentence_lengths))
     # Without special tokens every sub-token has a word: no None in word_ids.
-    return self._windows(encoding.ids, cast(list[int], encoding.word_ids), len(words))
+    return self._windows(encoding.ids, cast(list[int], encoding.word_ids), len(words), shapes)
 
-  def label_ids(self, words: Sequence[str], tags: Sequence[str]) -> list[tuple[Window, list[int]]]:
+  def label_ids(
+    self,
+    words: Sequence[str],
+    tags: Sequence[str],
+    sentence_lengths: Iterable[int] | None = None,
+  ) -> list[tuple[Window, list[int]]]:
     """Training rows: (Window, label ids) with the tag on first sub-tokens, X, [CLS], [SEP]."""
     if len(words) != len(tags):
       raise ValueError(f"{len(words)} words but {len(tags)} tags")
     tag_ids = [self._label_id(tag) for tag in tags]
     x_id, cls_id, sep_id = self._label_id(X), self._label_id(CLS), self._label_id(SEP)
     rows = []
-    for window in self.encode_words(words):
+    for window in self.encode_words(words, sentence_lengths):
       ids = [x_id if w < 0 else tag_ids[w] for w in window.word_ids]
       ids[0], ids[-1] = cls_id, sep_id
       rows.append((window, ids))
@@ -363,15 +399,30 @@ class Featurizer:
     return tags
 
   def predict_words(
-    self, sentences: Sequence[Sequence[str]], run_fn: RunFn, batch_size: int = 64
+    self,
+    sentences: Sequence[Sequence[str]],
+    run_fn: RunFn,
+    batch_size: int = 64,
+    sentence_lengths: Sequence[Sequence[int] | None] | None = None,
   ) -> list[list[str]]:
-    """Tags for pre-split sentences, running all their windows through `run_fn` in batches."""
+    """Tags for pre-split sentences, running all their windows through `run_fn` in batches.
+
+    `sentence_lengths[i]` (optional) splits input i into consecutive sentences for the word
+    shapes (`predict_documents`); by default each input is one sentence.
+    """
     encodings = self._tokenizer.encode_batch(
       [list(s) for s in sentences], is_pretokenized=True, add_special_tokens=False
     )
+    if sentence_lengths is None:
+      sentence_lengths = [None] * len(sentences)
     per_input = [
-      self._windows(e.ids, cast(list[int], e.word_ids), len(s))  # as in encode_words
-      for e, s in zip(encodings, sentences)
+      self._windows(  # as in encode_words
+        e.ids,
+        cast(list[int], e.word_ids),
+        len(s),
+        word_shape.document_shapes(word_shape.split_lengths(s, lengths)),
+      )
+      for e, s, lengths in zip(encodings, sentences, sentence_lengths)
     ]
     rows = self._run(per_input, run_fn, batch_size)
     return [
@@ -397,7 +448,8 @@ class Featurizer:
     """Tags for documents (lists of pre-split sentences): each is windowed as one word sequence,
     so a sentence's words see the neighbouring sentences; tags come back per sentence."""
     flat = [[word for sentence in document for word in sentence] for document in documents]
-    tagged = self.predict_words(flat, run_fn, batch_size)
+    lengths = [[len(sentence) for sentence in document] for document in documents]
+    tagged = self.predict_words(flat, run_fn, batch_size, lengths)
     return [
       _split(tags, [len(sentence) for sentence in document])
       for tags, document in zip(tagged, documents)
@@ -415,6 +467,7 @@ class Featurizer:
       words_per_line: list[list[Word]] = []
       ids: list[int] = []
       token_words: list[int] = []
+      shapes: list[int] = []
       for line, encoding in zip(
         lines, self._tokenizer.encode_batch(list(lines), add_special_tokens=False)
       ):
@@ -423,8 +476,9 @@ class Featurizer:
         ids += encoding.ids
         token_words += [offset + w for w in line_token_words]
         words_per_line.append(words)
+        shapes += text_shapes(line, words)
       num_words = sum(len(w) for w in words_per_line)
-      encoded.append((words_per_line, self._windows(ids, token_words, num_words)))
+      encoded.append((words_per_line, self._windows(ids, token_words, num_words, shapes)))
     rows = self._run([windows for _, windows in encoded], run_fn, batch_size)
     results = []
     for lines, (words_per_line, windows) in zip(documents, encoded):
@@ -441,16 +495,30 @@ class Featurizer:
   def _encode_text(self, text: str, encoding: Encoding) -> tuple[list[Word], list[Window]]:
     """(words, windows) of free text from its encoding."""
     words, token_words = _words_of(text, encoding)
-    return words, self._windows(encoding.ids, token_words, len(words))
+    shapes = text_shapes(text, words)
+    return words, self._windows(encoding.ids, token_words, len(words), shapes)
 
-  def _windows(self, ids: list[int], token_words: Sequence[int], num_words: int) -> list[Window]:
-    """Cuts one input's sub-tokens (with the word of each) into [CLS] ... [SEP] windows."""
+  def _windows(
+    self,
+    ids: list[int],
+    token_words: Sequence[int],
+    num_words: int,
+    word_shapes: Sequence[int] | None = None,
+  ) -> list[Window]:
+    """Cuts one input's sub-tokens (with the word of each) into [CLS] ... [SEP] windows;
+    `word_shapes` (one id per word, default all 0) become each sub-token's word_shape."""
     if num_words == 0:
       return []
     begins = [w if p == 0 or w != token_words[p - 1] else -1 for p, w in enumerate(token_words)]
+    token_shapes = [word_shapes[w] for w in token_words] if word_shapes else [0] * len(ids)
     cls_id, sep_id = self.vocab[CLS], self.vocab[SEP]
     return [
-      Window([cls_id] + ids[lo:hi] + [sep_id], [-1] + begins[lo:hi] + [-1], num_words)
+      Window(
+        [cls_id] + ids[lo:hi] + [sep_id],
+        [-1] + begins[lo:hi] + [-1],
+        num_words,
+        [word_shape.NONE] + token_shapes[lo:hi] + [word_shape.NONE],
+      )
       for lo, hi in _window_spans(begins, self.max_seq_length - 2, 2 * self.stride)
     ]
 
@@ -467,8 +535,9 @@ class Featurizer:
     rows: list[npt.NDArray[np.integer]] = [None] * len(windows)  # type: ignore[list-item]  # all set below
     for begin in range(0, len(order), batch_size):
       chunk = order[begin : begin + batch_size]
-      input_ids, input_mask = pad_batch([windows[i] for i in chunk])
-      pred = np.asarray(run_fn(input_ids, input_mask))
+      arrays = pad_batch([windows[i] for i in chunk], self.word_shape)
+      input_ids = arrays[0]
+      pred = np.asarray(run_fn(*arrays))
       # TF Serving's batching returns a request the merged batch's width (its rows padded to the
       # longest request): wider is fine, only the request's own positions are read.
       if pred.ndim != 2 or len(pred) != len(input_ids) or pred.shape[1] < input_ids.shape[1]:

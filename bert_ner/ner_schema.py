@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 FILE_NAME = "ner_config.json"
 # 1: no schema_version field (every file written before it); 2: schema_version and, in an
-# export, outputs_zero_past_length.
+# export, outputs_zero_past_length. `word_shape_dim` and `word_shape_dropout` came later without a
+# new version: a reader that ignores them serves such a model through `result`, which reads the
+# word shapes as 0, and refuses its checkpoint (the head's kernels are wider than it expects).
 SCHEMA_VERSION = 2
 HEADS = ("bilstm", "dense")
 MIN_SEQ_LENGTH = 3  # [CLS] + one sub-token + [SEP]
@@ -47,6 +49,12 @@ class NerConfig:
   adapter_rank: int = 0  # LoRA rank of the encoder's adapters; 0 = none in the checkpoint
   adapter_alpha: float = 0.0  # LoRA alpha: the adapters add (alpha / rank) * A B to a kernel
   adapter_first_layer: int = 0  # encoder layers from this one up have adapters
+  # Width of the learned embedding of the optional `word_shape` input (bert_ner.word_shape),
+  # concatenated to the head's input; 0 = the model has no such input (every older model).
+  word_shape_dim: int = 0
+  # Training only: probability that a whole row's word_shape is fed as 0 ("not fed"), so the
+  # model also tags well without it.
+  word_shape_dropout: float = 0.0
 
   def adapters(self) -> "modeling.Adapters | None":
     """`modeling.Adapters` of this config, or None without adapters."""
@@ -164,6 +172,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
   "adapter_rank": (_is_count, "an integer >= 0"),
   "adapter_alpha": (is_number, "a finite number"),
   "adapter_first_layer": (_is_count, "an integer >= 0"),
+  "word_shape_dim": (_is_count, "an integer >= 0"),
+  "word_shape_dropout": (lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
   "fingerprint": (lambda v: isinstance(v, str), "a string"),
   "labels": (
     lambda v: isinstance(v, list) and all(isinstance(label, str) for label in v),

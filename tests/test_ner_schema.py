@@ -73,6 +73,14 @@ def test_export_info_fields_not_known_read_back_as_not_known(tmp_path):
   assert ner_schema.read(tmp_path / "ner_config.json") == content
 
 
+def test_a_file_without_word_shapes_reads_as_a_model_without_them(tmp_path):
+  content = ner_schema.read(write_json(tmp_path / "ner_config.json", OLD_EXPORT))
+  assert content.config.word_shape_dim == 0 and content.config.word_shape_dropout == 0.0
+  NerConfig(word_shape_dim=16, word_shape_dropout=0.5).to_json_file(tmp_path / "shapes.json")
+  again = ner_schema.read(tmp_path / "shapes.json").config
+  assert (again.word_shape_dim, again.word_shape_dropout) == (16, 0.5)
+
+
 def test_a_checkpoint_config_written_has_no_export_info(tmp_path):
   NerConfig(lstm_size=64).to_json_file(tmp_path / "ner_config.json")
   content = ner_schema.read(tmp_path / "ner_config.json")
@@ -88,6 +96,8 @@ def test_a_checkpoint_config_written_has_no_export_info(tmp_path):
     ({"outputs_zero_past_length": 1}, "outputs_zero_past_length must be true or false, got 1"),
     ({"labels": "O"}, "labels must be a list of label names, got 'O'"),
     ({"head": "crf"}, "head must be one of ('bilstm', 'dense'), got 'crf'"),
+    ({"word_shape_dim": -1}, "word_shape_dim must be an integer >= 0, got -1"),
+    ({"word_shape_dropout": 1.5}, "word_shape_dropout must be a number in [0, 1], got 1.5"),
   ],
 )
 def test_a_field_that_is_not_this_schema_is_one_line_naming_it(tmp_path, change, message):
