@@ -45,9 +45,14 @@ class ModelDir:
   init_checkpoints: list[str]  # restore() reads each variable from the first that has it
 
   def featurizer(self) -> Featurizer:
-    """The featurizer this model was trained with (its vocab, casing, window and labels)."""
+    """The featurizer this model was trained with (its vocab, casing, window, labels and
+    whether it takes word shapes)."""
     return Featurizer(
-      self.vocab_path, self.ner_config.do_lower_case, self.ner_config.max_seq_length, self.id2label
+      self.vocab_path,
+      self.ner_config.do_lower_case,
+      self.ner_config.max_seq_length,
+      self.id2label,
+      word_shape=self.ner_config.word_shape_dim > 0,
     )
 
 

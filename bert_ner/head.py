@@ -2,7 +2,8 @@
 
 Variable names follow macanv/BERT-BiLSTM-CRF-NER so its checkpoints load unchanged:
 `rnn_layer/bidirectional_rnn/{fw,bw}/lstm_cell/{kernel,bias}`, `project/hidden/{W,b}` (bilstm
-only), `project/logits/{W,b}`, `crf_loss/transitions`. Unlike macanv, logits are linear (never
+only), `project/logits/{W,b}`, `crf_loss/transitions`; a model trained with word shapes also has
+`word_shape/embedding`. Unlike macanv, logits are linear (never
 tanh-squashed) and the backward LSTM reads each row reversed within its own length, so a row's
 predictions do not depend on how far the batch is padded.
 """
@@ -12,6 +13,7 @@ from typing import NamedTuple
 import tensorflow.compat.v1 as tf
 
 from bert_ner import crf, featurizer, model_base, modeling
+from bert_ner import word_shape as shapes
 from bert_ner.ner_schema import HEADS
 
 
@@ -32,6 +34,13 @@ def input_placeholders():
   return (
     tf.placeholder(tf.int32, [None, None], model_base.INPUT_IDS),
     tf.placeholder(tf.int32, [None, None], model_base.INPUT_MASK),
+  )
+
+
+def word_shape_input(input_ids):
+  """The optional word_shape input: [B, T] int32, all 0 ("no information") unless fed."""
+  return tf.placeholder_with_default(
+    tf.zeros_like(input_ids), [None, None], name=model_base.WORD_SHAPE
   )
 
 
@@ -94,8 +103,32 @@ def bidirectional_lstm(inputs, lengths, num_units):
   return tf.concat([forward, backward], axis=-1)
 
 
-def build_ner_head(features, lengths, ner_config, num_labels, is_training, label_ids=None):
-  """Builds the head (`ner_config.head`: bilstm or dense) and its CRF; loss only with labels."""
+def word_shape_features(word_shape, ner_config, is_training):
+  """The learned embedding of word shape ids [B, T] -> [B, T, word_shape_dim] (variable
+  `word_shape/embedding`); in training whole rows are fed 0 ("not fed") with probability
+  `word_shape_dropout`. Ids outside 0..24 read as 0."""
+  with tf.variable_scope("word_shape"):
+    table = tf.get_variable(
+      "embedding",
+      [shapes.NUM_IDS, ner_config.word_shape_dim],
+      initializer=tf.random_normal_initializer(stddev=0.1),
+    )
+  ids = tf.cast(word_shape, tf.int32)  # [B, T]
+  ids = tf.where_v2((ids < 0) | (ids >= shapes.NUM_IDS), tf.zeros_like(ids), ids)
+  if is_training and ner_config.word_shape_dropout > 0:
+    keep = tf.random.uniform([tf.shape(ids)[0], 1]) >= ner_config.word_shape_dropout  # [B, 1]
+    ids = ids * tf.cast(keep, tf.int32)
+  return tf.gather(table, ids)  # [B, T, word_shape_dim]
+
+
+def build_ner_head(
+  features, lengths, ner_config, num_labels, is_training, label_ids=None, word_shape=None
+):
+  """Builds the head (`ner_config.head`: bilstm or dense) and its CRF; loss only with labels.
+
+  With `ner_config.word_shape_dim`, the embedding of `word_shape` ([B, T] int32, None: all 0)
+  is concatenated to the (dropped-out) features before the BiLSTM.
+  """
   # features: [B, T, F] (static F); lengths: [B] int32; label_ids: [B, T] int32 or None
   if ner_config.head not in HEADS:
     raise ValueError(f"unknown head {ner_config.head!r}, expected one of {HEADS}")
@@ -104,6 +137,12 @@ def build_ner_head(features, lengths, ner_config, num_labels, is_training, label
   lengths = tf.cast(lengths, tf.int32)
   if is_training:
     features = tf.nn.dropout(features, rate=ner_config.dropout)
+  if ner_config.word_shape_dim:
+    if word_shape is None:
+      word_shape = tf.zeros(tf.shape(features)[:2], tf.int32)
+    features = tf.concat(
+      [features, word_shape_features(word_shape, ner_config, is_training)], axis=-1
+    )  # [B, T, F + word_shape_dim]
   if ner_config.head == "bilstm":
     with tf.variable_scope("rnn_layer"):
       features = bidirectional_lstm(features, lengths, ner_config.lstm_size)  # [B, T, 2H]
@@ -178,6 +217,19 @@ def check_shapes(input_ids, input_mask):
   )
 
 
+def check_word_shape(input_ids, word_shape):
+  """Assert op: word_shape has input_ids' shape."""
+  ids_shape, shape_shape = tf.shape(input_ids), tf.shape(word_shape)
+  return _check(
+    tf.reduce_all(tf.equal(ids_shape, shape_shape)),
+    "word_shape shape [{},{}] does not match input_ids shape [{},{}]",
+    shape_shape[0],
+    shape_shape[1],
+    ids_shape[0],
+    ids_shape[1],
+  )
+
+
 def check_inputs(input_ids, input_mask, lengths, vocab_size, max_positions):
   """Request checks TF Serving cannot make itself, as Assert ops: InvalidArgument naming the
   input, the same message from TF Serving and from the embedded server."""
@@ -211,19 +263,23 @@ def check_inputs(input_ids, input_mask, lengths, vocab_size, max_positions):
   ]
 
 
-def build_inference_graph(model_dir, input_ids, input_mask, with_adapters=False):
+def build_inference_graph(model_dir, input_ids, input_mask, with_adapters=False, word_shape=None):
   """Checked inputs, BERT (no dropout) + concatenated feature layers + head: pred_label [B, T]
   int32, 0 beyond each row's real length (see `real_lengths`).
 
   `with_adapters` keeps the config's LoRA adapters as variables of their own (the trainer's
   graph); without, the served graph, into which `checkpoint.restore_model` merges them.
+  `word_shape` ([B, T] int32, input_ids' shape) feeds a model with `word_shape_dim`; None reads
+  as all 0; a model without word shapes ignores it.
   """
-  return build_inference_head(model_dir, input_ids, input_mask, with_adapters).pred_label
+  return build_inference_head(
+    model_dir, input_ids, input_mask, with_adapters, word_shape=word_shape
+  ).pred_label
 
 
-def build_inference_head(model_dir, input_ids, input_mask, with_adapters=False):
+def build_inference_head(model_dir, input_ids, input_mask, with_adapters=False, word_shape=None):
   """`build_inference_graph` returning the whole NerHead (logits and transitions too)."""
-  # model_dir: bert_ner.checkpoint.ModelDir; input_ids, input_mask: [B, T] int32
+  # model_dir: bert_ner.checkpoint.ModelDir; input_ids, input_mask, word_shape: [B, T] int32
   bert_config = modeling.BertConfig.from_json_file(model_dir.bert_config_path)
   sep_id = featurizer.load_vocab(model_dir.vocab_path).get(featurizer.SEP)
   with tf.name_scope("inputs"):
@@ -243,6 +299,15 @@ def build_inference_head(model_dir, input_ids, input_mask, with_adapters=False):
     adapters=model_dir.ner_config.adapters() if with_adapters else None,
   )
   features = concat_features(model.all_encoder_layers, model_dir.ner_config.feature_layers)
+  if model_dir.ner_config.word_shape_dim and word_shape is not None:
+    with tf.name_scope("inputs"):
+      with tf.control_dependencies([check_word_shape(input_ids, word_shape)]):
+        word_shape = tf.identity(word_shape)
   return build_ner_head(
-    features, lengths, model_dir.ner_config, len(model_dir.id2label), is_training=False
+    features,
+    lengths,
+    model_dir.ner_config,
+    len(model_dir.id2label),
+    is_training=False,
+    word_shape=word_shape,
   )

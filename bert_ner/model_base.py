@@ -17,6 +17,12 @@ SIGNATURE, DEFAULT_SIGNATURE = "result", "serving_default"
 TEXT_SIGNATURE = DEFAULT_SIGNATURE
 SIGNATURES = (DEFAULT_SIGNATURE, SIGNATURE)
 INPUT_IDS, INPUT_MASK, OUTPUT = "input_ids", "input_mask", "pred_label"
+# Optional [B, T] int32 input of models trained with word shapes (ner_config `word_shape_dim`):
+# a placeholder_with_default (0 = no information) that `result` does not name; the export's
+# `WORD_SHAPE_SIGNATURE` takes it beside input_ids and input_mask, and the clients' ids path
+# sends it there (bert_ner/word_shape.py says what the ids mean).
+WORD_SHAPE = "word_shape"
+WORD_SHAPE_SIGNATURE = "result_word_shape"
 TEXT = "text"
 ENTITY_TYPE, ENTITY_START, ENTITY_END = "entity_type", "entity_start", "entity_end"
 ENTITY_TEXT, ENTITY_SCORE, NUM_ENTITIES = "entity_text", "entity_score", "num_entities"

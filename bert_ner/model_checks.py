@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bert_ner import featurizer, modeling
+from bert_ner import featurizer, modeling, word_shape
 from bert_ner.jsonfile import is_int, is_number, read_json, require_field
 
 Shapes = Mapping[str, Sequence[int]]  # variable name -> shape, as tf.train.list_variables gives
@@ -101,9 +101,12 @@ def head_shapes(
   ner_config: Any, bert: modeling.BertConfig, num_labels: int
 ) -> dict[str, list[int]]:
   """The shapes `bert_ner.head.build_ner_head` gives its variables for these configs."""
-  features = bert.hidden_size * len(ner_config.feature_layers)
+  # The head's input: the feature layers, and the word shape embedding where the model has one.
+  features = bert.hidden_size * len(ner_config.feature_layers) + ner_config.word_shape_dim
   lstm, hidden = ner_config.lstm_size, ner_config.hidden_size
   shapes = {"crf_loss/transitions": [num_labels, num_labels]}
+  if ner_config.word_shape_dim:
+    shapes["word_shape/embedding"] = [word_shape.NUM_IDS, ner_config.word_shape_dim]
   if ner_config.head == "dense":
     return {**shapes, "project/logits/W": [features, num_labels]}
   for direction in ("fw", "bw"):
