@@ -20,7 +20,7 @@ from bert_ner import backbone, checkpoint, labels, ner_schema, text_graph
 from bert_ner.export import guard, layout
 from bert_ner.export.errors import ExportError, ExportRefused
 from bert_ner.featurizer import VOCAB_FILE, pad_batch, text_entities
-from bert_ner.head import build_inference_head, input_placeholders
+from bert_ner.head import build_inference_head, input_placeholders, word_shape_input
 from bert_ner.model_base import (
   ASSETS_DIR,
   INPUT_IDS,
@@ -32,6 +32,8 @@ from bert_ner.model_base import (
   TEXT_OUTPUTS,
   TEXT_SIGNATURE,
   WARMUP_FILE,
+  WORD_SHAPE,
+  WORD_SHAPE_SIGNATURE,
 )
 
 v1 = tf.compat.v1
@@ -72,9 +74,29 @@ def _fingerprint(sess, model_dir):
 
 
 def _batches(featurizer, sentences):
-  """Padded (input_ids, input_mask) batches of the windows of `sentences` (lists of words)."""
+  """Padded (input_ids, input_mask, word_shape) batches of the windows of `sentences` (lists
+  of words)."""
   windows = [w for words in sentences for w in featurizer.encode_words(words)]
-  return [pad_batch(windows[i : i + BATCH]) for i in range(0, len(windows), BATCH)]
+  return [pad_batch(windows[i : i + BATCH], True) for i in range(0, len(windows), BATCH)]
+
+
+class TextHead:
+  """The `build_head` the text graph builds the model on its windows with: (input_ids,
+  input_mask[, word_shape]) [K, T] int32 -> NerHead, sharing the ids signature's variables.
+
+  `word_shape` (None: the model reads 0) are the windows' word shapes computed in the graph;
+  `reads_shapes` records that the text graph gave them to a model that takes them, so the
+  export checks its entities against the ids path with the featurizer's shapes.
+  """
+
+  def __init__(self, model_dir):
+    self.model_dir = model_dir
+    self.reads_shapes = False
+
+  def __call__(self, input_ids, input_mask, word_shape=None):
+    if word_shape is not None and self.model_dir.ner_config.word_shape_dim:
+      self.reads_shapes = True
+    return build_inference_head(self.model_dir, input_ids, input_mask, word_shape=word_shape)
 
 
 def _write_assets(out, model_dir, fingerprint, featurizer):
@@ -95,14 +117,22 @@ def _write_assets(out, model_dir, fingerprint, featurizer):
     ner_schema.path_in(assets), ner_schema.NerConfigFile(model_dir.ner_config, export)
   )
   # One request per sample plus one batch of all, for each signature: TF Serving replays them at
-  # load, so the first real request of either kind finds its kernels ready.
-  id_requests = [pad_batch(featurizer.encode_words(words)) for words in SAMPLES]
+  # load, so the first real request of any kind finds its kernels ready.
+  id_requests = [pad_batch(featurizer.encode_words(words), True) for words in SAMPLES]
   id_requests += _batches(featurizer, SAMPLES)
   texts = [" ".join(words) for words in SAMPLES]
   requests = [
     (SIGNATURE, {INPUT_IDS: (ids, tf.int32), INPUT_MASK: (mask, tf.int32)})
-    for ids, mask in id_requests
+    for ids, mask, _ in id_requests
   ]
+  if model_dir.ner_config.word_shape_dim:
+    requests += [
+      (
+        WORD_SHAPE_SIGNATURE,
+        {INPUT_IDS: (ids, tf.int32), INPUT_MASK: (mask, tf.int32), WORD_SHAPE: (shapes, tf.int32)},
+      )
+      for ids, mask, shapes in id_requests
+    ]
   requests += [(TEXT_SIGNATURE, {TEXT: ([t], tf.string)}) for t in texts]
   requests.append((TEXT_SIGNATURE, {TEXT: (texts, tf.string)}))
   with tf.io.TFRecordWriter(str(assets / WARMUP_FILE)) as writer:
@@ -118,31 +148,47 @@ def _write_assets(out, model_dir, fingerprint, featurizer):
       writer.write(log.SerializeToString())
 
 
-def _verify(path, batches, expected, output_name, featurizer, texts):
+def _run_signature(sess, sig, ids, mask, shapes):
+  """pred_label of one batch through a loaded signature; word shapes fed where it takes them."""
+  feed = {sig.inputs[INPUT_IDS].name: ids, sig.inputs[INPUT_MASK].name: mask}
+  if WORD_SHAPE in sig.inputs:
+    feed[sig.inputs[WORD_SHAPE].name] = shapes
+  return sess.run(sig.outputs[OUTPUT].name, feed)
+
+
+def _verify(path, batches, expected, output_name, featurizer, texts, text_shapes=False):
   """Reloads the SavedModel in a fresh graph and requires checkpoint-identical predictions, and
-  the text signature's entities equal to the featurizer's through the ids signature."""
+  the text signature's entities equal to the featurizer's through the ids signature.
+
+  `expected` maps each ids signature to its checkpoint predictions per batch: `result` (word
+  shapes not fed) and, for a model with word shapes, the word-shape signature (fed). The text
+  signature is compared with the ids path that reads what it reads: the featurizer's word shapes
+  when `text_shapes` (the text graph computes them), else none.
+  """
   with v1.Session(graph=tf.Graph()) as sess:
     meta = v1.saved_model.loader.load(sess, [SERVE], str(path))
-    sig = meta.signature_def[SIGNATURE]
-    if sig.outputs[OUTPUT].name != output_name:
-      raise ExportRefused(
-        f"signature {SIGNATURE!r} outputs {sig.outputs[OUTPUT].name}, expected {output_name}"
-      )
-    rows = differ = 0
-    for (ids, mask), want in zip(batches, expected):
-      got = sess.run(
-        sig.outputs[OUTPUT].name,
-        {sig.inputs[INPUT_IDS].name: ids, sig.inputs[INPUT_MASK].name: mask},
-      )
-      differ += int(np.any((got != want) & (mask > 0), axis=1).sum())
-      rows += len(ids)
+    checked = differ = 0
+    for name, wanted in expected.items():
+      sig = meta.signature_def[name]
+      if sig.outputs[OUTPUT].name != output_name:
+        raise ExportRefused(
+          f"signature {name!r} outputs {sig.outputs[OUTPUT].name}, expected {output_name}"
+        )
+      for (ids, mask, shapes), want in zip(batches, wanted):
+        got = _run_signature(sess, sig, ids, mask, shapes)
+        differ += int(np.any((got != want) & (mask > 0), axis=1).sum())
+        checked += len(ids)
     if differ:
       raise ExportRefused(
-        f"SavedModel predictions differ from the checkpoint's on {differ} of {rows} rows"
+        f"SavedModel predictions differ from the checkpoint's on {differ} of {checked} rows "
+        f"(signatures {', '.join(expected)})"
       )
-    run_ids = lambda ids, mask: sess.run(  # noqa: E731
-      sig.outputs[OUTPUT].name, {sig.inputs[INPUT_IDS].name: ids, sig.inputs[INPUT_MASK].name: mask}
-    )
+    sig = meta.signature_def[WORD_SHAPE_SIGNATURE if text_shapes else SIGNATURE]
+
+    def run_ids(ids, mask, shapes=None):
+      """The ids path the text signature must agree with."""
+      return _run_signature(sess, sig, ids, mask, shapes)
+
     want_entities = featurizer.predict_texts(texts, run_ids)
     text_sig = meta.signature_def[TEXT_SIGNATURE]
     got = sess.run(
@@ -157,7 +203,7 @@ def _verify(path, batches, expected, output_name, featurizer, texts):
         f"text signature entities differ from the ids path on {len(mismatched)} of {len(texts)} "
         f"texts, first: {mismatched[0]!r}"
       )
-  return rows
+  return sum(len(ids) for ids, _, _ in batches)
 
 
 def signature_summary(signature_def_map):
@@ -218,13 +264,18 @@ def export_model(
     batches = _batches(featurizer, verify_sentences)
     with tf.Graph().as_default() as graph, v1.Session(graph=graph) as sess:
       input_ids, input_mask = input_placeholders()
-      pred_label = build_inference_head(model_dir, input_ids, input_mask).pred_label
+      # A model trained with word shapes takes them as an optional input (0: not fed), which
+      # `result` does not name: its inputs stay input_ids and input_mask.
+      has_shapes = model_dir.ner_config.word_shape_dim > 0
+      word_shape = word_shape_input(input_ids) if has_shapes else None
+      pred_label = build_inference_head(
+        model_dir, input_ids, input_mask, word_shape=word_shape
+      ).pred_label
       texts = v1.placeholder(tf.string, [None], name=TEXT)
+      text_head = TextHead(model_dir)
       # The text signature runs the same model on its windows: the same variables, reused.
       with v1.variable_scope(v1.get_variable_scope(), reuse=True), v1.name_scope("text_model"):
-        entities = text_graph.build(
-          model_dir, texts, lambda ids, mask: build_inference_head(model_dir, ids, mask)
-        )
+        entities = text_graph.build(model_dir, texts, text_head)
       # Made before any session run: TF refuses to change ops of a graph a session has run.
       initialize_tables = v1.tables_initializer()
       checkpoint.restore_model(sess, model_dir)
@@ -233,7 +284,13 @@ def export_model(
         output = tf.identity(pred_label, name=OUTPUT)
         entities = {key: tf.identity(entities[key], name=key) for key in TEXT_OUTPUTS}
       output.set_shape([None, None])
-      expected = [sess.run(output, {input_ids: ids, input_mask: mask}) for ids, mask in batches]
+      expected = {
+        SIGNATURE: [sess.run(output, {input_ids: i, input_mask: m}) for i, m, _ in batches]
+      }
+      if has_shapes:
+        expected[WORD_SHAPE_SIGNATURE] = [
+          sess.run(output, {input_ids: i, input_mask: m, word_shape: s}) for i, m, s in batches
+        ]
       build = v1.saved_model.utils.build_tensor_info
       predict = v1.saved_model.signature_constants.PREDICT_METHOD_NAME
       signatures = {
@@ -248,6 +305,16 @@ def export_model(
           method_name=predict,
         ),
       }
+      if has_shapes:
+        signatures[WORD_SHAPE_SIGNATURE] = v1.saved_model.signature_def_utils.build_signature_def(
+          inputs={
+            INPUT_IDS: build(input_ids),
+            INPUT_MASK: build(input_mask),
+            WORD_SHAPE: build(word_shape),
+          },
+          outputs={OUTPUT: build(output)},
+          method_name=predict,
+        )
       builder = v1.saved_model.Builder(str(tmp))
       builder.add_meta_graph_and_variables(
         sess,
@@ -261,7 +328,9 @@ def export_model(
     _write_assets(tmp, model_dir, fingerprint, featurizer)
     guard.keep_report(checkpoint_dir, tmp / ASSETS_DIR)
     sample_texts = [" ".join(words) for words in verify_sentences]
-    rows = _verify(tmp, batches, expected, output.name, featurizer, sample_texts)
+    rows = _verify(
+      tmp, batches, expected, output.name, featurizer, sample_texts, text_head.reads_shapes
+    )
     final = layout.publish(tmp, base, wanted, fixed=version is not None)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
