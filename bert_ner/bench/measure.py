@@ -12,9 +12,9 @@ import numpy as np
 def padded_to(width, run_fn):
   """run_fn whose rows all go padded to `width` columns (a fixed-shape client); output trimmed."""
 
-  def run(input_ids, input_mask):
+  def run(input_ids, input_mask, *word_shape):
     pad = ((0, 0), (0, width - input_ids.shape[1]))
-    pred = run_fn(np.pad(input_ids, pad), np.pad(input_mask, pad))
+    pred = run_fn(*(np.pad(a, pad) for a in (input_ids, input_mask, *word_shape)))
     return np.asarray(pred)[:, : input_ids.shape[1]]
 
   return run
@@ -38,9 +38,9 @@ def tag_all(featurizer, run_fn, sentences, batch_size, into):
   """Tags sentences (tokenize, batch_size rows per call, restore word tags), timed into `into`;
   returns the tags."""
 
-  def timed(input_ids, input_mask):
+  def timed(*arrays):  # input_ids, input_mask[, word_shape]
     started = time.perf_counter()
-    pred = run_fn(input_ids, input_mask)
+    pred = run_fn(*arrays)
     into.run_seconds += time.perf_counter() - started
     return pred
 
@@ -53,12 +53,13 @@ def tag_all(featurizer, run_fn, sentences, batch_size, into):
 
 def tag_recorded(featurizer, run_fn, sentences, batch_size):
   """tag_all over all sentences at once: (tags, Throughput, the (input_ids, input_mask) batches
-  run_fn was given), so a peer can run exactly the batches this runner ran."""
+  run_fn was given, without any word shapes), so a peer can run exactly the batches this runner
+  ran."""
   batches, cell = [], Throughput()
 
-  def recorded(input_ids, input_mask):
-    batches.append((input_ids, input_mask))
-    return run_fn(input_ids, input_mask)
+  def recorded(*arrays):  # input_ids, input_mask[, word_shape]
+    batches.append(arrays[:2])
+    return run_fn(*arrays)
 
   tags = tag_all(featurizer, recorded, sentences, batch_size, cell)
   return tags, cell, batches

@@ -209,10 +209,14 @@ class NerClient:
   signature takes the texts as they are and answers entities with scores, so the client needs
   nothing but the server; an ids signature (`result`) takes sub-token ids, so the client
   featurizes with the served version's assets (vocab, label map) and restores the entities.
+
+  For a model trained with word shapes (its assets' ner_config has `word_shape_dim`) the ids
+  signature `result` is upgraded, once the fingerprint check finds it served, to
+  `result_word_shape`, which also takes the featurizer's word_shape: `request_signature`.
   """
 
-  # pred_label [B, T] for one padded batch (input_ids, input_mask).
-  run: Callable[[IntArray, IntArray], IntArray]
+  # pred_label [B, T] for one padded batch (input_ids, input_mask[, word_shape]).
+  run: Callable[..., IntArray]
   # The text signature's outputs (model_base.TEXT_OUTPUTS) for a batch of texts.
   run_text: Callable[[list[str]], Mapping[str, Any]]
   # Output tensor names per signature name of the served model.
@@ -239,7 +243,14 @@ class NerClient:
       self._featurizer, self.fingerprint = load_assets(self.assets)
     self.text_in = False
     self.fingerprint_checked = False
+    self.shape_signature: str | None = None  # set by check_fingerprint when served
     self.connect()
+
+  def request_signature(self, word_shape: IntArray | None) -> str:
+    """The signature an ids batch goes to: the word-shape one when shapes are given and served."""
+    if word_shape is not None and self.shape_signature:
+      return self.shape_signature
+    return self.signature
 
   def connect(self) -> None:
     """Sets up the transport to self.server (the subclass's channel or HTTP session)."""
@@ -356,6 +367,13 @@ class NerClient:
         f"{', '.join(sorted(served))}, assets {self.assets} have "
         f"{self.fingerprint}; pass the served version's assets.extra as assets=DIR"
       )
+    shape_outputs = signatures.get(model_base.WORD_SHAPE_SIGNATURE, [])
+    served_with_shapes = (
+      self.featurizer.word_shape
+      and self.signature == model_base.SIGNATURE
+      and any(name.startswith(f"ner_{self.fingerprint}/") for name in shape_outputs)
+    )
+    self.shape_signature = model_base.WORD_SHAPE_SIGNATURE if served_with_shapes else None
     self.fingerprint_checked = True
 
   def entity_types(self) -> list[str]:

@@ -156,12 +156,18 @@ def make_array(tensor: Any, dtype: int = pb.DT_INT32) -> npt.NDArray[Any]:
 
 
 def make_predict_request(
-  model: str, signature: str, input_ids: npt.ArrayLike, input_mask: npt.ArrayLike
+  model: str,
+  signature: str,
+  input_ids: npt.ArrayLike,
+  input_mask: npt.ArrayLike,
+  word_shape: npt.ArrayLike | None = None,
 ) -> Any:
-  """PredictRequest for one padded batch."""
+  """PredictRequest for one padded batch (word_shape: only for a signature that takes it)."""
+  inputs = {"input_ids": make_tensor(input_ids), "input_mask": make_tensor(input_mask)}
+  if word_shape is not None:
+    inputs[model_base.WORD_SHAPE] = make_tensor(word_shape)
   return pb.PredictRequest(
-    model_spec=pb.ModelSpec(name=model, signature_name=signature),
-    inputs={"input_ids": make_tensor(input_ids), "input_mask": make_tensor(input_mask)},
+    model_spec=pb.ModelSpec(name=model, signature_name=signature), inputs=inputs
   )
 
 
@@ -200,9 +206,14 @@ class GrpcNerClient(common.NerClient):
     """Closes the channel and its connections."""
     self._channel.close()
 
-  def run(self, input_ids: IntArray, input_mask: IntArray) -> IntArray:
-    """pred_label [B, T] for one padded batch."""
-    request = make_predict_request(self.model, self.signature, input_ids, input_mask)
+  def run(
+    self, input_ids: IntArray, input_mask: IntArray, word_shape: IntArray | None = None
+  ) -> IntArray:
+    """pred_label [B, T] for one padded batch; word_shape goes along when the served model
+    takes it (`request_signature`)."""
+    signature = self.request_signature(word_shape)
+    shapes = word_shape if signature != self.signature else None
+    request = make_predict_request(self.model, signature, input_ids, input_mask, shapes)
     response = self._call(self._predict, request)
     if model_base.OUTPUT not in response.outputs:
       raise common.ClientError(f"response has no {model_base.OUTPUT!r} output")

@@ -123,12 +123,16 @@ class RestNerClient(common.NerClient):
     """Closes the session's pooled connections."""
     self.session.close()
 
-  def run(self, input_ids: IntArray, input_mask: IntArray) -> IntArray:
-    """pred_label [B, T] for one padded batch."""
-    body = {
-      "signature_name": self.signature,
-      "inputs": {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()},
-    }
+  def run(
+    self, input_ids: IntArray, input_mask: IntArray, word_shape: IntArray | None = None
+  ) -> IntArray:
+    """pred_label [B, T] for one padded batch; word_shape goes along when the served model
+    takes it (`request_signature`)."""
+    signature = self.request_signature(word_shape)
+    inputs = {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()}
+    if word_shape is not None and signature != self.signature:
+      inputs[model_base.WORD_SHAPE] = word_shape.tolist()
+    body = {"signature_name": signature, "inputs": inputs}
     answer = self._call("POST", f"/v1/models/{self.model}:predict", json=body)
     outputs = answer.get("outputs") if isinstance(answer, dict) else None
     if isinstance(outputs, dict):  # TF Serving names the outputs only when there are several

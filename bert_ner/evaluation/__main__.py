@@ -4,7 +4,8 @@ seqeval report.
 Words are the file's own tokens, scored like the trainer's dev report (bert_ner.metrics): per-type
 lines, then `overall precision P recall R f1 F` as the last line. Throughput goes to stderr.
 `--document` tags each `-DOCSTART-` document as one word sequence (sliding windows over it, so
-sentences see their neighbours); the default tags sentence by sentence.
+sentences see their neighbours); the default tags sentence by sentence. A model trained with word
+shapes gets them through the ids path (`result_word_shape`) unless `--no_word_shape`.
 Exit 2 with one `error:` line for a missing or unlabelled file, an unreachable server or model.
 """
 
@@ -72,6 +73,12 @@ def parse_args(argv=None):
     "entities differ",
   )
   p.add_argument(
+    "--no_word_shape",
+    action="store_true",
+    help="through an ids signature, send only input_ids and input_mask even to a model that "
+    f"takes word shapes (what {model_base.SIGNATURE!r} alone gives)",
+  )
+  p.add_argument(
     "--calibration_plot",
     help="with scores (the text signature): write a reliability diagram of the entity scores here",
   )
@@ -111,9 +118,13 @@ def connect(args):
 
     try:
       model = LocalModel(args.model_base_path)
-      return Featurizer.from_dir(str(args.assets or model.assets)), model.run, str(model.path)
+      featurizer = Featurizer.from_dir(str(args.assets or model.assets))
     except (OSError, ValueError) as e:
       raise EvaluationError(str(e)) from None
+    featurizer.word_shape = (
+      featurizer.word_shape and model.takes_word_shape and not args.no_word_shape
+    )
+    return featurizer, model.run, str(model.path)
   server = args.server or DEFAULT_SERVERS[args.transport]
   client = CLIENTS[args.transport](
     server,
@@ -123,7 +134,21 @@ def connect(args):
     assets=args.assets or default_assets(args.model_base_path),
   )
   client.check_fingerprint()
+  settle_word_shapes(client, args)
   return client.featurizer, client.run, f"{args.transport} {server}"
+
+
+def settle_word_shapes(client, args):
+  """An ids client's featurizer hands its run function word shapes only where they are sent:
+  the served model takes them (`shape_signature`) and --no_word_shape is not given. True when
+  they are."""
+  if client.text_in:
+    return False
+  featurizer = client.featurizer
+  featurizer.word_shape = (
+    featurizer.word_shape and client.shape_signature is not None and not args.no_word_shape
+  )
+  return featurizer.word_shape
 
 
 def tag(featurizer, run_fn, sentences, batch_size):
@@ -236,12 +261,14 @@ def evaluate_text(args, documents, sentences):
   """(predicted tags, description, extra report lines) for --input text."""
   client = text_client(args, args.signature)
   client.check_fingerprint()
+  shaped = settle_word_shapes(client, args)
   found = tag_texts(client, documents, args.document, args.batch_size)
   pred = [tags_of(s, e) for s, e in zip(sentences, found)]
   lines = []
   if args.compare_signature:
     other = text_client(args, args.compare_signature)
     other.check_fingerprint()
+    settle_word_shapes(other, args)
     differ = sum(
       a != b for a, b in zip(found, tag_texts(other, documents, args.document, args.batch_size))
     )
@@ -253,7 +280,8 @@ def evaluate_text(args, documents, sentences):
     lines.append(format_calibration(report))
     if args.calibration_plot:
       plot_calibration(report, args.calibration_plot, os.path.basename(args.data))
-  return pred, f"{args.transport} {client.server}, signature {args.signature!r}", lines
+  description = f"{args.transport} {client.server}, signature {args.signature!r}"
+  return pred, description + (" with word shapes" if shaped else ""), lines
 
 
 def main(argv=None):
@@ -270,6 +298,7 @@ def main(argv=None):
       pred, description, extra = evaluate_text(args, documents, sentences)
     else:
       featurizer, run_fn, description = connect(args)
+      description += " with word shapes" if featurizer.word_shape else ""
       started = time.perf_counter()
       if args.document:
         pred = tag_documents(featurizer, run_fn, documents, args.batch_size)

@@ -10,8 +10,12 @@ SERVE_TAG = "serve"
 
 
 class LocalModel:
-  """A loaded SavedModel version: `run(input_ids, input_mask) -> pred_label` through the ids
-  signature, `run_text(texts) -> outputs` through the text signature."""
+  """A loaded SavedModel version: `run(input_ids, input_mask[, word_shape]) -> pred_label`
+  through the ids signature, `run_text(texts) -> outputs` through the text signature.
+
+  With the ids signature `result` and an export that has the word-shape signature, a given
+  word_shape goes through that one; otherwise it is not sent (the model reads 0).
+  """
 
   def __init__(self, model_base_path, signature=model_base.SIGNATURE):
     path = model_base.latest(model_base_path)
@@ -34,16 +38,24 @@ class LocalModel:
       raise ValueError(f"{path} has no signature {signature!r}")
     self.signature = signature
 
-  def run(self, input_ids, input_mask):
-    """pred_label [B, T] for one padded batch."""
-    sig = self.signatures[self.signature]
-    return self.session.run(
-      sig.outputs[model_base.OUTPUT].name,
-      {
-        sig.inputs[model_base.INPUT_IDS].name: input_ids,
-        sig.inputs[model_base.INPUT_MASK].name: input_mask,
-      },
+  @property
+  def takes_word_shape(self):
+    """Whether run() feeds a given word_shape to the model."""
+    return (
+      self.signature == model_base.SIGNATURE and model_base.WORD_SHAPE_SIGNATURE in self.signatures
     )
+
+  def run(self, input_ids, input_mask, word_shape=None):
+    """pred_label [B, T] for one padded batch."""
+    shaped = word_shape is not None and self.takes_word_shape
+    sig = self.signatures[model_base.WORD_SHAPE_SIGNATURE if shaped else self.signature]
+    feed = {
+      sig.inputs[model_base.INPUT_IDS].name: input_ids,
+      sig.inputs[model_base.INPUT_MASK].name: input_mask,
+    }
+    if shaped:
+      feed[sig.inputs[model_base.WORD_SHAPE].name] = word_shape
+    return self.session.run(sig.outputs[model_base.OUTPUT].name, feed)
 
   def run_text(self, texts):
     """The text signature's outputs (numpy) for a batch of texts."""
