@@ -28,6 +28,9 @@ VALUES = {
   "adapter_alpha": ("2", 2.0),
   "adapter_learning_rate": ("0.125", 0.125),
   "adapter_first_layer": ("3", 3),
+  "word_shape_dim": ("16", 16),
+  "word_shape_dropout": ("0.25", 0.25),
+  "head_warmup_steps": ("100", 100),
   "context": ("mixed", "mixed"),
   "document_stride": ("6", 6),
   "max_train_sentences": ("10", 10),
@@ -115,6 +118,9 @@ OUT_OF_BOUNDS = """
   --lstm_size 0 -> --lstm_size must be >= 1, got 0
   --hidden_size 0 -> --hidden_size must be >= 1, got 0
   --document_stride=-1 -> --document_stride must be >= 0, got -1
+  --word_shape_dim=-1 -> --word_shape_dim must be >= 0, got -1
+  --word_shape_dropout 1.5 -> --word_shape_dropout must be in [0.0, 1.0], got 1.5
+  --head_warmup_steps=-1 -> --head_warmup_steps must be >= 0, got -1
   --max_train_sentences=-1 -> --max_train_sentences must be >= 0, got -1
   --seed=-1 -> --seed must be in [0, 4294967295], got -1
   --seed 4294967296 -> --seed must be in [0, 4294967295], got 4294967296

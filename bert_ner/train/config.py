@@ -106,6 +106,25 @@ class TrainConfig:
     "adapters on encoder layers from this one up (0 = all); the frozen layers below run once "
     "and are cached",
   )
+  word_shape_dim: int = setting(
+    0,
+    "width of a learned embedding of each word's shape (case, digits, first word, all-caps "
+    "sentence: bert_ner.word_shape), an optional model input concatenated to the head's input; "
+    "0 = none",
+    Bound(0),
+  )
+  word_shape_dropout: float = setting(
+    0.5,
+    "with --word_shape_dim: probability that a training row's word shapes are fed as 0, so the "
+    "model also tags well without them",
+    Bound(0.0, 1.0),
+  )
+  head_warmup_steps: int = setting(
+    0,
+    "train only the head (adapters or BERT frozen) for this many steps first; the encoder's "
+    "learning rate then decays over the remaining steps",
+    Bound(0),
+  )
   context: str = setting(
     "sentence",
     "training rows: sentences, or (mixed) documents' sliding windows as well",

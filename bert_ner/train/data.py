@@ -20,10 +20,11 @@ Document = list[conll.Sentence]
 
 @dataclasses.dataclass
 class Example:
-  """One model row: sub-token ids and their training label ids."""
+  """One model row: sub-token ids, their training label ids and word shape ids."""
 
   input_ids: list[int]
   label_ids: list[int]
+  word_shape: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -121,7 +122,7 @@ def make_examples(
   CoNLL-2003 train hold 257k sub-tokens instead of 432k at the default stride.
   """
   examples = [
-    Example(list(window.input_ids), label_ids)
+    Example(list(window.input_ids), label_ids, list(window.word_shape))
     for document in documents
     for sentence in document
     for window, label_ids in featurizer.label_ids(sentence.words, gold_tags(sentence))
@@ -135,9 +136,11 @@ def make_examples(
       document_stride,
     )
     examples += [
-      Example(list(window.input_ids), label_ids)
+      Example(list(window.input_ids), label_ids, list(window.word_shape))
       for document in documents
-      for window, label_ids in windowing.label_ids(*document_words(document))
+      for window, label_ids in windowing.label_ids(
+        *document_words(document), [len(s.words) for s in document]
+      )
     ]
   return examples
 
@@ -176,6 +179,17 @@ def pad(rows: Sequence[Sequence[int]]) -> np.ndarray:
   """Pads a list of 1-D int sequences to the longest with zeros: [B, T] int32."""
   out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
   for i, row in enumerate(rows):
+    out[i, : len(row)] = row
+  return out
+
+
+def pad_shapes(
+  shapes: Sequence[Sequence[int]], id_rows: Sequence[Sequence[int]] | np.ndarray
+) -> np.ndarray:
+  """Word shape rows padded like `pad(id_rows)` (or like the padded ids themselves): [B, T]
+  int32, a row without shapes all 0."""
+  out = np.zeros((len(id_rows), max(len(r) for r in id_rows)), np.int32)
+  for i, row in enumerate(shapes):
     out[i, : len(row)] = row
   return out
 

@@ -21,7 +21,15 @@ from tqdm import tqdm
 from bert_ner import atomic, modeling
 from bert_ner import checkpoint as ckpt
 from bert_ner import head as ner_head
-from bert_ner.train.data import Context, Example, dev_windows, length_batches, pad, pad_features
+from bert_ner.train.data import (
+  Context,
+  Example,
+  dev_windows,
+  length_batches,
+  pad,
+  pad_features,
+  pad_shapes,
+)
 from bert_ner.train.loop import FeedDict, TrainingGraph
 
 ENCODE_BATCH = 64  # rows per encoder run while filling the cache
@@ -125,13 +133,14 @@ class FeatureCache:
 
 
 # A graph over cached values: (values [B, T, F], lengths [B], is_training, label_ids [B, T] or
-# None) -> its NerHead.
+# None, word_shape [B, T]) -> its NerHead.
 Top = Callable[..., ner_head.NerHead]
 
 
 class CachedInputs:
   """Inputs of a graph over cached encoder outputs: the values of the examples and the dev rows,
-  the graph's placeholders (`values` [B, T, F], `lengths` [B], `label_ids` [B, T]) and feeds."""
+  the graph's placeholders (`values` [B, T, F], `lengths` [B], `label_ids` [B, T], `word_shape`
+  [B, T]) and feeds."""
 
   def __init__(self, ctx: Context, examples: list[Example], source: Source, name: str) -> None:
     """Encodes (once, then from the cache) the examples and every dev row at `source`."""
@@ -145,17 +154,26 @@ class CachedInputs:
     self.values: Any = None
     self.lengths: Any = None
     self.label_ids: Any = None
+    self.word_shape: Any = None
 
   def branches(self, top: Top) -> tuple[ner_head.NerHead, ner_head.NerHead]:
-    """Placeholders in the default graph and `top(values, lengths, is_training=, label_ids=)`
-    over them twice: (training NerHead, inference NerHead), the second reusing the variables."""
+    """Placeholders in the default graph and `top(values, lengths, is_training=, label_ids=,
+    word_shape=)` over them twice: (training NerHead, inference NerHead), the second reusing the
+    variables."""
     width = self.train_values[0].shape[1]
     self.values = tf.placeholder(tf.float32, [None, None, width], self.name)
     self.lengths = tf.placeholder(tf.int32, [None], "lengths")
     self.label_ids = tf.placeholder(tf.int32, [None, None], "label_ids")
-    trained = top(self.values, self.lengths, is_training=True, label_ids=self.label_ids)
+    self.word_shape = tf.placeholder(tf.int32, [None, None], "word_shape")
+    trained = top(
+      self.values,
+      self.lengths,
+      is_training=True,
+      label_ids=self.label_ids,
+      word_shape=self.word_shape,
+    )
     with tf.variable_scope(tf.get_variable_scope(), reuse=True):
-      inferred = top(self.values, self.lengths, is_training=False)
+      inferred = top(self.values, self.lengths, is_training=False, word_shape=self.word_shape)
     return trained, inferred
 
   def training_graph(
@@ -165,25 +183,44 @@ class CachedInputs:
     train_op: tf.Operation,
     inferred: ner_head.NerHead,
     kept: list[tf.Variable],
+    warmup_op: tf.Operation | None = None,
+    warmup_steps: int = 0,
   ) -> TrainingGraph:
     """The TrainingGraph of `branches`' heads, fed from the cache."""
     return TrainingGraph(
-      sess, trained.loss, train_op, inferred.pred_label, self.train_feed, self.dev_feed, kept
+      sess,
+      trained.loss,
+      train_op,
+      inferred.pred_label,
+      self.train_feed,
+      self.dev_feed,
+      kept,
+      warmup_op,
+      warmup_steps,
     )
 
   def train_feed(self, batch: np.ndarray) -> FeedDict:
-    """The examples' cached values, lengths and label ids."""
+    """The examples' cached values, lengths, label ids and word shapes."""
     examples = [self.examples[i] for i in batch]
     return {
       self.values: pad_features([self.train_values[i] for i in batch]),
       self.lengths: [len(e.input_ids) for e in examples],
       self.label_ids: pad([e.label_ids for e in examples]),
+      self.word_shape: pad_shapes(
+        [e.word_shape for e in examples], [e.input_ids for e in examples]
+      ),
     }
 
-  def dev_feed(self, input_ids: np.ndarray, input_mask: np.ndarray) -> FeedDict:
-    """Dev rows' values, looked up by their ids in the cache."""
+  def dev_feed(
+    self, input_ids: np.ndarray, input_mask: np.ndarray, word_shape: np.ndarray | None = None
+  ) -> FeedDict:
+    """Dev rows' values, looked up by their ids in the cache, and their word shapes (None: 0)."""
     rows = [tuple(ids[:n]) for ids, n in zip(input_ids.tolist(), input_mask.sum(1))]
+    width = max(len(r) for r in rows)
+    if word_shape is None:
+      word_shape = np.zeros((len(rows), width), np.int32)
     return {
       self.values: pad_features([self.dev_values[r] for r in rows]),
       self.lengths: [len(r) for r in rows],
+      self.word_shape: np.asarray(word_shape, np.int32)[:, :width],
     }

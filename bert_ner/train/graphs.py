@@ -2,7 +2,8 @@
 
 Frozen: the head over cached encoder features. Adapters: LoRA adapters on the encoder layers
 from `adapter_first_layer` up, over the cached input of the first of them, and the head. Fine
-tune: all of BERT and the head over the input ids. Each returns (best weights, history).
+tune: all of BERT and the head over the input ids. Each returns (best weights, history). The
+adapter and fine-tune modes may train the head alone for their first `head_warmup_steps` steps.
 """
 
 import functools
@@ -16,11 +17,11 @@ from bert_ner import checkpoint as ckpt
 from bert_ner import head as ner_head
 from bert_ner import modeling
 from bert_ner.train.config import TrainConfig
-from bert_ner.train.data import Context, lengths_mask, make_examples, pad
+from bert_ner.train.data import Context, lengths_mask, make_examples, pad, pad_shapes
 from bert_ner.train.features import CachedInputs, LayerInput, LayerOutputs, layer_index
 from bert_ner.train.loop import FeedDict, TrainingGraph, fit
 
-HEAD_SCOPES = ("rnn_layer/", "project/", "crf_loss/")
+HEAD_SCOPES = ("rnn_layer/", "project/", "crf_loss/", "word_shape/")
 ADAPTER_SUFFIXES = ("/" + modeling.ADAPTER_DOWN, "/" + modeling.ADAPTER_UP)
 Fitted = tuple[dict[str, Any], list[dict[str, Any]]]  # loop.fit's (best epoch, history)
 
@@ -51,17 +52,19 @@ def decayed_train_op(
   learning_rate: float,
   head_variables: list[tf.Variable],
   num_examples: int,
-) -> tf.Operation:
-  """Adam on `variables` at `learning_rate` decaying linearly to zero over training (as
-  google-research/bert does, gradients clipped at norm 1), and on the head at its own rate."""
+) -> tuple[tf.Operation, tf.Operation]:
+  """(train_op, warmup_op): Adam on `variables` at `learning_rate` decaying linearly to zero
+  over the steps after the head's warm-up (as google-research/bert does, gradients clipped at
+  norm 1) and on the head at its own rate; the warm-up op updates the head only."""
   global_step = tf.train.get_or_create_global_step()
   steps_per_epoch = -(-num_examples // config.batch_size)
-  rate = tf.train.polynomial_decay(learning_rate, global_step, steps_per_epoch * config.epochs, 0.0)
-  return tf.group(
-    minimize(loss, variables, rate, clip_norm=1.0),
-    minimize(loss, head_variables, config.learning_rate),
-    global_step.assign_add(1),
+  decay_steps = max(steps_per_epoch * config.epochs - config.head_warmup_steps, 1)
+  rate = tf.train.polynomial_decay(learning_rate, global_step, decay_steps, 0.0)
+  head_op = minimize(loss, head_variables, config.learning_rate)
+  train_op = tf.group(
+    minimize(loss, variables, rate, clip_norm=1.0), head_op, global_step.assign_add(1)
   )
+  return train_op, head_op
 
 
 def start_session(
@@ -106,6 +109,7 @@ def train_fine_tuned(ctx: Context) -> Fitted:
     tf.set_random_seed(config.seed)
     input_ids, input_mask = ner_head.input_placeholders()
     label_ids = tf.placeholder(tf.int32, [None, None], "label_ids")
+    word_shape = ner_head.word_shape_input(input_ids)
     bert = modeling.BertModel(
       modeling.BertConfig.from_json_file(ctx.bert.config),
       is_training=True,
@@ -119,34 +123,51 @@ def train_fine_tuned(ctx: Context) -> Fitted:
       len(ctx.id2label),
       True,
       label_ids,
+      word_shape,
     )
     with tf.variable_scope(tf.get_variable_scope(), reuse=True):
-      inferred = ner_head.build_inference_graph(ctx.model_dir(), input_ids, input_mask)
+      inferred = ner_head.build_inference_graph(
+        ctx.model_dir(), input_ids, input_mask, word_shape=word_shape
+      )
     variables = tf.trainable_variables()
     bert_variables = [v for v in variables if not is_head_variable(v)]
     head_variables = [v for v in variables if is_head_variable(v)]
-    train_op = decayed_train_op(
+    train_op, warmup_op = decayed_train_op(
       config, trained.loss, bert_variables, config.bert_learning_rate, head_variables, len(examples)
     )
     sess = start_session(graph, bert_variables, ctx.bert.checkpoint)
 
   def train_feed(batch: np.ndarray) -> FeedDict:
-    """The examples' ids, mask and label ids."""
+    """The examples' ids, mask, label ids and word shapes."""
     ids = pad([examples[i].input_ids for i in batch])
     return {
       input_ids: ids,
       input_mask: lengths_mask(ids),
       label_ids: pad([examples[i].label_ids for i in batch]),
+      word_shape: pad_shapes([examples[i].word_shape for i in batch], ids),
     }
 
-  def dev_feed(ids: np.ndarray, mask: np.ndarray) -> FeedDict:
-    """Dev rows as they are: this graph reads ids."""
-    return {input_ids: ids, input_mask: mask}
+  def dev_feed(ids: np.ndarray, mask: np.ndarray, shapes: np.ndarray | None = None) -> FeedDict:
+    """Dev rows as they are (this graph reads ids), and their word shapes when given."""
+    feed = {input_ids: ids, input_mask: mask}
+    if shapes is not None:
+      feed[word_shape] = shapes
+    return feed
 
   return fit(
     ctx,
     examples,
-    TrainingGraph(sess, trained.loss, train_op, inferred, train_feed, dev_feed, variables),
+    TrainingGraph(
+      sess,
+      trained.loss,
+      train_op,
+      inferred,
+      train_feed,
+      dev_feed,
+      variables,
+      warmup_op,
+      config.head_warmup_steps,
+    ),
   )
 
 
@@ -186,6 +207,7 @@ def adapted_top(
   lengths: tf.Tensor,
   is_training: bool,
   label_ids: tf.Tensor | None = None,
+  word_shape: tf.Tensor | None = None,
 ) -> ner_head.NerHead:
   """The adapted encoder layers over cached `states` [B, T, H] (the input of the first adapted
   layer) and the head over the feature layers: NerHead."""
@@ -195,7 +217,7 @@ def adapted_top(
     bert_config, adapters, ctx.ner_config.feature_layers, states, lengths, is_training
   )
   return ner_head.build_ner_head(
-    features, lengths, ctx.ner_config, len(ctx.id2label), is_training, label_ids
+    features, lengths, ctx.ner_config, len(ctx.id2label), is_training, label_ids, word_shape
   )
 
 
@@ -236,7 +258,7 @@ def train_adapters(ctx: Context) -> Fitted:
     adapter_variables = [v for v in variables if is_adapter_variable(v)]
     head_variables = [v for v in variables if is_head_variable(v)]
     base_variables = [v for v in variables if v not in adapter_variables + head_variables]
-    train_op = decayed_train_op(
+    train_op, warmup_op = decayed_train_op(
       config,
       trained.loss,
       adapter_variables,
@@ -246,4 +268,10 @@ def train_adapters(ctx: Context) -> Fitted:
     )
     sess = start_session(graph, base_variables, ctx.bert.checkpoint)
   kept = adapter_variables + head_variables
-  return fit(ctx, examples, inputs.training_graph(sess, trained, train_op, inferred, kept))
+  return fit(
+    ctx,
+    examples,
+    inputs.training_graph(
+      sess, trained, train_op, inferred, kept, warmup_op, config.head_warmup_steps
+    ),
+  )

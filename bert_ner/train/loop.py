@@ -1,7 +1,8 @@
 """The epoch loop every training mode shares: train, tag dev both ways, keep the best epoch.
 
 Dev is tagged sentence by sentence and as whole documents every epoch; the epoch with the best
-mean of the two entity F1s is kept.
+mean of the two entity F1s is kept. A model with word shapes is also scored sentence by sentence
+without them (what `result` alone gives), for the report only.
 """
 
 import dataclasses
@@ -21,17 +22,23 @@ from bert_ner.metrics import seqeval_scores
 from bert_ner.train.data import Context, Document, Example, length_batches
 
 MODES = ("sentence", "document")  # how dev is tagged: sentence by sentence, or whole documents
+# Also scored for a model with word shapes: sentence mode without them (`result` without extras).
+NO_SHAPE = "sentence_no_shape"
 FeedDict = dict[Any, Any]  # placeholder -> value, as Session.run takes it
 Tags = list[list[str]]  # one tag list a sentence
-RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, input_mask) -> pred_label
+# (input_ids, input_mask[, word_shape]) -> pred_label, all [B, T]
+RunFn = Callable[..., np.ndarray]
+# Dev rows (input_ids, input_mask, word_shape or None) -> the graph's feed.
+DevFeed = Callable[[np.ndarray, np.ndarray, np.ndarray | None], FeedDict]
 
 
 @dataclasses.dataclass
 class TrainingGraph:
   """A training graph in its session, as the epoch loop drives it, whatever the mode.
 
-  `train_feed(batch)` maps example indices and `dev_feed(input_ids, input_mask)` dev rows to the
-  graph's inputs; `kept` are the variables whose values the best epoch keeps.
+  `train_feed(batch)` maps example indices and `dev_feed(input_ids, input_mask, word_shape)` dev
+  rows to the graph's inputs; `kept` are the variables whose values the best epoch keeps. For the
+  first `warmup_steps` steps `warmup_op` (the head alone) runs instead of `train_op`.
   """
 
   sess: tf.Session
@@ -39,17 +46,24 @@ class TrainingGraph:
   train_op: tf.Operation
   pred_label: tf.Tensor  # of the inference branch (no dropout)
   train_feed: Callable[[np.ndarray], FeedDict]
-  dev_feed: Callable[[np.ndarray, np.ndarray], FeedDict]
+  dev_feed: DevFeed
   kept: list[tf.Variable]
+  warmup_op: tf.Operation | None = None  # head-only update for the first `warmup_steps` steps
+  warmup_steps: int = 0
+  steps: int = 0  # updates run so far
 
   def train_step(self, batch: np.ndarray) -> np.float32:
     """One update on example indices; the batch's loss."""
-    loss, _ = self.sess.run([self.loss, self.train_op], self.train_feed(batch))
+    op = self.warmup_op if self.steps < self.warmup_steps else self.train_op
+    loss, _ = self.sess.run([self.loss, op], self.train_feed(batch))
+    self.steps += 1
     return loss
 
-  def run_dev(self, input_ids: np.ndarray, input_mask: np.ndarray) -> np.ndarray:
-    """pred_label of the current weights."""
-    return self.sess.run(self.pred_label, self.dev_feed(input_ids, input_mask))
+  def run_dev(
+    self, input_ids: np.ndarray, input_mask: np.ndarray, word_shape: np.ndarray | None = None
+  ) -> np.ndarray:
+    """pred_label of the current weights (word shapes fed when given)."""
+    return self.sess.run(self.pred_label, self.dev_feed(input_ids, input_mask, word_shape))
 
   def snapshot(self) -> dict[str, np.ndarray]:
     """Current values of the kept variables by name."""
@@ -74,12 +88,19 @@ def write_scalars(writer: Any, step: int, **values: float | np.floating[Any]) ->
 def predict_dev(
   featurizer: Featurizer, documents: list[Document], run_fn: RunFn
 ) -> dict[str, Tags]:
-  """Predicted tags of every dev sentence per mode: tagged alone, and within its document."""
+  """Predicted tags of every dev sentence per mode: tagged alone, and within its document; for
+  a model with word shapes (run_fn takes them third) also sentence mode without them."""
   words = [[s.words for s in document] for document in documents]
-  return {
+  predicted = {
     "sentence": featurizer.predict_words([w for d in words for w in d], run_fn),
     "document": [t for d in featurizer.predict_documents(words, run_fn) for t in d],
   }
+  if featurizer.word_shape:
+    predicted[NO_SHAPE] = featurizer.predict_words(
+      [w for d in words for w in d],
+      lambda ids, mask, shapes: run_fn(ids, mask, np.zeros_like(shapes)),
+    )
+  return predicted
 
 
 def score_dev(documents: list[Document], predicted: dict[str, Tags]) -> dict[str, dict[str, Any]]:
@@ -129,16 +150,17 @@ def fit_epochs(
         "epoch": epoch,
         "loss": float(np.mean(losses)),
         "dev_f1": selection_f1(scores),
-        **{f"dev_f1_{mode}": scores[mode]["f1"] for mode in MODES},
+        **{f"dev_f1_{mode}": scores[mode]["f1"] for mode in scores},
         "seconds": round(time.time() - started, 1),
       }
     )
     logging.info(
-      "epoch %d: loss %.4f dev F1 sentence %.2f document %.2f (%.0f s)",
+      "epoch %d: loss %.4f dev F1 sentence %.2f document %.2f%s (%.0f s)",
       epoch,
       np.mean(losses),
       scores["sentence"]["f1"],
       scores["document"]["f1"],
+      f" sentence without word shapes {scores[NO_SHAPE]['f1']:.2f}" if NO_SHAPE in scores else "",
       time.time() - started,
     )
     if best is None or history[-1]["dev_f1"] > best["dev_f1"]:

@@ -2,10 +2,13 @@
 the report (`train_report.json`) and, for a head-only dir, the manifest."""
 
 import dataclasses
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow.compat.v1 as tf
 
 from bert_ner import atomic, backbone, model_base
@@ -14,9 +17,26 @@ from bert_ner import head as ner_head
 from bert_ner.train.config import TrainConfig
 from bert_ner.train.data import Context, Document
 from bert_ner.train.graphs import is_adapter_variable, is_head_variable
-from bert_ner.train.loop import Tags, predict_dev
+from bert_ner.train.loop import NO_SHAPE, Tags, predict_dev
 
 SCORE_FIELDS = ("precision", "recall", "f1", "per_type")  # of each mode, in the manifest
+
+
+def run_graph(
+  sess: tf.Session,
+  pred_label: tf.Tensor,
+  input_ids: tf.Tensor,
+  input_mask: tf.Tensor,
+  word_shape: tf.Tensor,
+  ids: np.ndarray,
+  mask: np.ndarray,
+  shapes: np.ndarray | None = None,
+) -> np.ndarray:
+  """pred_label of one batch in an inference graph, word shapes fed when given."""
+  feed = {input_ids: ids, input_mask: mask}
+  if shapes is not None:
+    feed[word_shape] = shapes
+  return sess.run(pred_label, feed)
 
 
 def save_best(ctx: Context, best: dict[str, Any]) -> tuple[str, Tags | None]:
@@ -29,8 +49,9 @@ def save_best(ctx: Context, best: dict[str, Any]) -> tuple[str, Tags | None]:
   graph = tf.Graph()
   with graph.as_default():
     input_ids, input_mask = ner_head.input_placeholders()
+    word_shape = ner_head.word_shape_input(input_ids)
     pred_label = ner_head.build_inference_graph(
-      ctx.model_dir(), input_ids, input_mask, with_adapters=True
+      ctx.model_dir(), input_ids, input_mask, with_adapters=True, word_shape=word_shape
     )
     variables = tf.global_variables()
     with tf.Session(graph=graph) as sess:
@@ -44,7 +65,7 @@ def save_best(ctx: Context, best: dict[str, Any]) -> tuple[str, Tags | None]:
       if config.adapter_rank:
         adapter_tags = ctx.featurizer.predict_words(
           [s.words for d in ctx.dev for s in d],
-          lambda ids, mask: sess.run(pred_label, {input_ids: ids, input_mask: mask}),
+          functools.partial(run_graph, sess, pred_label, input_ids, input_mask, word_shape),
         )
       saved = variables
       if config.head_only:
@@ -69,13 +90,16 @@ def score_saved(ctx: Context, prefix: str) -> dict[str, Tags]:
   graph = tf.Graph()
   with graph.as_default():
     input_ids, input_mask = ner_head.input_placeholders()
-    pred_label = ner_head.build_inference_graph(model_dir, input_ids, input_mask)
+    word_shape = ner_head.word_shape_input(input_ids)
+    pred_label = ner_head.build_inference_graph(
+      model_dir, input_ids, input_mask, word_shape=word_shape
+    )
     with tf.Session(graph=graph) as sess:
       ckpt.restore_model(sess, model_dir)
       return predict_dev(
         ctx.featurizer,
         ctx.dev,
-        lambda ids, mask: sess.run(pred_label, {input_ids: ids, input_mask: mask}),
+        functools.partial(run_graph, sess, pred_label, input_ids, input_mask, word_shape),
       )
 
 
@@ -117,6 +141,7 @@ def train_report(
     "best_epoch": outcome.best["epoch"],
     "dev": outcome.scores["sentence"],
     "dev_document": outcome.scores["document"],
+    **without_shapes(outcome.scores, lambda scores: scores),
     "history": outcome.history,
     "train_sentences": sum(len(d) for d in train),
     "train_documents": len(train),
@@ -128,6 +153,13 @@ def train_report(
   }
 
 
+def without_shapes(
+  scores: dict[str, dict[str, Any]], pick: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+  """`{"dev_without_word_shape": pick(its scores)}` for a model with word shapes, else {}."""
+  return {"dev_without_word_shape": pick(scores[NO_SHAPE])} if NO_SHAPE in scores else {}
+
+
 def manifest(config: TrainConfig, command: str, outcome: Outcome) -> dict[str, Any]:
   """A head-only dir's `manifest.json`: the pinned backbone it needs and how it scored."""
   return {
@@ -137,6 +169,7 @@ def manifest(config: TrainConfig, command: str, outcome: Outcome) -> dict[str, A
     "context": config.context,
     "dev": {k: outcome.scores["sentence"][k] for k in SCORE_FIELDS},
     "dev_document": {k: outcome.scores["document"][k] for k in SCORE_FIELDS},
+    **without_shapes(outcome.scores, lambda scores: {k: scores[k] for k in SCORE_FIELDS}),
     "best_epoch": outcome.best["epoch"],
     "train_seconds": outcome.train_seconds,
   }

@@ -6,7 +6,9 @@ epoch costs only the head. `--adapter_rank R` keeps BERT's weights frozen but tr
 adapters on its dense kernels together with the head (the checkpoint holds head + adapters; the
 exporter merges them). `--fine_tune` trains all of BERT and the head together.
 `--context mixed` trains on documents' sliding windows as well as on single sentences, so the
-model tags both ways (`Featurizer.predict_documents` / `predict_words`).
+model tags both ways (`Featurizer.predict_documents` / `predict_words`). `--word_shape_dim D`
+gives the head a learned embedding of each word's shape (bert_ner.word_shape) as an optional
+input; `--head_warmup_steps N` trains the head alone for its first N steps.
 Dev is scored in both modes every epoch; the best epoch (mean of the two entity F1s) is kept, and
 the final scores are recomputed with the exported inference graph
 (`bert_ner.head.build_inference_graph`, adapters merged) on the saved checkpoint, so they are the
@@ -50,6 +52,8 @@ def ner_config_of(config: TrainConfig, vocab_path: str) -> ckpt.NerConfig:
     adapter_rank=config.adapter_rank,
     adapter_alpha=config.adapter_alpha if config.adapter_rank else 0.0,
     adapter_first_layer=config.adapter_first_layer if config.adapter_rank else 0,
+    word_shape_dim=config.word_shape_dim,
+    word_shape_dropout=config.word_shape_dropout if config.word_shape_dim else 0.0,
   )
 
 
@@ -62,7 +66,11 @@ def run(config: TrainConfig, command: str = "") -> dict[str, Any]:
   train, dev, id2label, featurizer = load_data(
     config,
     lambda id2label: Featurizer(
-      bert.vocab, ner_config.do_lower_case, ner_config.max_seq_length, id2label
+      bert.vocab,
+      ner_config.do_lower_case,
+      ner_config.max_seq_length,
+      id2label,
+      word_shape=ner_config.word_shape_dim > 0,
     ),
   )
   num_layers = modeling.BertConfig.from_json_file(bert.config).num_hidden_layers
