@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from bert_ner import crf, labels, model_base, text_tables
+from bert_ner import crf, labels, model_base, text_tables, word_shape
 from bert_ner import featurizer as featurizer_lib
 
 # Characters one text (row) may hold: bounds a request's work and memory; a longer row fails the
@@ -65,6 +65,7 @@ class Windows(NamedTuple):
   last: tf.Tensor  # [K] bool, the text's last window
   input_ids: tf.Tensor  # [K, T] int32
   input_mask: tf.Tensor  # [K, T] int32
+  word_shape: tf.Tensor  # [K, T] int32, the word's `bert_ner.word_shape` id, 0 off sub-tokens
 
 
 def _lookup(table, code_points):
@@ -188,6 +189,71 @@ def _widen(chars, tables, row, start, end):
   after = tf.searchsorted(spaces, end, side="left")
   first_space = tf.gather(tf.concat([spaces, [np.iinfo(np.int32).max]], 0), after)
   return tf.where_v2(end < limit, tf.minimum(limit, first_space), end)
+
+
+def _has(flags, bit):
+  """[X] bool: the `text_tables.case` flags hold `bit`."""
+  return tf.not_equal(tf.bitwise.bitwise_and(flags, bit), 0)
+
+
+def word_shapes(chars, words, tables):
+  """Words -> [W] int32 `bert_ner.word_shape` ids, as `featurizer.text_shapes` gives them: the
+  class of each word's original characters (its widened span), each line of a text a sentence.
+
+  For example "EU rejects\nGERMAN CALL" -> Capitalized+first, lower (line 1); ALLCAPS+first+caps,
+  ALLCAPS+caps (line 2: an all-caps sentence).
+  """
+  flags = _lookup(tables.case, chars.code_points)  # [N]
+  num_words = tf.shape(words.start)[0]
+  spans = tf.ragged.range(words.start, words.end)  # [W, (characters)]
+  char_index = spans.flat_values  # [C]
+  char_word = tf.cast(spans.value_rowids(), tf.int32)  # [C]
+  char_flags = tf.gather(flags, char_index)
+  not_first = tf.not_equal(char_index, tf.gather(words.start, char_word))
+
+  def any_char(hit):
+    """[C] bool -> [W] bool: some character of the word."""
+    return tf.math.unsorted_segment_max(tf.cast(hit, tf.int32), char_word, num_words) > 0
+
+  upper = any_char(_has(char_flags, text_tables.UPPER))
+  lower = any_char(_has(char_flags, text_tables.LOWER))
+  digit = any_char(_has(char_flags, text_tables.DIGIT))
+  upper_after_first = any_char(_has(char_flags, text_tables.UPPER) & not_first)
+  first_upper = _has(tf.gather(flags, words.start), text_tables.UPPER)
+  base = tf.where_v2(
+    lower & ~upper,
+    word_shape.LOWER,
+    tf.where_v2(
+      first_upper & ~upper_after_first,
+      word_shape.CAPITALIZED,
+      tf.where_v2(
+        upper & ~lower,
+        word_shape.ALLCAPS,
+        tf.where_v2(
+          upper & lower, word_shape.MIXED, tf.where_v2(digit, word_shape.DIGITS, word_shape.OTHER)
+        ),
+      ),
+    ),
+  )
+  # Two words of a text share a line when no "\n" lies between their starts.
+  newlines = tf.cumsum(tf.cast(tf.equal(chars.code_points, ord("\n")), tf.int32), exclusive=True)
+  line = tf.gather(newlines, words.start)  # [W]
+  first = tf.not_equal(words.row, _previous(words.row, -1)) | tf.not_equal(
+    line, _previous(line, -1)
+  )
+  sentence = tf.cumsum(tf.cast(first, tf.int32)) - 1  # [W]
+
+  def any_word(hit):
+    """[W] bool -> [W] bool: some word of the word's sentence."""
+    per_sentence = tf.math.unsorted_segment_max(tf.cast(hit, tf.int32), sentence, num_words)
+    return tf.gather(per_sentence, sentence) > 0
+
+  caps = any_word(upper) & ~any_word(lower)
+  return (
+    base
+    + word_shape.FIRST_WORD * tf.cast(first, tf.int32)
+    + word_shape.CAPS_SENTENCE * tf.cast(caps, tf.int32)
+  )
 
 
 def vocab_table(vocab):
@@ -314,8 +380,9 @@ def window_spans(tokens, words, num_rows, capacity, overlap):
   return row, lo, hi, tf.equal(lo, tf.gather(row_lo, row)), tf.equal(hi, tf.gather(row_hi, row))
 
 
-def windows(tokens, words, num_rows, max_seq_length, stride, cls_id, sep_id):
-  """SubTokens -> Windows: [CLS] piece ids [SEP] rows padded with 0 (`featurizer._windows`)."""
+def windows(tokens, words, shapes, num_rows, max_seq_length, stride, cls_id, sep_id):
+  """SubTokens -> Windows: [CLS] piece ids [SEP] rows padded with 0 (`featurizer._windows`),
+  with each piece's word shape (`shapes`: [W] from `word_shapes`)."""
   row, lo, hi, first, last = window_spans(tokens, words, num_rows, max_seq_length - 2, 2 * stride)
   length = hi - lo + 2  # [K] with [CLS] and [SEP]
   width = tf.maximum(tf.reduce_max(tf.concat([length, [0]], 0)), 2)
@@ -323,14 +390,16 @@ def windows(tokens, words, num_rows, max_seq_length, stride, cls_id, sep_id):
   token = lo[:, None] + position - 1  # [K, T]
   inside = (position >= 1) & (position < length[:, None] - 1)
   num_tokens = tf.shape(tokens.ids)[0]
-  piece = tf.gather(tf.concat([tokens.ids, [0]], 0), tf.where_v2(inside, token, num_tokens))
+  source = tf.where_v2(inside, token, num_tokens)  # [K, T], num_tokens off the sub-tokens
+  piece = tf.gather(tf.concat([tokens.ids, [0]], 0), source)
+  shape = tf.gather(tf.concat([tf.gather(shapes, tokens.word), [word_shape.NONE]], 0), source)
   input_ids = tf.where_v2(
     tf.equal(position, 0),
     cls_id,
     tf.where_v2(tf.equal(position, length[:, None] - 1), sep_id, piece),
   )
   input_mask = tf.cast(position < length[:, None], tf.int32)
-  return Windows(row, lo, hi, first, last, input_ids * input_mask, input_mask)
+  return Windows(row, lo, hi, first, last, input_ids * input_mask, input_mask, shape)
 
 
 class LabelKinds(NamedTuple):
@@ -520,8 +589,9 @@ def _dense(values, row, rank, num_rows, width, pad):
 def build(model_dir, texts, build_head):
   """Text [B] -> the text signature's outputs (a dict of tensors, names from model_base).
 
-  `build_head(input_ids, input_mask)` builds the model on the windows (sharing the variables of
-  the ids signature) and returns its NerHead.
+  `build_head(input_ids, input_mask, word_shape)` builds the model on the windows (sharing the
+  variables of the ids signature) and returns its NerHead; `word_shape` is the windows' in-graph
+  word shapes for a model that takes them, else None.
   """
   featurizer = model_dir.featurizer()
   tables = text_tables.build(featurizer._tokenizer)
@@ -533,10 +603,13 @@ def build(model_dir, texts, build_head):
   chars = decode(texts)
   words = basic_words(chars, tables)
   tokens = wordpiece(words, vocab_table(vocab), longest_piece(vocab), unk_id)
+  shapes = word_shapes(chars, words, tables)
   wins = windows(
-    tokens, words, num_rows, featurizer.max_seq_length, featurizer.stride, cls_id, sep_id
+    tokens, words, shapes, num_rows, featurizer.max_seq_length, featurizer.stride, cls_id, sep_id
   )
-  head = build_head(wins.input_ids, wins.input_mask)
+  head = build_head(
+    wins.input_ids, wins.input_mask, wins.word_shape if featurizer.word_shape else None
+  )
   alpha, beta, log_norm = crf.crf_forward_backward(head.logits, head.lengths, head.transitions)
   reading = read_positions(tokens, words, wins, featurizer.max_seq_length)
   kinds = label_kinds(model_dir.id2label)

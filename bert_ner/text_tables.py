@@ -31,6 +31,9 @@ SURROGATES = range(0xD800, 0xE000)  # never produced by UTF-8 decoding
 KEEP, DROP = -1, -2
 # `char_class` values: how the pre-tokenizer treats a normalized character.
 OTHER, SPACE, PUNCT = 0, 1, 2
+# `case` bits: Python's str.isupper / islower / isdigit of an original character, what
+# `bert_ner.word_shape` asks of each character of a word.
+UPPER, LOWER, DIGIT = 1, 2, 4
 # Code points that go through the normalizer one call at a time instead of in the joined string
 # (the separator itself).
 _SEPARATOR = "|"
@@ -69,6 +72,9 @@ class TextTables:
     normalized characters as the pre-tokenizer sees them.
   `is_space`: Python's `str.isspace` of the original characters, where a word's end stops
     (`featurizer._words_of` widens a word over dropped characters up to whitespace).
+  `case`: UPPER | LOWER | DIGIT bits of the original characters (`bert_ner.word_shape`). They
+    come from the exporting Python's Unicode database; a client on another Python version can
+    differ only on characters added to Unicode in between.
   """
 
   normalize: RangeTable
@@ -76,6 +82,7 @@ class TextTables:
   replacement_lengths: IntArray  # [E]
   char_class: RangeTable
   is_space: RangeTable
+  case: RangeTable
 
 
 def _code_points() -> list[int]:
@@ -93,6 +100,15 @@ def _fill_gaps(values: IntArray) -> IntArray:
   """Replaces each -1 (a don't-care) with the value before it, so don't-cares add no runs."""
   known = np.flatnonzero(values >= 0)
   return values[known[np.maximum(np.searchsorted(known, np.arange(len(values)), "right") - 1, 0)]]
+
+
+def _case_bits(code_points: list[int]) -> IntArray:
+  """UPPER | LOWER | DIGIT per code point (0 for the surrogates, filled by the caller)."""
+  bits = np.zeros(NUM_CODE_POINTS, np.int32)
+  for c in code_points:
+    ch = chr(c)
+    bits[c] = UPPER * ch.isupper() | LOWER * ch.islower() | DIGIT * ch.isdigit()
+  return bits
 
 
 def _normalized(tokenizer: Tokenizer, code_points: list[int]) -> list[str]:
@@ -184,4 +200,5 @@ def _build(normalizer_state: bytes, pre_tokenizer_state: bytes) -> TextTables:
     replacement_lengths=lengths,
     char_class=RangeTable.from_values(_fill_gaps(char_class)),
     is_space=RangeTable.from_values(_fill_surrogates(is_space)),
+    case=RangeTable.from_values(_fill_surrogates(_case_bits(code_points))),
   )

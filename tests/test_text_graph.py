@@ -1,8 +1,9 @@
 """The in-graph tokenizer (bert_ner.text_graph) against the featurizer it copies.
 
-Differential: for every string, the graph's words (offsets) and windows (sub-token ids and the
-word each position begins) must equal `Featurizer.encode_text`'s, on CoNLL-2003 train and dev
-(sentences and whole documents, as text) and on a generated Unicode corpus (tests/text_corpus.py).
+Differential: for every string, the graph's words (offsets) and windows (sub-token ids, the
+word each position begins and its word shape) must equal `Featurizer.encode_text`'s, on
+CoNLL-2003 train and dev (sentences and whole documents, as text) and on a generated Unicode
+corpus (tests/text_corpus.py).
 """
 
 import os
@@ -32,13 +33,15 @@ class GraphTokenizer:
     with self.graph.as_default():
       self.texts = v1.placeholder(tf.string, [None])
       chars = text_graph.decode(self.texts)
-      words = text_graph.basic_words(chars, text_tables.build(featurizer._tokenizer))
+      tables = text_tables.build(featurizer._tokenizer)
+      words = text_graph.basic_words(chars, tables)
       tokens = text_graph.wordpiece(
         words, text_graph.vocab_table(vocab), text_graph.longest_piece(vocab), vocab[UNK]
       )
       wins = text_graph.windows(
         tokens,
         words,
+        text_graph.word_shapes(chars, words, tables),
         tf.shape(self.texts)[0],
         featurizer.max_seq_length,
         featurizer.stride,
@@ -56,12 +59,14 @@ class GraphTokenizer:
         hi=wins.hi,
         input_ids=wins.input_ids,
         input_mask=wins.input_mask,
+        word_shape=wins.word_shape,
       )
       self.session = v1.Session(graph=self.graph)
       self.session.run(v1.tables_initializer())
 
   def __call__(self, texts):
-    """Per text: ([(start, end) of each word], [(input_ids, word_ids) of each window])."""
+    """Per text: ([(start, end) of each word], [(input_ids, word_ids, word_shape) of each
+    window])."""
     encoded = [t if isinstance(t, bytes) else t.encode("utf-8") for t in texts]
     out = self.session.run(self.fetches, {self.texts: encoded})
     token_word = out["token_word"]
@@ -81,7 +86,13 @@ class GraphTokenizer:
           int(token_word[p] - first_word) if p == 0 or token_word[p - 1] != token_word[p] else -1
           for p in range(out["lo"][k], out["hi"][k])
         ]
-        windows.append((out["input_ids"][k][:length].tolist(), [-1, *begins, -1]))
+        windows.append(
+          (
+            out["input_ids"][k][:length].tolist(),
+            [-1, *begins, -1],
+            out["word_shape"][k][:length].tolist(),
+          )
+        )
       result.append((words, windows))
     return result
 
@@ -91,7 +102,9 @@ def python_tokens(featurizer, text):
   if isinstance(text, bytes):
     text = text.decode("utf-8", "replace")
   words, windows = featurizer.encode_text(text)
-  return [(w.start, w.end) for w in words], [(w.input_ids, w.word_ids) for w in windows]
+  return [(w.start, w.end) for w in words], [
+    (w.input_ids, w.word_ids, w.word_shape) for w in windows
+  ]
 
 
 def disagreements(tokenizer, texts, batch=500):
@@ -149,6 +162,8 @@ def test_edge_cases_agree(tokenizer, short_windows):
     "Müller's café, naïve 漢字 İstanbul",
     b"bad \xff\xfe bytes \xc3",
     "word" + "\u0301" * 5 + " next",
+    "EU rejects\nGERMAN CALL\n\n  iPhone McDonald A I 1996-08-30 ,\nX",
+    "ǅungla ǈ Σίσυφος ΣΊΣΥΦΟΣ ⅷ Ⅷ ² ٣ x\u0301Y\u200bZ",
   ]
   assert disagreements(tokenizer, texts) == []
   assert disagreements(short_windows, texts) == []
