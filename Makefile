@@ -56,7 +56,7 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy on the typed interfaces
 # export and server are built once; most slow tests wait on a subprocess, a socket or a timeout.
 TEST_WORKERS ?= 2
 test: $(STAMP) $(TF218)/.installed ## the whole test suite, on TEST_WORKERS (2) workers
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # The unit tests: no training, real export, server or other subprocess, MiniLM, TF 2.18,
 # chromium or Docker, none over ~1 s (tests marked `slow` or `docker` are left out).

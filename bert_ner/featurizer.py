@@ -217,19 +217,8 @@ def _words_of(text: str, encoding: Encoding) -> tuple[list[Word], list[int]]:
 
 
 def text_shapes(text: str, words: Sequence[Word]) -> list[int]:
-  """Word shape ids of free-text words, each line of `text` (split at "\\n") a sentence."""
-  shapes: list[int] = []
-  line: list[str] = []
-  line_end = -1  # offset of the newline ending the current line (-1: none yet)
-  for word in words:
-    if word.start > line_end:
-      shapes += word_shape.sentence_shapes(line)
-      line = []
-      line_end = text.find("\n", word.start)
-      if line_end < 0:
-        line_end = len(text)
-    line.append(word.text)
-  return shapes + word_shape.sentence_shapes(line)
+  """Word shape ids of free-text words (`word_shape.text_shapes`)."""
+  return word_shape.text_shapes(text, [(w.start, w.end) for w in words])
 
 
 def _window_spans(begins: Sequence[int], capacity: int, overlap: int) -> list[tuple[int, int]]:

@@ -197,30 +197,47 @@ def _has(flags, bit):
 
 
 def word_shapes(chars, words, tables):
-  """Words -> [W] int32 `bert_ner.word_shape` ids, as `featurizer.text_shapes` gives them: the
-  class of each word's original characters (its widened span), each line of a text a sentence.
+  """Words -> [W] int32 `bert_ner.word_shape` ids, as `word_shape.text_shapes` gives them: words
+  that touch form a token, each word shaped by its token's core, each line of a text a sentence.
 
-  For example "EU rejects\nGERMAN CALL" -> Capitalized+first, lower (line 1); ALLCAPS+first+caps,
-  ALLCAPS+caps (line 2: an all-caps sentence).
+  For example "(Reuters) U.S. officials" -> "(" OTHER+first, "Reuters" Capitalized+first,
+  ")" OTHER+first, "U" "." "S" ALLCAPS, the last "." OTHER, "officials" lower.
   """
   flags = _lookup(tables.case, chars.code_points)  # [N]
   num_words = tf.shape(words.start)[0]
+  new_row = tf.not_equal(words.row, _previous(words.row, -1))
+  token = (
+    tf.cumsum(tf.cast(new_row | tf.not_equal(words.start, _previous(words.end, -1)), tf.int32)) - 1
+  )  # [W], the token of each word
   spans = tf.ragged.range(words.start, words.end)  # [W, (characters)]
-  char_index = spans.flat_values  # [C]
-  char_word = tf.cast(spans.value_rowids(), tf.int32)  # [C]
+  char_index = spans.flat_values  # [C], the characters of the words
+  char_token = tf.gather(token, tf.cast(spans.value_rowids(), tf.int32))  # [C]
   char_flags = tf.gather(flags, char_index)
-  not_first = tf.not_equal(char_index, tf.gather(words.start, char_word))
+  core = tf.not_equal(char_flags, 0)
+  core_index = tf.boolean_mask(char_index, core)
+  core_token = tf.boolean_mask(char_token, core)
+  # Per token ([W] rows, the first `tokens` used): its core's [start, end), empty if none.
+  has_core = tf.math.unsorted_segment_max(tf.ones_like(core_token), core_token, num_words) > 0
+  core_start = tf.math.unsorted_segment_min(core_index, core_token, num_words)
+  core_end = tf.math.unsorted_segment_max(core_index, core_token, num_words) + 1
 
   def any_char(hit):
-    """[C] bool -> [W] bool: some character of the word."""
-    return tf.math.unsorted_segment_max(tf.cast(hit, tf.int32), char_word, num_words) > 0
+    """[C] bool -> [tokens] bool: some character of the token (only core characters have
+    flags, so some character of its core)."""
+    return tf.math.unsorted_segment_max(tf.cast(hit, tf.int32), char_token, num_words) > 0
 
-  upper = any_char(_has(char_flags, text_tables.UPPER))
+  is_upper = _has(char_flags, text_tables.UPPER)
+  upper = any_char(is_upper)
   lower = any_char(_has(char_flags, text_tables.LOWER))
   digit = any_char(_has(char_flags, text_tables.DIGIT))
-  upper_after_first = any_char(_has(char_flags, text_tables.UPPER) & not_first)
-  first_upper = _has(tf.gather(flags, words.start), text_tables.UPPER)
-  base = tf.where_v2(
+  upper_after_first = any_char(
+    is_upper & tf.not_equal(char_index, tf.gather(core_start, char_token))
+  )
+  first_upper = has_core & _has(
+    tf.gather(tf.concat([flags, [0]], 0), tf.where_v2(has_core, core_start, tf.size(flags))),
+    text_tables.UPPER,
+  )
+  token_base = tf.where_v2(
     lower & ~upper,
     word_shape.LOWER,
     tf.where_v2(
@@ -234,21 +251,27 @@ def word_shapes(chars, words, tables):
         ),
       ),
     ),
+  )  # [tokens]
+  in_core = (
+    tf.gather(has_core, token)
+    & (words.start < tf.gather(core_end, token))
+    & (words.end > tf.gather(core_start, token))
   )
+  base = tf.where_v2(in_core, tf.gather(token_base, token), word_shape.OTHER)
   # Two words of a text share a line when no "\n" lies between their starts.
   newlines = tf.cumsum(tf.cast(tf.equal(chars.code_points, ord("\n")), tf.int32), exclusive=True)
   line = tf.gather(newlines, words.start)  # [W]
-  first = tf.not_equal(words.row, _previous(words.row, -1)) | tf.not_equal(
-    line, _previous(line, -1)
-  )
-  sentence = tf.cumsum(tf.cast(first, tf.int32)) - 1  # [W]
+  line_start = new_row | tf.not_equal(line, _previous(line, -1))
+  sentence = tf.cumsum(tf.cast(line_start, tf.int32)) - 1  # [W]
+  first = tf.equal(token, tf.gather(tf.boolean_mask(token, line_start), sentence))
 
   def any_word(hit):
     """[W] bool -> [W] bool: some word of the word's sentence."""
     per_sentence = tf.math.unsorted_segment_max(tf.cast(hit, tf.int32), sentence, num_words)
     return tf.gather(per_sentence, sentence) > 0
 
-  caps = any_word(upper) & ~any_word(lower)
+  # A line's tokens hold exactly its words' characters.
+  caps = any_word(tf.gather(upper, token)) & ~any_word(tf.gather(lower, token))
   return (
     base
     + word_shape.FIRST_WORD * tf.cast(first, tf.int32)

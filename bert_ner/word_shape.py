@@ -16,7 +16,7 @@ A word's id, from its ORIGINAL characters (Python's per-character str predicates
 
 A sentence is all caps when none of its words' characters is lower-case and one is upper-case.
 "Sentence" is a CoNLL sentence for CoNLL input (each sentence of a document keeps its own flags)
-and one line of free text (split at "\\n") with the basic-tokenizer units as words.
+and one line of free text (split at "\\n"), whose words are shaped as CoNLL tokens (`text_shapes`).
 
 This is the reference the in-graph text tokenizer reproduces: change nothing here without it.
 """
@@ -85,3 +85,54 @@ def split_lengths(items: Sequence[str], lengths: Iterable[int] | None) -> list[S
   if begin != len(items):
     raise ValueError(f"sentence lengths add up to {begin}, but there are {len(items)} words")
   return parts
+
+
+def is_core(char: str) -> bool:
+  """A character that decides a token's shape: a cased letter or a digit."""
+  return char.isupper() or char.islower() or char.isdigit()
+
+
+def text_shapes(text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+  """Shape ids (1..24) of free-text words given as [start, end) offsets into `text`, in order.
+
+  The model learned shapes of CoNLL tokens: whitespace-separated, punctuation split off. The
+  basic tokenizer cuts free text finer ("U.S." -> "U" "." "S" ".") and leaves punctuation attached
+  to its token ("(Reuters)"). So words are grouped into tokens (a word joins the one before it
+  when nothing lies between them: the tokenizer's words of one whitespace-separated token touch),
+  and a word is shaped by its token stripped of leading and trailing characters that are not
+  `is_core` (the token's core); a word wholly outside the core is OTHER. Each line is a sentence:
+  the words of its first token are its first word, and it is all caps when its words are.
+
+  For example "(Reuters) U.S. officials" -> "(" OTHER+first, "Reuters" Capitalized+first,
+  ")" OTHER+first, "U" "." "S" ALLCAPS, the last "." OTHER, "officials" lower.
+  """
+  tokens: list[int] = []  # token index of each word
+  for i, (start, _) in enumerate(spans):
+    tokens.append(tokens[-1] + (start != spans[i - 1][1]) if i else 0)
+  token_spans: dict[int, tuple[int, int]] = {}
+  for token, (start, end) in zip(tokens, spans):
+    token_spans[token] = (token_spans.get(token, (start, end))[0], end)
+  cores = {token: _core(text, *span) for token, span in token_spans.items()}
+  shapes: list[int] = []
+  line: list[int] = []  # word indices of the current line
+  line_end = -1
+  for i, (start, _) in enumerate([*spans, (len(text) + 1, 0)]):
+    if start > line_end:  # the line before is complete
+      caps = CAPS_SENTENCE if is_all_caps(text[a:b] for a, b in (spans[j] for j in line)) else 0
+      for j in line:
+        core_start, core_end, core_base = cores[tokens[j]]
+        base = core_base if spans[j][0] < core_end and spans[j][1] > core_start else OTHER
+        shapes.append(base + (FIRST_WORD if tokens[j] == tokens[line[0]] else 0) + caps)
+      line = []
+      found = text.find("\n", start)
+      line_end = len(text) if found < 0 else found
+    line.append(i)
+  return shapes
+
+
+def _core(text: str, start: int, end: int) -> tuple[int, int, int]:
+  """(start, end, base shape) of a token's core; an empty span at `end` when it has none."""
+  core = [j for j in range(start, end) if is_core(text[j])]
+  if not core:
+    return end, end, OTHER
+  return core[0], core[-1] + 1, base_shape(text[core[0] : core[-1] + 1])

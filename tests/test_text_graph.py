@@ -164,6 +164,8 @@ def test_edge_cases_agree(tokenizer, short_windows):
     "word" + "\u0301" * 5 + " next",
     "EU rejects\nGERMAN CALL\n\n  iPhone McDonald A I 1996-08-30 ,\nX",
     "ǅungla ǈ Σίσυφος ΣΊΣΥΦΟΣ ⅷ Ⅷ ² ٣ x\u0301Y\u200bZ",
+    '(Reuters) U.S. officials "Germany," he said',
+    "x\u0345 \u0345 Y ab\x0bCd \x1dEF\n\u0345\u0345 A",  # isspace but dropped inside a word
   ]
   assert disagreements(tokenizer, texts) == []
   assert disagreements(short_windows, texts) == []

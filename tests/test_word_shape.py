@@ -198,10 +198,30 @@ def test_free_text_lines_are_sentences():
     "McDonald", "'", "s", "iPhone",
   ]  # fmt: skip
   shapes = [s for window in windows for s in _word_shapes_of(window).values()]
-  lines = [["EU", "rejects", "German", "call", "."], ["BRUSSELS", "1996", "-", "08", "-", "22"]]
-  lines.append(["McDonald", "'", "s", "iPhone"])
-  assert shapes == ws.document_shapes(lines)
-  assert shapes[5] == ws.ALLCAPS + ws.FIRST_WORD + ws.CAPS_SENTENCE
+  # Shaped as the CoNLL tokens "EU" "rejects" "German" "call" "." / "BRUSSELS" "1996-08-22" /
+  # "McDonald's" "iPhone": the pieces of one whitespace token share its shape, a trailing
+  # "." outside the token's letters is OTHER.
+  first, caps = ws.FIRST_WORD, ws.CAPS_SENTENCE
+  assert shapes == [
+    ws.ALLCAPS + first, ws.LOWER, ws.CAPITALIZED, ws.LOWER, ws.OTHER,
+    ws.ALLCAPS + first + caps, *[ws.DIGITS + caps] * 5,
+    *[ws.MIXED + first] * 3, ws.MIXED,
+  ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  "text, expected",
+  [
+    ("(Reuters) U.S. officials", [12, 8, 12, 3, 3, 3, 6, 1]),
+    ('"Germany," he said', [12, 8, 12, 12, 1, 1]),
+    ("A\nB c", [20, 8, 1]),
+    ("x,,,\n,,, Y", [7, 12, 12, 12, 24, 24, 24, 14]),
+    ("", []),
+  ],
+)
+def test_free_text_words_take_their_tokens_shape(text, expected):
+  words, _ = Featurizer(VOCAB, True, 512, LABELS).encode_text(text)
+  assert ws.text_shapes(text, [(w.start, w.end) for w in words]) == expected
 
 
 def test_text_documents_and_texts_agree(featurizer):
