@@ -142,7 +142,8 @@ def test_conll_agrees(tokenizer, short_windows, split):
     pytest.skip(f"no {conll.DEFAULT_DIR / split}")
   texts = conll_texts(split)
   assert disagreements(tokenizer, texts) == []
-  assert disagreements(short_windows, texts) == []
+  if tokenizer.featurizer.do_lower_case:  # once per split: short windows cut the same either way
+    assert disagreements(short_windows, texts) == []
 
 
 def test_generated_corpus_agrees(tokenizer):
