@@ -204,30 +204,27 @@ def real_lengths(input_ids, input_mask, sep_id):
   return tf.where_v2(tf.reduce_any(is_sep, axis=1), tf.minimum(leading, through_sep), leading)
 
 
-def check_shapes(input_ids, input_mask):
-  """Assert op: input_mask has input_ids' shape (checked before anything combines the two)."""
-  ids_shape, mask_shape = tf.shape(input_ids), tf.shape(input_mask)
+def _check_like_ids(input_ids, other, name):
+  """Assert op: `other` (the input called `name`) has input_ids' shape."""
+  ids_shape, other_shape = tf.shape(input_ids), tf.shape(other)
   return _check(
-    tf.reduce_all(tf.equal(ids_shape, mask_shape)),
-    "input_mask shape [{},{}] does not match input_ids shape [{},{}]",
-    mask_shape[0],
-    mask_shape[1],
+    tf.reduce_all(tf.equal(ids_shape, other_shape)),
+    name + " shape [{},{}] does not match input_ids shape [{},{}]",
+    other_shape[0],
+    other_shape[1],
     ids_shape[0],
     ids_shape[1],
   )
+
+
+def check_shapes(input_ids, input_mask):
+  """Assert op: input_mask has input_ids' shape (checked before anything combines the two)."""
+  return _check_like_ids(input_ids, input_mask, "input_mask")
 
 
 def check_word_shape(input_ids, word_shape):
   """Assert op: word_shape has input_ids' shape."""
-  ids_shape, shape_shape = tf.shape(input_ids), tf.shape(word_shape)
-  return _check(
-    tf.reduce_all(tf.equal(ids_shape, shape_shape)),
-    "word_shape shape [{},{}] does not match input_ids shape [{},{}]",
-    shape_shape[0],
-    shape_shape[1],
-    ids_shape[0],
-    ids_shape[1],
-  )
+  return _check_like_ids(input_ids, word_shape, "word_shape")
 
 
 def check_inputs(input_ids, input_mask, lengths, vocab_size, max_positions):
