@@ -4,6 +4,7 @@ import itertools
 import json
 import re
 
+import numpy as np
 import pytest
 
 from bert_ner import backbone, checkpoint
@@ -23,12 +24,16 @@ def tagger():
   with graph.as_default():
     ids = tf.placeholder(tf.int32, [None, None])
     mask = tf.placeholder(tf.int32, [None, None])
-    pred = head.build_inference_graph(model_dir, ids, mask)
+    shapes = tf.placeholder(tf.int32, [None, None])
+    pred = head.build_inference_graph(model_dir, ids, mask, word_shape=shapes)
     sess = tf.Session(graph=graph)
     checkpoint.restore_model(sess, model_dir)
-  yield lambda texts: featurizer.predict_texts(
-    texts, lambda i, m: sess.run(pred, {ids: i, mask: m})
-  )
+
+  def run(i, m, s=None):
+    """The model's run function, with the featurizer's word shapes when it takes them."""
+    return sess.run(pred, {ids: i, mask: m, shapes: s if s is not None else np.zeros_like(i)})
+
+  yield lambda texts: featurizer.predict_texts(texts, run)
   sess.close()
 
 

@@ -122,7 +122,7 @@ def test_the_decayed_train_op_advances_the_global_step():
 
   from bert_ner.train import graphs
 
-  config = types.SimpleNamespace(batch_size=4, epochs=2, learning_rate=0.1)
+  config = types.SimpleNamespace(batch_size=4, epochs=2, learning_rate=0.1, head_warmup_steps=0)
   with tf.Graph().as_default(), tf.Session() as sess:
     bert, head = tf.Variable(0.0), tf.Variable(0.0)
     loss = tf.square(bert - 1.0) + tf.square(head - 1.0)
