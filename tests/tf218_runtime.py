@@ -3,8 +3,9 @@
     python tests/tf218_runtime.py predict EXPORT_DIR BATCHES.npz OUT.npz
         loads the SavedModel through the TF1 loader TF Serving's SavedModelBundle mirrors and
         writes pred_label for every batch (ids_<i>, mask_<i> -> pred_<i>)
-    python tests/tf218_runtime.py text EXPORT_DIR TEXTS.json OUT.json
-        runs the text signature (serving_default) on the texts and writes its outputs as JSON
+    python tests/tf218_runtime.py text EXPORT_DIR REQUESTS.json OUT.json
+        runs the text signature (serving_default) on each request's texts and writes the
+        outputs' rows as JSON
     python tests/tf218_runtime.py ops EXPORT_DIR
         prints every op type of the SavedModel's graph (functions included) and those TF 2.18
         does not register, as JSON
@@ -90,29 +91,29 @@ def predict(export_dir, batches_path, out_path):
   print(json.dumps({"tensorflow": tf.__version__, "batches": len(outputs)}))
 
 
-def text(export_dir, texts_path, out_path):
-  """The text signature's outputs for the texts of a JSON list, as JSON lists."""
+def text(export_dir, requests_path, out_path):
+  """The text signature's outputs for requests of texts (a JSON list of lists), one session call
+  per request, as JSON lists: each output's rows, request after request."""
   import tensorflow as tf
 
-  with open(texts_path, encoding="utf-8") as f:
-    texts = json.load(f)
+  with open(requests_path, encoding="utf-8") as f:
+    requests = json.load(f)
+  rows = {}
   with tf.compat.v1.Session(graph=tf.Graph()) as sess:
     meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], export_dir)
     signature = meta.signature_def["serving_default"]
-    got = sess.run(
-      {key: info.name for key, info in signature.outputs.items()},
-      {signature.inputs["text"].name: [t.encode("utf-8") for t in texts]},
-    )
+    for texts in requests:
+      got = sess.run(
+        {key: info.name for key, info in signature.outputs.items()},
+        {signature.inputs["text"].name: [t.encode("utf-8") for t in texts]},
+      )
+      for key, value in got.items():
+        if value.dtype == object:
+          value = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value)
+        rows.setdefault(key, []).extend(value.tolist())
   with open(out_path, "w", encoding="utf-8") as f:
-    json.dump(
-      {
-        key: np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value).tolist()
-        if value.dtype == object
-        else value.tolist()
-        for key, value in got.items()
-      },
-      f,
-    )
+    json.dump(rows, f)
+  texts = [t for request in requests for t in request]
   print(json.dumps({"tensorflow": tf.__version__, "texts": len(texts)}))
 
 
