@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 VOCAB_FILE = "vocab.txt"
 CLS, SEP, UNK = "[CLS]", "[SEP]", "[UNK]"
-X = "X"
+X = labels.X_LABEL
 # google's WordpieceTokenizer default: a longer basic token becomes a single [UNK].
 MAX_INPUT_CHARS_PER_WORD = 200
 

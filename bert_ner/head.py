@@ -10,16 +10,18 @@ predictions do not depend on how far the batch is padded.
 
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow.compat.v1 as tf
 
-from bert_ner import crf, featurizer, model_base, modeling
+from bert_ner import crf, featurizer, labels, model_base, modeling
 from bert_ner import word_shape as shapes
 from bert_ner.ner_schema import HEADS
 
 
 class NerHead(NamedTuple):
   """Head outputs: logits [B, T, L], Viterbi pred_label [B, T] int32, mean CRF loss or None,
-  the CRF's transitions [L, L] and each row's length [B] int32."""
+  the transitions [L, L] decoding used (the CRF's, IOB2-forbidden ones at FORBIDDEN_TRANSITION)
+  and each row's length [B] int32."""
 
   logits: tf.Tensor
   pred_label: tf.Tensor
@@ -121,15 +123,24 @@ def word_shape_features(word_shape, ner_config, is_training):
   return tf.gather(table, ids)  # [B, T, word_shape_dim]
 
 
+# Added to the transitions IOB2 forbids when decoding: no path through one can win, and exp() of it
+# is 0 in float32, so the forward-backward marginals give such paths no mass either.
+FORBIDDEN_TRANSITION = -10000.0
+
+
 def build_ner_head(
-  features, lengths, ner_config, num_labels, is_training, label_ids=None, word_shape=None
+  features, lengths, ner_config, id2label, is_training, label_ids=None, word_shape=None
 ):
   """Builds the head (`ner_config.head`: bilstm or dense) and its CRF; loss only with labels.
+
+  Decoding (`pred_label`, and `NerHead.transitions` for the marginals) keeps to IOB2
+  (`labels.forbidden_transitions`); the loss is the plain CRF's, so training is unchanged.
 
   With `ner_config.word_shape_dim`, the embedding of `word_shape` ([B, T] int32, None: all 0)
   is concatenated to the (dropped-out) features before the BiLSTM.
   """
   # features: [B, T, F] (static F); lengths: [B] int32; label_ids: [B, T] int32 or None
+  num_labels = len(id2label)
   if ner_config.head not in HEADS:
     raise ValueError(f"unknown head {ner_config.head!r}, expected one of {HEADS}")
   if features.shape[-1] is None:
@@ -156,12 +167,14 @@ def build_ner_head(
     transitions = tf.get_variable(
       "transitions", [num_labels, num_labels], initializer=tf.glorot_uniform_initializer()
     )
-  pred_label = crf.viterbi_decode(logits, lengths, transitions)  # [B, T] int32
   loss = None
   if label_ids is not None:
     log_likelihood = crf.crf_log_likelihood(logits, label_ids, lengths, transitions)  # [B]
     loss = -tf.reduce_mean(log_likelihood)
-  return NerHead(logits, pred_label, loss, transitions, lengths)
+  forbidden = labels.forbidden_transitions(id2label) * np.float32(FORBIDDEN_TRANSITION)  # [L, L]
+  decoding = transitions + tf.constant(forbidden)
+  pred_label = crf.viterbi_decode(logits, lengths, decoding)  # [B, T] int32
+  return NerHead(logits, pred_label, loss, decoding, lengths)
 
 
 def _first_true(flags):
@@ -304,7 +317,7 @@ def build_inference_head(model_dir, input_ids, input_mask, with_adapters=False, 
     features,
     lengths,
     model_dir.ner_config,
-    len(model_dir.id2label),
+    model_dir.id2label,
     is_training=False,
     word_shape=word_shape,
   )

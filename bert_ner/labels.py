@@ -9,11 +9,14 @@ import json
 import os
 import pickle
 
+import numpy as np
+
 from bert_ner.jsonfile import read_json
 
 LABEL2ID_JSON = "label2id.json"
 LABEL2ID_PKL = "label2id.pkl"
-SPECIAL_LABELS = ["X", "[CLS]", "[SEP]"]
+X_LABEL = "X"  # a word's later sub-tokens (the first carries the word's label)
+SPECIAL_LABELS = [X_LABEL, "[CLS]", "[SEP]"]
 # Ids are list indices: a map is refused before id2label is allocated when an id reaches this.
 # A CRF over L labels holds L x L transitions; tag sets have tens of labels, not thousands.
 MAX_LABELS = 1024
@@ -87,6 +90,25 @@ def make_label_list(entity_types):
     f"{prefix}-{entity}" for entity in sorted(set(entity_types)) for prefix in ("B", "I")
   ]
   return ["O"] + entity_labels + SPECIAL_LABELS
+
+
+def forbidden_transitions(id2label):
+  """[L, L] bool: True where IOB2 forbids label `next` right after label `previous`.
+
+  I-T may follow only B-T, I-T, or X: an entity is entered at its B-, and X (a word's later
+  sub-token) hides the word's own label, so X -> I-T stays allowed. Everything else is allowed.
+  A CRF learns these rules only softly: without them Viterbi can return O, I-ORG or B-MISC, I-ORG,
+  which seqeval's strict IOB2 scoring drops and a lenient reader turns into an entity.
+
+  For example, with labels ["O", "B-LOC", "I-LOC", "X"] the only forbidden moves are
+  O -> I-LOC ([0, 2]); B-LOC -> I-LOC, I-LOC -> I-LOC and X -> I-LOC are allowed.
+  """
+  forbidden = np.zeros((len(id2label), len(id2label)), bool)
+  for previous, before in enumerate(id2label):
+    for following, after in enumerate(id2label):
+      if after.startswith("I-") and before != X_LABEL:
+        forbidden[previous, following] = before not in (f"B-{after[2:]}", after)
+  return forbidden
 
 
 def entity_types(id2label):

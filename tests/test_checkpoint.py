@@ -246,7 +246,7 @@ def test_dense_head_and_cased_vocab_are_inferred(tmp_path):
   (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\nthe\nThe\n##s\n")
   with tf.Graph().as_default(), tf.Session() as sess:
     head.build_ner_head(
-      tf.zeros([1, 2, 4]), tf.ones([1], tf.int32), NerConfig(head="dense"), 3, False
+      tf.zeros([1, 2, 4]), tf.ones([1], tf.int32), NerConfig(head="dense"), ["O"] * 3, False
     )
     sess.run(tf.global_variables_initializer())
     tf.train.Saver().save(sess, str(tmp_path / "model.ckpt-1"), write_meta_graph=False)

@@ -8,6 +8,7 @@ from bert_ner import head
 from bert_ner.checkpoint import NerConfig
 
 FEATURES, LSTM, HIDDEN, LABELS = 6, 5, 4, 3
+ID2LABEL = ["O", "B-PER", "I-PER"]  # LABELS labels
 BILSTM_SHAPES = {
   "rnn_layer/bidirectional_rnn/fw/lstm_cell/kernel": [FEATURES + LSTM, 4 * LSTM],
   "rnn_layer/bidirectional_rnn/fw/lstm_cell/bias": [4 * LSTM],
@@ -54,7 +55,7 @@ def test_forward_pass_and_variable_names(head_name, shapes):
   with tf.Graph().as_default(), tf.Session() as sess:
     features = tf.placeholder(tf.float32, [None, None, FEATURES])
     lengths = tf.placeholder(tf.int32, [None])
-    ner_head = head.build_ner_head(features, lengths, config(head_name), LABELS, False)
+    ner_head = head.build_ner_head(features, lengths, config(head_name), ID2LABEL, False)
     assert ner_head.loss is None
     assert {v.op.name: v.shape.as_list() for v in tf.global_variables()} == shapes
     sess.run(tf.global_variables_initializer())
@@ -108,7 +109,7 @@ def test_training_reduces_loss(head_name):
       tf.constant(inputs),
       tf.constant(row_lengths),
       config(head_name),
-      LABELS,
+      ID2LABEL,
       True,
       label_ids=tf.constant(gold),
     )
@@ -132,7 +133,7 @@ def test_unknown_head_is_rejected():
   with tf.Graph().as_default():
     with pytest.raises(ValueError, match="unknown head 'crf'"):
       head.build_ner_head(
-        tf.zeros([1, 2, FEATURES]), tf.ones([1], tf.int32), NerConfig(head="crf"), LABELS, False
+        tf.zeros([1, 2, FEATURES]), tf.ones([1], tf.int32), NerConfig(head="crf"), ID2LABEL, False
       )
 
 
@@ -226,3 +227,76 @@ def test_bad_inputs_fail_the_run_naming_the_input(tiny_graph, ids, mask, message
 
 def test_no_rows_give_no_rows(tiny_graph):
   assert tiny_graph(np.zeros((0, 4)), np.zeros((0, 4))).shape == (0, 4)
+
+
+# Our label layout for two types: O, B-/I- per type, X, [CLS], [SEP].
+IOB2_LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER", "X", "[CLS]", "[SEP]"]
+
+
+def test_forbidden_transitions_are_iob2s():
+  from bert_ner import labels
+
+  forbidden = labels.forbidden_transitions(IOB2_LABELS)
+  pairs = {(IOB2_LABELS[a], IOB2_LABELS[b]) for a, b in zip(*np.nonzero(forbidden))}
+  enters = {"O", "B-PER", "I-PER", "[CLS]", "[SEP]"}  # labels I-LOC may not follow
+  assert pairs == {(a, "I-LOC") for a in enters} | {
+    (a.replace("PER", "LOC"), "I-PER") for a in enters
+  }
+  # Labels without IOB2 prefixes (a macanv map of other names) forbid nothing.
+  assert not labels.forbidden_transitions(["0", "1", "2"]).any()
+
+
+def valid(path):
+  """Whether a label-id path keeps to IOB2: I-T only after B-T, I-T or X."""
+  names = [IOB2_LABELS[i] for i in path]
+  return all(
+    not b.startswith("I-") or a in ("X", b, "B-" + b[2:]) for a, b in zip(names, names[1:])
+  )
+
+
+def test_decoding_is_the_best_iob2_path_while_the_loss_stays_the_crfs():
+  """pred_label against brute force over every path of 5 steps (8^5): the best path that keeps
+  to IOB2 under the learned transitions; the loss is the unconstrained CRF's."""
+  import itertools
+
+  from bert_ner import crf
+
+  rng = np.random.default_rng(3)
+  batch, steps, num_labels = 12, 5, len(IOB2_LABELS)
+  row_lengths = np.array([5, 5, 5, 5, 5, 5, 4, 4, 3, 2, 1, 5], np.int32)
+  inputs = rng.standard_normal((batch, steps, FEATURES)).astype(np.float32) * 3
+  gold = rng.integers(0, num_labels, (batch, steps)).astype(np.int32)
+  with tf.Graph().as_default(), tf.Session() as sess:
+    ner_head = head.build_ner_head(
+      tf.constant(inputs),
+      tf.constant(row_lengths),
+      NerConfig(head="dense"),
+      IOB2_LABELS,
+      False,
+      label_ids=tf.constant(gold),
+    )
+    (transitions,) = [v for v in tf.global_variables() if v.op.name == "crf_loss/transitions"]
+    sess.run(tf.global_variables_initializer())
+    # Transitions favouring O -> I-x and B-LOC -> I-PER: the unconstrained best often breaks IOB2.
+    learned = rng.standard_normal((num_labels, num_labels)).astype(np.float32)
+    learned[0, [2, 4]] += 3.0
+    learned[1, 4] += 3.0
+    sess.run(transitions.assign(learned))
+    logits, pred, loss = sess.run((ner_head.logits, ner_head.pred_label, ner_head.loss))
+    plain = sess.run(-tf.reduce_mean(crf.crf_log_likelihood(logits, gold, row_lengths, learned)))
+  assert loss == pytest.approx(plain, rel=1e-6)
+
+  def score(row, path):
+    return sum(logits[row, t, tag] for t, tag in enumerate(path)) + sum(
+      learned[a, b] for a, b in zip(path[:-1], path[1:])
+    )
+
+  broken = 0
+  for row, length in enumerate(row_lengths):
+    paths = list(itertools.product(range(num_labels), repeat=int(length)))
+    best = max(paths, key=lambda p: score(row, p))
+    best_valid = max(filter(valid, paths), key=lambda p: score(row, p))
+    broken += not valid(best)
+    assert tuple(pred[row, :length]) == best_valid
+    assert not pred[row, length:].any()
+  assert broken >= 3  # the constraint changed the answer in several rows

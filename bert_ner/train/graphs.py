@@ -86,7 +86,7 @@ def train_frozen(ctx: Context) -> Fitted:
   features = LayerOutputs(tuple(ctx.ner_config.feature_layers))
   inputs = CachedInputs(ctx, examples, features, "features")
   head = functools.partial(
-    ner_head.build_ner_head, ner_config=ctx.ner_config, num_labels=len(ctx.id2label)
+    ner_head.build_ner_head, ner_config=ctx.ner_config, id2label=ctx.id2label
   )
   graph = tf.Graph()
   with graph.as_default():
@@ -120,7 +120,7 @@ def train_fine_tuned(ctx: Context) -> Fitted:
       ner_head.concat_features(bert.all_encoder_layers, ctx.ner_config.feature_layers),
       tf.reduce_sum(input_mask, 1),
       ctx.ner_config,
-      len(ctx.id2label),
+      ctx.id2label,
       True,
       label_ids,
       word_shape,
@@ -217,7 +217,7 @@ def adapted_top(
     bert_config, adapters, ctx.ner_config.feature_layers, states, lengths, is_training
   )
   return ner_head.build_ner_head(
-    features, lengths, ctx.ner_config, len(ctx.id2label), is_training, label_ids, word_shape
+    features, lengths, ctx.ner_config, ctx.id2label, is_training, label_ids, word_shape
   )
 
 
