@@ -23,6 +23,9 @@ INPUT_IDS, INPUT_MASK, OUTPUT = "input_ids", "input_mask", "pred_label"
 # sends it there (bert_ner/word_shape.py says what the ids mean).
 WORD_SHAPE = "word_shape"
 WORD_SHAPE_SIGNATURE = "result_word_shape"
+# The ids signatures a client may name whose batches go, with word shapes, to WORD_SHAPE_SIGNATURE
+# when the model takes them: naming WORD_SHAPE_SIGNATURE itself must not send it ids alone.
+SHAPED_IDS_SIGNATURES = (SIGNATURE, WORD_SHAPE_SIGNATURE)
 TEXT = "text"
 ENTITY_TYPE, ENTITY_START, ENTITY_END = "entity_type", "entity_start", "entity_end"
 ENTITY_TEXT, ENTITY_SCORE, NUM_ENTITIES = "entity_text", "entity_score", "num_entities"

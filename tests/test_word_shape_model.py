@@ -270,9 +270,9 @@ def test_training_with_word_shapes_scores_dev_without_them_too(
 
 
 def test_grpc_and_rest_clients_send_word_shape_on_the_ids_path(shape_export):
-  """Served by `python -m bert_ner.server`: a client of `result` sends its batches to
-  result_word_shape with the featurizer's shapes, and tags as the SavedModel does with them fed;
-  a client of the text signature is not upgraded."""
+  """Served by `python -m bert_ner.server`: a client of `result` (or of result_word_shape by
+  name) sends its batches to result_word_shape with the featurizer's shapes, and tags as the
+  SavedModel does with them fed; a client of the text signature is not upgraded."""
   from bert_ner.clients.grpc_client import GrpcNerClient
   from bert_ner.clients.rest_client import RestNerClient
   from bert_ner.evaluation.local import LocalModel
@@ -289,9 +289,15 @@ def test_grpc_and_rest_clients_send_word_shape_on_the_ids_path(shape_export):
   local.close()
   assets = shape_export / "assets.extra"
   with ServerProcess(shape_export.parent, shape_export.parent.parent / "server.log") as server:
-    for client_class, address in ((GrpcNerClient, server.grpc), (RestNerClient, server.rest)):
+    for client_class, address, signature in (
+      (GrpcNerClient, server.grpc, model_base.SIGNATURE),
+      (RestNerClient, server.rest, model_base.SIGNATURE),
+      # Named directly, the word-shape signature gets the shapes too.
+      (GrpcNerClient, server.grpc, model_base.WORD_SHAPE_SIGNATURE),
+      (RestNerClient, server.rest, model_base.WORD_SHAPE_SIGNATURE),
+    ):
       sent = []
-      with client_class(address, signature=model_base.SIGNATURE, assets=assets) as client:
+      with client_class(address, signature=signature, assets=assets) as client:
         client.check_fingerprint()
         assert client.shape_signature == model_base.WORD_SHAPE_SIGNATURE
         run = client.run

@@ -370,7 +370,7 @@ class NerClient:
     shape_outputs = signatures.get(model_base.WORD_SHAPE_SIGNATURE, [])
     served_with_shapes = (
       self.featurizer.word_shape
-      and self.signature == model_base.SIGNATURE
+      and self.signature in model_base.SHAPED_IDS_SIGNATURES
       and any(name.startswith(f"ner_{self.fingerprint}/") for name in shape_outputs)
     )
     self.shape_signature = model_base.WORD_SHAPE_SIGNATURE if served_with_shapes else None

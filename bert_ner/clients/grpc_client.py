@@ -212,7 +212,7 @@ class GrpcNerClient(common.NerClient):
     """pred_label [B, T] for one padded batch; word_shape goes along when the served model
     takes it (`request_signature`)."""
     signature = self.request_signature(word_shape)
-    shapes = word_shape if signature != self.signature else None
+    shapes = word_shape if signature == self.shape_signature else None
     request = make_predict_request(self.model, signature, input_ids, input_mask, shapes)
     response = self._call(self._predict, request)
     if model_base.OUTPUT not in response.outputs:

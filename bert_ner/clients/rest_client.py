@@ -130,7 +130,7 @@ class RestNerClient(common.NerClient):
     takes it (`request_signature`)."""
     signature = self.request_signature(word_shape)
     inputs = {"input_ids": input_ids.tolist(), "input_mask": input_mask.tolist()}
-    if word_shape is not None and signature != self.signature:
+    if word_shape is not None and signature == self.shape_signature:
       inputs[model_base.WORD_SHAPE] = word_shape.tolist()
     body = {"signature_name": signature, "inputs": inputs}
     answer = self._call("POST", f"/v1/models/{self.model}:predict", json=body)

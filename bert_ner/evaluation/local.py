@@ -13,8 +13,9 @@ class LocalModel:
   """A loaded SavedModel version: `run(input_ids, input_mask[, word_shape]) -> pred_label`
   through the ids signature, `run_text(texts) -> outputs` through the text signature.
 
-  With the ids signature `result` and an export that has the word-shape signature, a given
-  word_shape goes through that one; otherwise it is not sent (the model reads 0).
+  With an ids signature of `model_base.SHAPED_IDS_SIGNATURES` and an export that has the
+  word-shape signature, a given word_shape goes through that one; otherwise it is not sent (the
+  model reads 0).
   """
 
   def __init__(self, model_base_path, signature=model_base.SIGNATURE):
@@ -42,7 +43,8 @@ class LocalModel:
   def takes_word_shape(self):
     """Whether run() feeds a given word_shape to the model."""
     return (
-      self.signature == model_base.SIGNATURE and model_base.WORD_SHAPE_SIGNATURE in self.signatures
+      self.signature in model_base.SHAPED_IDS_SIGNATURES
+      and model_base.WORD_SHAPE_SIGNATURE in self.signatures
     )
 
   def run(self, input_ids, input_mask, word_shape=None):
