@@ -145,13 +145,45 @@ def test_the_best_epoch_records_the_step_it_ended_at(monkeypatch):
 
   monkeypatch.setattr(loop, "predict_dev", lambda *args: {})
   monkeypatch.setattr(loop, "score_dev", scores)
-  config = types.SimpleNamespace(seed=0, epochs=2, batch_size=4)
+  config = types.SimpleNamespace(seed=0, epochs=2, batch_size=4, min_f1_without_word_shape=0.0)
   ctx = types.SimpleNamespace(config=config, writer=None, featurizer=None, dev=[])
   examples = [types.SimpleNamespace(input_ids=[1, 2, 3])] * 10  # 3 batches an epoch
   model = types.SimpleNamespace(train_step=lambda batch: 1.0, run_dev=None, snapshot=dict)
   best, history = loop.fit_epochs(ctx, examples, model)
   assert [h["epoch"] for h in history] == [1, 2]
   assert best["epoch"] == 2 and best["step"] == 6
+
+
+@pytest.mark.parametrize(
+  "floor,kept",
+  [
+    (0.0, 2),  # the best mean, whatever `result` gives
+    (92.0, 3),  # the best mean among the epochs whose `result` path reaches 92.0
+    (95.0, 2),  # none reaches it: the best mean of all
+  ],
+)
+def test_the_kept_epoch_clears_the_result_floor_when_one_does(monkeypatch, floor, kept):
+  """The 128-window run of issue 21 kept epoch 3 (mean 93.39, 91.76 without shapes) over epoch 4
+  (93.32, 92.14): under the 92.0 floor for callers of `result`."""
+  from bert_ner.train import loop
+
+  epochs = iter([(90.0, 88.0), (93.4, 91.8), (93.3, 92.1)])  # (sentence = document, no shapes)
+
+  def scores(*args):
+    f1, no_shape = next(epochs)
+    return {
+      **{mode: {"precision": 0.0, "recall": 0.0, "f1": f1} for mode in loop.MODES},
+      loop.NO_SHAPE: {"precision": 0.0, "recall": 0.0, "f1": no_shape},
+    }
+
+  monkeypatch.setattr(loop, "predict_dev", lambda *args: {})
+  monkeypatch.setattr(loop, "score_dev", scores)
+  config = types.SimpleNamespace(seed=0, epochs=3, batch_size=4, min_f1_without_word_shape=floor)
+  ctx = types.SimpleNamespace(config=config, writer=None, featurizer=None, dev=[])
+  examples = [types.SimpleNamespace(input_ids=[1, 2, 3])] * 4
+  model = types.SimpleNamespace(train_step=lambda batch: 1.0, run_dev=None, snapshot=dict)
+  best, _ = loop.fit_epochs(ctx, examples, model)
+  assert best["epoch"] == kept
 
 
 # ---------------------------------------------------------------- bench

@@ -31,6 +31,7 @@ VALUES = {
   "word_shape_dim": ("16", 16),
   "word_shape_dropout": ("0.25", 0.25),
   "head_warmup_steps": ("100", 100),
+  "min_f1_without_word_shape": ("92.5", 92.5),
   "context": ("mixed", "mixed"),
   "document_stride": ("6", 6),
   "max_train_sentences": ("10", 10),
@@ -121,6 +122,8 @@ OUT_OF_BOUNDS = """
   --word_shape_dim=-1 -> --word_shape_dim must be >= 0, got -1
   --word_shape_dropout 1.5 -> --word_shape_dropout must be in [0.0, 1.0], got 1.5
   --head_warmup_steps=-1 -> --head_warmup_steps must be >= 0, got -1
+  --min_f1_without_word_shape 101 -> --min_f1_without_word_shape must be in [0.0, 100.0], got 101.0
+  --min_f1_without_word_shape 92 -> --min_f1_without_word_shape needs --word_shape_dim
   --max_train_sentences=-1 -> --max_train_sentences must be >= 0, got -1
   --seed=-1 -> --seed must be in [0, 4294967295], got -1
   --seed 4294967296 -> --seed must be in [0, 4294967295], got 4294967296

@@ -125,6 +125,13 @@ class TrainConfig:
     "learning rate then decays over the remaining steps",
     Bound(0),
   )
+  min_f1_without_word_shape: float = setting(
+    0.0,
+    "with --word_shape_dim: the dev F1 by sentence without word shapes (what `result` gives a "
+    "caller sending ids alone) an epoch must reach to be kept; among the epochs that reach it, "
+    "the best mean of sentence and document mode wins (if none does, the best mean of all)",
+    Bound(0.0, 100.0),
+  )
   context: str = setting(
     "sentence",
     "training rows: sentences, or (mixed) documents' sliding windows as well",
@@ -174,6 +181,11 @@ def check_config(config: TrainConfig) -> None:
     raise ValueError(
       "--adapter_rank trains adapters on a frozen BERT; --fine_tune trains all "
       "of it: drop one of the two flags"
+    )
+  if config.min_f1_without_word_shape and not config.word_shape_dim:
+    raise ValueError(
+      "--min_f1_without_word_shape needs --word_shape_dim: without word shapes every path is "
+      "the one it would bound"
     )
   if config.context not in CONTEXTS:
     raise ValueError(f"--context must be one of {CONTEXTS}, got {config.context!r}")
