@@ -163,8 +163,8 @@ def test_the_best_epoch_records_the_step_it_ended_at(monkeypatch):
   ],
 )
 def test_the_kept_epoch_clears_the_result_floor_when_one_does(monkeypatch, floor, kept):
-  """The 128-window run of issue 21 kept epoch 3 (mean 93.39, 91.76 without shapes) over epoch 4
-  (93.32, 92.14): under the 92.0 floor for callers of `result`."""
+  """Bug: the best mean alone kept an epoch at 91.76 without shapes (mean 93.39) over one at 92.14
+  (mean 93.32), leaving callers of `result` under a 92.0 floor the next epoch cleared."""
   from bert_ner.train import loop
 
   epochs = iter([(90.0, 88.0), (93.4, 91.8), (93.3, 92.1)])  # (sentence = document, no shapes)
