@@ -138,6 +138,7 @@ def fit_epochs(
   """
   config = ctx.config
   rng = random.Random(config.seed)
+  floor = config.min_f1_without_word_shape
   best: dict[str, Any] | None = None
   history: list[dict[str, Any]] = []
   step = 0
@@ -175,7 +176,6 @@ def fit_epochs(
       f" sentence without word shapes {scores[NO_SHAPE]['f1']:.2f}" if NO_SHAPE in scores else "",
       time.time() - started,
     )
-    floor = config.min_f1_without_word_shape
     if best is None or selection_key(history[-1], floor) > selection_key(
       history[best["epoch"] - 1], floor
     ):
