@@ -1,6 +1,7 @@
 """`ner_config.json` through its one schema (bert_ner.ner_schema): every file written so far still
-reads (the shipped checkpoint, exports from before schema_version), a written file reads back the
-same, and what is not this schema is one ValueError naming the file and field."""
+reads (checkpoints and exports from before schema_version, the shipped checkpoint), a written
+file reads back the same, and what is not this schema is one ValueError naming the file and
+field."""
 
 import json
 
@@ -29,16 +30,40 @@ OLD_EXPORT = {
 }
 
 
+# A checkpoint dir's ner_config.json as the trainer wrote it before schema_version existed.
+OLD_CHECKPOINT = {
+  "head": "bilstm",
+  "lstm_size": 128,
+  "hidden_size": 128,
+  "feature_layers": [-4, -3, -2, -1],
+  "do_lower_case": True,
+  "max_seq_length": 256,
+  "dropout": 0.5,
+  "adapter_rank": 16,
+  "adapter_alpha": 16.0,
+  "adapter_first_layer": 0,
+  "word_shape_dim": 16,
+  "word_shape_dropout": 0.75,
+}
+
+
 def write_json(path, data):
   path.write_text(json.dumps(data))
   return path
 
 
-def test_the_shipped_checkpoint_config_reads_as_version_1_without_export_info():
+def test_the_shipped_checkpoint_config_reads_at_the_current_version_without_export_info():
   content = ner_schema.read(REPO_ROOT / "models/default" / ner_schema.FILE_NAME)
-  assert content.schema_version == 1 and content.export is None
+  assert content.schema_version == ner_schema.SCHEMA_VERSION and content.export is None
   assert content.config.feature_layers == [-4, -3, -2, -1]
   assert content.config.adapter_rank == 16
+
+
+def test_a_checkpoint_config_from_before_the_schema_version_reads_as_version_1(tmp_path):
+  content = ner_schema.read(write_json(tmp_path / "ner_config.json", OLD_CHECKPOINT))
+  assert content.schema_version == 1 and content.export is None
+  assert content.config == NerConfig.from_dict(OLD_CHECKPOINT)
+  assert content.config.word_shape_dim == 16
 
 
 def test_an_export_from_before_the_schema_version_keeps_its_info_and_length_groups(tmp_path):
