@@ -32,7 +32,8 @@ VALUES = {
   "word_shape_dropout": ("0.25", 0.25),
   "head_warmup_steps": ("100", 100),
   "min_f1_without_word_shape": ("92.5", 92.5),
-  "context": ("mixed", "mixed"),
+  "context": ("centred", "centred"),
+  "centred_fraction": ("0.25", 0.25),
   "document_stride": ("6", 6),
   "max_train_sentences": ("10", 10),
   "logdir": ("tb", "tb"),
@@ -75,7 +76,7 @@ def test_help_shows_every_default(capsys, monkeypatch):
   # The empty defaults are explained in words; choices are listed.
   assert "default: the pinned all-MiniLM-L6-v2" in text
   assert "(default: <out>.tensorboard)" in text
-  assert "--head {bilstm,dense}" in text and "--context {sentence,mixed}" in text
+  assert "--head {bilstm,dense}" in text and "--context {sentence,mixed,centred}" in text
 
 
 @pytest.mark.parametrize(
@@ -119,6 +120,7 @@ OUT_OF_BOUNDS = """
   --lstm_size 0 -> --lstm_size must be >= 1, got 0
   --hidden_size 0 -> --hidden_size must be >= 1, got 0
   --document_stride=-1 -> --document_stride must be >= 0, got -1
+  --centred_fraction 1.5 -> --centred_fraction must be in [0.0, 1.0], got 1.5
   --word_shape_dim=-1 -> --word_shape_dim must be >= 0, got -1
   --word_shape_dropout 1.5 -> --word_shape_dropout must be in [0.0, 1.0], got 1.5
   --head_warmup_steps=-1 -> --head_warmup_steps must be >= 0, got -1

@@ -9,7 +9,7 @@ from bert_ner import backbone, conll
 from bert_ner import head as ner_head
 
 FEATURE_CACHE = backbone.CACHE_ROOT / "features"
-CONTEXTS = ("sentence", "mixed")
+CONTEXTS = ("sentence", "mixed", "centred")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +134,14 @@ class TrainConfig:
   )
   context: str = setting(
     "sentence",
-    "training rows: sentences, or (mixed) documents' sliding windows as well",
+    "training rows: sentences, or sentences and (mixed) documents' sliding windows or (centred) "
+    "sampled sentences centred in a window of their document's words",
     choices=CONTEXTS,
+  )
+  centred_fraction: float = setting(
+    0.4,
+    "with --context centred: the part of the training sentences that also get a centred row",
+    Bound(0.0, 1.0),
   )
   document_stride: int = setting(
     0,

@@ -1,7 +1,9 @@
 """What training reads: the BERT to start from, the CoNLL documents, their model rows (examples),
 and how rows are batched and padded."""
 
+import bisect
 import dataclasses
+import itertools
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -112,9 +114,15 @@ def document_words(document: Document) -> tuple[list[str], list[str]]:
 
 
 def make_examples(
-  featurizer: Featurizer, documents: list[Document], context: str, document_stride: int = 0
+  featurizer: Featurizer,
+  documents: list[Document],
+  context: str,
+  document_stride: int = 0,
+  centred_fraction: float = 0.4,
+  seed: int = 0,
 ) -> list[Example]:
-  """Training rows: each sentence's windows, plus (context "mixed") each document's windows.
+  """Training rows: each sentence's windows, plus (context "mixed") each document's windows or
+  (context "centred") a sampled part of the sentences centred in their document's context.
 
   Document windows are the featurizer's sliding windows over the whole document, as a document
   is tagged, but with overlap `2 * document_stride`: tagging needs the overlap (each word is read
@@ -142,6 +150,85 @@ def make_examples(
         *document_words(document), [len(s.words) for s in document]
       )
     ]
+  elif context == "centred":
+    examples += centred_examples(featurizer, documents, centred_fraction, random.Random(seed))
+  return examples
+
+
+def training_examples(ctx: Context) -> list[Example]:
+  """The training rows a run's settings ask for (`make_examples`)."""
+  config = ctx.config
+  return make_examples(
+    ctx.featurizer,
+    ctx.train,
+    config.context,
+    config.document_stride,
+    config.centred_fraction,
+    config.seed,
+  )
+
+
+def centred_examples(
+  featurizer: Featurizer, documents: list[Document], fraction: float, rng: random.Random
+) -> list[Example]:
+  """Rows that each hold one sampled sentence (a `fraction` of them) with its document's
+  neighbouring words filling the window on both sides, cut at word starts, all labelled.
+
+  A document is tagged in sliding windows where each word is read with about a quarter window or
+  more of context on its nearer side; fixed document windows train few words that way, these
+  rows train every sampled sentence so. Sentences longer than a window, and documents of one
+  sentence, give no row.
+
+  Example: a 20 sub-token sentence in a 128 window gets up to 53 sub-tokens of the words before
+  it (fewer if a word would straddle the cut) and whole words after it up to the window's end;
+  near a document's start, the words after it fill what the start lacks.
+  """
+  capacity = featurizer.max_seq_length - 2
+  # The whole document as one row: its sub-tokens, labels and shapes as a document is tagged.
+  whole = Featurizer(
+    featurizer.vocab_path, featurizer.do_lower_case, 2**31, featurizer.id2label, stride=0
+  )
+  examples = []
+  for document in documents:
+    if len(document) < 2:
+      continue
+    picked = [k for k in range(len(document)) if rng.random() < fraction]
+    if not picked:
+      continue
+    [(window, label_ids)] = whole.label_ids(
+      *document_words(document), [len(s.words) for s in document]
+    )
+    cls_id, sep_id = window.input_ids[0], window.input_ids[-1]
+    cls_label, sep_label = label_ids[0], label_ids[-1]
+    ids, labels, shapes = window.input_ids[1:-1], label_ids[1:-1], window.word_shape[1:-1]
+    begins = window.word_ids[1:-1]
+    # start[w]: the sub-token position where word w begins; a word without sub-tokens (only
+    # characters the normalizer drops) starts where the next word does, the end at len(ids).
+    start = [len(ids)] * (window.num_words + 1)
+    for p, w in enumerate(begins):
+      if w >= 0:
+        start[w] = p
+    for w in reversed(range(window.num_words)):
+      start[w] = min(start[w], start[w + 1])
+    word_starts = [p for p, w in enumerate(begins) if w >= 0] + [len(ids)]
+    first_word = list(itertools.accumulate((len(s.words) for s in document), initial=0))
+    for k in picked:
+      lo, hi = start[first_word[k]], start[first_word[k + 1]]
+      free = capacity - (hi - lo)
+      if free < 0 or hi == lo:
+        continue
+      # Half the room before the sentence (more when little follows it), snapped forward to a
+      # word start; then whole words after it as far as the window allows.
+      left = min(lo, max(free // 2, free - (len(ids) - hi)))
+      lo = word_starts[bisect.bisect_left(word_starts, lo - left)]
+      hi = word_starts[bisect.bisect_right(word_starts, lo + capacity) - 1]
+      examples.append(
+        Example(
+          [cls_id] + ids[lo:hi] + [sep_id],
+          [cls_label] + labels[lo:hi] + [sep_label],
+          [window.word_shape[0]] + shapes[lo:hi] + [window.word_shape[-1]],
+        )
+      )
   return examples
 
 

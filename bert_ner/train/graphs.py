@@ -17,7 +17,7 @@ from bert_ner import checkpoint as ckpt
 from bert_ner import head as ner_head
 from bert_ner import modeling
 from bert_ner.train.config import TrainConfig
-from bert_ner.train.data import Context, lengths_mask, make_examples, pad, pad_shapes
+from bert_ner.train.data import Context, lengths_mask, pad, pad_shapes, training_examples
 from bert_ner.train.features import CachedInputs, LayerInput, LayerOutputs, layer_index
 from bert_ner.train.loop import FeedDict, TrainingGraph, fit
 
@@ -82,7 +82,7 @@ def start_session(
 def train_frozen(ctx: Context) -> Fitted:
   """Trains only the head on cached encoder features; returns (best head weights, history)."""
   config = ctx.config
-  examples = make_examples(ctx.featurizer, ctx.train, config.context, config.document_stride)
+  examples = training_examples(ctx)
   features = LayerOutputs(tuple(ctx.ner_config.feature_layers))
   inputs = CachedInputs(ctx, examples, features, "features")
   head = functools.partial(
@@ -103,7 +103,7 @@ def train_frozen(ctx: Context) -> Fitted:
 def train_fine_tuned(ctx: Context) -> Fitted:
   """Trains BERT and the head together; returns (best weights of all variables, history)."""
   config = ctx.config
-  examples = make_examples(ctx.featurizer, ctx.train, config.context, config.document_stride)
+  examples = training_examples(ctx)
   graph = tf.Graph()
   with graph.as_default():
     tf.set_random_seed(config.seed)
@@ -248,7 +248,7 @@ def train_adapters(ctx: Context) -> Fitted:
   bert_config = modeling.BertConfig.from_json_file(ctx.bert.config)
   first = config.adapter_first_layer
   check_adapted_layers(ctx.ner_config.feature_layers, first, bert_config.num_hidden_layers)
-  examples = make_examples(ctx.featurizer, ctx.train, config.context, config.document_stride)
+  examples = training_examples(ctx)
   inputs = CachedInputs(ctx, examples, LayerInput(first), "states")
   graph = tf.Graph()
   with graph.as_default():
