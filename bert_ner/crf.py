@@ -49,6 +49,34 @@ def crf_log_likelihood(potentials, tag_indices, sequence_lengths, transition_par
   ) - crf_log_norm(potentials, sequence_lengths, transition_params)  # [B]
 
 
+# The potential of a tag an observed position rules out: far below any real score, yet finite, so
+# the forward algorithm's sums and gradients stay free of inf - inf.
+_RULED_OUT = -1e30
+
+
+def crf_marginal_log_likelihood(potentials, tag_indices, sequence_lengths, transition_params):
+  """Log-probability that the tag path agrees with the tags at the observed positions (tag >= 0),
+  whatever it takes at the others (tag < 0); crf_log_likelihood when every tag is observed.
+
+  This trains a sentence read with its document's words around it on the sentence's tags alone:
+  the context's tags are summed over, not taught. It is the log-sum of the scores of the agreeing
+  paths (a forward pass with the other tags ruled out at observed positions) minus the log-sum
+  over all paths.
+
+  Example: tags [2, -1, 0] give log(sum over y of exp(score([2, y, 0]))) - log_norm.
+  """
+  # potentials: [B, T, L] float32; tag_indices: [B, T] int32; sequence_lengths: [B] int32
+  num_tags = tf.shape(potentials)[2]
+  allowed = tf.logical_or(
+    tf.less(tag_indices, 0)[:, :, None],
+    tf.one_hot(tf.maximum(tag_indices, 0), num_tags, on_value=True, off_value=False),
+  )  # [B, T, L]
+  agreeing = tf.where_v2(allowed, potentials, tf.constant(_RULED_OUT, potentials.dtype))
+  return crf_log_norm(agreeing, sequence_lengths, transition_params) - crf_log_norm(
+    potentials, sequence_lengths, transition_params
+  )  # [B]
+
+
 def viterbi_decode(potentials, sequence_lengths, transition_params):
   """Highest-scoring tag path of each row, int32 [B, T]; positions beyond a row's length are 0."""
   # potentials: [B, T, L]; sequence_lengths: [B]; transition_params: [L, L]

@@ -129,9 +129,19 @@ FORBIDDEN_TRANSITION = -10000.0
 
 
 def build_ner_head(
-  features, lengths, ner_config, id2label, is_training, label_ids=None, word_shape=None
+  features,
+  lengths,
+  ner_config,
+  id2label,
+  is_training,
+  label_ids=None,
+  word_shape=None,
+  unobserved_labels=False,
 ):
   """Builds the head (`ner_config.head`: bilstm or dense) and its CRF; loss only with labels.
+
+  With `unobserved_labels`, label ids `labels.UNOBSERVED_LABEL` mark positions the loss does not
+  teach: it is the log-probability of the observed tags, summed over the others' tags.
 
   Decoding (`pred_label`, and `NerHead.transitions` for the marginals) keeps to IOB2
   (`labels.forbidden_transitions`); the loss is the plain CRF's, so training is unchanged.
@@ -169,7 +179,8 @@ def build_ner_head(
     )
   loss = None
   if label_ids is not None:
-    log_likelihood = crf.crf_log_likelihood(logits, label_ids, lengths, transitions)  # [B]
+    likelihood = crf.crf_marginal_log_likelihood if unobserved_labels else crf.crf_log_likelihood
+    log_likelihood = likelihood(logits, label_ids, lengths, transitions)  # [B]
     loss = -tf.reduce_mean(log_likelihood)
   forbidden = labels.forbidden_transitions(id2label) * np.float32(FORBIDDEN_TRANSITION)  # [L, L]
   decoding = transitions + tf.constant(forbidden)

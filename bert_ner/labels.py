@@ -17,6 +17,8 @@ LABEL2ID_JSON = "label2id.json"
 LABEL2ID_PKL = "label2id.pkl"
 X_LABEL = "X"  # a word's later sub-tokens (the first carries the word's label)
 SPECIAL_LABELS = [X_LABEL, "[CLS]", "[SEP]"]
+# A training row's label id where the tag is not taught (the CRF sums over every tag there).
+UNOBSERVED_LABEL = -1
 # Ids are list indices: a map is refused before id2label is allocated when an id reaches this.
 # A CRF over L labels holds L x L transitions; tag sets have tens of labels, not thousands.
 MAX_LABELS = 1024

@@ -49,6 +49,24 @@ def crf_fn():
     )
 
 
+@pytest.fixture(scope="module")
+def marginal_fn():
+  """(potentials, transitions, lengths, tags with -1 unobserved) -> (marginal llh, its gradient
+  with respect to the potentials)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    potentials = tf.placeholder(tf.float32, [None, None, None])
+    transitions = tf.placeholder(tf.float32, [None, None])
+    lengths = tf.placeholder(tf.int32, [None])
+    tags = tf.placeholder(tf.int32, [None, None])
+    llh = crf.crf_marginal_log_likelihood(potentials, tags, lengths, transitions)
+    [gradient] = tf.gradients(tf.reduce_sum(llh), [potentials])
+  with tf.Session(graph=graph) as sess:
+    yield lambda p, tr, ln, t: sess.run(
+      (llh, gradient), {potentials: p, transitions: tr, lengths: ln, tags: t}
+    )
+
+
 @pytest.mark.parametrize("batch,steps,tags", CASES)
 def test_log_likelihood_matches_enumeration(crf_fn, batch, steps, tags):
   rng = np.random.default_rng(batch * 100 + steps * 10 + tags)
@@ -89,3 +107,41 @@ def test_large_potentials_are_not_squashed(crf_fn):
   )
   assert decoded.tolist() == [[1, 2]]
   np.testing.assert_allclose(llh[0], -np.log1p(np.exp(-4.0)), atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 20.0])
+@pytest.mark.parametrize("batch,steps,tags", CASES)
+def test_marginal_log_likelihood_matches_enumeration(marginal_fn, batch, steps, tags, scale):
+  rng = np.random.default_rng(batch * 100 + steps * 10 + tags + int(scale) + 7)
+  potentials, transitions, lengths, gold = random_case(rng, batch, steps, tags, scale)
+  observed = gold.copy()
+  observed[rng.random(gold.shape) < 0.5] = -1
+  observed[0, 0] = -1  # a row whose only position is unobserved: probability 1
+  llh, gradient = marginal_fn(potentials, transitions, lengths, observed)
+  assert np.isfinite(gradient).all()
+  for b in range(batch):
+    n = lengths[b]
+    scores = dict(path_scores(potentials[b], transitions, n))
+    if n == 0:
+      assert llh[b] == 0.0
+      continue
+    agreeing = [
+      score
+      for path, score in scores.items()
+      if all(tag < 0 or tag == step for tag, step in zip(observed[b, :n], path))
+    ]
+    expected = np.logaddexp.reduce(np.array(agreeing, np.float64)) - np.logaddexp.reduce(
+      np.array(list(scores.values()), np.float64)
+    )
+    np.testing.assert_allclose(llh[b], expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("batch,steps,tags", CASES)
+def test_marginal_log_likelihood_with_every_tag_observed_is_the_log_likelihood(
+  crf_fn, marginal_fn, batch, steps, tags
+):
+  rng = np.random.default_rng(batch * 100 + steps * 10 + tags)
+  potentials, transitions, lengths, gold = random_case(rng, batch, steps, tags)
+  llh, _ = crf_fn(potentials, transitions, lengths, gold)
+  marginal, _ = marginal_fn(potentials, transitions, lengths, gold)
+  np.testing.assert_allclose(marginal, llh, rtol=1e-5, atol=1e-5)

@@ -121,6 +121,43 @@ def test_training_reduces_loss(head_name):
   assert losses[-1] < 0.7 * losses[0]
 
 
+def test_unobserved_labels_make_the_loss_the_marginal_likelihood_of_the_rest():
+  """With `unobserved_labels`, label -1 is not taught: the loss is the CRF's marginal
+  log-likelihood of the other tags (the plain one would read -1 as no tag at all), and it
+  trains."""
+  from bert_ner import crf
+
+  rng = np.random.default_rng(4)
+  batch, steps = 4, 6
+  row_lengths = np.array([6, 4, 2, 1], np.int32)
+  inputs = rng.standard_normal((batch, steps, FEATURES)).astype(np.float32)
+  gold = rng.integers(0, LABELS, (batch, steps)).astype(np.int32)
+  gold[:, ::2] = -1
+  with tf.Graph().as_default(), tf.Session() as sess:
+    tf.set_random_seed(0)
+    ner_head = head.build_ner_head(
+      tf.constant(inputs),
+      tf.constant(row_lengths),
+      config("bilstm"),
+      ID2LABEL,
+      False,
+      label_ids=tf.constant(gold),
+      unobserved_labels=True,
+    )
+    (transitions,) = [v for v in tf.global_variables() if v.op.name == "crf_loss/transitions"]
+    marginal = -tf.reduce_mean(
+      crf.crf_marginal_log_likelihood(ner_head.logits, gold, row_lengths, transitions)
+    )
+    plain = -tf.reduce_mean(crf.crf_log_likelihood(ner_head.logits, gold, row_lengths, transitions))
+    train_op = tf.train.AdamOptimizer(0.05).minimize(ner_head.loss)
+    sess.run(tf.global_variables_initializer())
+    loss, expected, unmarginalised = sess.run((ner_head.loss, marginal, plain))
+    losses = [sess.run((ner_head.loss, train_op))[0] for _ in range(30)]
+  assert loss == pytest.approx(expected, rel=1e-6)
+  assert abs(loss - unmarginalised) > 0.1
+  assert losses[-1] < 0.7 * losses[0]
+
+
 def test_concat_features_picks_layers():
   with tf.Graph().as_default(), tf.Session() as sess:
     layers = [tf.fill([1, 2, 3], float(i)) for i in range(4)]

@@ -34,6 +34,7 @@ VALUES = {
   "min_f1_without_word_shape": ("92.5", 92.5),
   "context": ("centred", "centred"),
   "centred_fraction": ("0.25", 0.25),
+  "context_loss": ("sentence", "sentence"),
   "document_stride": ("6", 6),
   "max_train_sentences": ("10", 10),
   "logdir": ("tb", "tb"),
@@ -77,6 +78,7 @@ def test_help_shows_every_default(capsys, monkeypatch):
   assert "default: the pinned all-MiniLM-L6-v2" in text
   assert "(default: <out>.tensorboard)" in text
   assert "--head {bilstm,dense}" in text and "--context {sentence,mixed,centred}" in text
+  assert "--context_loss {all,sentence}" in text
 
 
 @pytest.mark.parametrize(
@@ -121,6 +123,7 @@ OUT_OF_BOUNDS = """
   --hidden_size 0 -> --hidden_size must be >= 1, got 0
   --document_stride=-1 -> --document_stride must be >= 0, got -1
   --centred_fraction 1.5 -> --centred_fraction must be in [0.0, 1.0], got 1.5
+  --context_loss sentence -> --context_loss sentence needs --context centred
   --word_shape_dim=-1 -> --word_shape_dim must be >= 0, got -1
   --word_shape_dropout 1.5 -> --word_shape_dropout must be in [0.0, 1.0], got 1.5
   --head_warmup_steps=-1 -> --head_warmup_steps must be >= 0, got -1

@@ -7,6 +7,7 @@ import pytest
 from bert_ner import backbone, conll
 from bert_ner import word_shape as ws
 from bert_ner.featurizer import Featurizer
+from bert_ner.labels import UNOBSERVED_LABEL
 from bert_ner.train.data import centred_examples, document_words, make_examples
 from e2e_support import LABELS
 
@@ -139,3 +140,56 @@ def test_centred_context_adds_its_rows_to_the_sentence_rows(vocab):
   sentences = make_examples(featurizer, [DOCUMENT], "sentence")
   centred = make_examples(featurizer, [DOCUMENT], "centred", centred_fraction=1.0, seed=0)
   assert centred == sentences + centred_examples(featurizer, [DOCUMENT], 1.0, random.Random(0))
+
+
+def test_sentence_only_rows_leave_the_context_tags_untaught(vocab):
+  featurizer = featurizer_of(vocab, 10)
+  labelled = centred_examples(featurizer, [DOCUMENT], 1.0, random.Random(0))
+  rows = centred_examples(featurizer, [DOCUMENT], 1.0, random.Random(0), label_context=False)
+  assert [(r.input_ids, r.word_shape) for r in rows] == [
+    (r.input_ids, r.word_shape) for r in labelled
+  ]
+  names = [[LABELS[i] if i != UNOBSERVED_LABEL else "-" for i in r.label_ids] for r in rows]
+  assert names == [
+    # peter blackburn | brussels 1996 - 08 - 22
+    ["[CLS]", "B-PER", "I-PER", "-", "-", "-", "-", "-", "-", "[SEP]"],
+    # blackburn | brussels 1996 - 08 - 22 | eu
+    ["[CLS]", "-", "B-LOC", "O", "X", "X", "X", "X", "-", "[SEP]"],
+    # eu rejects german call | the european commission
+    ["[CLS]", "B-ORG", "O", "B-MISC", "O", "-", "-", "-", "[SEP]"],
+    # eu rejects german call | the european commission
+    ["[CLS]", "-", "-", "-", "-", "O", "B-ORG", "I-ORG", "[SEP]"],
+  ]
+
+
+def test_sentence_only_rows_teach_exactly_their_sentences_labels(vocab, conll_train_path):
+  """Differential: the taught span of each row is the sentence's own featurizer labels, and
+  everything else in the row equals the fully labelled row."""
+  featurizer = featurizer_of(vocab, 128)
+  documents = conll.read_documents(conll_train_path)[:40]
+  labelled = centred_examples(featurizer, documents, 1.0, random.Random(0))
+  rows = centred_examples(featurizer, documents, 1.0, random.Random(0), label_context=False)
+  sentences = [
+    s for d in documents if len(d) > 1 for s in d if len(featurizer.encode_words(s.words)) == 1
+  ]
+  sentences = [s for s in sentences if len(featurizer.encode_words(s.words)[0].input_ids) > 2]
+  assert len(rows) == len(labelled) == len(sentences) > 300
+  for row, full, sentence in zip(rows, labelled, sentences):
+    assert (row.input_ids, row.word_shape) == (full.input_ids, full.word_shape)
+    taught = [i for i, label in enumerate(row.label_ids) if label != UNOBSERVED_LABEL]
+    inner = taught[1:-1]
+    assert inner == list(range(inner[0], inner[-1] + 1))  # one span, the sentence
+    [(_, own)] = featurizer.label_ids(sentence.words, sentence.tags)
+    assert [row.label_ids[i] for i in taught] == own
+    assert all(row.label_ids[i] == full.label_ids[i] for i in taught)
+
+
+def test_context_loss_sentence_makes_sentence_only_centred_rows(vocab):
+  featurizer = featurizer_of(vocab, 10)
+  sentences = make_examples(featurizer, [DOCUMENT], "sentence")
+  centred = make_examples(
+    featurizer, [DOCUMENT], "centred", centred_fraction=1.0, seed=0, context_loss="sentence"
+  )
+  assert centred == sentences + centred_examples(
+    featurizer, [DOCUMENT], 1.0, random.Random(0), label_context=False
+  )

@@ -10,6 +10,7 @@ from bert_ner import head as ner_head
 
 FEATURE_CACHE = backbone.CACHE_ROOT / "features"
 CONTEXTS = ("sentence", "mixed", "centred")
+CONTEXT_LOSSES = ("all", "sentence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +144,12 @@ class TrainConfig:
     "with --context centred: the part of the training sentences that also get a centred row",
     Bound(0.0, 1.0),
   )
+  context_loss: str = setting(
+    "all",
+    "with --context centred: the centred rows teach every word's tag (all) or only their "
+    "sentence's, summing over the context words' tags in the CRF (sentence, as FLERT does)",
+    choices=CONTEXT_LOSSES,
+  )
   document_stride: int = setting(
     0,
     "with --context mixed: training document windows overlap by twice this many sub-tokens "
@@ -195,3 +202,10 @@ def check_config(config: TrainConfig) -> None:
     )
   if config.context not in CONTEXTS:
     raise ValueError(f"--context must be one of {CONTEXTS}, got {config.context!r}")
+  if config.context_loss not in CONTEXT_LOSSES:
+    raise ValueError(f"--context_loss must be one of {CONTEXT_LOSSES}, got {config.context_loss!r}")
+  if config.context_loss != "all" and config.context != "centred":
+    raise ValueError(
+      f"--context_loss {config.context_loss} needs --context centred: only its rows hold a "
+      "sentence in context"
+    )

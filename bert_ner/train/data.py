@@ -120,9 +120,11 @@ def make_examples(
   document_stride: int = 0,
   centred_fraction: float = 0.4,
   seed: int = 0,
+  context_loss: str = "all",
 ) -> list[Example]:
   """Training rows: each sentence's windows, plus (context "mixed") each document's windows or
-  (context "centred") a sampled part of the sentences centred in their document's context.
+  (context "centred") a sampled part of the sentences centred in their document's context, their
+  context words labelled (context_loss "all") or not (`labels.UNOBSERVED_LABEL`, "sentence").
 
   Document windows are the featurizer's sliding windows over the whole document, as a document
   is tagged, but with overlap `2 * document_stride`: tagging needs the overlap (each word is read
@@ -151,7 +153,9 @@ def make_examples(
       )
     ]
   elif context == "centred":
-    examples += centred_examples(featurizer, documents, centred_fraction, random.Random(seed))
+    examples += centred_examples(
+      featurizer, documents, centred_fraction, random.Random(seed), context_loss == "all"
+    )
   return examples
 
 
@@ -165,14 +169,21 @@ def training_examples(ctx: Context) -> list[Example]:
     config.document_stride,
     config.centred_fraction,
     config.seed,
+    config.context_loss,
   )
 
 
 def centred_examples(
-  featurizer: Featurizer, documents: list[Document], fraction: float, rng: random.Random
+  featurizer: Featurizer,
+  documents: list[Document],
+  fraction: float,
+  rng: random.Random,
+  label_context: bool = True,
 ) -> list[Example]:
   """Rows that each hold one sampled sentence (a `fraction` of them) with its document's
-  neighbouring words filling the window on both sides, cut at word starts, all labelled.
+  neighbouring words filling the window on both sides, cut at word starts; the context words are
+  labelled, or with `label_context` False carry `labels.UNOBSERVED_LABEL` (the loss then teaches
+  the sentence's tags only, as FLERT's does).
 
   A document is tagged in sliding windows where each word is read with about a quarter window or
   more of context on its nearer side; fixed document windows train few words that way, these
@@ -213,19 +224,25 @@ def centred_examples(
     word_starts = [p for p, w in enumerate(begins) if w >= 0] + [len(ids)]
     first_word = list(itertools.accumulate((len(s.words) for s in document), initial=0))
     for k in picked:
-      lo, hi = start[first_word[k]], start[first_word[k + 1]]
-      free = capacity - (hi - lo)
-      if free < 0 or hi == lo:
+      first, end = start[first_word[k]], start[first_word[k + 1]]  # the sentence's sub-tokens
+      free = capacity - (end - first)
+      if free < 0 or end == first:
         continue
       # Half the room before the sentence (more when little follows it), snapped forward to a
       # word start; then whole words after it as far as the window allows.
-      left = min(lo, max(free // 2, free - (len(ids) - hi)))
-      lo = word_starts[bisect.bisect_left(word_starts, lo - left)]
+      left = min(first, max(free // 2, free - (len(ids) - end)))
+      lo = word_starts[bisect.bisect_left(word_starts, first - left)]
       hi = word_starts[bisect.bisect_right(word_starts, lo + capacity) - 1]
+      taught = labels[lo:hi]
+      if not label_context:
+        taught = [
+          label if first <= p < end else label_maps.UNOBSERVED_LABEL
+          for p, label in enumerate(taught, lo)
+        ]
       examples.append(
         Example(
           [cls_id] + ids[lo:hi] + [sep_id],
-          [cls_label] + labels[lo:hi] + [sep_label],
+          [cls_label] + taught + [sep_label],
           [window.word_shape[0]] + shapes[lo:hi] + [window.word_shape[-1]],
         )
       )

@@ -79,6 +79,12 @@ def start_session(
   return sess
 
 
+def unobserved_labels(ctx: Context) -> bool:
+  """Whether training rows may leave tags untaught (`--context_loss sentence`), so the loss must
+  sum over them."""
+  return ctx.config.context_loss != "all"
+
+
 def train_frozen(ctx: Context) -> Fitted:
   """Trains only the head on cached encoder features; returns (best head weights, history)."""
   config = ctx.config
@@ -86,7 +92,10 @@ def train_frozen(ctx: Context) -> Fitted:
   features = LayerOutputs(tuple(ctx.ner_config.feature_layers))
   inputs = CachedInputs(ctx, examples, features, "features")
   head = functools.partial(
-    ner_head.build_ner_head, ner_config=ctx.ner_config, id2label=ctx.id2label
+    ner_head.build_ner_head,
+    ner_config=ctx.ner_config,
+    id2label=ctx.id2label,
+    unobserved_labels=unobserved_labels(ctx),
   )
   graph = tf.Graph()
   with graph.as_default():
@@ -124,6 +133,7 @@ def train_fine_tuned(ctx: Context) -> Fitted:
       True,
       label_ids,
       word_shape,
+      unobserved_labels(ctx),
     )
     with tf.variable_scope(tf.get_variable_scope(), reuse=True):
       inferred = ner_head.build_inference_graph(
@@ -217,7 +227,14 @@ def adapted_top(
     bert_config, adapters, ctx.ner_config.feature_layers, states, lengths, is_training
   )
   return ner_head.build_ner_head(
-    features, lengths, ctx.ner_config, ctx.id2label, is_training, label_ids, word_shape
+    features,
+    lengths,
+    ctx.ner_config,
+    ctx.id2label,
+    is_training,
+    label_ids,
+    word_shape,
+    unobserved_labels(ctx),
   )
 
 

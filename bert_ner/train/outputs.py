@@ -138,6 +138,7 @@ def train_report(
     "command": command,
     "mode": outcome.mode,
     "context": config.context,
+    "context_loss": config.context_loss,
     "best_epoch": outcome.best["epoch"],
     "dev": outcome.scores["sentence"],
     "dev_document": outcome.scores["document"],
