@@ -131,6 +131,37 @@ def test_fine_tune_changes_bert_weights(tiny_bert_dir, sample_files, tmp_path):
   assert saved.shape == original.shape and not np.allclose(saved, original)
 
 
+@pytest.mark.parametrize(
+  "mode",
+  [{}, {"adapter_rank": 2}, {"fine_tune": True, "bert_learning_rate": 1e-3}],
+  ids=["frozen", "adapters", "fine-tune"],
+)
+def test_sentence_only_loss_trains_through_the_marginal_likelihood(
+  tiny_bert_dir, sample_files, tmp_path, monkeypatch, mode
+):
+  """Every training mode hands `--context_loss sentence` to the head: the plain likelihood,
+  which would read an untaught label as no tag at all, is never built."""
+  from bert_ner import crf
+
+  def plain_likelihood(*args):
+    raise AssertionError("the plain CRF likelihood was built for rows with untaught labels")
+
+  monkeypatch.setattr(crf, "crf_log_likelihood", plain_likelihood)
+  config = train_config(
+    tiny_bert_dir,
+    sample_files,
+    tmp_path / "m",
+    epochs=1,
+    context="centred",
+    centred_fraction=1.0,
+    context_loss="sentence",
+    **mode,
+  )
+  report = trainer.run(config)
+  assert report["context_loss"] == "sentence"
+  assert np.isfinite(report["history"][0]["loss"])
+
+
 def test_head_only_needs_the_pinned_backbone(tiny_bert_dir, sample_files, tmp_path):
   with pytest.raises(ValueError, match="head_only"):
     trainer.run(train_config(tiny_bert_dir, sample_files, tmp_path / "h", head_only=True))
