@@ -33,38 +33,39 @@ def random_case(rng, batch, steps, tags, scale=1.0):
 
 
 @pytest.fixture(scope="module")
-def crf_fn():
-  """One graph with dynamic shapes: (potentials, transitions, lengths, gold) -> (llh, decoded)."""
-  graph = tf.Graph()
-  with graph.as_default():
-    potentials = tf.placeholder(tf.float32, [None, None, None])
-    transitions = tf.placeholder(tf.float32, [None, None])
-    lengths = tf.placeholder(tf.int32, [None])
-    gold = tf.placeholder(tf.int32, [None, None])
-    llh = crf.crf_log_likelihood(potentials, gold, lengths, transitions)
-    decoded = crf.viterbi_decode(potentials, lengths, transitions)
-  with tf.Session(graph=graph) as sess:
-    yield lambda p, tr, ln, g: sess.run(
-      (llh, decoded), {potentials: p, transitions: tr, lengths: ln, gold: g}
-    )
-
-
-@pytest.fixture(scope="module")
-def marginal_fn():
-  """(potentials, transitions, lengths, tags with -1 unobserved) -> (marginal llh, its gradient
-  with respect to the potentials)."""
+def crf_run():
+  """One graph with dynamic shapes: (names, potentials, transitions, lengths, tags) -> the named
+  outputs: llh, decoded, marginal (tags -1 unobserved) and its gradient by the potentials."""
   graph = tf.Graph()
   with graph.as_default():
     potentials = tf.placeholder(tf.float32, [None, None, None])
     transitions = tf.placeholder(tf.float32, [None, None])
     lengths = tf.placeholder(tf.int32, [None])
     tags = tf.placeholder(tf.int32, [None, None])
-    llh = crf.crf_marginal_log_likelihood(potentials, tags, lengths, transitions)
-    [gradient] = tf.gradients(tf.reduce_sum(llh), [potentials])
+    marginal = crf.crf_marginal_log_likelihood(potentials, tags, lengths, transitions)
+    outputs = {
+      "llh": crf.crf_log_likelihood(potentials, tags, lengths, transitions),
+      "decoded": crf.viterbi_decode(potentials, lengths, transitions),
+      "marginal": marginal,
+      "gradient": tf.gradients(tf.reduce_sum(marginal), [potentials])[0],
+    }
   with tf.Session(graph=graph) as sess:
-    yield lambda p, tr, ln, t: sess.run(
-      (llh, gradient), {potentials: p, transitions: tr, lengths: ln, tags: t}
+    yield lambda names, p, tr, ln, t: sess.run(
+      [outputs[name] for name in names], {potentials: p, transitions: tr, lengths: ln, tags: t}
     )
+
+
+@pytest.fixture
+def crf_fn(crf_run):
+  """(potentials, transitions, lengths, gold) -> (llh, decoded)."""
+  return lambda *inputs: crf_run(("llh", "decoded"), *inputs)
+
+
+@pytest.fixture
+def marginal_fn(crf_run):
+  """(potentials, transitions, lengths, tags with -1 unobserved) -> (marginal llh, its gradient
+  with respect to the potentials)."""
+  return lambda *inputs: crf_run(("marginal", "gradient"), *inputs)
 
 
 @pytest.mark.parametrize("batch,steps,tags", CASES)
