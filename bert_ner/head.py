@@ -144,7 +144,8 @@ def build_ner_head(
   teach: it is the log-probability of the observed tags, summed over the others' tags.
 
   Decoding (`pred_label`, and `NerHead.transitions` for the marginals) keeps to IOB2
-  (`labels.forbidden_transitions`); the loss is the plain CRF's, so training is unchanged.
+  (`labels.forbidden_transitions`); the loss is not bound to IOB2, so training is unchanged
+  by it.
 
   With `ner_config.word_shape_dim`, the embedding of `word_shape` ([B, T] int32, None: all 0)
   is concatenated to the (dropped-out) features before the BiLSTM.
